@@ -1,0 +1,44 @@
+# Lattice: the PostgreSQL extension, the shim, the web assets and every suite.
+#
+#   make run     build, install, start a local cluster + shim, seed a demo tenant
+#   make test    every suite; ends with "N passed, N failed"
+#   make bench   benchmarks (figures and ratios, not pass/fail)
+
+EXT_MAKE = $(MAKE) -C extension with_llvm=no
+
+.PHONY: all deps extension install shim web run test bench installcheck clean
+
+all: extension shim web
+
+deps:
+	@scripts/deps.sh
+
+extension:
+	$(EXT_MAKE)
+
+install: extension
+	$(EXT_MAKE) install >/dev/null
+
+shim:
+	$(MAKE) -C shim
+
+web:
+	@if [ -f web/package.json ]; then scripts/build-web.sh; fi
+
+run: deps install shim web
+	scripts/run.sh
+
+test: deps install shim web
+	tests/run.sh
+
+bench: deps install shim
+	bench/run.sh
+
+# pg_regress against the cluster described by PGHOST/PGPORT (tests/run.sh sets them)
+installcheck:
+	$(EXT_MAKE) installcheck
+
+clean:
+	$(EXT_MAKE) clean
+	$(MAKE) -C shim clean
+	rm -rf .build

@@ -1,0 +1,48 @@
+-- Accounts, plans, credentials and subscriptions.
+
+CREATE TABLE lattice.plans (
+    id                  text PRIMARY KEY,
+    name                text NOT NULL,
+    price_cents         integer NOT NULL CHECK (price_cents >= 0),
+    currency            text NOT NULL DEFAULT 'usd',
+    billing_interval    text NOT NULL DEFAULT 'year',
+    trial_days          integer NOT NULL DEFAULT 7 CHECK (trial_days >= 0),
+    stripe_price_id     text,
+    rate_limit_per_hour integer NOT NULL DEFAULT 1000 CHECK (rate_limit_per_hour > 0),
+    max_services        integer NOT NULL DEFAULT 100 CHECK (max_services > 0)
+);
+INSERT INTO lattice.plans (id, name, price_cents) VALUES ('standard', 'Lattice', 2500);
+
+CREATE TABLE lattice.users (
+    id              uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    email           text NOT NULL UNIQUE CHECK (email = pg_catalog.lower(email)),
+    password_hash   text,
+    name            text NOT NULL,
+    plan_id         text NOT NULL DEFAULT 'standard' REFERENCES lattice.plans,
+    trial_ends_at   timestamptz NOT NULL DEFAULT pg_catalog.now() + interval '7 days',
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+CREATE TABLE lattice.api_keys (
+    id          uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
+    name        text NOT NULL,
+    prefix      text NOT NULL UNIQUE,
+    key_hash    bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_used   timestamptz,
+    expires_at  timestamptz,
+    revoked_at  timestamptz
+);
+CREATE INDEX ON lattice.api_keys (user_id);
+
+CREATE TABLE lattice.subscriptions (
+    id                      uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    user_id                 uuid NOT NULL UNIQUE REFERENCES lattice.users ON DELETE CASCADE,
+    stripe_customer_id      text UNIQUE,
+    stripe_subscription_id  text UNIQUE,
+    status                  text NOT NULL,
+    current_period_end      timestamptz,
+    created_at              timestamptz NOT NULL DEFAULT pg_catalog.now()
+);

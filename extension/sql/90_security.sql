@@ -1,0 +1,77 @@
+-- Applied last, to every object the fragments above created, so that no new
+-- table or function can be forgotten:
+--  * every table of schema lattice with a user_id column is a tenant table:
+--    RLS enabled and forced, one policy per command against current_user_id();
+--  * lattice.users is the tenant itself: its policies compare id;
+--  * lattice_http functions are SECURITY DEFINER, owned by lattice_app (which
+--    RLS binds), with a pinned search_path, executable by lattice_api only;
+--  * nothing in lattice is executable by PUBLIC unless granted below.
+DO $security$
+DECLARE
+    t record;
+    f record;
+    col text;
+BEGIN
+    FOR t IN
+        SELECT c.oid::regclass AS rel,
+               CASE WHEN c.relname = 'users' THEN 'id' ELSE 'user_id' END AS col
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'lattice'::regnamespace AND c.relkind IN ('r', 'p')
+           AND (c.relname = 'users' OR EXISTS (
+                SELECT FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attname = 'user_id' AND NOT a.attisdropped))
+    LOOP
+        col := t.col;
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
+        EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t.rel);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_select ON %s FOR SELECT USING (%I = lattice.current_user_id())', t.rel, col);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_insert ON %s FOR INSERT WITH CHECK (%I = lattice.current_user_id())', t.rel, col);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_update ON %s FOR UPDATE USING (%I = lattice.current_user_id()) WITH CHECK (%I = lattice.current_user_id())',
+            t.rel, col, col);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_delete ON %s FOR DELETE USING (%I = lattice.current_user_id())', t.rel, col);
+        EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO lattice_app', t.rel);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO lattice_admin', t.rel);
+        PERFORM pg_catalog.pg_extension_config_dump(t.rel, '');
+    END LOOP;
+
+    FOR f IN
+        SELECT p.oid::regprocedure AS fn
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'lattice_http'::regnamespace
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER', f.fn);
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f.fn);
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO lattice_app', f.fn);
+    END LOOP;
+END
+$security$;
+
+-- The audit trail is append-only for everyone but the owner: lattice_app
+-- may add rows, never change them.  A tenant reads its own rows.
+REVOKE UPDATE, DELETE ON lattice.audit_log FROM lattice_app;
+DROP POLICY tenant_update ON lattice.audit_log;
+DROP POLICY tenant_delete ON lattice.audit_log;
+DROP POLICY tenant_insert ON lattice.audit_log;
+CREATE POLICY audit_insert ON lattice.audit_log FOR INSERT
+    WITH CHECK (user_id IS NULL OR user_id = lattice.current_user_id());
+
+-- Reference data every role reads.
+GRANT SELECT ON lattice.plans TO lattice_app, lattice_admin;
+-- The seeded plan comes with CREATE EXTENSION; plans added later are data.
+SELECT pg_catalog.pg_extension_config_dump('lattice.plans', $$WHERE id <> 'standard'$$);
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lattice.audit_log', 'id')::regclass, '');
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lattice FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lattice_http FROM PUBLIC;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lattice_http TO lattice_api;
+GRANT EXECUTE ON FUNCTION lattice.current_user_id() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.http_json(integer, jsonb, jsonb),
+                          lattice.http_error(integer, text, text, jsonb, jsonb),
+                          lattice.raise_http(integer, text, text, jsonb, jsonb),
+                          lattice.audit(text, text, jsonb, jsonb, uuid)
+    TO lattice_app;
+GRANT EXECUTE ON FUNCTION lattice.act_as_tenant(uuid, text) TO lattice_admin;

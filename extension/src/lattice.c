@@ -1,0 +1,33 @@
+/*
+ * lattice.c
+ *		Module entry point: libsodium, GUCs and hooks of every concern.
+ */
+#include "lattice.h"
+
+#include <sodium.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+
+PG_MODULE_MAGIC;
+
+bool		lattice_preloaded = false;
+
+void		_PG_init(void);
+
+/*
+ * Runs once per backend (or once in the postmaster when preloaded).  Every
+ * concern registers its GUCs and callbacks from here so the order is explicit.
+ */
+void
+_PG_init(void)
+{
+	if (sodium_init() < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("lattice: libsodium could not be initialised")));
+
+	lattice_preloaded = process_shared_preload_libraries_in_progress;
+
+	lattice_tenant_init();
+}

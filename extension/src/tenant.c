@@ -1,0 +1,150 @@
+/*
+ * tenant.c
+ *		The tenant of the current transaction, behind row-level security.
+ *
+ * Every tenant table's policies compare user_id with lattice.current_user_id().
+ * The value lives in a backend-local variable that only C code of this
+ * extension sets (the authentication functions, the audited admin switch and,
+ * for tests, a superuser-only setter).  It is not a GUC, so SET, set_config,
+ * RESET and SET ROLE cannot reach it, and it is cleared at the end of every
+ * transaction, and when the subtransaction that set it aborts, so a pooled
+ * connection never carries one request's tenant into the next.
+ */
+#include "lattice.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+
+static pg_uuid_t tenant_id;
+static bool tenant_set = false;
+static int	tenant_nest_level = 0;	/* subtransaction level that set it */
+
+static void
+tenant_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			lattice_clear_tenant();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+tenant_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && tenant_set &&
+		GetCurrentTransactionNestLevel() <= tenant_nest_level)
+		lattice_clear_tenant();
+}
+
+void
+lattice_tenant_init(void)
+{
+	RegisterXactCallback(tenant_xact_callback, NULL);
+	RegisterSubXactCallback(tenant_subxact_callback, NULL);
+}
+
+/*
+ * Sets the tenant for the rest of the transaction.  Only callable from C:
+ * callers must have verified a credential (or be the audited admin switch).
+ */
+void
+lattice_set_tenant(const pg_uuid_t *user_id)
+{
+	if (!IsTransactionState())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("lattice: a tenant can only be set inside a transaction")));
+	memcpy(&tenant_id, user_id, sizeof(pg_uuid_t));
+	tenant_set = true;
+	tenant_nest_level = GetCurrentTransactionNestLevel();
+}
+
+bool
+lattice_get_tenant(pg_uuid_t *user_id)
+{
+	if (tenant_set && user_id)
+		memcpy(user_id, &tenant_id, sizeof(pg_uuid_t));
+	return tenant_set;
+}
+
+void
+lattice_clear_tenant(void)
+{
+	memset(&tenant_id, 0, sizeof(tenant_id));
+	tenant_set = false;
+	tenant_nest_level = 0;
+}
+
+/*
+ * lattice.current_user_id() -> uuid, NULL without an authenticated tenant.
+ * NULL makes every policy comparison false: no rows visible, none writable.
+ */
+PG_FUNCTION_INFO_V1(lattice_current_user_id);
+Datum
+lattice_current_user_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *result;
+
+	if (!tenant_set)
+		PG_RETURN_NULL();
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &tenant_id, sizeof(pg_uuid_t));
+	PG_RETURN_UUID_P(result);
+}
+
+/*
+ * lattice.test_set_tenant(uuid): a test-only switch for the pgTAP suites.
+ * Superuser only, checked here and not just by grants, so a stray GRANT
+ * cannot hand it to the API role.
+ */
+PG_FUNCTION_INFO_V1(lattice_test_set_tenant);
+Datum
+lattice_test_set_tenant(PG_FUNCTION_ARGS)
+{
+	if (!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("lattice.test_set_tenant: permission denied"),
+				 errdetail("Only superusers may set the tenant directly.")));
+	if (PG_ARGISNULL(0))
+		lattice_clear_tenant();
+	else
+		lattice_set_tenant(PG_GETARG_UUID_P(0));
+	PG_RETURN_VOID();
+}
+
+/*
+ * lattice.act_as_tenant(uuid, reason text): lets a member of lattice_admin
+ * act as one tenant for the rest of the transaction.  The SQL wrapper writes
+ * the audit row; this C part checks the role and switches.
+ */
+PG_FUNCTION_INFO_V1(lattice_act_as_tenant_c);
+Datum
+lattice_act_as_tenant_c(PG_FUNCTION_ARGS)
+{
+	Oid			admin = get_role_oid("lattice_admin", true);
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lattice.act_as_tenant: user id must not be null")));
+	if (!OidIsValid(admin) || !has_privs_of_role(GetSessionUserId(), admin))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("lattice.act_as_tenant: permission denied"),
+				 errdetail("Only members of lattice_admin may act as a tenant.")));
+	lattice_set_tenant(PG_GETARG_UUID_P(0));
+	PG_RETURN_VOID();
+}

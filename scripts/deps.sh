@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Lattice need, on Debian 12, and
+# nothing when it is already there.  Run as root (make run / make test do).
+set -euo pipefail
+
+packages=(
+    build-essential pkg-config postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
+    libtap-parser-sourcehandler-pgtap-perl libpq-dev libcivetweb-dev libsodium-dev
+    libjson-c-dev libcurl4-openssl-dev nodejs npm chromium wrk pgbouncer python3-aiosmtpd
+    curl jq openssl valgrind cppcheck clang
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    # nodejs/npm may come from elsewhere on a developer's machine
+    if command -v node >/dev/null && command -v npm >/dev/null; then
+        missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+    fi
+    echo "deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2068
+    apt-get install -y -qq --no-install-recommends ${missing[@]} >/dev/null
+fi
+# Debian's postgresql package starts a main cluster on 5432; ours use their own.
+if [ -d tests ] && [ -f tests/package.json ] && [ ! -d tests/node_modules ]; then
+    (cd tests && npm ci --silent --no-audit --no-fund)
+fi

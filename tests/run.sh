@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Runs every suite against a throwaway cluster (and a real shim for the HTTP
+# and browser suites) and ends with one line: "N passed, N failed".
+#
+#   tests/run.sh               every suite
+#   tests/run.sh pgtap http    only those suites
+#
+# Suites: regress (pg_regress), pgtap (pg_prove), http and browser (node's
+# test runner, tests/http/*.test.mjs and tests/browser/*.test.mjs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+suites=("$@")
+[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap http browser)
+
+work=$(mktemp -d /tmp/lattice-test.XXXXXX)
+chmod 0755 "$work"
+cluster="$work/pg"
+passed=0
+failed=0
+cleanup() {
+    scripts/cluster.sh stop "$cluster" >/dev/null 2>&1
+    if [ "${LATTICE_KEEP:-}" = "" ]; then rm -rf "$work"; else echo "kept $work"; fi
+}
+trap cleanup EXIT
+
+count() {  # count SUITE PASSED FAILED
+    printf '%-8s %s passed, %s failed\n' "$1:" "$2" "$3"
+    passed=$((passed + $2)); failed=$((failed + $3))
+}
+
+scripts/cluster.sh start "$cluster" >/dev/null || { echo "could not start the test cluster"; echo "0 passed, 1 failed"; exit 1; }
+# shellcheck disable=SC1091
+. "$cluster/env"
+export LATTICE_CLUSTER="$cluster" LATTICE_ROOT="$root" LATTICE_WORK="$work"
+export LATTICE_SHIM_BIN="$root/shim/lattice-shim"
+psql -Xq -c 'CREATE EXTENSION IF NOT EXISTS pgtap' >/dev/null
+
+run_regress() {
+    local out="$work/regress.log" n f
+    make -s installcheck >"$out" 2>&1
+    n=$(grep -cE '^(ok|not ok) ' "$out"); f=$(grep -cE '^not ok ' "$out")
+    if [ "$n" -eq 0 ]; then  # older pg_regress output
+        n=$(grep -cE '^test .* \.\.\. ' "$out"); f=$(grep -cE '\.\.\. FAILED' "$out")
+    fi
+    [ "$f" -gt 0 ] && { cat "$out"; cat .build/regress/regression.diffs 2>/dev/null | head -100; }
+    count regress $((n - f)) "$f"
+}
+
+run_pgtap() {
+    local out="$work/pgtap.log" n f
+    pg_prove -d "$PGDATABASE" --ext .sql -r tests/pgtap >"$out" 2>&1
+    n=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\).*/\1/p' "$out"); n=${n:-0}
+    f=$(grep -oE 'Failed [0-9]+/[0-9]+ subtests' "$out" | awk -F'[ /]' '{s+=$2} END {print s+0}')
+    # a file that died before its plan counts as one failure
+    f=$((f + $(grep -cE 'Parse errors|Bad plan|Dubious' "$out")))
+    [ "$f" -gt 0 ] || ! grep -q 'Result: PASS' "$out" && cat "$out"
+    grep -q 'Result: PASS' "$out" || [ "$f" -gt 0 ] || f=1
+    count pgtap $((n - (f > n ? n : f))) "$f"
+}
+
+run_node() {  # run_node SUITE DIR
+    local out="$work/$1.log" p f
+    compgen -G "$2/*.test.mjs" >/dev/null || return 0
+    node --test --test-concurrency=1 --test-reporter=tap "$2"/*.test.mjs >"$out" 2>&1
+    p=$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$out" | tail -1); p=${p:-0}
+    f=$(sed -n 's/^# fail \([0-9]*\)/\1/p' "$out" | tail -1); f=${f:-1}
+    [ "$f" -gt 0 ] && grep -B2 -A30 '^not ok\|^    not ok\|^        not ok' "$out" | head -200
+    count "$1" "$p" "$f"
+}
+
+for s in "${suites[@]}"; do
+    case "$s" in
+    regress) run_regress ;;
+    pgtap)   run_pgtap ;;
+    http)    run_node http tests/http ;;
+    browser) run_node browser tests/browser ;;
+    *)       echo "unknown suite $s"; count "$s" 0 1 ;;
+    esac
+done
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
