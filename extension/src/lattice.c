@@ -30,4 +30,5 @@ _PG_init(void)
 	lattice_preloaded = process_shared_preload_libraries_in_progress;
 
 	lattice_tenant_init();
+	lattice_rate_init();
 }

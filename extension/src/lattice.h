@@ -18,6 +18,29 @@ extern void lattice_set_tenant(const pg_uuid_t *user_id);
 extern bool lattice_get_tenant(pg_uuid_t *user_id);
 extern void lattice_clear_tenant(void);
 
+/* http.c: raise an error the shim turns into an HTTP answer (PTnnn SQLSTATE) */
+extern void lattice_raise_http(int status, const char *code, const char *message,
+							   const char *details_json, const char *headers_json) pg_attribute_noreturn();
+
+/* ratelimit.c: counters in shared memory */
+typedef struct LatticeRateResult
+{
+	bool		allowed;
+	int64		limit;			/* requests per window */
+	int64		remaining;
+	int64		reset_seconds;	/* until the window is whole again */
+	int64		retry_after_seconds;	/* 0 when allowed */
+} LatticeRateResult;
+
+extern void lattice_rate_init(void);
+
+/*
+ * Checks (and counts) one request of a tenant against its plan's quota;
+ * raises PT429 rate_limited with Retry-After when refused.  Called by
+ * authentication right after the credential is verified.
+ */
+extern void lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out);
+
 /* true when lattice is loaded through shared_preload_libraries */
 extern bool lattice_preloaded;
 

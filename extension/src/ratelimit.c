@@ -1,0 +1,23 @@
+/*
+ * ratelimit.c
+ *		Rate counters in shared memory.
+ *
+ * Placeholder until the rate-counter issue lands: allows everything and
+ * reports the plan's limit as untouched.
+ */
+#include "lattice.h"
+
+void
+lattice_rate_init(void)
+{
+}
+
+void
+lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out)
+{
+	out->allowed = true;
+	out->limit = 1000;
+	out->remaining = 1000;
+	out->reset_seconds = 0;
+	out->retry_after_seconds = 0;
+}
