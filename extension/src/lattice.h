@@ -41,6 +41,14 @@ extern void lattice_rate_init(void);
  */
 extern void lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out);
 
+/*
+ * Counts one event for (scope, key) against limit events per period_seconds
+ * and says whether it is allowed; never raises.  Used for per-address limits
+ * and login brute-force limits (scope e.g. "login_email", "addr_signup").
+ */
+extern bool lattice_rate_check(const char *scope, const char *key, int64 limit,
+							   int64 period_seconds, LatticeRateResult *out);
+
 /* true when lattice is loaded through shared_preload_libraries */
 extern bool lattice_preloaded;
 
