@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap http browser)
+[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap shell http browser)
 
 work=$(mktemp -d /tmp/lattice-test.XXXXXX)
 chmod 0755 "$work"
@@ -48,16 +48,26 @@ run_regress() {
     count regress $((n - f)) "$f"
 }
 
-run_pgtap() {
-    local out="$work/pgtap.log" n f
-    pg_prove -d "$PGDATABASE" --ext .sql -r tests/pgtap >"$out" 2>&1
+# prove/pg_prove summary -> counts (a file that died before its plan is one failure)
+count_tap() {  # count_tap SUITE LOG
+    local out=$2 n f
     n=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\).*/\1/p' "$out"); n=${n:-0}
     f=$(grep -oE 'Failed [0-9]+/[0-9]+ subtests' "$out" | awk -F'[ /]' '{s+=$2} END {print s+0}')
-    # a file that died before its plan counts as one failure
     f=$((f + $(grep -cE 'Parse errors|Bad plan|Dubious' "$out")))
-    [ "$f" -gt 0 ] || ! grep -q 'Result: PASS' "$out" && cat "$out"
     grep -q 'Result: PASS' "$out" || [ "$f" -gt 0 ] || f=1
-    count pgtap $((n - (f > n ? n : f))) "$f"
+    [ "$f" -gt 0 ] && cat "$out"
+    count "$1" $((n > f ? n - f : 0)) "$f"
+}
+
+run_pgtap() {
+    pg_prove -d "$PGDATABASE" --ext .sql -r tests/pgtap >"$work/pgtap.log" 2>&1
+    count_tap pgtap "$work/pgtap.log"
+}
+
+run_shell() {
+    compgen -G "tests/shell/*.sh" >/dev/null || return 0
+    prove tests/shell/*.sh >"$work/shell.log" 2>&1
+    count_tap shell "$work/shell.log"
 }
 
 run_node() {  # run_node SUITE DIR
@@ -74,6 +84,7 @@ for s in "${suites[@]}"; do
     case "$s" in
     regress) run_regress ;;
     pgtap)   run_pgtap ;;
+    shell)   run_shell ;;
     http)    run_node http tests/http ;;
     browser) run_node browser tests/browser ;;
     *)       echo "unknown suite $s"; count "$s" 0 1 ;;
