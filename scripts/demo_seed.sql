@@ -1,0 +1,37 @@
+-- make run's demo tenant: an account, an API key and a realistic shop of
+-- services with the calls between them.  Runs once (skipped when the demo
+-- account exists).  Prints "key <api key>" for scripts/run.sh.
+\set ON_ERROR_STOP 1
+SELECT NOT EXISTS (SELECT FROM lattice.users WHERE email = 'demo@lattice.local') AS fresh \gset
+\if :fresh
+SELECT lattice.create_user('demo@lattice.local', 'lattice-demo-password', 'Demo Shop') AS demo_id \gset
+SELECT 'key ' || lattice.create_api_key(:'demo_id', 'demo key') AS line;
+
+WITH svc(name, framework, version) AS (VALUES
+    ('web-frontend', 'nextjs', '3.4.1'), ('api-gateway', 'express', '2.8.0'),
+    ('auth', 'express', '1.9.2'), ('users', 'express', '1.4.0'), ('catalog', 'express', '5.0.3'),
+    ('search', 'express', '0.9.7'), ('cart', 'express', '2.2.0'), ('orders', 'express', '4.1.5'),
+    ('payments', 'express', '3.0.0'), ('inventory', 'express', '1.7.1'), ('shipping', 'express', '1.1.0'),
+    ('notifications', 'express', '0.6.2'), ('recommendations', 'express', '0.3.0'))
+INSERT INTO lattice.services (user_id, name, environment, version, language, framework, runtime, status)
+SELECT :'demo_id', name, 'production', version, 'typescript', framework, 'node-v20.20.2', 'active' FROM svc;
+
+WITH e(src, dst, calls, errors) AS (VALUES
+    ('web-frontend', 'api-gateway', 182340, 211), ('api-gateway', 'auth', 90311, 12),
+    ('api-gateway', 'catalog', 61022, 40), ('api-gateway', 'cart', 22008, 9),
+    ('api-gateway', 'orders', 8110, 31), ('api-gateway', 'search', 30441, 3),
+    ('auth', 'users', 45012, 2), ('catalog', 'inventory', 30110, 14),
+    ('catalog', 'recommendations', 9021, 120), ('search', 'catalog', 28004, 5),
+    ('cart', 'catalog', 19876, 1), ('cart', 'inventory', 11002, 6),
+    ('orders', 'payments', 7990, 88), ('orders', 'inventory', 8001, 4),
+    ('orders', 'shipping', 7702, 2), ('orders', 'notifications', 7690, 0),
+    ('payments', 'notifications', 7400, 1), ('shipping', 'notifications', 7120, 0),
+    ('recommendations', 'users', 8800, 3), ('notifications', 'users', 15010, 7))
+INSERT INTO lattice.connections (user_id, source_service_id, target_service_id, call_count, error_count,
+                                 total_duration_ms)
+SELECT :'demo_id', s.id, d.id, e.calls, e.errors, e.calls * (12 + random() * 40)
+  FROM e JOIN lattice.services s ON s.user_id = :'demo_id' AND s.name = e.src
+         JOIN lattice.services d ON d.user_id = :'demo_id' AND d.name = e.dst;
+\else
+SELECT 'existing';
+\endif
