@@ -30,6 +30,7 @@ typedef struct LatticeRateResult
 	int64		remaining;
 	int64		reset_seconds;	/* until the window is whole again */
 	int64		retry_after_seconds;	/* 0 when allowed */
+	int64		period_seconds; /* the window the limit counts over */
 } LatticeRateResult;
 
 extern void lattice_rate_init(void);
@@ -43,11 +44,24 @@ extern void lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateRes
 
 /*
  * Counts one event for (scope, key) against limit events per period_seconds
- * and says whether it is allowed; never raises.  Used for per-address limits
+ * and says whether it is allowed; never raises a refusal (it raises only when
+ * lattice is not in shared_preload_libraries).  Used for per-address limits
  * and login brute-force limits (scope e.g. "login_email", "addr_signup").
  */
 extern bool lattice_rate_check(const char *scope, const char *key, int64 limit,
 							   int64 period_seconds, LatticeRateResult *out);
+
+/*
+ * The rate headers of one answer as a JSON object text (RateLimit-*,
+ * X-RateLimit-*, and Retry-After when refused), palloc'd.
+ */
+extern char *lattice_rate_headers_json(const LatticeRateResult *result);
+
+/*
+ * The result of the last enforce call of this transaction (tenant or
+ * address), behind lattice.rate_headers(); false when there was none.
+ */
+extern bool lattice_rate_last_result(LatticeRateResult *out);
 
 /* true when lattice is loaded through shared_preload_libraries */
 extern bool lattice_preloaded;

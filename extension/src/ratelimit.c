@@ -1,35 +1,378 @@
 /*
  * ratelimit.c
- *		Rate counters in shared memory.
+ *		Rate counters in shared memory: one GCRA cell per key.
  *
- * Placeholder until the rate-counter issue lands: allows everything and
- * reports the plan's limit as untouched.
+ * Each key (a tenant, or a scope plus a key such as a client address) holds
+ * one theoretical arrival time (TAT).  With T = period / limit and a burst
+ * of B requests, a request at `now` is allowed when
+ *		max(TAT, now) + T - now <= B * T
+ * and then moves TAT to max(TAT, now) + T.  That is exact (the B-th request
+ * of a burst is allowed, the B+1-th refused), O(1), and needs no table write.
+ *
+ * Locking: one LWLock (tranche "lattice_rate") guards the hash table, the LRU
+ * list and every entry.  A check holds it exclusively for a hash probe and a
+ * few integer operations (well under a microsecond); partitioned locks would
+ * not pay for themselves below many cores, and the LRU list needs one lock.
+ *
+ * Full table: the table is fixed at lattice.rate_table_size keys (set at
+ * server start).  A new key when it is full evicts the least recently used
+ * key, so service is never refused because of the table; the evicted key
+ * starts again with a full allowance if it comes back (fail-open), and its
+ * usage not yet rolled up is lost.
+ *
+ * Restart: counters live only in shared memory.  After a server restart every
+ * key starts with a full allowance; hourly usage already rolled into
+ * lattice.usage_hourly survives, the part of the last interval does not.
+ *
+ * Without shared_preload_libraries there is no shared memory: every function
+ * that needs counters raises an error naming the setting.
  */
-#include "lattice.h"
+#include "ratelimit.h"
+
+#include <sodium.h>
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+RateShared *rate_shared = NULL;
+HTAB	   *rate_hash = NULL;
+
+int			rate_table_size = 16384;
+int			rate_tenant_per_hour = 1000;
+int			rate_tenant_burst = 0;
+int			rate_signup_per_hour = 20;
+int			rate_login_per_hour = 100;
+int			rate_webhook_per_hour = 3600;
+int			rate_health_per_hour = 3600;
+int			rate_address_burst = 0;
+int			rate_plan_cache_ms = 10000;
+int			rate_test_clock_offset = 0;
+int			rate_usage_interval = 60;
+char	   *rate_database = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+rate_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(RateShared)),
+					hash_estimate_size(rate_table_size, sizeof(RateEntry)));
+}
+
+static void
+rate_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(rate_shmem_size());
+	RequestNamedLWLockTranche("lattice_rate", 1);
+}
+
+static void
+rate_shmem_startup(void)
+{
+	HASHCTL		info;
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	rate_shared = ShmemInitStruct("lattice rate state", sizeof(RateShared), &found);
+	if (!found)
+	{
+		rate_shared->lock = &(GetNamedLWLockTranche("lattice_rate"))->lock;
+		dlist_init(&rate_shared->lru);
+		rate_shared->evictions = 0;
+	}
+	info.keysize = sizeof(RateKey);
+	info.entrysize = sizeof(RateEntry);
+	/* every entry allocated up front: a full table never asks for more */
+	rate_hash = ShmemInitHash("lattice rate counters", rate_table_size, rate_table_size,
+							  &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+rate_define_gucs(void)
+{
+	/*
+	 * Server-start settings exist only when preloaded: PostgreSQL refuses
+	 * to define them in a backend that loads the library later.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("lattice.rate_table_size",
+								"Keys the shared rate-counter table holds (least recently used evicted beyond).",
+								NULL, &rate_table_size, 16384, 64, 10 * 1000 * 1000,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+		DefineCustomStringVariable("lattice.rate_database",
+								   "Database whose lattice.usage_hourly the roll-up worker writes.",
+								   NULL, &rate_database, "lattice",
+								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	}
+	DefineCustomIntVariable("lattice.rate_tenant_per_hour",
+							"Requests per hour of a tenant whose plan cannot be read.",
+							NULL, &rate_tenant_per_hour, 1000, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_tenant_burst",
+							"Requests a tenant may send at once; 0 means its whole hourly limit.",
+							NULL, &rate_tenant_burst, 0, 0, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_signup_per_hour",
+							"Sign-ups per client address per hour.",
+							NULL, &rate_signup_per_hour, 20, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_login_per_hour",
+							"Login attempts per client address per hour.",
+							NULL, &rate_login_per_hour, 100, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_webhook_per_hour",
+							"Webhook calls per client address per hour.",
+							NULL, &rate_webhook_per_hour, 3600, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_health_per_hour",
+							"Health checks per client address per hour.",
+							NULL, &rate_health_per_hour, 3600, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_address_burst",
+							"Requests an address may send at once per route class; 0 means the class's hourly limit.",
+							NULL, &rate_address_burst, 0, 0, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_plan_cache_ms",
+							"How long a backend reuses a tenant's plan limit before reading it again.",
+							NULL, &rate_plan_cache_ms, 10000, 0, 3600 * 1000,
+							PGC_SUSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_test_clock_offset",
+							"Tests only: seconds added to this backend's rate clock.",
+							NULL, &rate_test_clock_offset, 0, -315360000, 315360000,
+							PGC_SUSET, GUC_UNIT_S | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_usage_interval",
+							"Seconds between roll-ups of hourly usage into lattice.usage_hourly; 0 disables the worker.",
+							NULL, &rate_usage_interval, 60, 0, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+}
 
 void
 lattice_rate_init(void)
 {
+	rate_define_gucs();
+	rate_enforce_init();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = rate_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = rate_shmem_startup;
+	rate_worker_register();
 }
 
+/* Raises the no-preload error for functions that need the counters. */
 void
-lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out)
+rate_require_shmem(const char *caller)
 {
-	out->allowed = true;
-	out->limit = 1000;
-	out->remaining = 1000;
-	out->reset_seconds = 0;
-	out->retry_after_seconds = 0;
+	if (rate_hash == NULL || rate_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s: rate counters need lattice in shared_preload_libraries", caller),
+				 errhint("Add lattice to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* The rate clock: real time plus the superuser-only test offset. */
+TimestampTz
+rate_now(void)
+{
+	return GetCurrentTimestamp() + (int64) rate_test_clock_offset * USECS_PER_SEC;
+}
+
+int64
+rate_ceil_seconds(int64 usecs)
+{
+	return usecs <= 0 ? 0 : (usecs + USECS_PER_SEC - 1) / USECS_PER_SEC;
+}
+
+/* A scoped key: BLAKE2b-128 of scope NUL key, so any key length fits. */
+void
+rate_scoped_key(const char *scope, const char *key, RateKey *out)
+{
+	crypto_generichash_state st;
+
+	memset(out, 0, sizeof(*out));
+	out->kind = RATE_KIND_SCOPED;
+	crypto_generichash_init(&st, NULL, 0, sizeof(out->id));
+	crypto_generichash_update(&st, (const unsigned char *) scope, strlen(scope) + 1);
+	crypto_generichash_update(&st, (const unsigned char *) key, strlen(key));
+	crypto_generichash_final(&st, out->id, sizeof(out->id));
+}
+
+static inline int64
+rate_interval(int64 limit, int64 period_us)
+{
+	return Max(period_us / limit, 1);
+}
+
+/* Remaining allowance and seconds until it is whole, without counting. */
+void
+rate_entry_state(const RateEntry *e, TimestampTz now, int64 *remaining, int64 *reset_seconds)
+{
+	int64		t = rate_interval(e->limit, e->period_us);
+	int64		backlog = Max(e->tat, now) - now;
+
+	*remaining = Max((t * e->burst - backlog) / t, 0);
+	*reset_seconds = rate_ceil_seconds(backlog);
+}
+
+/* Finds the key's entry or makes one, evicting the LRU key when full. */
+static RateEntry *
+rate_entry_get(const RateKey *key, bool *is_new)
+{
+	RateEntry  *e;
+	bool		found;
+
+	e = hash_search(rate_hash, key, HASH_FIND, NULL);
+	if (e)
+	{
+		dlist_move_head(&rate_shared->lru, &e->lru);
+		*is_new = false;
+		return e;
+	}
+	if (hash_get_num_entries(rate_hash) >= rate_table_size && !dlist_is_empty(&rate_shared->lru))
+	{
+		RateEntry  *victim = dlist_tail_element(RateEntry, lru, &rate_shared->lru);
+
+		dlist_delete(&victim->lru);
+		hash_search(rate_hash, &victim->key, HASH_REMOVE, NULL);
+		rate_shared->evictions++;
+	}
+	e = hash_search(rate_hash, key, HASH_ENTER_NULL, &found);
+	if (e == NULL)
+		return NULL;
+	memset((char *) e + sizeof(RateKey), 0, sizeof(RateEntry) - sizeof(RateKey));
+	dlist_push_head(&rate_shared->lru, &e->lru);
+	*is_new = true;
+	return e;
+}
+
+/* Counts one request in the entry's hour, keeping the turned hour's rest. */
+static inline void
+rate_count(RateEntry *e, int64 hour, bool allowed)
+{
+	if (e->hour != hour)
+	{
+		int64		da = e->allowed - e->flushed_allowed;
+		int64		dr = e->refused - e->flushed_refused;
+
+		if (da != 0 || dr != 0)
+		{
+			e->prev_hour = e->hour;
+			e->prev_allowed = da;
+			e->prev_refused = dr;
+			e->prev_dirty = true;
+		}
+		e->hour = hour;
+		e->allowed = e->refused = e->flushed_allowed = e->flushed_refused = 0;
+	}
+	if (allowed)
+		e->allowed++;
+	else
+		e->refused++;
+}
+
+/*
+ * Checks and counts one request for a key: the GCRA step under the lock.
+ * burst is clamped to [1, limit] so the tolerance never exceeds one period.
+ */
+void
+rate_check_key(const RateKey *key, const char *scope, const char *label,
+			   int64 limit, int64 period_seconds, int64 burst, LatticeRateResult *out)
+{
+	TimestampTz real_now = GetCurrentTimestamp();
+	TimestampTz now = real_now + (int64) rate_test_clock_offset * USECS_PER_SEC;
+	int64		period_us = period_seconds * USECS_PER_SEC;
+	int64		t = rate_interval(limit, period_us);
+	int64		tau;
+	RateEntry  *e;
+	bool		is_new;
+
+	burst = Min(Max(burst, 1), limit);
+	tau = t * burst;
+
+	out->limit = limit;
+	out->period_seconds = period_seconds;
+
+	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
+	e = rate_entry_get(key, &is_new);
+	if (e == NULL)
+	{
+		/* cannot happen with a preallocated table; never refuse for it */
+		LWLockRelease(rate_shared->lock);
+		out->allowed = true;
+		out->remaining = burst - 1;
+		out->reset_seconds = rate_ceil_seconds(t);
+		out->retry_after_seconds = 0;
+		return;
+	}
+	if (is_new)
+	{
+		e->tat = now;
+		strlcpy(e->scope, scope, sizeof(e->scope));
+		if (label)
+			strlcpy(e->label, label, sizeof(e->label));
+	}
+	else if ((e->limit != limit || e->period_us != period_us) && e->tat > now)
+	{
+		/* a changed limit (a new plan) keeps the requests already used */
+		double		used = (double) (e->tat - now) / rate_interval(e->limit, e->period_us);
+
+		e->tat = now + (int64) (used * t);
+	}
+	e->limit = limit;
+	e->period_us = period_us;
+	e->burst = burst;
+	e->last_used = now;
+
+	{
+		TimestampTz tat = Max(e->tat, now);
+		int64		backlog = tat + t - now;
+
+		if (backlog > tau)
+		{
+			out->allowed = false;
+			out->remaining = 0;
+			out->reset_seconds = rate_ceil_seconds(tat - now);
+			out->retry_after_seconds = Max(rate_ceil_seconds(backlog - tau), 1);
+		}
+		else
+		{
+			e->tat = tat + t;
+			out->allowed = true;
+			out->remaining = (tau - backlog) / t;
+			out->reset_seconds = rate_ceil_seconds(backlog);
+			out->retry_after_seconds = 0;
+		}
+	}
+	rate_count(e, real_now / USECS_PER_HOUR, out->allowed);
+	LWLockRelease(rate_shared->lock);
 }
 
 bool
 lattice_rate_check(const char *scope, const char *key, int64 limit,
 				   int64 period_seconds, LatticeRateResult *out)
 {
-	out->allowed = true;
-	out->limit = limit;
-	out->remaining = limit;
-	out->reset_seconds = 0;
-	out->retry_after_seconds = 0;
-	return true;
+	RateKey		k;
+
+	rate_require_shmem("lattice_rate_check");
+	if (limit < 1 || period_seconds < 1 || period_seconds > 366 * SECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lattice_rate_check: limit must be positive and the period between 1 second and 366 days")));
+	rate_scoped_key(scope, key, &k);
+	rate_check_key(&k, scope, key, limit, period_seconds, limit, out);
+	return out->allowed;
 }

@@ -1,0 +1,12 @@
+-- Hourly usage per tenant, rolled up from the shared-memory counters by the
+-- lattice usage roll-up worker (src/ratelimit_worker.c): one write per tenant
+-- per interval, never per request.  user_id makes it a tenant table (RLS).
+
+CREATE TABLE lattice.usage_hourly (
+    user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
+    hour        timestamptz NOT NULL,
+    requests    bigint NOT NULL DEFAULT 0 CHECK (requests >= 0),
+    refused     bigint NOT NULL DEFAULT 0 CHECK (refused >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (user_id, hour)
+);
