@@ -31,4 +31,5 @@ _PG_init(void)
 
 	lattice_tenant_init();
 	lattice_rate_init();
+	lattice_billing_init();
 }

@@ -63,6 +63,9 @@ extern char *lattice_rate_headers_json(const LatticeRateResult *result);
  */
 extern bool lattice_rate_last_result(LatticeRateResult *out);
 
+/* billing_settings.c: billing GUCs */
+extern void lattice_billing_init(void);
+
 /* true when lattice is loaded through shared_preload_libraries */
 extern bool lattice_preloaded;
 
