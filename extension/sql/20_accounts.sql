@@ -15,7 +15,8 @@ INSERT INTO lattice.plans (id, name, price_cents) VALUES ('standard', 'Lattice',
 
 CREATE TABLE lattice.users (
     id              uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
-    email           text NOT NULL UNIQUE CHECK (email = pg_catalog.lower(email)),
+    email           text NOT NULL UNIQUE
+                    CHECK (email = pg_catalog.lower(email) AND pg_catalog.length(email) <= 254),
     password_hash   text,
     name            text NOT NULL,
     plan_id         text NOT NULL DEFAULT 'standard' REFERENCES lattice.plans,
@@ -24,12 +25,19 @@ CREATE TABLE lattice.users (
     updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
+-- API keys (src/apikey.c): the plaintext is shown once and never stored.
+-- prefix: the key's first 12 characters, for lookup and display; key_hash:
+-- BLAKE2b-256 of the key keyed with the server pepper named by pepper_kid.
+-- A rotated key points at its predecessor, whose expires_at the rotation
+-- moved to the end of the grace period.
 CREATE TABLE lattice.api_keys (
     id          uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
-    name        text NOT NULL,
+    name        text NOT NULL CHECK (pg_catalog.length(name) BETWEEN 1 AND 100),
     prefix      text NOT NULL UNIQUE,
     key_hash    bytea NOT NULL,
+    pepper_kid  text NOT NULL,
+    rotated_from uuid REFERENCES lattice.api_keys ON DELETE SET NULL,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_used   timestamptz,
     expires_at  timestamptz,

@@ -1,0 +1,416 @@
+/*
+ * apikey.c
+ *		API keys for the plugins: creation, verification, rotation.
+ *
+ * A key is "ltc_" + 32 bytes of libsodium randomness in base64url (47
+ * characters), shown once.  Stored: its first 12 characters as the lookup and
+ * display prefix (48 bits, not secret) and a BLAKE2b-256 of the whole key
+ * keyed with the server pepper (which pepper: pepper_kid), compared in
+ * constant time.  A fast keyed hash is right for 208+ bits of randomness; a
+ * slow one would cost milliseconds per request for nothing.
+ *
+ * last_used is kept to the minute: a verification writes only when the stored
+ * minute is older than the current one, and never in a read-only transaction
+ * (GET routes) -- then the touch is deferred to this backend's next writing
+ * authentication (auth.c).  Locked rows are skipped, so concurrent requests
+ * with one key never wait on each other.
+ */
+#include "lattice.h"
+#include "identity.h"
+
+#include <sodium.h>
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define KEY_RANDOM_BYTES	32
+#define KEY_TEXT_LEN		(4 + 43)
+#define KEY_PREFIX_LEN		12
+#define KEY_HASH_BYTES		32
+
+static void
+key_hash(const char *key, size_t len, const uint8 pepper[LATTICE_SECRET_BYTES],
+		 uint8 out[KEY_HASH_BYTES])
+{
+	crypto_generichash(out, KEY_HASH_BYTES, (const unsigned char *) key, len,
+					   pepper, LATTICE_SECRET_BYTES);
+}
+
+static bool
+key_well_formed(const char *key, size_t len)
+{
+	size_t		i;
+
+	if (len != KEY_TEXT_LEN || strncmp(key, "ltc_", 4) != 0)
+		return false;
+	for (i = 4; i < len; i++)
+	{
+		char		c = key[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			  (c >= '0' && c <= '9') || c == '-' || c == '_'))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Verifies a key and returns its account and id; raises 401 with
+ * invalid_api_key, revoked_api_key or expired_api_key.  Use after
+ * revocation is audited (deferred: the refusal rolls this transaction back).
+ */
+void
+lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_uuid_t *key_id)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr touch_plan = NULL;
+	size_t		len = strlen(key);
+	uint8		pepper[LATTICE_SECRET_BYTES];
+	uint8		computed[KEY_HASH_BYTES];
+	char		prefix[KEY_PREFIX_LEN + 1];
+	Datum		values[1];
+	bool		found = false;
+	bool		matches = false;
+	bool		revoked = false;
+	bool		expired = false;
+	bool		stale = false;
+	TimestampTz now = lattice_clock_now();
+
+	if (!key_well_formed(key, len))
+		lattice_raise_http(401, "invalid_api_key", "the API key is not valid", NULL, NULL);
+	memcpy(prefix, key, KEY_PREFIX_LEN);
+	prefix[KEY_PREFIX_LEN] = '\0';
+
+	SPI_connect();
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("SELECT k.id, k.user_id, k.key_hash, k.revoked_at, k.expires_at,"
+						   "       k.last_used, s.secret"
+						   "  FROM lattice.api_keys k"
+						   "  JOIN lattice.secrets s ON s.kind = 'pepper' AND s.kid = k.pepper_kid"
+						   " WHERE k.prefix = $1", 1, (Oid[]) {TEXTOID});
+		if (plan == NULL)
+			elog(ERROR, "lattice: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	values[0] = CStringGetTextDatum(prefix);
+	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice: API key lookup failed");
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bytea	   *stored;
+		bytea	   *secret;
+		Datum		d;
+
+		found = true;
+		memcpy(key_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
+		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)), sizeof(pg_uuid_t));
+		stored = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		revoked = !isnull && DatumGetTimestampTz(d) <= now;
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		expired = !isnull && DatumGetTimestampTz(d) <= now;
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		stale = isnull || DatumGetTimestampTz(d) < now - USECS_PER_MINUTE;
+		secret = DatumGetByteaPP(SPI_getbinval(tup, desc, 7, &isnull));
+		if (VARSIZE_ANY_EXHDR(secret) != LATTICE_SECRET_BYTES)
+			elog(ERROR, "lattice: pepper has the wrong size");
+		memcpy(pepper, VARDATA_ANY(secret), LATTICE_SECRET_BYTES);
+		key_hash(key, len, pepper, computed);
+		matches = VARSIZE_ANY_EXHDR(stored) == KEY_HASH_BYTES &&
+			sodium_memcmp(computed, VARDATA_ANY(stored), KEY_HASH_BYTES) == 0;
+	}
+	else
+	{
+		/* the same work for an unknown prefix */
+		memset(pepper, 0, sizeof(pepper));
+		key_hash(key, len, pepper, computed);
+	}
+	sodium_memzero(pepper, sizeof(pepper));
+
+	if (found && matches && !revoked && !expired && stale)
+	{
+		if (lattice_xact_read_only())
+			lattice_defer_touch("api_key", key_id);
+		else
+		{
+			if (touch_plan == NULL)
+			{
+				touch_plan = SPI_prepare("UPDATE lattice.api_keys SET last_used = $2"
+										 " WHERE id = (SELECT id FROM lattice.api_keys WHERE id = $1"
+										 "             FOR UPDATE SKIP LOCKED)",
+										 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
+				if (touch_plan == NULL)
+					elog(ERROR, "lattice: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+				SPI_keepplan(touch_plan);
+			}
+			if (SPI_execute_plan(touch_plan, (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(now)},
+								 NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "lattice: API key touch failed");
+		}
+	}
+	SPI_finish();
+
+	if (!found || !matches)
+		lattice_raise_http(401, "invalid_api_key", "the API key is not valid", NULL, NULL);
+	if (revoked)
+	{
+		char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(key_id)));
+
+		lattice_defer_audit("key.used_after_revocation", user_id, id, req);
+		lattice_raise_http(401, "revoked_api_key", "the API key has been revoked", NULL, NULL);
+	}
+	if (expired)
+		lattice_raise_http(401, "expired_api_key", "the API key has expired", NULL, NULL);
+}
+
+/* lattice.api_key_verify(key text, req jsonb) -> uuid: the account, or a 401 */
+PG_FUNCTION_INFO_V1(lattice_api_key_verify);
+Datum
+lattice_api_key_verify(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
+	pg_uuid_t	key_id;
+
+	if (PG_ARGISNULL(0))
+		lattice_raise_http(401, "missing_credentials", "no API key given", NULL, NULL);
+	lattice_api_key_verify_cstr(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+								PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), user_id, &key_id);
+	PG_RETURN_UUID_P(user_id);
+}
+
+/* Creating or rotating keys of user_id: its own tenant, or a DBA */
+static void
+check_key_owner(const char *fn, const pg_uuid_t *user_id)
+{
+	pg_uuid_t	tenant;
+
+	if (lattice_get_tenant(&tenant) && memcmp(&tenant, user_id, sizeof(pg_uuid_t)) == 0)
+		return;
+	if (lattice_caller_is_privileged())
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("%s: permission denied", fn),
+			 errdetail("Keys are created by their authenticated account or a DBA.")));
+}
+
+static char *
+clean_key_name(text *t)
+{
+	char	   *name = text_to_cstring(t);
+	char	   *end;
+	int			chars;
+
+	while (isspace((unsigned char) *name))
+		name++;
+	end = name + strlen(name);
+	while (end > name && isspace((unsigned char) end[-1]))
+		*--end = '\0';
+	chars = pg_mbstrlen(name);
+	if (chars < 1 || chars > 100)
+		lattice_raise_http(400, "invalid_name", "key name must be 1 to 100 characters", NULL, NULL);
+	return name;
+}
+
+typedef struct NewKey
+{
+	pg_uuid_t	id;
+	char	   *key;
+	char	   *prefix;
+	TimestampTz created_at;
+} NewKey;
+
+/* Generates, hashes and stores one key; the plaintext is only in out->key */
+static void
+key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool expires_null,
+		   const pg_uuid_t *rotated_from, NewKey *out)
+{
+	uint8		pepper[LATTICE_SECRET_BYTES];
+	char		kid[LATTICE_KID_MAX + 1];
+	uint8		hash[KEY_HASH_BYTES];
+	bytea	   *hash_b;
+	char	   *random_part;
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	TimestampTz now = lattice_clock_now();
+
+	if (!lattice_secret_get("pepper", NULL, pepper, kid))
+		elog(ERROR, "lattice: no active pepper; run lattice.rotate_secret('pepper')");
+	random_part = lattice_random_token(KEY_RANDOM_BYTES);
+	out->key = psprintf("ltc_%s", random_part);
+	sodium_memzero(random_part, strlen(random_part));
+	out->prefix = pnstrdup(out->key, KEY_PREFIX_LEN);
+	key_hash(out->key, strlen(out->key), pepper, hash);
+	sodium_memzero(pepper, sizeof(pepper));
+	hash_b = palloc(VARHDRSZ + KEY_HASH_BYTES);
+	SET_VARSIZE(hash_b, VARHDRSZ + KEY_HASH_BYTES);
+	memcpy(VARDATA(hash_b), hash, KEY_HASH_BYTES);
+
+	values[0] = UUIDPGetDatum(user_id);
+	values[1] = CStringGetTextDatum(name);
+	values[2] = CStringGetTextDatum(out->prefix);
+	values[3] = PointerGetDatum(hash_b);
+	values[4] = CStringGetTextDatum(kid);
+	values[5] = TimestampTzGetDatum(now);
+	values[6] = expires_at;
+	if (expires_null)
+		nulls[6] = 'n';
+	if (rotated_from)
+		values[7] = UUIDPGetDatum(rotated_from);
+	else
+		nulls[7] = 'n';
+
+	SPI_connect();
+	if (SPI_execute_with_args("INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"
+							  " created_at, expires_at, rotated_from)"
+							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+							  8, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID,
+							  TIMESTAMPTZOID, UUIDOID},
+							  values, nulls, false, 1) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "lattice: API key insert failed");
+	memcpy(&out->id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull)), sizeof(pg_uuid_t));
+	SPI_finish();
+	out->created_at = now;
+}
+
+static char *
+uuid_text(const pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+/*
+ * lattice.api_key_create(user_id uuid, name text, expires_at timestamptz, req jsonb)
+ *   -> (id uuid, key text, prefix text, created_at timestamptz)
+ * For the account's own tenant or a DBA; audited.
+ */
+PG_FUNCTION_INFO_V1(lattice_api_key_create);
+Datum
+lattice_api_key_create(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *user_id;
+	char	   *name;
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	NewKey		nk;
+	char		details[64];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lattice.api_key_create: user id must not be null")));
+	user_id = PG_GETARG_UUID_P(0);
+	check_key_owner("lattice.api_key_create", user_id);
+	if (PG_ARGISNULL(1))
+		lattice_raise_http(400, "invalid_name", "key name must be 1 to 100 characters", NULL, NULL);
+	name = clean_key_name(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2) && PG_GETARG_TIMESTAMPTZ(2) <= lattice_clock_now())
+		lattice_raise_http(400, "invalid_expiry", "expires_at must be in the future", NULL, NULL);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "lattice.api_key_create: must return a record");
+
+	key_insert(user_id, name, PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2), PG_ARGISNULL(2),
+			   NULL, &nk);
+	snprintf(details, sizeof(details), "{\"prefix\": \"%s\"}", nk.prefix);
+	lattice_audit("key.created", user_id, uuid_text(&nk.id), details,
+				  PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3));
+
+	values[0] = UUIDPGetDatum(&nk.id);
+	values[1] = CStringGetTextDatum(nk.key);
+	values[2] = CStringGetTextDatum(nk.prefix);
+	values[3] = TimestampTzGetDatum(nk.created_at);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/*
+ * lattice.api_key_rotate(key_id uuid, grace_seconds integer, req jsonb)
+ *   -> (id, name, key, prefix, created_at, old_key_expires_at)
+ *
+ * A new key with the same name; the old one keeps working for grace_seconds
+ * (default 24 h, 0 to 30 days; never longer than it would have anyway).
+ * Only the current tenant's own live keys rotate.
+ */
+PG_FUNCTION_INFO_V1(lattice_api_key_rotate);
+Datum
+lattice_api_key_rotate(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t  *key_id;
+	int64		grace = PG_ARGISNULL(1) ? LATTICE_API_KEY_GRACE_DEFAULT : PG_GETARG_INT32(1);
+	TimestampTz now = lattice_clock_now();
+	TimestampTz old_expires;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+	char	   *name;
+	NewKey		nk;
+	bool		isnull;
+	char		details[128];
+
+	if (!lattice_get_tenant(&tenant))
+		lattice_raise_http(401, "missing_credentials", "authentication required", NULL, NULL);
+	if (PG_ARGISNULL(0))
+		lattice_raise_http(404, "not_found", "no such key", NULL, NULL);
+	key_id = PG_GETARG_UUID_P(0);
+	if (grace < 0 || grace > LATTICE_API_KEY_GRACE_MAX)
+		lattice_raise_http(400, "invalid_grace", "grace_seconds must be 0 to 2592000", NULL, NULL);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "lattice.api_key_rotate: must return a record");
+
+	old_expires = now + grace * USECS_PER_SEC;
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT name, revoked_at, expires_at FROM lattice.api_keys"
+							  " WHERE id = $1 AND user_id = $2 FOR UPDATE", 2,
+							  (Oid[]) {UUIDOID, UUIDOID},
+							  (Datum[]) {UUIDPGetDatum(key_id), UUIDPGetDatum(&tenant)},
+							  NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice.api_key_rotate: lookup failed");
+	if (SPI_processed != 1)
+		lattice_raise_http(404, "not_found", "no such key", NULL, NULL);
+	name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	name = strcpy(SPI_palloc(strlen(name) + 1), name);
+	SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		lattice_raise_http(409, "key_revoked", "a revoked key cannot be rotated", NULL, NULL);
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+
+		if (!isnull && DatumGetTimestampTz(d) <= now)
+			lattice_raise_http(409, "key_expired", "an expired key cannot be rotated", NULL, NULL);
+		if (!isnull && DatumGetTimestampTz(d) < old_expires)
+			old_expires = DatumGetTimestampTz(d);
+	}
+	if (SPI_execute_with_args("UPDATE lattice.api_keys SET expires_at = $2 WHERE id = $1", 2,
+							  (Oid[]) {UUIDOID, TIMESTAMPTZOID},
+							  (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(old_expires)},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lattice.api_key_rotate: update failed");
+	SPI_finish();
+
+	key_insert(&tenant, name, (Datum) 0, true, key_id, &nk);
+	snprintf(details, sizeof(details), "{\"new_key_id\": \"%s\", \"grace_seconds\": " INT64_FORMAT "}",
+			 uuid_text(&nk.id), grace);
+	lattice_audit("key.rotated", &tenant, uuid_text(key_id), details,
+				  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2));
+
+	values[0] = UUIDPGetDatum(&nk.id);
+	values[1] = CStringGetTextDatum(name);
+	values[2] = CStringGetTextDatum(nk.key);
+	values[3] = CStringGetTextDatum(nk.prefix);
+	values[4] = TimestampTzGetDatum(nk.created_at);
+	values[5] = TimestampTzGetDatum(old_expires);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}

@@ -1,0 +1,97 @@
+/*
+ * identity.h
+ *		Shared declarations of the identity files: accounts and passwords
+ *		(password.c), sessions (session.c), JWTs (jwt.c), API keys (apikey.c),
+ *		server secrets and the clock (secrets.c), and the one entry point
+ *		lattice.authenticate() (auth.c).
+ *
+ * Every function here that reads a secret or looks across tenants runs inside
+ * a SECURITY DEFINER SQL function owned by the extension owner, so its SPI
+ * queries run as the owner (who bypasses row-level security); each of them
+ * filters by exactly one key and returns nothing of another tenant.
+ */
+#ifndef LATTICE_IDENTITY_H
+#define LATTICE_IDENTITY_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+#define LATTICE_SECRET_BYTES	32	/* pepper and JWT keys: 256 bits */
+#define LATTICE_KID_MAX			32
+
+/* Argon2id parameters (password.c): OWASP's minimum, see there */
+#define LATTICE_PWHASH_OPSLIMIT 2
+#define LATTICE_PWHASH_MEMLIMIT (19 * 1024 * 1024)
+#define LATTICE_PASSWORD_MIN_CHARS 10
+#define LATTICE_PASSWORD_MAX_CHARS 1024
+
+/* JWT (jwt.c) */
+#define LATTICE_JWT_MAX_TTL		3600	/* seconds */
+#define LATTICE_JWT_SKEW		30		/* seconds of clock skew accepted */
+
+/* Sessions (session.c) */
+#define LATTICE_SESSION_IDLE_SECONDS	(24 * 3600)
+#define LATTICE_SESSION_MAX_SECONDS		(14 * 24 * 3600)
+
+/* API keys (apikey.c) */
+#define LATTICE_API_KEY_GRACE_DEFAULT	(24 * 3600)
+#define LATTICE_API_KEY_GRACE_MAX		(30 * 24 * 3600)
+
+/* secrets.c: the clock (overridable by superusers in tests) and secrets */
+extern TimestampTz lattice_clock_now(void);
+extern bool lattice_secret_get(const char *kind, const char *kid,
+							   uint8 secret[LATTICE_SECRET_BYTES],
+							   char kid_out[LATTICE_KID_MAX + 1]);
+extern bool lattice_jwt_key_usable(const char *kid, uint8 secret[LATTICE_SECRET_BYTES]);
+extern bool lattice_caller_is_privileged(void);
+
+/* identity helpers (secrets.c) */
+extern char *lattice_b64url_encode(const uint8 *bin, size_t len);
+extern char *lattice_random_token(size_t nbytes);
+extern char *lattice_req_text(Jsonb *req, const char *key);
+extern bool lattice_req_bool(Jsonb *req, const char *key);
+extern void lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
+						  const char *details_json, Jsonb *req);
+extern bool lattice_xact_read_only(void);
+
+/* password.c */
+extern char *lattice_password_hash_cstr(const char *password, size_t len);
+extern bool lattice_password_verify_cstr(const char *hash, const char *password, size_t len);
+extern void lattice_password_check_length(const char *password, size_t len);
+
+/* apikey.c */
+extern void lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id,
+										pg_uuid_t *key_id);
+
+/* jwt.c, jwt_json.c */
+extern void lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id);
+extern bool lattice_jwt_parse_header(const char *json, size_t len, char *alg, size_t alg_size,
+									 bool *has_alg, char *kid, size_t kid_size, bool *has_kid);
+extern bool lattice_jwt_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
+									 char *iss, size_t iss_size, int64 *exp, int64 *iat,
+									 int64 *nbf, bool *has_nbf, bool *complete);
+
+/* session.c */
+extern void lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
+										pg_uuid_t *session_id);
+
+/* auth.c: what authenticated this transaction; deferred writes */
+typedef enum LatticeAuthMethod
+{
+	LATTICE_AUTH_NONE = 0,
+	LATTICE_AUTH_API_KEY,
+	LATTICE_AUTH_BEARER,
+	LATTICE_AUTH_SESSION,
+	LATTICE_AUTH_PASSWORD		/* login or sign-up in this transaction */
+} LatticeAuthMethod;
+
+extern void lattice_auth_note(LatticeAuthMethod method, const pg_uuid_t *credential_id);
+extern LatticeAuthMethod lattice_auth_method(void);
+extern void lattice_defer_touch(const char *what, const pg_uuid_t *id);
+extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id,
+								const char *target, Jsonb *req);
+
+#endif							/* LATTICE_IDENTITY_H */
