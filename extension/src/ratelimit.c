@@ -51,6 +51,7 @@ int			rate_address_burst = 0;
 int			rate_plan_cache_ms = 10000;
 int			rate_test_clock_offset = 0;
 int			rate_usage_interval = 60;
+bool		rate_limits_enabled = true;
 char	   *rate_database = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -115,6 +116,10 @@ rate_define_gucs(void)
 								   NULL, &rate_database, "lattice",
 								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	}
+	DefineCustomBoolVariable("lattice.rate_limits_enabled",
+							 "Whether tenant quotas are checked at all (off only to measure their cost, or in an emergency).",
+							 NULL, &rate_limits_enabled, true,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_tenant_per_hour",
 							"Requests per hour of a tenant whose plan cannot be read.",
 							NULL, &rate_tenant_per_hour, 1000, 1, INT_MAX,

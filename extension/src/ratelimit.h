@@ -77,6 +77,7 @@ extern int	rate_address_burst;
 extern int	rate_plan_cache_ms;
 extern int	rate_test_clock_offset;
 extern int	rate_usage_interval;
+extern bool rate_limits_enabled;
 extern char *rate_database;
 
 extern void rate_require_shmem(const char *caller);

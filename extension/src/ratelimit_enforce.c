@@ -227,6 +227,12 @@ lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out)
 	RateKey		key;
 	int64		limit;
 
+	if (!rate_limits_enabled)
+	{
+		memset(out, 0, sizeof(*out));
+		out->allowed = true;
+		return;
+	}
 	rate_require_shmem("lattice_rate_enforce_tenant");
 	limit = rate_plan_limit(user_id);
 	memset(&key, 0, sizeof(key));
