@@ -1,0 +1,194 @@
+// The identity HTTP contract (issue 4) against a real shim and PostgreSQL:
+// sign-up, login, logout, me, sessions, token, keys; each 401 cause
+// distinct; cookie attributes; CSRF; revocation at once; rotation grace;
+// tampered / alg:none JWTs; no hash in any answer; audit rows written.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import net from 'node:net';
+
+const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
+const shimBin = process.env.LATTICE_SHIM_BIN ?? `${root}/shim/lattice-shim`;
+const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
+let shim;
+let base;
+const bodies = [];   // every answer's text, checked for hashes at the end
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+async function call(method, path, { body, key, bearer, cookies, csrf } = {}) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (key) headers['X-Lattice-API-Key'] = key;
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  if (cookies) headers.Cookie = Object.entries(cookies).map(([k, v]) => `${k}=${v}`).join('; ');
+  if (csrf) headers['X-CSRF-Token'] = csrf;
+  const res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  bodies.push(text);
+  return { status: res.status, headers: res.headers, json: text ? JSON.parse(text) : null };
+}
+const code = (r) => r.json?.error?.code;
+
+function cookiesOf(res) {
+  const out = {};
+  for (const c of res.headers.getSetCookie()) {
+    const [pair, ...attrs] = c.split(';').map((s) => s.trim());
+    const [name, value] = pair.split('=');
+    out[name] = { value, attrs };
+  }
+  return out;
+}
+
+before(async () => {
+  assert.ok(existsSync(shimBin), `the shim is built (${shimBin})`);
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  shim = spawn(shimBin, [], {
+    env: { ...process.env, LATTICE_SHIM_LISTEN: '127.0.0.1', LATTICE_SHIM_PORT: String(port),
+           LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim` },
+    stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let i = 0; i < 100; i++) {
+    try { if ((await fetch(`${base}/api/v1/health`)).status === 200) return; } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the shim did not start');
+});
+
+after(() => { shim?.kill('SIGTERM'); });
+
+const email = `http-${randomUUID()}@example.com`;
+const password = 'a fine long password';
+let user;
+let session;
+let csrf;
+
+test('sign-up answers 201 with the user and both cookies', async () => {
+  const r = await call('POST', '/api/v1/auth/signup', { body: { email: email.toUpperCase(), password, name: 'Http' } });
+  assert.equal(r.status, 201);
+  assert.deepEqual(Object.keys(r.json.user).sort(), ['email', 'id', 'name']);
+  assert.equal(r.json.user.email, email);
+  user = r.json.user.id;
+  const c = cookiesOf(r);
+  assert.match(c.lattice_session.value, /^[A-Za-z0-9_-]{43}$/);
+  for (const a of ['HttpOnly', 'SameSite=Lax', 'Path=/']) assert.ok(c.lattice_session.attrs.includes(a), a);
+  assert.ok(!c.lattice_session.attrs.includes('Secure'), 'no Secure without TLS');
+  assert.ok(!c.lattice_csrf.attrs.includes('HttpOnly'), 'the CSRF cookie is readable');
+  session = c.lattice_session.value;
+  csrf = c.lattice_csrf.value;
+});
+
+test('bad sign-ups are refused with clear codes', async () => {
+  assert.equal(code(await call('POST', '/api/v1/auth/signup', { body: { email, password, name: 'Again' } })), 'email_taken');
+  assert.equal(code(await call('POST', '/api/v1/auth/signup', { body: { email: 'x' + email, password: 'short', name: 'S' } })), 'invalid_password');
+  assert.equal(code(await call('POST', '/api/v1/auth/signup', { body: { email: 'nope', password, name: 'S' } })), 'invalid_email');
+});
+
+test('each missing or wrong credential has its own 401 code', async () => {
+  assert.equal(code(await call('GET', '/api/v1/auth/me')), 'missing_credentials');
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { key: 'ltc_nope' })), 'invalid_api_key');
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { bearer: 'a.b.c' })), 'invalid_token');
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { cookies: { lattice_session: 'x'.repeat(43) } })), 'invalid_session');
+  const wrong = await call('POST', '/api/v1/auth/login', { body: { email, password: 'not the password' } });
+  const unknown = await call('POST', '/api/v1/auth/login', { body: { email: 'no-' + email, password } });
+  assert.equal(wrong.status, 401);
+  assert.deepEqual(wrong.json.error.code, 'invalid_credentials');
+  assert.deepEqual({ ...unknown.json.error, request_id: 0 }, { ...wrong.json.error, request_id: 0 },
+    'a wrong email and a wrong password answer the same');
+});
+
+test('the session cookie reads; writes need the CSRF token', async () => {
+  const me = await call('GET', '/api/v1/auth/me', { cookies: { lattice_session: session } });
+  assert.equal(me.status, 200);
+  assert.equal(me.json.user.id, user);
+  assert.equal(me.json.auth.method, 'session');
+  const noCsrf = await call('POST', '/api/v1/keys', { body: { name: 'x' }, cookies: { lattice_session: session, lattice_csrf: csrf } });
+  assert.equal(noCsrf.status, 403);
+  assert.equal(code(noCsrf), 'csrf_failed');
+});
+
+let key;
+let keyId;
+test('keys: created once in full, listed without it', async () => {
+  const r = await call('POST', '/api/v1/keys', { body: { name: 'plugin' }, cookies: { lattice_session: session, lattice_csrf: csrf }, csrf });
+  assert.equal(r.status, 201);
+  assert.match(r.json.key, /^ltc_[A-Za-z0-9_-]{43}$/);
+  assert.equal(r.json.prefix, r.json.key.slice(0, 12));
+  key = r.json.key;
+  keyId = r.json.id;
+  const list = await call('GET', '/api/v1/keys', { key });
+  assert.equal(list.status, 200);
+  assert.equal(list.json.keys.length, 1);
+  assert.equal(list.json.keys[0].id, keyId);
+  assert.equal(list.json.keys[0].key, undefined);
+  assert.equal(list.json.keys[0].key_hash, undefined);
+});
+
+test('tokens: traded for a key, tampered and alg:none refused', async () => {
+  const t = await call('POST', '/api/v1/auth/token', { key, body: {} });
+  assert.equal(t.status, 200);
+  assert.ok(t.json.expires_in <= 3600 && t.json.expires_in > 3500);
+  const me = await call('GET', '/api/v1/auth/me', { bearer: t.json.token });
+  assert.equal(me.json.auth.method, 'bearer');
+  const [h, p, s] = t.json.token.split('.');
+  const claims = JSON.parse(Buffer.from(p, 'base64url'));
+  const forged = Buffer.from(JSON.stringify({ ...claims, exp: claims.exp + 86400 })).toString('base64url');
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { bearer: `${h}.${forged}.${s}` })), 'invalid_token');
+  const none = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { bearer: `${none}.${p}.` })), 'unsupported_alg');
+  assert.equal(code(await call('POST', '/api/v1/auth/token', { bearer: t.json.token, body: {} })), 'credential_not_accepted');
+});
+
+test('rotation honours the old key until its grace ends', async () => {
+  const r = await call('POST', `/api/v1/keys/${keyId}/rotate`, { key, body: { grace_seconds: 2 } });
+  assert.equal(r.status, 201);
+  assert.ok(r.json.old_key_expires_at);
+  assert.equal((await call('GET', '/api/v1/auth/me', { key })).status, 200, 'old key in its grace');
+  assert.equal((await call('GET', '/api/v1/auth/me', { key: r.json.key })).status, 200, 'new key');
+  await new Promise((res) => setTimeout(res, 2500));
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { key })), 'expired_api_key');
+  key = r.json.key;
+  keyId = r.json.id;
+});
+
+test('a revoked key is refused on the next request', async () => {
+  const r = await call('DELETE', `/api/v1/keys/${keyId}`, { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf });
+  assert.equal(r.status, 204);
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { key })), 'revoked_api_key');
+  assert.equal((await call('DELETE', `/api/v1/keys/${randomUUID()}`, { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf })).status, 404);
+});
+
+test('sessions: login, list, revoke one, logout revokes the current one', async () => {
+  const login = await call('POST', '/api/v1/auth/login', { body: { email, password } });
+  assert.equal(login.status, 200);
+  const c = cookiesOf(login);
+  const second = { lattice_session: c.lattice_session.value, lattice_csrf: c.lattice_csrf.value };
+  const list = await call('GET', '/api/v1/auth/sessions', { cookies: second });
+  assert.equal(list.json.sessions.length, 2);
+  const other = list.json.sessions.find((s) => !s.current);
+  const del = await call('DELETE', `/api/v1/auth/sessions/${other.id}`, { cookies: second, csrf: second.lattice_csrf });
+  assert.equal(del.status, 204);
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { cookies: { lattice_session: session } })), 'invalid_session');
+  const out = await call('POST', '/api/v1/auth/logout', { cookies: second, csrf: second.lattice_csrf });
+  assert.equal(out.status, 204);
+  assert.ok(cookiesOf(out).lattice_session.attrs.includes('Max-Age=0'), 'the cookie is cleared');
+  assert.equal(code(await call('GET', '/api/v1/auth/me', { cookies: second })), 'invalid_session');
+});
+
+test('no answer carries a password hash or a key hash; the audit trail has it all', () => {
+  for (const b of bodies) {
+    assert.ok(!b.includes('$argon2id'), 'no password hash');
+    assert.ok(!b.includes('key_hash') && !b.includes('token_hash') && !b.includes('password_hash'), 'no hash field');
+  }
+  const actions = sql(`SELECT string_agg(DISTINCT action, ',' ORDER BY action) FROM lattice.audit_log WHERE user_id = '${user}'`);
+  for (const a of ['user.signup', 'login.success', 'login.failure', 'logout', 'token.issued', 'key.created',
+                   'key.rotated', 'key.revoked', 'session.revoked']) {
+    assert.ok(actions.split(',').includes(a), `audit has ${a} (${actions})`);
+  }
+});
