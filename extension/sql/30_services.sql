@@ -1,6 +1,14 @@
 -- Services, their routes and packages, and the observed calls between them.
 -- Child rows carry user_id and reference (id, user_id) of their parent, so a
 -- row can never point at another tenant's service.
+--
+-- A service is (tenant, name, environment); the plugin's own service id
+-- changes at every process start and is only kept as instance_id.
+-- snapshot_hash is the hash of the last metadata snapshot without its
+-- volatile fields (see src/ingest_validate.c): an identical re-submission is
+-- recognised by it and only moves last_seen.  Liveness (active/inactive) is
+-- derived from last_seen when read, so it costs no write.  An is_external
+-- service is a caller seen in traces that never registered itself.
 
 CREATE TABLE lattice.services (
     id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
@@ -19,35 +27,36 @@ CREATE TABLE lattice.services (
     is_external         boolean NOT NULL DEFAULT false,
     discovered_by       jsonb,
     metadata            jsonb,
+    instance_id         text,
+    snapshot_hash       text,
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (user_id, name, environment),
     UNIQUE (id, user_id)
 );
 
+-- attrs: the route as the plugin described it (middlewareChain,
+-- handlerLocation, parameters, schemas, description, tags, metadata, ...),
+-- without the ids and timestamps the plugin regenerates.  A route that
+-- disappears from a snapshot keeps its id and gets removed_at.
 CREATE TABLE lattice.routes (
     id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
     service_id          uuid NOT NULL,
     method              text NOT NULL,
     path                text NOT NULL,
-    middleware_chain    text[],
-    handler_location    jsonb,
-    path_parameters     jsonb,
-    query_parameters    jsonb,
-    request_schema      jsonb,
-    response_schema     jsonb,
-    description         text,
-    tags                text[],
-    metadata            jsonb,
+    attrs               jsonb NOT NULL DEFAULT '{}',
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     removed_at          timestamptz,
     UNIQUE (service_id, method, path),
+    UNIQUE (id, user_id),
     FOREIGN KEY (service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
 );
 CREATE INDEX ON lattice.routes (user_id);
 
+-- One row per (package, type): the same package listed twice with one type
+-- is folded into one row.
 CREATE TABLE lattice.dependencies (
     id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
@@ -57,7 +66,7 @@ CREATE TABLE lattice.dependencies (
     version_range       text,
     dependency_type     text NOT NULL,
     scope               text,
-    metadata            jsonb,
+    attrs               jsonb NOT NULL DEFAULT '{}',
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     removed_at          timestamptz,
@@ -66,6 +75,9 @@ CREATE TABLE lattice.dependencies (
 );
 CREATE INDEX ON lattice.dependencies (user_id);
 
+-- An observed edge source -> target (traces with caller_service), or a
+-- declared one.  error_count counts status >= 500, client_error_count 4xx;
+-- latency_hist is a lattice.hist_* histogram (src/ingest_hist.c).
 CREATE TABLE lattice.connections (
     id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
@@ -76,6 +88,7 @@ CREATE TABLE lattice.connections (
     error_count         bigint NOT NULL DEFAULT 0 CHECK (error_count >= 0),
     client_error_count  bigint NOT NULL DEFAULT 0 CHECK (client_error_count >= 0),
     total_duration_ms   double precision NOT NULL DEFAULT 0,
+    latency_hist        bigint[],
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (source_service_id, target_service_id),
