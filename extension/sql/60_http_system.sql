@@ -1,0 +1,20 @@
+-- Endpoints of the shim itself (docs/shim.md).
+
+-- GET /ready: the database answers and the extension is installed.  The shim
+-- answers 503 by itself when it cannot reach the database at all.
+CREATE FUNCTION lattice_http.ready(req jsonb, body text)
+RETURNS lattice.http_response
+LANGUAGE sql STABLE
+AS $$
+    SELECT lattice.http_json(200, pg_catalog.jsonb_build_object(
+        'status', 'ready',
+        'database', 'ok',
+        'extension', (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'lattice')))
+$$;
+
+-- The tenant the current transaction authenticated, NULL when none: the shim
+-- reads it in the same statement as a route's answer, for its access log.
+CREATE FUNCTION lattice_http.tenant_id()
+RETURNS uuid
+LANGUAGE sql STABLE
+AS $$ SELECT lattice.current_user_id() $$;

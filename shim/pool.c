@@ -1,0 +1,217 @@
+/*
+ * A fixed-size libpq pool.
+ *
+ * Slots are connected lazily and replaced when broken.  After a failed
+ * connect, new connects wait out an exponential backoff (100 ms .. 5 s) and
+ * requests that would need one fail fast with POOL_DOWN instead of piling
+ * onto a database that is not there; healthy slots keep serving meanwhile.
+ * Waiting for a busy pool is bounded by pool_wait_ms (POOL_TIMEOUT).
+ *
+ * Each connection lives in pipeline mode: dispatch.c sends a request's whole
+ * transaction in one round trip.  The two statements every request needs are
+ * prepared at connect time; route statements lazily (pooled.prepared).
+ */
+#include "shim.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct slot {
+    struct pooled p;
+    bool busy;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct slot *slots;
+    int size;
+    int in_use;
+    int waiting;
+    int failures;        /* consecutive failed connects */
+    int64_t retry_at;    /* no new connect before (ms) */
+} pool = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+atomic_long m_pool_errors, m_pool_timeouts, m_pool_reconnects;
+
+/* The two statements of every request, see dispatch.c. */
+static const char *const SQL_TX_RO =
+    "SELECT pg_catalog.set_config('transaction_read_only', 'on', true), "
+    "pg_catalog.set_config('statement_timeout', $1, true)";
+static const char *const SQL_TX_RW =
+    "SELECT pg_catalog.set_config('statement_timeout', $1, true)";
+
+int pool_init(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&pool.cv, &attr);
+    pthread_condattr_destroy(&attr);
+    pool.size = cfg.pool_size;
+    pool.slots = calloc((size_t) pool.size, sizeof(struct slot));
+    if (!pool.slots)
+        return -1;
+    for (int i = 0; i < pool.size; i++) {
+        pool.slots[i].p.slot = i;
+        pool.slots[i].p.prepared = calloc((size_t) nroutes, 1);
+        if (!pool.slots[i].p.prepared)
+            return -1;
+    }
+    return 0;
+}
+
+static bool prepare_sync(PGconn *c, const char *name, const char *sql, int nparams)
+{
+    PGresult *res = PQprepare(c, name, sql, nparams, NULL);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        log_error(NULL, "pool: prepare %s failed: %s", name, PQresultErrorMessage(res));
+    PQclear(res);
+    return ok;
+}
+
+/* Opens a connection ready for dispatch: pipeline mode, base statements. */
+static PGconn *connect_one(void)
+{
+    const char *kw[] = { "dbname", "application_name", "connect_timeout", NULL };
+    const char *val[] = { cfg.conninfo, "lattice-shim", "3", NULL };
+    PGconn *c = PQconnectdbParams(kw, val, 1);
+    if (PQstatus(c) != CONNECTION_OK) {
+        log_error(NULL, "pool: connect failed: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    if (!prepare_sync(c, "tx_ro", SQL_TX_RO, 1) || !prepare_sync(c, "tx_rw", SQL_TX_RW, 1) ||
+        PQenterPipelineMode(c) != 1) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void deadline_after(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long) (ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+enum pool_status pool_acquire(struct pooled **out)
+{
+    struct timespec deadline;
+    deadline_after(&deadline, cfg.pool_wait_ms);
+    pthread_mutex_lock(&pool.mu);
+    for (;;) {
+        struct slot *healthy = NULL, *empty = NULL;
+        for (int i = 0; i < pool.size; i++) {
+            struct slot *s = &pool.slots[i];
+            if (s->busy)
+                continue;
+            if (s->p.conn) {
+                healthy = s;
+                break;
+            }
+            if (!empty)
+                empty = s;
+        }
+        struct slot *take = healthy;
+        if (!take && empty) {
+            if (now_ms() < pool.retry_at) {
+                pthread_mutex_unlock(&pool.mu);
+                atomic_fetch_add(&m_pool_errors, 1);
+                return POOL_DOWN;
+            }
+            take = empty;
+        }
+        if (take) {
+            take->busy = true;
+            pool.in_use++;
+            pthread_mutex_unlock(&pool.mu);
+            if (!take->p.conn) {
+                PGconn *c = connect_one();
+                pthread_mutex_lock(&pool.mu);
+                if (!c) {
+                    pool.failures++;
+                    int backoff = 100 << (pool.failures < 6 ? pool.failures - 1 : 5);
+                    pool.retry_at = now_ms() + (backoff > 5000 ? 5000 : backoff);
+                    take->busy = false;
+                    pool.in_use--;
+                    pthread_cond_signal(&pool.cv);
+                    pthread_mutex_unlock(&pool.mu);
+                    atomic_fetch_add(&m_pool_errors, 1);
+                    return POOL_DOWN;
+                }
+                pool.failures = 0;
+                pool.retry_at = 0;
+                take->p.conn = c;
+                memset(take->p.prepared, 0, (size_t) nroutes);
+                pthread_mutex_unlock(&pool.mu);
+                atomic_fetch_add(&m_pool_reconnects, 1);
+            }
+            *out = &take->p;
+            return POOL_OK;
+        }
+        pool.waiting++;
+        int rc = pthread_cond_timedwait(&pool.cv, &pool.mu, &deadline);
+        pool.waiting--;
+        if (rc == ETIMEDOUT) {
+            pthread_mutex_unlock(&pool.mu);
+            atomic_fetch_add(&m_pool_timeouts, 1);
+            return POOL_TIMEOUT;
+        }
+    }
+}
+
+/* Returns a connection; one that broke (or is mid-transaction after an
+   error we could not clean up) is closed so the slot reconnects. */
+void pool_release(struct pooled *p)
+{
+    struct slot *s = &pool.slots[p->slot];
+    if (p->conn && (PQstatus(p->conn) != CONNECTION_OK || PQtransactionStatus(p->conn) != PQTRANS_IDLE)) {
+        PQfinish(p->conn);
+        p->conn = NULL;
+    }
+    pthread_mutex_lock(&pool.mu);
+    s->busy = false;
+    pool.in_use--;
+    pthread_cond_signal(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+}
+
+void pool_close(void)
+{
+    pthread_mutex_lock(&pool.mu);
+    for (int i = 0; i < pool.size; i++) {
+        if (pool.slots[i].p.conn && !pool.slots[i].busy) {
+            PQfinish(pool.slots[i].p.conn);
+            pool.slots[i].p.conn = NULL;
+        }
+        free(pool.slots[i].p.prepared);
+        pool.slots[i].p.prepared = NULL;
+    }
+    free(pool.slots);
+    pool.slots = NULL;
+    pool.size = 0;
+    pthread_mutex_unlock(&pool.mu);
+}
+
+void pool_stats(int *size, int *in_use, int *waiting, int *healthy)
+{
+    pthread_mutex_lock(&pool.mu);
+    *size = pool.size;
+    *in_use = pool.in_use;
+    *waiting = pool.waiting;
+    *healthy = 0;
+    for (int i = 0; i < pool.size; i++)
+        if (pool.slots[i].p.conn)
+            (*healthy)++;
+    pthread_mutex_unlock(&pool.mu);
+}

@@ -1,0 +1,189 @@
+/*
+ * lattice-shim: a thin HTTP front for the lattice extension.
+ *
+ * One request = one route-table line = one SQL function called in one
+ * transaction on a pooled libpq connection (docs/http-contract.md).  The
+ * shim holds no business rule; this header is what its files share.
+ */
+#ifndef LATTICE_SHIM_H
+#define LATTICE_SHIM_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <civetweb.h>
+#include <libpq-fe.h>
+
+#define SHIM_VERSION "0.1.0"
+#define SHIM_SCHEMA_VERSION "1.0.0" /* the plugins' wire protocol */
+#define REQUEST_ID_MAX 64
+
+/* ---- config.c ---------------------------------------------------------- */
+
+enum timeout_class { T_FAST, T_NORMAL, T_SLOW, T_NCLASSES };
+
+struct shim_config {
+    char listen[64];
+    int port;
+    char conninfo[512];
+    int pool_size;
+    int pool_wait_ms;
+    int threads;
+    long body_max;
+    int header_max;
+    int uri_max;
+    int request_timeout_ms;
+    int keepalive_timeout_ms;
+    int max_connections;
+    int per_address_max;
+    int statement_timeout_ms[T_NCLASSES];
+    int shutdown_timeout_ms;
+    char web_root[512];
+    char tls_cert[512];
+    char cors_origins[1024];
+    char access_log[512];
+    char metrics_allow[256];
+    char csp_page[512];
+    bool test_routes;
+};
+
+extern struct shim_config cfg;
+
+/* Loads defaults, then the file (may be NULL), then LATTICE_SHIM_* env. */
+int config_load(const char *path, char *err, size_t errlen);
+bool config_list_has(const char *list, const char *item);
+
+/* ---- routes.c ---------------------------------------------------------- */
+
+enum route_flags {
+    R_JSON = 1 << 0,         /* a body, when sent, must be application/json */
+    R_CORS = 1 << 1,         /* reachable from browsers on the CORS allow-list */
+    R_TEST = 1 << 2,         /* only with test_routes = 1 (the HTTP suite) */
+    R_LOCAL_HEALTH = 1 << 3, /* answered by the shim, no database */
+    R_LOCAL_METRICS = 1 << 4,
+    R_OUTBOUND = 1 << 5,     /* runs the outbox job its answer names, after COMMIT (outbound.h) */
+};
+
+struct route {
+    const char *method;
+    const char *pattern;      /* literal segments and {name} parameters */
+    const char *function;     /* lattice_http.<function>; NULL when local */
+    unsigned flags;
+    enum timeout_class timeout;
+    const char *headers;      /* extra request headers passed in req.headers */
+};
+
+#define ROUTE_PARAMS_MAX 8
+
+struct route_match {
+    int index;                /* into routes[], or -1 */
+    int nparams;
+    struct { const char *name; size_t name_len; const char *value; size_t value_len; } params[ROUTE_PARAMS_MAX];
+};
+
+extern const struct route routes[];
+extern const int nroutes;
+
+/* Pseudo-route indexes for metrics and logs of requests outside the table. */
+#define ROUTE_UNMATCHED (nroutes)
+#define ROUTE_STATIC (nroutes + 1)
+#define ROUTE_SLOTS (nroutes + 2)
+
+bool route_enabled(int i);
+/* 1 = matched, 0 = no pattern matches, -1 = pattern matches but not method
+   (allow then lists the methods, comma separated). */
+int route_find(const char *method, const char *path, struct route_match *m, char *allow, size_t allowlen);
+const char *route_label(int i);
+unsigned route_path_flags(const char *path);
+
+/* ---- pool.c ------------------------------------------------------------ */
+
+struct pooled {
+    PGconn *conn;
+    unsigned char *prepared; /* per route: statement prepared on this conn */
+    int slot;
+};
+
+enum pool_status { POOL_OK, POOL_TIMEOUT, POOL_DOWN };
+
+int pool_init(void);
+enum pool_status pool_acquire(struct pooled **out);
+void pool_release(struct pooled *p);
+void pool_close(void);
+void pool_stats(int *size, int *in_use, int *waiting, int *healthy);
+
+/* ---- errors.c ---------------------------------------------------------- */
+
+struct http_error {
+    int status;
+    const char *code;
+    int retry_after;          /* seconds, 0 = no header */
+};
+
+/* Maps a SQLSTATE of an error not raised through lattice.raise_http. */
+struct http_error error_from_sqlstate(const char *sqlstate);
+/* Builds the error JSON body; details_json may be NULL. Caller frees. */
+char *error_body(const char *code, const char *message, const char *details_json, const char *request_id);
+
+/* ---- respond.c --------------------------------------------------------- */
+
+struct reply {
+    struct mg_connection *conn;
+    const char *request_id;
+    bool head;                /* HEAD: headers only */
+    bool tls;
+    bool close;               /* Connection: close */
+    int status;
+    size_t bytes;
+};
+
+/* Writes a complete response.  extra_headers: "Name: value\r\n" lines or NULL. */
+void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers,
+                const char *body, size_t body_len, bool page);
+/* A JSON error answer in the contract's shape (request_id added). */
+void reply_error(struct reply *r, int status, const char *code, const char *message,
+                 const char *details_json, const char *extra_headers);
+
+/* ---- dispatch.c -------------------------------------------------------- */
+
+struct request_log {
+    int route;
+    char tenant[40];
+};
+
+void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m,
+                  struct request_log *log);
+
+/* ---- static.c ---------------------------------------------------------- */
+
+int static_init(void);
+void static_serve(struct mg_connection *conn, struct reply *r, const char *path);
+
+/* ---- metrics.c --------------------------------------------------------- */
+
+int metrics_init(void);
+void metrics_request(int route, int status, double seconds);
+void metrics_serve(struct reply *r);
+extern atomic_long m_connections_open, m_connections_refused, m_pool_errors, m_pool_timeouts,
+    m_pool_reconnects;
+
+/* ---- log.c ------------------------------------------------------------- */
+
+int log_init(void);
+void log_access(const struct mg_request_info *ri, const char *request_id, const char *route,
+                int status, size_t bytes, double seconds, const char *tenant);
+void log_error(const char *request_id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- util.c ------------------------------------------------------------ */
+
+bool request_id_sane(const char *s);
+void request_id_generate(char out[REQUEST_ID_MAX + 1]);
+bool utf8_valid(const char *s, size_t len);
+double now_seconds(void);
+int64_t now_ms(void);
+void iso8601_now(char *buf, size_t len);
+
+#endif
