@@ -1,0 +1,80 @@
+// Onboarding: create a key (shown once), copy the snippet with it filled in,
+// and wait live for the first service to report.
+import { get, post } from '../api.js';
+import { h, listOf, poll, pick, serviceHref, viewHead } from './common.js';
+import { initTabs } from '../ui.js';
+import { expressSnippet, nextSnippet } from './snippets.js';
+
+export async function render(root) {
+  let key = null;
+  const keyStep = h('li');
+  const snippetStep = h('li');
+  const waitStep = h('li');
+  const waiting = h('div.waiting', { role: 'status', 'aria-live': 'polite' }, h('span.pulse', { 'aria-hidden': 'true' }),
+    h('span', 'Waiting for your first service…'));
+
+  function drawKeyStep(error) {
+    const name = h('input', { id: 'key-name', name: 'name', type: 'text', value: 'Production', maxlength: 100, required: true });
+    const button = h('button.btn.btn-primary', { type: 'submit' }, 'Create API key');
+    const form = h('form.toolbar', h('div.field.grow', h('label', { for: 'key-name' }, 'Key name'), name), button);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      button.disabled = true;
+      try {
+        key = await post('/keys', { name: name.value.trim() || 'Default' });
+        drawKeyStep();
+        drawSnippet();
+      } catch (err) {
+        drawKeyStep(err);
+      }
+    });
+    keyStep.className = key ? 'done' : '';
+    keyStep.replaceChildren(h('h2', 'Create an API key'),
+      key
+        ? [h('p', 'Here is your key. It is shown only this once: copy it now.'),
+          h('div.secret', h('code', { id: 'new-key' }, key.key),
+            h('button.btn.btn-small', { type: 'button', 'data-copy': '', 'data-copy-text': key.key }, 'Copy'))]
+        : [h('p.muted', 'Your services authenticate with it. You can create more, rotate or revoke them later.'),
+          error ? h('div.alert.alert-error', { role: 'alert' }, error.message) : null, form]);
+  }
+
+  function drawSnippet() {
+    const k = key && key.key;
+    const tab = (id, label, selected) => h('button', { role: 'tab', id: `tab-${id}`, 'aria-controls': `panel-${id}`,
+      'aria-selected': String(selected), tabindex: selected ? '0' : '-1', type: 'button' }, label);
+    const panel = (id, text, hidden) => h('div', { role: 'tabpanel', id: `panel-${id}`, 'aria-labelledby': `tab-${id}`, hidden },
+      h('div.code', h('button.btn.btn-small.copy', { type: 'button', 'data-copy': '' }, 'Copy'), h('pre', h('code', text))));
+    const tabs = h('div.tabs', { 'data-tabs': '' }, h('div', { role: 'tablist', 'aria-label': 'Framework' },
+      tab('express', 'Express', true), tab('next', 'Next.js', false)),
+      panel('express', expressSnippet(k), false), panel('next', nextSnippet(k), true));
+    snippetStep.replaceChildren(h('h2', 'Add the plugin to a service'),
+      h('p.muted', k ? 'The key is filled in below.' : 'Create a key first; it will be filled in below.'), tabs);
+    initTabs(snippetStep);
+  }
+
+  async function check() {
+    const d = await get('/services?limit=5');
+    const list = listOf(d, 'services');
+    if (list.length === 0) return false;
+    const first = list[0];
+    waitStep.className = 'done';
+    waiting.classList.add('arrived');
+    waiting.replaceChildren(h('span.pulse', { 'aria-hidden': 'true' }),
+      h('span', `${pick(first, 'name')} has arrived!`), ' ',
+      h('a', { href: serviceHref(first.id) }, 'Open it'), ' · ', h('a', { href: '/dashboard/graph' }, 'See the graph'));
+    return true;
+  }
+
+  drawKeyStep();
+  drawSnippet();
+  waitStep.replaceChildren(h('h2', 'Start the service'), h('p.muted', 'This turns green as soon as the first report arrives — no reload needed.'), waiting);
+
+  root.replaceChildren(viewHead('Get started'),
+    h('section.panel', h('ol.steps-ol', keyStep, snippetStep, waitStep)));
+
+  let stop = () => {};
+  if (!(await check().catch(() => false))) {
+    stop = poll(async () => { if (await check()) stop(); }, 2000);
+  }
+  return () => stop();
+}

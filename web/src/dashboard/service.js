@@ -1,0 +1,97 @@
+// One service: summary, routes with traffic, packages, upstream/downstream,
+// recent changes and errors.
+import { get } from '../api.js';
+import { h, listOf, pick, num, ms, pct, ago, date, timeEl, empty, failure, statusBadge, methodTag, serviceHref, viewHead } from './common.js';
+import { changeItem } from './changes.js';
+
+const optional = (p) => p.catch((err) => { if (err.status === 401) throw err; return { __error: err }; });
+
+export async function render(root, ctx) {
+  const id = ctx.params.get('id');
+  if (!id) {
+    root.replaceChildren(empty('No service chosen', 'Pick a service from the list.', h('a.btn', { href: '/dashboard/services' }, 'All services')));
+    return null;
+  }
+  const enc = encodeURIComponent(id);
+  let svc;
+  try {
+    svc = await get(`/services/${enc}`);
+  } catch (err) {
+    if (err.status === 401) throw err;
+    root.replaceChildren(viewHead('Service'), err.status === 404
+      ? empty('Service not found', 'It may have been removed, or it belongs to another account.', h('a.btn', { href: '/dashboard/services' }, 'All services'))
+      : failure(err, () => render(root, ctx)));
+    return null;
+  }
+  svc = svc.service ? { ...svc.service, ...svc, service: undefined } : svc;
+  const [up, down, changes, errors] = await Promise.all([
+    optional(get(`/graph/dependents/${enc}?depth=1`)),
+    optional(get(`/graph/dependencies/${enc}?depth=1`)),
+    svc.changes ? Promise.resolve(svc.changes) : optional(get(`/services/${enc}/changes?limit=20`)),
+    optional(get(`/errors?service_id=${enc}&limit=10`)),
+  ]);
+
+  const routes = listOf(svc.routes);
+  const deps = listOf(svc.dependencies);
+  const summary = h('dl.kv',
+    h('dt', 'Status'), h('dd', statusBadge(svc.status)),
+    h('dt', 'Environment'), h('dd', svc.environment || '—'),
+    h('dt', 'Version'), h('dd', svc.version || '—'),
+    h('dt', 'Framework'), h('dd', [svc.framework, svc.language].filter(Boolean).join(' · ') || '—'),
+    h('dt', 'Runtime'), h('dd', svc.runtime || '—'),
+    h('dt', 'First seen'), h('dd', date(pick(svc, 'firstSeen', 'first_seen', 'createdAt'))),
+    h('dt', 'Last seen'), h('dd', timeEl(pick(svc, 'lastSeen', 'last_seen'))));
+
+  const routeTable = routes.length === 0 ? empty('No routes reported', 'Routes appear when the plugin analyses the app.') :
+    h('div.table-wrap', h('table.data', { 'aria-label': 'Routes' },
+      h('thead', h('tr', h('th', 'Route'), h('th.num', 'Requests'), h('th.num', 'p50'), h('th.num', 'p95'), h('th.num', 'p99'), h('th.num', 'Errors'))),
+      h('tbody', routes.map((r) => {
+        const st = r.stats || r.traffic || r;
+        return h('tr', { class: pick(r, 'removedAt', 'removed_at') ? 'revoked' : '' },
+          h('td', methodTag(r.method), ' ', h('code', r.path)),
+          h('td.num', num(pick(st, 'requests', 'count', 'callFrequency', 'calls') ?? 0)),
+          h('td.num', ms(pick(st, 'p50', 'p50Ms', 'p50_ms', 'avgResponseTimeMs'))),
+          h('td.num', ms(pick(st, 'p95', 'p95Ms', 'p95_ms'))),
+          h('td.num', ms(pick(st, 'p99', 'p99Ms', 'p99_ms'))),
+          h('td.num', pct(pick(st, 'errorRate', 'error_rate'))));
+      }))));
+
+  const depTable = deps.length === 0 ? empty('No packages reported') :
+    h('div.table-wrap', h('table.data', { 'aria-label': 'Package dependencies' },
+      h('thead', h('tr', h('th', 'Package'), h('th', 'Version'), h('th', 'Type'))),
+      h('tbody', deps.map((d) => h('tr', h('td', h('code', pick(d, 'packageName', 'package_name', 'name'))),
+        h('td', d.version || '—'), h('td', pick(d, 'dependencyType', 'dependency_type', 'type') || '—'))))));
+
+  const neighbours = (res, label) => {
+    if (res && res.__error) return h('p.muted', `${label} unavailable: ${res.__error.message}`);
+    const list = listOf(res, 'services', 'nodes', 'dependents', 'dependencies').filter((n) => (n.id ?? n.service_id) !== id);
+    if (list.length === 0) return h('p.muted', `No ${label.toLowerCase()} services seen.`);
+    return h('ul.list-plain', list.map((n) => h('li', h('a', { href: serviceHref(n.id ?? n.service_id) }, n.name ?? n.id),
+      n.environment ? h('span.muted', ` · ${n.environment}`) : null)));
+  };
+
+  const changeList = changes && changes.__error ? h('p.muted', `Changes unavailable: ${changes.__error.message}`)
+    : listOf(changes, 'changes').length === 0 ? h('p.muted', 'Nothing has changed since the service first reported.')
+      : h('ul.timeline', listOf(changes, 'changes').slice(0, 20).map(changeItem));
+
+  const errList = errors && errors.__error ? h('p.muted', `Errors unavailable: ${errors.__error.message}`)
+    : listOf(errors, 'errors', 'groups').length === 0 ? h('p.muted', 'No errors reported.')
+      : h('ul.list-plain', listOf(errors, 'errors', 'groups').map((e) => h('li',
+        h('strong', pick(e, 'errorType', 'error_type', 'type') || 'Error'), ': ', e.message || '',
+        h('span.muted', ` · ${num(pick(e, 'count', 'occurrences') ?? 1)}× · last ${ago(pick(e, 'lastSeen', 'last_seen', 'timestamp'))}`))));
+
+  root.replaceChildren(
+    h('p.crumbs', h('a', { href: '/dashboard/services' }, 'Services'), ' / ', svc.name),
+    viewHead(svc.name, h('a.btn', { href: `/dashboard/graph?focus=${enc}` }, 'Show in graph'),
+      h('a.btn', { href: `/dashboard/graph?impact=${enc}` }, 'Impact')),
+    h('div.panel-grid',
+      h('section.panel', h('h2', 'Summary'), summary),
+      h('section.panel', h('h2', 'Called by (upstream)'), neighbours(up, 'Upstream'),
+        h('h2', 'Calls (downstream)'), neighbours(down, 'Downstream'))),
+    h('section.panel', h('h2', 'Routes ', h('span.badge', num(routes.length))), routeTable),
+    h('div.panel-grid',
+      h('section.panel', h('h2', 'Packages ', h('span.badge', num(deps.length))), depTable),
+      h('section.panel', h('h2', 'Recent changes'), changeList)),
+    h('section.panel', h('h2', 'Errors'), errList));
+  return null;
+}
