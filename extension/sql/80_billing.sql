@@ -1159,7 +1159,12 @@ BEGIN
                    'lattice-checkout-' || pg_catalog.gen_random_uuid()::text, 1
               FROM lattice.billing_customers bc WHERE bc.user_id = j.account_id
             RETURNING id INTO chained;
-            answer := lattice.outbound_answer(chained);
+            IF chained IS NULL THEN
+                -- the customer id belongs to another account: never cross tenants
+                answer := lattice.http_error(502, 'payment_provider_error', 'the customer is linked to another account');
+            ELSE
+                answer := lattice.outbound_answer(chained);
+            END IF;
         END IF;
     WHEN 'checkout.session', 'portal.session' THEN
         IF resp ->> 'url' IS NULL THEN

@@ -1,0 +1,73 @@
+/*
+ * outbound.h
+ *		Outbound calls of the shim: Stripe's API and SMTP e-mail, drained from
+ *		the extension's outbox (lattice.outbox) with libcurl.
+ *
+ * No call ever runs inside a database transaction: a job is claimed through
+ * lattice_worker.outbox_claim*() (autocommit), performed with no transaction
+ * open, and its result recorded through lattice_worker.outbox_complete().
+ *
+ *   outbound_start()   once at start-up: libcurl, then the worker thread that
+ *                      sends background jobs (e-mail) with retries
+ *   outbound_stop()    once at shutdown: stops and joins the worker
+ *   outbound_run_job() for the dispatcher: a route flagged `outbound` whose
+ *                      SQL answer carries `Lattice-Outbox-Job: <id>` runs that
+ *                      job (and the jobs it chains) right after its COMMIT and
+ *                      answers with what outbox_complete returns
+ */
+#ifndef LATTICE_OUTBOUND_H
+#define LATTICE_OUTBOUND_H
+
+#include <libpq-fe.h>
+
+/*
+ * Configuration.  NULL / 0 fields fall back to the environment variable in
+ * brackets, then to the default.
+ */
+struct outbound_config
+{
+	const char *conninfo;			/* libpq conninfo of the worker [LATTICE_DB] */
+	const char *stripe_api_base;	/* [LATTICE_STRIPE_API_BASE] https://api.stripe.com */
+	const char *stripe_secret_key;	/* [LATTICE_STRIPE_SECRET_KEY] sk_... */
+	const char *stripe_version;		/* [LATTICE_STRIPE_VERSION] optional Stripe-Version */
+	long		stripe_timeout_ms;	/* [LATTICE_STRIPE_TIMEOUT_MS] per attempt, 10000 */
+	const char *smtp_url;			/* [LATTICE_SMTP_URL] smtp://127.0.0.1:25 or smtps://... */
+	const char *smtp_username;		/* [LATTICE_SMTP_USERNAME] */
+	const char *smtp_password;		/* [LATTICE_SMTP_PASSWORD] */
+	const char *smtp_tls;			/* [LATTICE_SMTP_TLS] none | starttls | required (default starttls if offered: "try") */
+	const char *mail_from;			/* [LATTICE_MAIL_FROM] Lattice <billing@localhost> */
+	long		smtp_timeout_ms;	/* [LATTICE_SMTP_TIMEOUT_MS] 15000 */
+	long		poll_interval_ms;	/* [LATTICE_OUTBOX_POLL_MS] 1000 */
+};
+
+/* Starts the worker; 0 on success, -1 (logged to stderr) on failure. */
+extern int	outbound_start(const struct outbound_config *config);
+
+/* Stops the worker and waits for it; a no-op when it never started. */
+extern void outbound_stop(void);
+
+/* The answer for the client of an interactive job; strings are malloc'd. */
+struct outbound_answer
+{
+	int			status;
+	char	   *headers_json;	/* a JSON object, never NULL on success */
+	char	   *body;			/* JSON text, may be NULL */
+};
+
+/*
+ * Runs interactive job job_id (and the jobs it chains) on conn, which must be
+ * idle (no transaction open).  Fills answer; returns 0, or -1 when the
+ * database failed (answer then holds a 503).  Free with outbound_answer_free.
+ */
+extern int	outbound_run_job(PGconn *conn, long long job_id, struct outbound_answer *answer);
+extern void outbound_answer_free(struct outbound_answer *answer);
+
+/*
+ * For dispatch.c, on a route flagged R_OUTBOUND after the call's COMMIT:
+ * when *row (status, headers, body, tenant) carries Lattice-Outbox-Job, runs
+ * that job on conn and replaces *row with the job's answer in the same shape.
+ * Leaves *row alone otherwise.
+ */
+extern void outbound_follow(PGconn *conn, PGresult **row);
+
+#endif							/* LATTICE_OUTBOUND_H */
