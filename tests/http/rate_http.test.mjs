@@ -1,0 +1,114 @@
+// Rate limits through the real shim: RateLimit-* and X-RateLimit-* headers
+// on allowed answers, 429 rate_limited with Retry-After, GET /api/v1/usage,
+// tenants independent.  A plan of 5 requests an hour keeps it short.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import net from 'node:net';
+
+const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
+const shimBin = process.env.LATTICE_SHIM_BIN ?? `${root}/shim/lattice-shim`;
+const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
+const plan = `rate_http_${process.pid}`;
+let shim;
+let base;
+const users = [randomUUID(), randomUUID()];
+const keys = [];
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+async function usage(key) {
+  const res = await fetch(`${base}/api/v1/usage`, { headers: { 'X-Lattice-API-Key': key } });
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, json: text ? JSON.parse(text) : null };
+}
+
+before(async () => {
+  assert.ok(existsSync(shimBin), `the shim is built (${shimBin})`);
+  sql(`INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour) VALUES ('${plan}', 'five', 0, 5)`);
+  for (const id of users) {
+    sql(`INSERT INTO lattice.users (id, email, name, plan_id) VALUES ('${id}', '${id}@rate.test', 'r', '${plan}')`);
+    keys.push(sql(`SELECT lattice.create_api_key('${id}', 'rate')`));
+  }
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  shim = spawn(shimBin, [], {
+    env: { ...process.env, LATTICE_SHIM_LISTEN: '127.0.0.1', LATTICE_SHIM_PORT: String(port),
+           LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim` },
+    stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let i = 0; i < 100; i++) {
+    try { if ((await fetch(`${base}/api/v1/health`)).status === 200) return; } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the shim did not start');
+});
+
+after(() => {
+  shim?.kill('SIGTERM');
+  sql(`DELETE FROM lattice.users WHERE id IN ('${users.join("','")}'); DELETE FROM lattice.plans WHERE id = '${plan}'`);
+});
+
+test('an allowed answer carries the RateLimit-* and X-RateLimit-* headers', async () => {
+  const r = await usage(keys[0]);
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get('ratelimit-limit'), '5');
+  assert.equal(r.headers.get('ratelimit-remaining'), '4');
+  assert.equal(r.headers.get('ratelimit-reset'), '720', 'one request of 5/hour is whole again in 720 s');
+  assert.equal(r.headers.get('ratelimit-policy'), '5;w=3600');
+  assert.equal(r.headers.get('x-ratelimit-limit'), '5');
+  assert.equal(r.headers.get('x-ratelimit-remaining'), '4');
+  const reset = Number(r.headers.get('x-ratelimit-reset'));
+  assert.ok(Math.abs(reset - (Math.floor(Date.now() / 1000) + 720)) <= 2, `X-RateLimit-Reset is a Unix time (${reset})`);
+  assert.equal(r.headers.get('retry-after'), null, 'no Retry-After when allowed');
+});
+
+test('GET /api/v1/usage shows the tenant its quota and this hour', async () => {
+  const r = await usage(keys[0]);
+  assert.equal(r.status, 200);
+  assert.equal(r.json.limit, 5);
+  assert.equal(r.json.remaining, 3);
+  assert.equal(r.json.period_seconds, 3600);
+  assert.equal(r.json.reset_seconds, 1440);
+  assert.equal(r.json.this_hour.requests, 2, 'this request counts too');
+  assert.equal(r.json.this_hour.refused, 0);
+  assert.ok(Array.isArray(r.json.history));
+});
+
+test('the request after the quota gets 429 rate_limited with Retry-After', async () => {
+  for (const left of ['2', '1', '0']) {
+    const r = await usage(keys[0]);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('ratelimit-remaining'), left);
+  }
+  const r = await usage(keys[0]);
+  assert.equal(r.status, 429);
+  assert.equal(r.json.error.code, 'rate_limited');
+  assert.equal(r.headers.get('retry-after'), '720');
+  assert.equal(r.headers.get('ratelimit-remaining'), '0');
+  assert.equal(r.headers.get('ratelimit-limit'), '5');
+  assert.equal(r.headers.get('x-ratelimit-remaining'), '0');
+  assert.equal(r.json.error.details.retry_after_seconds, 720);
+});
+
+test('another tenant is not affected', async () => {
+  const r = await usage(keys[1]);
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get('ratelimit-remaining'), '4');
+});
+
+test('rolled-up hours appear in the usage history', async () => {
+  // tenant 0 is refused now, so tenant 1 reads its own history
+  sql('SELECT lattice.rate_flush_usage()');
+  const r = await usage(keys[1]);
+  assert.equal(r.status, 200);
+  assert.equal(r.json.history.length, 1);
+  assert.equal(r.json.history[0].requests, 1, 'the one request rolled up before this one');
+  const rows = sql(`SELECT requests || '/' || refused FROM lattice.usage_hourly WHERE user_id = '${users[0]}'`);
+  assert.equal(rows, '5/1', 'tenant 0: 5 allowed and 1 refused in its hour row');
+});
