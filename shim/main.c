@@ -314,6 +314,11 @@ int main(int argc, char **argv)
     options[n++] = "listen_backlog"; options[n++] = "512";
     options[n++] = "connection_queue"; options[n++] = "256";
     options[n++] = "enable_auth_domain_check"; options[n++] = "no";
+    /* civetweb answers CORS preflights itself with "*" by default: off, the
+       shim's allow-list decides */
+    options[n++] = "access_control_allow_origin"; options[n++] = "";
+    options[n++] = "access_control_allow_methods"; options[n++] = "";
+    options[n++] = "access_control_allow_headers"; options[n++] = "";
     if (tls) {
         options[n++] = "ssl_certificate"; options[n++] = cfg.tls_cert;
         options[n++] = "ssl_protocol_version"; options[n++] = "4"; /* TLS 1.2 and later */
