@@ -38,6 +38,16 @@ const struct route routes[] = {
     { "POST", "/api/v1/keys/{id}/rotate",          "keys_rotate",     R_JSON,         T_FAST,   NULL },
     { "DELETE", "/api/v1/keys/{id}",               "keys_revoke",     0,              T_FAST,   NULL },
 
+    /* graph (issue 7): extension/sql/75_http_graph.sql */
+    { "GET",  "/api/v1/graph",                     "graph",           0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/graph/dependencies/{id}",   "graph_dependencies", 0,           T_NORMAL, NULL },
+    { "GET",  "/api/v1/graph/dependents/{id}",     "graph_dependents",0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/services/{id}/impact",      "service_impact",  0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/graph/path",                "graph_path",      0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/graph/cycles",              "graph_cycles",    0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/graph/order",               "graph_order",     0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/graph/diff",                "graph_diff",      0,              T_NORMAL, NULL },
+
     /* Billing (docs/http-contract.md, "Outbound routes") */
     { "GET",  "/api/v1/billing",                   "billing_get",     0,              T_FAST,  NULL },
     { "GET",  "/api/v1/billing/invoices",          "billing_invoices",0,              T_FAST,  NULL },
@@ -46,6 +56,21 @@ const struct route routes[] = {
     { "POST", "/api/v1/billing/cancel",            "billing_cancel",  R_JSON | R_OUTBOUND, T_NORMAL, NULL },
     { "POST", "/api/v1/billing/resume",            "billing_resume",  R_JSON | R_OUTBOUND, T_NORMAL, NULL },
     { "POST", "/api/v1/webhooks/stripe",           "stripe_webhook",  R_JSON,         T_NORMAL, "stripe-signature" },
+
+    /* Ingest (issue 6): extension/sql/67_http_ingest.sql */
+    { "POST", "/api/v1/ingest/metadata",           "ingest_metadata", R_JSON,         T_NORMAL, NULL },
+    { "POST", "/api/v1/performance/traces/batch",  "ingest_traces",   R_JSON,         T_NORMAL, NULL },
+    { "POST", "/api/v1/errors/batch",              "ingest_errors",   R_JSON,         T_NORMAL, NULL },
+    { "POST", "/api/v1/errors",                    "ingest_error",    R_JSON | R_CORS, T_NORMAL, NULL },
+    { "POST", "/api/v1/breadcrumbs",               "ingest_breadcrumbs", R_JSON | R_CORS, T_NORMAL, NULL },
+    { "POST", "/api/v1/metrics",                   "ingest_legacy_metrics", R_JSON,   T_NORMAL, NULL },
+    { "GET",  "/api/v1/services",                  "services_list",   0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/services/{id}",             "service_get",     0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/services/{id}/changes",     "service_changes", 0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/errors",                    "errors_list",     0,              T_NORMAL, NULL },
+    { "GET",  "/api/v1/errors/{id}",               "error_get",       0,              T_NORMAL, NULL },
+    { "PATCH", "/api/v1/errors/{id}",              "error_update",    R_JSON,         T_NORMAL, NULL },
+    { "GET",  "/api/v1/performance/metrics",       "performance_metrics", 0,          T_SLOW,   NULL },
 
     /* Test-only lines (test_routes = 1); tests/http creates these functions. */
     { "GET",  "/api/v1/_test/echo/{id}/items/{item}", "_test_echo",   R_TEST,         T_NORMAL, "x-test-one,x-test-two" },

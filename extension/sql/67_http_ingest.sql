@@ -521,20 +521,20 @@ BEGIN
     IF step IS NULL AND q ->> 'interval' IS NOT NULL THEN
         BEGIN
             step := (q ->> 'interval')::interval;
-        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_interval_format THEN
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow THEN
             step := NULL;
         END;
         IF step IS NULL OR step < lattice.ingest_bucket_width()
-           OR pg_catalog.mod(pg_catalog.extract(epoch FROM step)::numeric,
-                             pg_catalog.extract(epoch FROM lattice.ingest_bucket_width())::numeric) <> 0 THEN
+           OR pg_catalog.mod(EXTRACT(epoch FROM step)::numeric,
+                             EXTRACT(epoch FROM lattice.ingest_bucket_width())::numeric) <> 0 THEN
             PERFORM lattice.raise_http(400, 'invalid_query', 'interval must be 5m, 15m, 1h, 6h, 1d or a multiple of 5 minutes',
                 '[{"path": "query.interval", "message": "must be 5m, 15m, 1h, 6h, 1d or a multiple of 5 minutes"}]');
         END IF;
     END IF;
     -- by default about a hundred points
     step := COALESCE(step, GREATEST(lattice.ingest_bucket_width(),
-        pg_catalog.make_interval(secs => pg_catalog.ceil(pg_catalog.extract(epoch FROM t_to - t_from) / 100 / 300) * 300)));
-    IF (t_to - t_from) / step > 5000 THEN
+        pg_catalog.make_interval(secs => pg_catalog.ceil(EXTRACT(epoch FROM t_to - t_from) / 100 / 300) * 300)));
+    IF EXTRACT(epoch FROM t_to - t_from) / EXTRACT(epoch FROM step) > 5000 THEN
         PERFORM lattice.raise_http(400, 'invalid_query', 'too many points: widen the interval',
             '[{"path": "query.interval", "message": "gives more than 5000 points"}]');
     END IF;
@@ -557,7 +557,7 @@ BEGIN
     )
     SELECT pg_catalog.jsonb_build_object(
         'serviceId', svc, 'from', t_from, 'to', t_to,
-        'intervalSeconds', pg_catalog.extract(epoch FROM step)::bigint,
+        'intervalSeconds', EXTRACT(epoch FROM step)::bigint,
         'buckets', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('start', b.start)
                                  || lattice.stats_json(b.n, b.e, b.c, b.t, b.h) ORDER BY b.start) FROM b), '[]'),
         'totals', (SELECT lattice.stats_json(pg_catalog.sum(r.n), pg_catalog.sum(r.e), pg_catalog.sum(r.c),
