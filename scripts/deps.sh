@@ -12,18 +12,15 @@ packages=(
 
 missing=()
 for p in "${packages[@]}"; do
+    # node and npm may come from elsewhere than Debian on a developer's machine
+    case $p in nodejs|npm) command -v "${p%js}" >/dev/null && continue ;; esac
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    # nodejs/npm may come from elsewhere on a developer's machine
-    if command -v node >/dev/null && command -v npm >/dev/null; then
-        missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
-    fi
     echo "deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # shellcheck disable=SC2068
-    apt-get install -y -qq --no-install-recommends ${missing[@]} >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's postgresql package starts a main cluster on 5432; ours use their own.
 if [ -d tests ] && [ -f tests/package.json ] && [ ! -d tests/node_modules ]; then

@@ -66,7 +66,7 @@ run_pgtap() {
 
 run_shell() {
     compgen -G "tests/shell/*.sh" >/dev/null || return 0
-    prove tests/shell/*.sh >"$work/shell.log" 2>&1
+    prove -v tests/shell/*.sh >"$work/shell.log" 2>&1
     count_tap shell "$work/shell.log"
 }
 

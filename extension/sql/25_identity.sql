@@ -40,6 +40,26 @@ CREATE UNIQUE INDEX secrets_one_active ON lattice.secrets (kind) WHERE retired_a
 REVOKE ALL ON lattice.secrets FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('lattice.secrets', '');
 
+-- pg_restore runs CREATE EXTENSION (which generates fresh secrets) and then
+-- loads the dumped ones, all older than the fresh ones.  A secret older than
+-- one already stored can only come from such a restore, so it replaces the
+-- freshly generated secrets of its kind: keys and tokens keep verifying.
+-- In normal operation a new secret is always the newest and this deletes
+-- nothing.  ENABLE ALWAYS: it must also fire when the restore runs with
+-- session_replication_role = replica (see docs/operations.md).
+CREATE FUNCTION lattice.secrets_restored() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM lattice.secrets s WHERE s.kind = NEW.kind AND s.created_at > NEW.created_at;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER secrets_restored BEFORE INSERT ON lattice.secrets
+    FOR EACH ROW EXECUTE FUNCTION lattice.secrets_restored();
+ALTER TABLE lattice.secrets ENABLE ALWAYS TRIGGER secrets_restored;
+
 -- The clock of every validity check; superusers may pin it per transaction.
 CREATE FUNCTION lattice.clock_now() RETURNS timestamptz
     AS 'MODULE_PATHNAME', 'lattice_clock_now_sql' LANGUAGE C VOLATILE;

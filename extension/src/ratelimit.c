@@ -249,6 +249,7 @@ rate_entry_get(const RateKey *key, bool *is_new)
 	}
 	if (hash_get_num_entries(rate_hash) >= rate_table_size && !dlist_is_empty(&rate_shared->lru))
 	{
+		/* cppcheck-suppress nullPointer ; offsetof-style container macro */
 		RateEntry  *victim = dlist_tail_element(RateEntry, lru, &rate_shared->lru);
 
 		dlist_delete(&victim->lru);
