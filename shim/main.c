@@ -99,6 +99,11 @@ static void on_connection_close(const struct mg_connection *conn)
 
 /* ---- requests ---- */
 
+/* civetweb stops writing answers once mg_stop begins, so shutdown first
+   drains: new requests get 503 + close, in-flight ones finish. */
+static atomic_bool draining;
+static atomic_int in_flight;
+
 static void request_id_of(struct mg_connection *conn, char rid[REQUEST_ID_MAX + 1])
 {
     const char *given = mg_get_header(conn, "X-Request-Id");
@@ -146,7 +151,11 @@ static int handle(struct mg_connection *conn, void *cbdata)
     struct conn_state *cs = mg_get_user_connection_data(conn);
     size_t uri_len = (path ? strlen(path) : 0) + (ri->query_string ? strlen(ri->query_string) + 1 : 0);
 
-    if (cfg.max_connections > 0 && atomic_load(&m_connections_open) > cfg.max_connections) {
+    atomic_fetch_add(&in_flight, 1);
+    if (atomic_load(&draining)) {
+        r.close = true;
+        reply_error(&r, 503, "shutting_down", "the server is shutting down", NULL, "Retry-After: 1\r\n");
+    } else if (cfg.max_connections > 0 && atomic_load(&m_connections_open) > cfg.max_connections) {
         atomic_fetch_add(&m_connections_refused, 1);
         r.close = true;
         reply_error(&r, 503, "too_many_connections", "the server has too many connections", NULL, "Retry-After: 1\r\n");
@@ -184,6 +193,7 @@ static int handle(struct mg_connection *conn, void *cbdata)
         cs->idle_since = t0 + dt;
     metrics_request(log.route, r.status, dt);
     log_access(ri, rid, route_label(log.route), r.status, r.bytes, dt, log.tenant);
+    atomic_fetch_sub(&in_flight, 1);
     /* The value is only civetweb's log status; 401 would make it drop
        keep-alive (it assumes an auth handshake), so report it as handled. */
     return r.status == 401 || r.status == 0 ? 1 : r.status;
@@ -344,6 +354,12 @@ int main(int argc, char **argv)
     int sig = 0;
     sigwait(&sigs, &sig);
     log_info("signal %d: stopping, finishing requests in flight", sig);
+    atomic_store(&draining, true);
+    int64_t drain_until = now_ms() + cfg.shutdown_timeout_ms;
+    while (atomic_load(&in_flight) > 0 && now_ms() < drain_until) {
+        struct timespec tick = { 0, 10 * 1000000L };
+        nanosleep(&tick, NULL);
+    }
     if (stop_server()) {
         outbound_stop();
         pool_close();

@@ -37,7 +37,8 @@ export async function freePort() {
 }
 
 // Starts lattice-shim on a free port with the test routes on; resolves once
-// /api/v1/health answers.  opts.env: extra LATTICE_SHIM_* variables.
+// /api/v1/health answers.  opts.env: extra LATTICE_SHIM_* variables;
+// opts.cwd: its working directory (web/dist or web is served from there).
 // The returned handle collects stdout (access log) and stderr lines.
 export async function startShim(opts = {}) {
   const port = await freePort();
@@ -50,7 +51,7 @@ export async function startShim(opts = {}) {
     LATTICE_SHIM_POOL_SIZE: '4',
     ...(opts.env ?? {}),
   };
-  const proc = spawn(SHIM_BIN, opts.args ?? [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(SHIM_BIN, opts.args ?? [], { env, cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   const out = [];
   const err = [];
   const collect = (arr) => {
