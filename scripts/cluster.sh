@@ -46,10 +46,14 @@ log_min_messages = warning
 log_min_error_statement = panic
 CONF
     fi
-    port=${3:-$(free_port)}
-    sed -i "/^port = /d" "$dir/data/postgresql.conf"
-    echo "port = $port" >>"$dir/data/postgresql.conf"
-    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
+    if as_pg "$PGBIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        port=$(sed -n 's/^port = //p' "$dir/data/postgresql.conf" | tail -1)   # already running
+    else
+        port=${3:-$(free_port)}
+        sed -i "/^port = /d" "$dir/data/postgresql.conf"
+        echo "port = $port" >>"$dir/data/postgresql.conf"
+        as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
+    fi
     cat >"$dir/env" <<ENV
 export PGHOST='$dir' PGPORT=$port PGUSER=postgres PGDATABASE=lattice
 ENV
