@@ -511,6 +511,8 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
             p->conn = NULL;
         }
         pool_release(p);
+        if (outcome == CALL_BROKEN)
+            pool_drop_idle();
         /* A connection that died while idle (a database restart) ran nothing
            of ours: try once more on a fresh one. */
         if (outcome != CALL_BROKEN || !nothing_ran || attempt == 1)

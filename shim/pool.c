@@ -186,6 +186,20 @@ void pool_release(struct pooled *p)
     pthread_mutex_unlock(&pool.mu);
 }
 
+/* After a connection is found dead (a database restart kills them all),
+   close the idle ones too, so the next requests reconnect instead of each
+   discovering a stale connection the hard way. */
+void pool_drop_idle(void)
+{
+    pthread_mutex_lock(&pool.mu);
+    for (int i = 0; i < pool.size; i++)
+        if (pool.slots[i].p.conn && !pool.slots[i].busy) {
+            PQfinish(pool.slots[i].p.conn);
+            pool.slots[i].p.conn = NULL;
+        }
+    pthread_mutex_unlock(&pool.mu);
+}
+
 void pool_close(void)
 {
     pthread_mutex_lock(&pool.mu);

@@ -112,6 +112,7 @@ int pool_init(void);
 enum pool_status pool_acquire(struct pooled **out);
 void pool_release(struct pooled *p);
 void pool_close(void);
+void pool_drop_idle(void);
 void pool_stats(int *size, int *in_use, int *waiting, int *healthy);
 
 /* ---- errors.c ---------------------------------------------------------- */
