@@ -60,6 +60,8 @@ typedef struct LatticeGraph
 	int32	   *in_off;			/* n + 1 */
 	int32	   *in_adj;			/* m; source */
 	int32	   *in_edge;		/* m; index into edges */
+	int64	   *in_calls;		/* m; the edge's figures in in-CSR order, so an */
+	double	   *in_error_rate;	/* upstream walk reads them sequentially */
 
 	/* scratch for one traversal at a time: mark[v] == epoch means visited */
 	uint32	   *mark;

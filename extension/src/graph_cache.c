@@ -202,7 +202,7 @@ graph_check_size(Size bytes, int64 n, int64 m)
 
 /* Rough bytes per service and per connection, for the early size check. */
 #define NODE_BYTES	(sizeof(GraphNode) + 2 * sizeof(int32) + sizeof(uint32) + sizeof(int32) + 32)
-#define EDGE_BYTES	(sizeof(GraphEdge) + 3 * sizeof(int32) + 2 * sizeof(int32))
+#define EDGE_BYTES	(sizeof(GraphEdge) + 3 * sizeof(int32) + 2 * sizeof(int32) + sizeof(int64) + sizeof(double))
 
 static void
 graph_load_nodes(LatticeGraph *g, Datum tenant, StringInfo strings)
@@ -318,6 +318,8 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 	g->edges = graph_alloc(g, sizeof(GraphEdge) * m, false);
 	g->in_adj = graph_alloc(g, sizeof(int32) * m, false);
 	g->in_edge = graph_alloc(g, sizeof(int32) * m, false);
+	g->in_calls = graph_alloc(g, sizeof(int64) * m, false);
+	g->in_error_rate = graph_alloc(g, sizeof(double) * m, false);
 
 	for (k = 0; k < m; k++)
 	{
@@ -347,6 +349,8 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 
 		g->in_adj[pos] = src[k];
 		g->in_edge[pos] = dst[k];
+		g->in_calls[pos] = g->edges[dst[k]].calls;
+		g->in_error_rate[pos] = graph_error_rate(&g->edges[dst[k]]);
 	}
 	MemoryContextReset(scratch);
 }

@@ -27,6 +27,7 @@ typedef struct GraphReach
 {
 	int32		start;
 	bool		downstream;
+	bool		stats;			/* compute the weakest-edge figures */
 	int32		requested_depth;	/* -1: as deep as allowed */
 	int32		depth;			/* the depth actually followed */
 	int32		count;
@@ -90,14 +91,31 @@ graph_reach(LatticeGraph *g, GraphReach *r)
 		for (k = off[u]; k < off[u + 1]; k++)
 		{
 			int32		w = adj[k];
-			const GraphEdge *e = &g->edges[r->downstream ? k : g->in_edge[k]];
-			int64		cw = Min(wu, e->calls);
-			double		ce = Max(eu, graph_error_rate(e));
+			int64		cw = 0;
+			double		ce = 0.0;
 
+			if (r->stats)
+			{
+				int64		calls;
+				double		rate;
+
+				if (r->downstream)
+				{
+					calls = g->edges[k].calls;
+					rate = graph_error_rate(&g->edges[k]);
+				}
+				else
+				{
+					calls = g->in_calls[k];
+					rate = g->in_error_rate[k];
+				}
+				cw = Min(wu, calls);
+				ce = Max(eu, rate);
+			}
 			if (g->mark[w] == epoch)
 			{
 				/* another shortest path to w: keep the better weakest link */
-				if (g->dist[w] == du + 1)
+				if (r->stats && g->dist[w] == du + 1)
 				{
 					int32		p = r->pos[w];
 
@@ -164,6 +182,7 @@ graph_reach_srf(FunctionCallInfo fcinfo, bool downstream, bool unbounded, const 
 		return (Datum) 0;
 	r.start = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
 	r.downstream = downstream;
+	r.stats = true;
 	r.requested_depth = unbounded ? -1 : graph_depth_arg(fcinfo, 1, caller);
 	graph_reach(g, &r);
 	for (i = 0; i < r.count; i++)
@@ -228,6 +247,7 @@ lattice_graph_impact_summary(PG_FUNCTION_ARGS)
 		elog(ERROR, "%s: return type must be a row type", caller);
 	r.start = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
 	r.downstream = false;
+	r.stats = false;
 	r.requested_depth = -1;
 	graph_reach(g, &r);
 	values[0] = Int32GetDatum(r.count);
@@ -266,6 +286,7 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 				 errmsg("%s: service id must not be null", caller)));
 	r.start = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
 	r.downstream = strcmp(direction, "dependencies") == 0;
+	r.stats = true;
 	r.requested_depth = impact ? -1 : graph_depth_arg(fcinfo, 2, caller);
 	graph_reach(g, &r);
 
