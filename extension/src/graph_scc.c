@@ -141,7 +141,7 @@ lattice_graph_cycles(PG_FUNCTION_ARGS)
 	const char *caller = "lattice.graph_cycles";
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	GraphComponents gc;
+	GraphComponents gc = {0};
 	int32		c,
 				listed = 0;
 
@@ -194,7 +194,7 @@ Datum
 lattice_graph_cycles_json(PG_FUNCTION_ARGS)
 {
 	LatticeGraph *g = lattice_graph_current("lattice.graph_cycles_json");
-	GraphComponents gc;
+	GraphComponents gc = {0};
 	StringInfoData buf;
 	int32		c,
 				listed = 0;
@@ -325,7 +325,7 @@ lattice_graph_order(PG_FUNCTION_ARGS)
 	const char *caller = "lattice.graph_order";
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	GraphComponents gc;
+	GraphComponents gc = {0};
 	int32	   *layer,
 			   *order;
 	int32		i;
@@ -369,7 +369,7 @@ Datum
 lattice_graph_order_json(PG_FUNCTION_ARGS)
 {
 	LatticeGraph *g = lattice_graph_current("lattice.graph_order_json");
-	GraphComponents gc;
+	GraphComponents gc = {0};
 	int32	   *layer,
 			   *order;
 	int32		i,

@@ -173,7 +173,7 @@ graph_reach_srf(FunctionCallInfo fcinfo, bool downstream, bool unbounded, const 
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	GraphReach	r;
+	GraphReach	r = {0};
 	int32		i;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -238,7 +238,7 @@ lattice_graph_impact_summary(PG_FUNCTION_ARGS)
 {
 	const char *caller = "lattice.graph_impact_summary";
 	LatticeGraph *g = lattice_graph_current(caller);
-	GraphReach	r;
+	GraphReach	r = {0};
 	TupleDesc	desc;
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
@@ -272,7 +272,7 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 	LatticeGraph *g = lattice_graph_current(caller);
 	char	   *direction = PG_ARGISNULL(1) ? "dependents" : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	bool		impact = strcmp(direction, "impact") == 0;
-	GraphReach	r;
+	GraphReach	r = {0};
 	StringInfoData buf;
 	int32		i;
 
@@ -509,7 +509,7 @@ lattice_graph_paths(PG_FUNCTION_ARGS)
 	const char *caller = "lattice.graph_paths";
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	GraphPaths	p;
+	GraphPaths	p = {0};
 	int32		i,
 				h;
 
@@ -554,7 +554,7 @@ lattice_graph_paths_json(PG_FUNCTION_ARGS)
 {
 	const char *caller = "lattice.graph_paths_json";
 	LatticeGraph *g = lattice_graph_current(caller);
-	GraphPaths	p;
+	GraphPaths	p = {0};
 	StringInfoData buf;
 	int32		i,
 				h;
