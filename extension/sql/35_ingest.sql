@@ -13,11 +13,12 @@ COMMENT ON FUNCTION lattice.ingest_check(text, text) IS
 
 CREATE FUNCTION lattice.ingest_check_metadata(body text, OUT hash text, OUT name text,
                                               OUT environment text, OUT instance_id text,
-                                              OUT routes integer, OUT dependencies integer)
+                                              OUT routes integer, OUT dependencies integer,
+                                              OUT volatile_ok boolean)
     AS 'MODULE_PATHNAME', 'lattice_ingest_check_metadata'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION lattice.ingest_check_metadata(text) IS
-    'validates a metadata snapshot like ingest_check and returns its identity, counts and the hash of its non-volatile content';
+    'the digest of a metadata snapshot (src/ingest_digest.c): hash of its non-volatile content, identity, counts, and whether the volatile fields are valid; refuses only non-JSON';
 
 CREATE FUNCTION lattice.ingest_match_route(templates text[], method text, path text) RETURNS integer
     AS 'MODULE_PATHNAME', 'lattice_ingest_match_route'
@@ -290,18 +291,22 @@ BEGIN
     SELECT * INTO chk FROM lattice.ingest_check_metadata(body);
     env := COALESCE(chk.environment, 'production');
 
-    -- The periodic re-send: nothing changed but the time.
-    UPDATE lattice.services s
-       SET last_seen = pg_catalog.now(), instance_id = chk.instance_id
-     WHERE s.user_id = uid AND s.name = chk.name AND s.environment = env
-       AND s.snapshot_hash = chk.hash AND NOT s.is_external
-    RETURNING s.id INTO sid;
+    -- The periodic re-send: nothing changed but the volatile fields, which
+    -- the digest checked; the rest equals a snapshot that passed validation.
+    IF chk.volatile_ok THEN
+        UPDATE lattice.services s
+           SET last_seen = pg_catalog.now(), instance_id = chk.instance_id
+         WHERE s.user_id = uid AND s.name = chk.name AND s.environment = env
+           AND s.snapshot_hash = chk.hash AND NOT s.is_external
+        RETURNING s.id INTO sid;
+    END IF;
     IF sid IS NOT NULL THEN
         RETURN pg_catalog.jsonb_build_object('success', true, 'serviceId', sid, 'unchanged', true,
                                              'routesProcessed', chk.routes,
                                              'dependenciesProcessed', chk.dependencies);
     END IF;
 
+    PERFORM lattice.ingest_check('metadata', body);
     doc := body::jsonb;
     svc := doc -> 'service';
 

@@ -9,15 +9,12 @@
  * path; if there is any, the request is refused as a whole with one PT400
  * whose details list them all, so nothing is written.
  *
- * For metadata the check also returns a hash of the snapshot without its
- * volatile fields (ids and timestamps the plugin regenerates), the service's
- * identity and the counts: an unchanged periodic re-submission is recognised
- * from this alone, without converting the body to jsonb.
+ * The periodic re-send of an unchanged snapshot is recognised without this
+ * validation, by its digest (ingest_digest.c).
  */
 #include "lattice.h"
 
 #include <math.h>
-#include <sodium.h>
 
 #include "access/htup_details.h"
 #include "catalog/pg_collation.h"
@@ -65,17 +62,114 @@ static const char *const operation_types[] = {"http_request", "db_query", "exter
 static const char *const crumb_categories[] = {"navigation", "user_action", "http", "console", "state_change", "custom", NULL};
 static const char *const crumb_levels[] = {"debug", "info", "warning", "error", NULL};
 
-/* Patterns (PostgreSQL's regex engine, compiled once and cached by it). */
-#define RE_SERVICE_ID	"^[a-z0-9]+$"
-#define RE_SERVICE_NAME "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+/*
+ * Patterns.  The frequent ones (dozens per body) are checked by the small C
+ * functions below, recognised by address; the rare ones (semver, URIs) go to
+ * PostgreSQL's regex engine, which caches the compiled expression.
+ */
+static const char RE_SERVICE_ID[] = "^[a-z0-9]+$";
+static const char RE_SERVICE_NAME[] = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+static const char RE_ENVIRONMENT[] = "^[A-Za-z0-9][A-Za-z0-9_.-]*$";
+static const char RE_DATE_TIME[] = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
+static const char RE_HTTP_METHOD[] = "^[A-Z]{1,16}$";
+static const char RE_ABSOLUTE_PATH[] = "^/";
 #define RE_SEMVER		"^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)" \
 	"(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?" \
 	"(\\+([0-9a-zA-Z-]+(\\.[0-9a-zA-Z-]+)*))?$"
-#define RE_ENVIRONMENT	"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-#define RE_DATE_TIME	"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 #define RE_URI			"^[A-Za-z][A-Za-z0-9+.-]*:[^[:space:]]+$"
 #define RE_URI_REF		"^[^[:space:]]*$"
-#define RE_HTTP_METHOD	"^[A-Z]{1,16}$"
+
+static inline bool
+is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static inline bool
+is_lower_alnum(char c)
+{
+	return is_digit(c) || (c >= 'a' && c <= 'z');
+}
+
+static bool
+digits(const char *s, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (!is_digit(s[i]))
+			return false;
+	return true;
+}
+
+/* RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM) */
+static bool
+is_date_time(const char *s, int len)
+{
+	int			i = 19;
+
+	if (len < 20 || !digits(s, 4) || s[4] != '-' || !digits(s + 5, 2) || s[7] != '-' ||
+		!digits(s + 8, 2) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
+		!digits(s + 11, 2) || s[13] != ':' || !digits(s + 14, 2) || s[16] != ':' || !digits(s + 17, 2))
+		return false;
+	if (s[i] == '.')
+	{
+		int			start = ++i;
+
+		while (i < len && is_digit(s[i]))
+			i++;
+		if (i == start)
+			return false;
+	}
+	if (i == len - 1)
+		return s[i] == 'Z' || s[i] == 'z';
+	return i == len - 6 && (s[i] == '+' || s[i] == '-') && digits(s + i + 1, 2) &&
+		s[i + 3] == ':' && digits(s + i + 4, 2);
+}
+
+/* The C form of the frequent patterns; false in *handled for the others. */
+static bool
+fast_match(const char *s, int len, const char *pattern, bool *handled)
+{
+	*handled = true;
+	if (pattern == RE_DATE_TIME)
+		return is_date_time(s, len);
+	if (pattern == RE_ABSOLUTE_PATH)
+		return len > 0 && s[0] == '/';
+	if (pattern == RE_SERVICE_ID)
+	{
+		for (int i = 0; i < len; i++)
+			if (!is_lower_alnum(s[i]))
+				return false;
+		return len > 0;
+	}
+	if (pattern == RE_SERVICE_NAME)
+	{
+		if (len == 0 || !is_lower_alnum(s[0]) || !is_lower_alnum(s[len - 1]))
+			return false;
+		for (int i = 0; i < len; i++)
+			if (!is_lower_alnum(s[i]) && s[i] != '-')
+				return false;
+		return true;
+	}
+	if (pattern == RE_ENVIRONMENT)
+	{
+		if (len == 0 || !(is_digit(s[0]) || (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z')))
+			return false;
+		for (int i = 0; i < len; i++)
+			if (!(is_digit(s[i]) || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+				  s[i] == '_' || s[i] == '.' || s[i] == '-'))
+				return false;
+		return true;
+	}
+	if (pattern == RE_HTTP_METHOD)
+	{
+		for (int i = 0; i < len; i++)
+			if (s[i] < 'A' || s[i] > 'Z')
+				return false;
+		return len >= 1 && len <= 16;
+	}
+	*handled = false;
+	return false;
+}
 
 /* ---------- problems and paths ---------- */
 
@@ -168,8 +262,14 @@ type_name(json_type t)
 static bool
 matches(const char *s, int len, const char *pattern)
 {
-	text	   *t = cstring_to_text_with_len(s, len);
+	text	   *t;
 	bool		r;
+	bool		handled;
+
+	r = fast_match(s, len, pattern, &handled);
+	if (handled)
+		return r;
+	t = cstring_to_text_with_len(s, len);
 
 	r = DatumGetBool(DirectFunctionCall2Coll(textregexeq, C_COLLATION_OID,
 											 PointerGetDatum(t),
@@ -549,7 +649,7 @@ check_route(Checker *c, struct json_object *r)
 	str_field(c, r, "id", true, 0, 128, NULL, NULL);
 	str_field(c, r, "serviceId", true, 0, 128, NULL, NULL);
 	enum_field(c, r, "method", true, route_methods);
-	str_field(c, r, "path", true, 1, MAX_PATH, "^/", "must start with /");
+	str_field(c, r, "path", true, 1, MAX_PATH, RE_ABSOLUTE_PATH, "must start with /");
 	string_list_field(c, r, "middlewareChain", 256);
 	loc = field(c, r, "handlerLocation", json_type_object, false);
 	if (loc)
@@ -653,7 +753,7 @@ check_trace(Checker *c, struct json_object *t)
 	num_field(c, t, "duration_ms", true, 0, MAX_DURATION_MS);
 	int_field(c, t, "status_code", false, 0, 999);
 	str_field(c, t, "method", false, 1, 16, RE_HTTP_METHOD, "must be an upper-case HTTP method");
-	str_field(c, t, "path", false, 1, MAX_PATH, "^/", "must start with /");
+	str_field(c, t, "path", false, 1, MAX_PATH, RE_ABSOLUTE_PATH, "must start with /");
 	str_field(c, t, "caller_service", false, 1, 128, NULL, NULL);
 	str_field(c, t, "user_agent", false, 0, MAX_STR, NULL, NULL);
 	str_field(c, t, "session_id", false, 0, 128, NULL, NULL);
@@ -712,7 +812,7 @@ check_legacy_metric(Checker *c, struct json_object *m)
 	struct json_object *ts;
 
 	str_field(c, m, "method", true, 1, 16, RE_HTTP_METHOD, "must be an upper-case HTTP method");
-	str_field(c, m, "path", true, 1, MAX_PATH, "^/", "must start with /");
+	str_field(c, m, "path", true, 1, MAX_PATH, RE_ABSOLUTE_PATH, "must start with /");
 	int_field(c, m, "statusCode", true, 0, 999);
 	num_field(c, m, "responseTime", true, 0, MAX_DURATION_MS);
 	str_field(c, m, "callerServiceName", false, 1, 128, NULL, NULL);
@@ -905,168 +1005,4 @@ lattice_ingest_check(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	refuse_if_problems(&c);
 	PG_RETURN_VOID();
-}
-
-/* Removes the fields a plugin regenerates on every start or submission. */
-static void
-strip_volatile(struct json_object *root)
-{
-	static const char *const fields[] = {"id", "serviceId", "firstSeen", "lastSeen", NULL};
-	struct json_object *svc;
-	const char *arrays[] = {"routes", "dependencies"};
-
-	if (json_object_object_get_ex(root, "service", &svc))
-	{
-		json_object_object_del(svc, "id");
-		json_object_object_del(svc, "firstSeen");
-		json_object_object_del(svc, "lastSeen");
-		json_object_object_del(svc, "status");
-	}
-	for (int a = 0; a < 2; a++)
-	{
-		struct json_object *arr;
-
-		if (!json_object_object_get_ex(root, arrays[a], &arr))
-			continue;
-		for (size_t i = 0; i < json_object_array_length(arr); i++)
-		{
-			struct json_object *e = json_object_array_get_idx(arr, i);
-
-			for (int f = 0; fields[f]; f++)
-				json_object_object_del(e, fields[f]);
-		}
-	}
-}
-
-static int
-cmp_keys(const void *a, const void *b)
-{
-	return strcmp(*(const char *const *) a, *(const char *const *) b);
-}
-
-/*
- * Appends v as JSON with the keys of every object sorted, so that the hash
- * does not depend on the order a client happens to write keys in.
- */
-static void
-append_canonical(StringInfo out, struct json_object *v)
-{
-	switch (json_object_get_type(v))
-	{
-		case json_type_object:
-			{
-				int			n = json_object_object_length(v);
-				const char **keys = palloc(sizeof(char *) * Max(n, 1));
-				int			i = 0;
-
-				json_object_object_foreach(v, key, val)
-				{
-					(void) val;
-					keys[i++] = key;
-				}
-				qsort(keys, n, sizeof(char *), cmp_keys);
-				appendStringInfoChar(out, '{');
-				for (i = 0; i < n; i++)
-				{
-					if (i > 0)
-						appendStringInfoChar(out, ',');
-					escape_json(out, keys[i]);
-					appendStringInfoChar(out, ':');
-					append_canonical(out, json_object_object_get(v, keys[i]));
-				}
-				appendStringInfoChar(out, '}');
-				pfree(keys);
-				break;
-			}
-		case json_type_array:
-			appendStringInfoChar(out, '[');
-			for (size_t i = 0; i < json_object_array_length(v); i++)
-			{
-				if (i > 0)
-					appendStringInfoChar(out, ',');
-				append_canonical(out, json_object_array_get_idx(v, i));
-			}
-			appendStringInfoChar(out, ']');
-			break;
-		default:
-			appendStringInfoString(out, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
-			break;
-	}
-}
-
-static Datum
-text_or_null(struct json_object *obj, const char *key, bool *isnull)
-{
-	struct json_object *v;
-
-	if (obj && json_object_object_get_ex(obj, key, &v) && v != NULL &&
-		json_object_get_type(v) == json_type_string)
-	{
-		*isnull = false;
-		return PointerGetDatum(cstring_to_text_with_len(json_object_get_string(v),
-														json_object_get_string_len(v)));
-	}
-	*isnull = true;
-	return (Datum) 0;
-}
-
-/*
- * lattice.ingest_check_metadata(body text, OUT hash text, OUT name text,
- * OUT environment text, OUT instance_id text, OUT routes int,
- * OUT dependencies int): validates a metadata snapshot (refusing as
- * ingest_check does) and describes it.  hash is BLAKE2b-128 over the
- * snapshot without its volatile fields, keys sorted.
- */
-PG_FUNCTION_INFO_V1(lattice_ingest_check_metadata);
-Datum
-lattice_ingest_check_metadata(PG_FUNCTION_ARGS)
-{
-	struct json_object *root;
-	struct json_object *svc = NULL;
-	struct json_object *arr;
-	Checker		c;
-	TupleDesc	tupdesc;
-	Datum		values[6];
-	bool		nulls[6] = {false};
-	unsigned char digest[16];
-	char		hex[33];
-	StringInfoData canon;
-
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						errmsg("lattice.ingest_check_metadata: must return a record")));
-	if (PG_ARGISNULL(0))
-		lattice_raise_http(400, "validation_failed", "the request body is empty",
-						   "[{\"path\":\"body\",\"message\":\"is required\"}]", NULL);
-	root = parse_body(PG_GETARG_TEXT_PP(0));
-	checker_init(&c);
-	PG_TRY();
-	{
-		check_kind(&c, "metadata", root);
-		if (c.nproblems == 0)
-		{
-			json_object_object_get_ex(root, "service", &svc);
-			values[1] = text_or_null(svc, "name", &nulls[1]);
-			values[2] = text_or_null(svc, "environment", &nulls[2]);
-			values[3] = text_or_null(svc, "id", &nulls[3]);
-			values[4] = Int32GetDatum(json_object_object_get_ex(root, "routes", &arr)
-									  ? (int) json_object_array_length(arr) : 0);
-			values[5] = Int32GetDatum(json_object_object_get_ex(root, "dependencies", &arr)
-									  ? (int) json_object_array_length(arr) : 0);
-
-			strip_volatile(root);
-			initStringInfo(&canon);
-			append_canonical(&canon, root);
-			crypto_generichash(digest, sizeof(digest), (const unsigned char *) canon.data, canon.len, NULL, 0);
-			sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
-			values[0] = CStringGetTextDatum(hex);
-		}
-	}
-	PG_FINALLY();
-	{
-		json_object_put(root);
-	}
-	PG_END_TRY();
-	refuse_if_problems(&c);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

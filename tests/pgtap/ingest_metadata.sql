@@ -4,7 +4,7 @@
 \set raw1 `cat tests/fixtures/captured/001-POST-api_v1_ingest_metadata.json`
 \set raw5 `cat tests/fixtures/captured/005-POST-api_v1_ingest_metadata.json`
 BEGIN;
-SELECT plan(33);
+SELECT plan(34);
 
 INSERT INTO lattice.plans (id, name, price_cents, max_services) VALUES ('tiny', 'Tiny', 100, 1);
 INSERT INTO lattice.users (id, email, name) VALUES
@@ -64,10 +64,16 @@ SELECT is((SELECT framework || '/' || language || '/' || version FROM lattice.se
 INSERT INTO seen SELECT 'rows_before', jsonb_agg(jsonb_build_array(id, xmin::text) ORDER BY id) FROM lattice.routes;
 INSERT INTO seen SELECT 'deps_before', jsonb_agg(jsonb_build_array(id, xmin::text) ORDER BY id) FROM lattice.dependencies;
 INSERT INTO seen SELECT 'resend', lattice.ingest_metadata(body) FROM bodies WHERE name = 'resend';
-INSERT INTO seen SELECT 'resend2', lattice.ingest_metadata(jsonb_set(body::jsonb, '{service,id}', '"abc123"')::text)
+-- a restarted plugin: new service and route ids, new timestamps
+INSERT INTO seen SELECT 'resend2', lattice.ingest_metadata(replace(replace(body, 'f4w9sjjq0miggdy82m95f25b', 'abc123'),
+                                                                   'do43wn9iudhoaknqhhnrxrjj', 'newrouteid'))
+  FROM bodies WHERE name = 'resend';
+-- the same snapshot with its keys in another order takes the full path and changes nothing
+INSERT INTO seen SELECT 'reordered', lattice.ingest_metadata(jsonb_set(body::jsonb, '{service,id}', '"abc123"')::text)
   FROM bodies WHERE name = 'resend';
 SELECT is((SELECT v ->> 'unchanged' FROM seen WHERE k = 'resend'), 'true', 're-send recognised as unchanged');
-SELECT is((SELECT v ->> 'unchanged' FROM seen WHERE k = 'resend2'), 'true', 'a new plugin instance id is not a change');
+SELECT is((SELECT v ->> 'unchanged' FROM seen WHERE k = 'resend2'), 'true', 'new plugin ids and timestamps are not a change');
+SELECT is((SELECT v ->> 'unchanged' FROM seen WHERE k = 'reordered'), NULL, 'keys in another order take the full path');
 SELECT is((SELECT v ->> 'serviceId' FROM seen WHERE k = 'resend'), (SELECT v ->> 'serviceId' FROM seen WHERE k = 'v1'),
           're-send answers the same service id');
 SELECT is((SELECT jsonb_agg(jsonb_build_array(id, xmin::text) ORDER BY id) FROM lattice.routes),

@@ -2,11 +2,11 @@
 -- size) with each problem and its JSON path, and nothing is written.
 \set raw1 `cat tests/fixtures/captured/001-POST-api_v1_ingest_metadata.json`
 BEGIN;
-SELECT plan(32);
+SELECT plan(34);
 
 INSERT INTO lattice.users (id, email, name) VALUES ('a0000000-0000-0000-0000-0000000000aa', 'valid-a@example.com', 'A');
-CREATE TEMP TABLE good (body jsonb);
-INSERT INTO good VALUES (((:'raw1')::jsonb ->> 'body_raw')::jsonb);
+CREATE TEMP TABLE good (body jsonb, raw text);
+INSERT INTO good VALUES (((:'raw1')::jsonb ->> 'body_raw')::jsonb, (:'raw1')::jsonb ->> 'body_raw');
 GRANT SELECT ON good TO lattice_app;
 
 -- The refusal of `body` as `kind`: {state, message, code, details}, or NULL if accepted.
@@ -35,7 +35,12 @@ GRANT EXECUTE ON FUNCTION pg_temp.refusal(text, text), pg_temp.paths(jsonb), pg_
 SELECT lattice.test_set_tenant('a0000000-0000-0000-0000-0000000000aa');
 SET ROLE lattice_app;
 
-SELECT is(pg_temp.refusal('metadata', (SELECT body::text FROM good)), NULL, 'the captured snapshot is valid');
+SELECT is(pg_temp.refusal('metadata', (SELECT raw FROM good)), NULL, 'the captured snapshot is valid');
+-- a re-send whose content is unchanged but whose volatile fields are bad is still refused
+SELECT is(pg_temp.paths(pg_temp.refusal('metadata', (SELECT replace(raw, '"lastSeen":"2026-11-29T03:13:36.391Z"', '"lastSeen":"yesterday"') FROM good))),
+          ARRAY['service.lastSeen'], 'an unchanged re-send with a bad timestamp is refused');
+SELECT is(pg_temp.paths(pg_temp.refusal('metadata', (SELECT replace(raw, '"id":"f4w9sjjq0miggdy82m95f25b",', '') FROM good))),
+          ARRAY['service.id'], 'an unchanged re-send without its service id is refused');
 
 -- syntax, encoding, size, depth
 SELECT is(pg_temp.refusal('metadata', '') ->> 'state', 'PT400', 'an empty body is refused');
