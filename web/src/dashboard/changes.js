@@ -1,6 +1,6 @@
 // The timeline of what changed: routes, versions, packages, edges.
 import { get } from '../api.js';
-import { h, listOf, pick, date, timeEl, empty, failure, viewHead, serviceHref } from './common.js';
+import { h, listOf, allServices, pick, date, timeEl, empty, failure, viewHead, serviceHref } from './common.js';
 
 const kindLabel = (c) => String(pick(c, 'kind', 'type', 'changeType', 'change_type') || 'change').replace(/[_.]/g, ' ');
 
@@ -27,13 +27,8 @@ export function changeItem(c) {
 }
 
 async function allChanges() {
-  try {
-    return listOf(await get('/changes?limit=200'), 'changes');
-  } catch (err) {
-    if (err.status !== 404) throw err;
-  }
-  // no account-wide route: gather the newest per service
-  const services = listOf(await get('/services?limit=200'), 'services');
+  // no account-wide changes route: gather the newest per service
+  const services = await allServices(200);
   const lists = await Promise.all(services.slice(0, 50).map((s) =>
     get(`/services/${encodeURIComponent(s.id)}/changes?limit=20`)
       .then((d) => listOf(d, 'changes').map((c) => ({ serviceName: s.name, serviceId: s.id, ...c })))

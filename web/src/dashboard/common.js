@@ -1,7 +1,7 @@
 // Shared pieces of the dashboard views: states (loading, empty, error),
 // formatting, toasts, confirmation dialogs and polling.
 import { h } from '../ui.js';
-import { pick } from '../api.js';
+import { get, pick } from '../api.js';
 
 export { h, pick };
 
@@ -13,13 +13,26 @@ export function empty(title, body, ...actions) {
   return h('div.state-box', h('h2', title), body ? h('p', body) : null, ...actions);
 }
 
+// Every service of the account: GET /services pages through at most 200.
+export async function allServices(max = 5000) {
+  const out = [];
+  for (let page = 1; out.length < max; page++) {
+    const d = await get(`/services?limit=200&page=${page}`);
+    const list = listOf(d, 'services');
+    out.push(...list);
+    if (list.length < 200 || (d.total != null && out.length >= d.total)) break;
+  }
+  return out;
+}
+
+// 404 because this server has no such route (an API not deployed yet).
+export const isMissingRoute = (err) => err && err.status === 404 && /no such endpoint/i.test(err.message || '');
+
 // A failed request: what went wrong, the request id to quote, and a retry.
 export function failure(err, retry) {
   const box = h('div.state-box.error', { role: 'alert' },
-    h('h2', err.status === 404 ? 'Not available' : 'Something went wrong'),
-    h('p', err.status === 404 && err.code !== 'not_found'
-      ? 'This part of Lattice is not available on this server yet.'
-      : err.message || String(err)),
+    h('h2', isMissingRoute(err) ? 'Not available' : 'Something went wrong'),
+    h('p', isMissingRoute(err) ? 'This part of Lattice is not available on this server yet.' : err.message || String(err)),
     err.requestId ? h('p.muted', `Request id: ${err.requestId}`) : null,
     retry ? h('button.btn', { type: 'button', onclick: retry }, 'Try again') : null);
   return box;

@@ -1,11 +1,11 @@
 // Grouped errors with resolve / ignore.
 import { get, patch } from '../api.js';
-import { h, listOf, pick, num, ago, timeEl, empty, failure, viewHead, toast, serviceHref } from './common.js';
+import { h, listOf, pick, num, timeEl, empty, failure, viewHead, toast, serviceHref } from './common.js';
 
 export async function render(root, ctx) {
-  const statusSel = h('select', { id: 'err-status' }, ['unresolved', 'resolved', 'ignored', ''].map((s) =>
+  const statusSel = h('select', { id: 'err-status' }, ['open', 'resolved', 'ignored', ''].map((s) =>
     h('option', { value: s }, s ? s[0].toUpperCase() + s.slice(1) : 'All')));
-  statusSel.value = ctx.params.get('status') || 'unresolved';
+  statusSel.value = ctx.params.get('status') || 'open';
   const box = h('div');
 
   async function load() {
@@ -19,7 +19,7 @@ export async function render(root, ctx) {
       return;
     }
     if (list.length === 0) {
-      box.replaceChildren(empty(statusSel.value === 'unresolved' ? 'No open errors' : 'No errors', 'Errors your services report are grouped here.'));
+      box.replaceChildren(empty(statusSel.value === 'open' ? 'No open errors' : 'No errors', 'Errors your services report are grouped here.'));
       return;
     }
     box.replaceChildren(h('div.table-wrap', h('table.data', { 'aria-label': 'Errors' },
@@ -32,16 +32,16 @@ export async function render(root, ctx) {
       ev.currentTarget.disabled = true;
       try { await patch(`/errors/${encodeURIComponent(e.id)}`, { status }); toast(`Marked ${status}`); load(); } catch (err) { toast(err.message, 'error'); ev.currentTarget.disabled = false; }
     } }, label);
-    const st = String(e.status || 'unresolved');
+    const st = String(e.status || 'open');
     const sid = pick(e, 'serviceId', 'service_id');
-    return h('tr',
+    return h('tr', { 'data-error-id': e.id },
       h('td', h('strong', pick(e, 'errorType', 'error_type', 'type') || 'Error'), h('div', e.message || ''),
         pick(e, 'path', 'route') ? h('code.muted', pick(e, 'path', 'route')) : null),
       h('td', sid ? h('a', { href: serviceHref(sid) }, pick(e, 'serviceName', 'service_name') || sid) : pick(e, 'serviceName', 'service_name') || '—'),
-      h('td.num', num(pick(e, 'count', 'occurrences') ?? 1)),
+      h('td.num', num(pick(e, 'occurrenceCount', 'count', 'occurrences') ?? 1)),
       h('td', timeEl(pick(e, 'lastSeen', 'last_seen', 'timestamp'))),
       h('td', h('span.badge', { class: st === 'resolved' ? 'badge-ok' : st === 'ignored' ? '' : 'badge-bad' }, st)),
-      h('td', st === 'unresolved' ? [act('resolved', 'Resolve'), ' ', act('ignored', 'Ignore')] : act('unresolved', 'Reopen')));
+      h('td', st === 'open' ? [act('resolved', 'Resolve'), ' ', act('ignored', 'Ignore')] : act('open', 'Reopen')));
   }
 
   statusSel.addEventListener('change', load);

@@ -7,10 +7,17 @@ import cytoscape from 'cytoscape';
 import dagre from 'cytoscape-dagre';
 import fcose from 'cytoscape-fcose';
 import { get } from '../api.js';
-import { h, listOf, pick, num, pct, ago, empty, failure, viewHead, poll, serviceHref, statusBadge } from './common.js';
+import { h, listOf, pick, num, pct, ago, failure, viewHead, poll, serviceHref, statusBadge, isMissingRoute } from './common.js';
 
 cytoscape.use(dagre);
 cytoscape.use(fcose);
+
+// Cytoscape inserts a <style> element (blocked by our CSP) unless an element
+// with this id exists; the rule it would add is in dashboard.css.
+function preventInlineStylesheet() {
+  const id = '__________cytoscape_stylesheet';
+  if (!document.getElementById(id)) document.head.append(Object.assign(document.createElement('meta'), { id, name: 'cytoscape-stylesheet' }));
+}
 
 // Above this many nodes the page opens on a focal view instead of everything.
 export const FULL_GRAPH_LIMIT = 300;
@@ -22,13 +29,15 @@ export function normalise(d) {
     name: n.name ?? n.label ?? String(n.id),
     environment: n.environment ?? null,
     status: String(n.status ?? 'active').toLowerCase(),
-    external: Boolean(n.external ?? (n.type === 'external' || n.kind === 'external')),
+    external: Boolean(n.is_external ?? n.isExternal ?? n.external ?? (n.type === 'external' || n.kind === 'external' || n.status === 'external')),
     raw: n,
   }));
   const edges = listOf(d, 'edges', 'connections', 'links').map((e) => {
     const calls = Number(pick(e, 'calls', 'count', 'callCount', 'call_count', 'requests') ?? 0);
     const errors = Number(pick(e, 'errors', 'errorCount', 'error_count') ?? 0);
-    const rate = pick(e, 'errorRate', 'error_rate');
+    // /graph gives error_rate as a fraction; percentages elsewhere are errorRate
+    const frac = pick(e, 'error_rate');
+    const rate = frac != null ? 100 * Number(frac) : pick(e, 'errorRate');
     return {
       source: sid(pick(e, 'source', 'from', 'sourceId', 'source_id', 'caller', 'caller_id')),
       target: sid(pick(e, 'target', 'to', 'targetId', 'target_id', 'callee', 'callee_id')),
@@ -187,6 +196,7 @@ export async function render(root, ctx) {
     const v = visible();
     const els = elements(v);
     if (!cy) {
+      preventInlineStylesheet();
       cy = cytoscape({ container: canvas, elements: els, style: STYLE, wheelSensitivity: 0.3, minZoom: 0.05, maxZoom: 3,
         textureOnViewport: v.nodes.length > 200, hideEdgesOnViewport: v.edges.length > 1500, pixelRatio: 1, boxSelectionEnabled: false });
       cy.on('tap', 'node', (ev) => select(ev.target.id()));
@@ -266,7 +276,7 @@ export async function render(root, ctx) {
         .filter((x) => x.id !== id);
     } catch (err) {
       if (err.status === 401) throw err;
-      if (err.status !== 404 || err.code === 'not_found') { impactPanel.replaceChildren(h('h2', 'Impact'), failure(err, () => showImpact(id))); return; }
+      if (!isMissingRoute(err)) { impactPanel.replaceChildren(h('h2', 'Impact'), failure(err, () => showImpact(id))); return; }
       // route not on this server: walk the same graph here (callers of callers)
       const rev = new Map();
       for (const e of state.all.edges) { if (!rev.has(e.target)) rev.set(e.target, []); rev.get(e.target).push(e.source); }
@@ -332,9 +342,9 @@ export async function render(root, ctx) {
       }
     });
     cyclePanel.hidden = false;
-    cyclePanel.replaceChildren(h('h2', 'Cycles'), cycles.length === 0 ? h('p', { id: 'cycle-summary' }, 'No circular dependencies. ')
+    cyclePanel.replaceChildren(h('h2', 'Cycles'), ...(cycles.length === 0 ? [ h('p', { id: 'cycle-summary' }, 'No circular dependencies.')]
       : [h('p', { id: 'cycle-summary' }, `${cycles.length} circular dependenc${cycles.length > 1 ? 'ies' : 'y'}:`),
-        h('ul.list-plain', cycles.map((c) => h('li', [...c.map(name), name(c[0])].join(' → '))))]);
+        h('ul.list-plain', cycles.map((c) => h('li', [...c.map(name), name(c[0])].join(' → '))))]));
   }
 
   impactBtn.addEventListener('click', () => {

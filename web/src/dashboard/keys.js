@@ -32,11 +32,12 @@ export async function render(root) {
     }
   });
 
+  let replaced = new Set();
   function state(k) {
     const revoked = pick(k, 'revoked_at', 'revokedAt');
     const graceEnd = pick(k, 'expires_at', 'expiresAt', 'old_key_expires_at', 'grace_ends_at');
     if (revoked) return h('span.badge.badge-bad', `revoked ${ago(revoked)}`);
-    if (pick(k, 'rotated_at', 'rotatedAt', 'replaced_by', 'replacedBy') && graceEnd) return h('span.badge.badge-warn', { title: date(graceEnd) }, `rotated · works until ${date(graceEnd)}`);
+    if ((replaced.has(k.id) || pick(k, 'rotated_at', 'replaced_by')) && graceEnd) return h('span.badge.badge-warn', { title: date(graceEnd) }, `rotated · works until ${date(graceEnd)}`);
     if (graceEnd) return h('span.badge', { title: date(graceEnd) }, `expires ${ago(graceEnd)}`);
     return h('span.badge.badge-ok', 'active');
   }
@@ -83,6 +84,7 @@ export async function render(root) {
     let keys;
     try {
       keys = listOf(await get('/keys'), 'keys');
+      replaced = new Set(keys.map((k) => pick(k, 'rotated_from', 'rotatedFrom')).filter(Boolean));
     } catch (err) {
       if (err.status === 401) throw err;
       list.replaceChildren(failure(err, load));

@@ -30,12 +30,12 @@ export async function render(root) {
     });
     keyStep.className = key ? 'done' : '';
     keyStep.replaceChildren(h('h2', 'Create an API key'),
-      key
+      ...(key
         ? [h('p', 'Here is your key. It is shown only this once: copy it now.'),
           h('div.secret', h('code', { id: 'new-key' }, key.key),
             h('button.btn.btn-small', { type: 'button', 'data-copy': '', 'data-copy-text': key.key }, 'Copy'))]
         : [h('p.muted', 'Your services authenticate with it. You can create more, rotate or revoke them later.'),
-          error ? h('div.alert.alert-error', { role: 'alert' }, error.message) : null, form]);
+          error ? h('div.alert.alert-error', { role: 'alert' }, error.message) : '', form]));
   }
 
   function drawSnippet() {

@@ -1,14 +1,14 @@
 // Latency (p50/p95/p99) and traffic over time, per service.
 import { get } from '../api.js';
-import { h, listOf, pick, num, ms, empty, failure, viewHead } from './common.js';
+import { h, listOf, allServices, pick, num, ms, empty, failure, viewHead } from './common.js';
 import { barChart, lineChart } from './charts.js';
 
-const RANGES = { '1h': [3600, 'minute'], '24h': [86400, 'hour'], '7d': [604800, 'day'] };
+const RANGES = { '1h': [3600, '5m'], '24h': [86400, '1h'], '7d': [604800, '6h'] };
 
 export async function render(root, ctx) {
   let services;
   try {
-    services = listOf(await get('/services?limit=1000'), 'services').sort((a, b) => String(a.name).localeCompare(b.name));
+    services = (await allServices()).sort((a, b) => String(a.name).localeCompare(b.name));
   } catch (err) {
     if (err.status === 401) throw err;
     root.replaceChildren(viewHead('Performance'), failure(err, () => render(root, ctx)));
@@ -32,7 +32,7 @@ export async function render(root, ctx) {
     let points;
     try {
       const d = await get(`/performance/metrics?service_id=${encodeURIComponent(svcSel.value)}&from=${from.toISOString()}&to=${to.toISOString()}&interval=${interval}`);
-      points = listOf(d, 'metrics', 'points', 'series', 'buckets');
+      points = listOf(d, 'buckets', 'metrics', 'points', 'series');
     } catch (err) {
       if (err.status === 401) throw err;
       box.replaceChildren(failure(err, load));
@@ -42,13 +42,13 @@ export async function render(root, ctx) {
       box.replaceChildren(empty('No traffic in this period', 'Add the metrics middleware to the service to record latency.'));
       return;
     }
-    const t = (p) => new Date(pick(p, 'bucket', 'time', 'timestamp', 'start', 'at'));
-    const label = (p) => (interval === 'day' ? t(p).toLocaleDateString('en', { month: 'short', day: 'numeric' })
+    const t = (p) => new Date(pick(p, 'start', 'bucket', 'time', 'timestamp', 'at'));
+    const label = (p) => (interval === '6h' ? t(p).toLocaleDateString('en', { month: 'short', day: 'numeric' })
       : t(p).toLocaleTimeString('en', { hour: '2-digit', minute: '2-digit' }));
     const labels = points.map(label);
     const v = (p, ...k) => { const x = pick(p, ...k); return x == null ? null : Number(x); };
-    const count = (p) => v(p, 'requests', 'count', 'calls') ?? 0;
-    const errors = (p) => v(p, 'errors', 'errorCount', 'error_count') ?? 0;
+    const count = (p) => v(p, 'requestCount', 'requests', 'count', 'calls') ?? 0;
+    const errors = (p) => v(p, 'errorCount', 'errors', 'error_count') ?? 0;
     const total = points.reduce((a, p) => a + count(p), 0);
     const errs = points.reduce((a, p) => a + errors(p), 0);
     const p95s = points.map((p) => v(p, 'p95', 'p95Ms', 'p95_ms')).filter((x) => x != null);

@@ -23,16 +23,19 @@ export async function render(root, ctx) {
       : failure(err, () => render(root, ctx)));
     return null;
   }
-  svc = svc.service ? { ...svc.service, ...svc, service: undefined } : svc;
+  // GET /services/{id}: {service, routes, dependencies, connections: {incoming, outgoing}, recentChanges}
+  const detail = svc;
+  svc = detail.service || detail;
+  const conn = detail.connections;
   const [up, down, changes, errors] = await Promise.all([
-    optional(get(`/graph/dependents/${enc}?depth=1`)),
-    optional(get(`/graph/dependencies/${enc}?depth=1`)),
-    svc.changes ? Promise.resolve(svc.changes) : optional(get(`/services/${enc}/changes?limit=20`)),
+    conn ? { services: listOf(conn.incoming) } : optional(get(`/graph/dependents/${enc}?depth=1`)),
+    conn ? { services: listOf(conn.outgoing) } : optional(get(`/graph/dependencies/${enc}?depth=1`)),
+    detail.recentChanges || detail.changes ? { changes: listOf(detail.recentChanges || detail.changes) } : optional(get(`/services/${enc}/changes?limit=20`)),
     optional(get(`/errors?service_id=${enc}&limit=10`)),
   ]);
 
-  const routes = listOf(svc.routes);
-  const deps = listOf(svc.dependencies);
+  const routes = listOf(detail.routes || svc.routes);
+  const deps = listOf(detail.dependencies || svc.dependencies);
   const summary = h('dl.kv',
     h('dt', 'Status'), h('dd', statusBadge(svc.status)),
     h('dt', 'Environment'), h('dd', svc.environment || '—'),
@@ -49,7 +52,7 @@ export async function render(root, ctx) {
         const st = r.stats || r.traffic || r;
         return h('tr', { class: pick(r, 'removedAt', 'removed_at') ? 'revoked' : '' },
           h('td', methodTag(r.method), ' ', h('code', r.path)),
-          h('td.num', num(pick(st, 'requests', 'count', 'callFrequency', 'calls') ?? 0)),
+          h('td.num', num(pick(st, 'requestCount', 'requests', 'count', 'callFrequency', 'calls') ?? 0)),
           h('td.num', ms(pick(st, 'p50', 'p50Ms', 'p50_ms', 'avgResponseTimeMs'))),
           h('td.num', ms(pick(st, 'p95', 'p95Ms', 'p95_ms'))),
           h('td.num', ms(pick(st, 'p99', 'p99Ms', 'p99_ms'))),
@@ -64,10 +67,13 @@ export async function render(root, ctx) {
 
   const neighbours = (res, label) => {
     if (res && res.__error) return h('p.muted', `${label} unavailable: ${res.__error.message}`);
-    const list = listOf(res, 'services', 'nodes', 'dependents', 'dependencies').filter((n) => (n.id ?? n.service_id) !== id);
+    const nid = (n) => n.serviceId ?? n.id ?? n.service_id;
+    const list = listOf(res, 'services', 'nodes', 'dependents', 'dependencies').filter((n) => nid(n) !== id);
     if (list.length === 0) return h('p.muted', `No ${label.toLowerCase()} services seen.`);
-    return h('ul.list-plain', list.map((n) => h('li', h('a', { href: serviceHref(n.id ?? n.service_id) }, n.name ?? n.id),
-      n.environment ? h('span.muted', ` · ${n.environment}`) : null)));
+    return h('ul.list-plain', list.map((n) => h('li',
+      n.isExternal || n.is_external ? h('span', n.name, ' ', h('span.badge', 'external')) : h('a', { href: serviceHref(nid(n)) }, n.name ?? nid(n)),
+      n.environment ? h('span.muted', ` · ${n.environment}`) : null,
+      n.requestCount != null ? h('span.muted', ` · ${num(n.requestCount)} calls · p95 ${ms(n.p95Ms)} · ${pct(n.errorRate)} errors`) : null)));
   };
 
   const changeList = changes && changes.__error ? h('p.muted', `Changes unavailable: ${changes.__error.message}`)
@@ -78,7 +84,7 @@ export async function render(root, ctx) {
     : listOf(errors, 'errors', 'groups').length === 0 ? h('p.muted', 'No errors reported.')
       : h('ul.list-plain', listOf(errors, 'errors', 'groups').map((e) => h('li',
         h('strong', pick(e, 'errorType', 'error_type', 'type') || 'Error'), ': ', e.message || '',
-        h('span.muted', ` · ${num(pick(e, 'count', 'occurrences') ?? 1)}× · last ${ago(pick(e, 'lastSeen', 'last_seen', 'timestamp'))}`))));
+        h('span.muted', ` · ${num(pick(e, 'occurrenceCount', 'count', 'occurrences') ?? 1)}× · last ${ago(pick(e, 'lastSeen', 'last_seen', 'timestamp'))}`))));
 
   root.replaceChildren(
     h('p.crumbs', h('a', { href: '/dashboard/services' }, 'Services'), ' / ', svc.name),

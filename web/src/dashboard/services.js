@@ -1,7 +1,6 @@
 // Services overview: stat tiles, filters and search, a card per service.
 // Refreshes itself so a new service appears without a reload.
-import { get } from '../api.js';
-import { h, listOf, pick, num, ago, timeEl, poll, empty, failure, statusBadge, serviceHref, viewHead } from './common.js';
+import { h, allServices, pick, num, ago, timeEl, poll, empty, failure, statusBadge, serviceHref, viewHead } from './common.js';
 
 const routesOf = (s) => pick(s, 'routeCount', 'routesCount', 'route_count', 'routes_count') ?? (Array.isArray(s.routes) ? s.routes.length : null);
 const depsOf = (s) => pick(s, 'dependencyCount', 'dependenciesCount', 'dependency_count', 'dependencies_count') ?? (Array.isArray(s.dependencies) ? s.dependencies.length : null);
@@ -80,8 +79,7 @@ export async function render(root, ctx) {
   }
 
   async function load() {
-    const d = await get('/services?limit=1000');
-    services = listOf(d, 'services').sort((a, b) => String(a.name).localeCompare(String(b.name)));
+    services = (await allServices()).sort((a, b) => String(a.name).localeCompare(String(b.name)));
     draw();
   }
 
