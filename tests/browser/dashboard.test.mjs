@@ -85,14 +85,15 @@ test('the graph shows the nodes and the edge; impact mode lights up the caller',
   await page.goto(`${shim.base}/dashboard/graph`);
   await page.locator('.graph-box[data-ready=true]').waitFor();
   assert.match(await page.locator('.graph-stats').innerText(), /2 of 2 services · 1 connections/);
-  const n = await page.evaluate(() => document.querySelector('.graph-canvas canvas') !== null);
-  assert.ok(n, 'cytoscape drew on a canvas');
+  const size = await page.evaluate(() => { const c = document.querySelector('.graph-canvas canvas'); return c ? c.clientWidth * c.clientHeight : 0; });
+  assert.ok(size > 100000, `cytoscape drew on a canvas of ${size} px²`);
+  assert.equal(await page.locator('.graph-box').getAttribute('data-nodes'), '2');
   await shot(page, 'dashboard-graph');
   await page.click('#impact-toggle');
   await page.fill('#g-search', 'capture-demo');
   await page.press('#g-search', 'Enter');
   await page.locator('#impact-summary').waitFor();
-  assert.match(await page.locator('#impact-summary').innerText(), /1 service depend/);
+  assert.match(await page.locator('#impact-summary').innerText(), /1 service depends/);
   assert.match(await page.locator('[data-impacted="checkout-web"]').innerText(), /1 hop/);
   await shot(page, 'dashboard-graph-impact');
 });

@@ -22,6 +22,13 @@ export function h(spec, props, ...children) {
   return el;
 }
 
+// Replaces el's children; like h(), skips null/false and flattens arrays.
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
 function append(el, children) {
   for (const c of children) {
     if (c == null || c === false) continue;

@@ -1,7 +1,7 @@
 // Billing: plan, trial days left, status, Stripe portal/checkout, cancel or
 // resume, invoices.
 import { get, post } from '../api.js';
-import { h, listOf, pick, date, empty, failure, viewHead, toast, confirmDialog } from './common.js';
+import { h, fill, listOf, pick, date, empty, failure, viewHead, toast, confirmDialog } from './common.js';
 
 const money = (cents, cur = 'usd') => (cents == null ? '—'
   : new Intl.NumberFormat('en', { style: 'currency', currency: String(cur).toUpperCase() }).format(cents / 100));
@@ -18,7 +18,7 @@ export async function render(root, ctx) {
     [b, inv] = await Promise.all([get('/billing'), get('/billing/invoices').catch((e) => { if (e.status === 401) throw e; return { __error: e }; })]);
   } catch (err) {
     if (err.status === 401) throw err;
-    root.replaceChildren(viewHead('Billing'), failure(err, () => render(root, ctx)));
+    fill(root, viewHead('Billing'), failure(err, () => render(root, ctx)));
     return null;
   }
   const plan = b.plan || {};
@@ -63,7 +63,7 @@ export async function render(root, ctx) {
           h('td', i.hosted_invoice_url ? h('a', { href: i.hosted_invoice_url, rel: 'noopener' }, 'View') : null, ' ',
             i.invoice_pdf ? h('a', { href: i.invoice_pdf, rel: 'noopener' }, 'PDF') : null))))));
 
-  root.replaceChildren(viewHead('Billing'),
+  fill(root, viewHead('Billing'),
     h('div.panel-grid',
       h('section.panel', { 'aria-labelledby': 'plan-h' }, h('h2', { id: 'plan-h' }, 'Plan'),
         h('dl.kv', h('dt', 'Plan'), h('dd', plan.name || 'Lattice'),

@@ -1,6 +1,6 @@
 // The timeline of what changed: routes, versions, packages, edges.
 import { get } from '../api.js';
-import { h, listOf, allServices, pick, date, timeEl, empty, failure, viewHead, serviceHref } from './common.js';
+import { h, fill, listOf, allServices, pick, date, timeEl, empty, failure, viewHead, serviceHref } from './common.js';
 
 const kindLabel = (c) => String(pick(c, 'kind', 'type', 'changeType', 'change_type') || 'change').replace(/[_.]/g, ' ');
 
@@ -43,7 +43,7 @@ export async function render(root) {
     list = await allChanges();
   } catch (err) {
     if (err.status === 401) throw err;
-    root.replaceChildren(viewHead('Changes'), failure(err, () => render(root)));
+    fill(root, viewHead('Changes'), failure(err, () => render(root)));
     return null;
   }
   const kinds = [...new Set(list.map(kindLabel))].sort();
@@ -51,11 +51,11 @@ export async function render(root) {
   const box = h('div');
   const draw = () => {
     const shown = list.filter((c) => !sel.value || kindLabel(c) === sel.value);
-    box.replaceChildren(shown.length ? h('ul.timeline', shown.map(changeItem))
+    fill(box, shown.length ? h('ul.timeline', shown.map(changeItem))
       : empty('No changes yet', 'New routes, versions, packages and connections show up here as your services report them.'));
   };
   sel.addEventListener('change', draw);
-  root.replaceChildren(viewHead('Changes'), h('div.toolbar', h('div.field', h('label', { for: 'chg-kind' }, 'Kind'), sel)),
+  fill(root, viewHead('Changes'), h('div.toolbar', h('div.field', h('label', { for: 'chg-kind' }, 'Kind'), sel)),
     h('section.panel', box));
   draw();
   return null;

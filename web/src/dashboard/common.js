@@ -1,9 +1,9 @@
 // Shared pieces of the dashboard views: states (loading, empty, error),
 // formatting, toasts, confirmation dialogs and polling.
-import { h } from '../ui.js';
+import { h, fill } from '../ui.js';
 import { get, pick } from '../api.js';
 
-export { h, pick };
+export { h, fill, pick };
 
 export function loading(text = 'Loading…') {
   return h('div.state-box', { role: 'status' }, h('span.spinner', { 'aria-hidden': 'true' }), ' ', text);

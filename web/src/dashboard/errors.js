@@ -1,6 +1,6 @@
 // Grouped errors with resolve / ignore.
 import { get, patch } from '../api.js';
-import { h, listOf, pick, num, timeEl, empty, failure, viewHead, toast, serviceHref } from './common.js';
+import { h, fill, listOf, pick, num, timeEl, empty, failure, viewHead, toast, serviceHref } from './common.js';
 
 export async function render(root, ctx) {
   const statusSel = h('select', { id: 'err-status' }, ['open', 'resolved', 'ignored', ''].map((s) =>
@@ -9,20 +9,20 @@ export async function render(root, ctx) {
   const box = h('div');
 
   async function load() {
-    box.replaceChildren(h('div.state-box', { role: 'status' }, h('span.spinner'), ' Loading errors…'));
+    fill(box, h('div.state-box', { role: 'status' }, h('span.spinner'), ' Loading errors…'));
     let list;
     try {
       list = listOf(await get(`/errors?limit=200${statusSel.value ? `&status=${statusSel.value}` : ''}`), 'errors', 'groups');
     } catch (err) {
       if (err.status === 401) throw err;
-      box.replaceChildren(failure(err, load));
+      fill(box, failure(err, load));
       return;
     }
     if (list.length === 0) {
-      box.replaceChildren(empty(statusSel.value === 'open' ? 'No open errors' : 'No errors', 'Errors your services report are grouped here.'));
+      fill(box, empty(statusSel.value === 'open' ? 'No open errors' : 'No errors', 'Errors your services report are grouped here.'));
       return;
     }
-    box.replaceChildren(h('div.table-wrap', h('table.data', { 'aria-label': 'Errors' },
+    fill(box, h('div.table-wrap', h('table.data', { 'aria-label': 'Errors' },
       h('thead', h('tr', h('th', 'Error'), h('th', 'Service'), h('th.num', 'Count'), h('th', 'Last seen'), h('th', 'Status'), h('th', h('span.visually-hidden', 'Actions')))),
       h('tbody', list.map(row)))));
   }
@@ -45,7 +45,7 @@ export async function render(root, ctx) {
   }
 
   statusSel.addEventListener('change', load);
-  root.replaceChildren(viewHead('Errors'), h('div.toolbar', h('div.field', h('label', { for: 'err-status' }, 'Status'), statusSel)),
+  fill(root, viewHead('Errors'), h('div.toolbar', h('div.field', h('label', { for: 'err-status' }, 'Status'), statusSel)),
     h('section.panel', box));
   await load();
   return null;

@@ -7,7 +7,7 @@ import cytoscape from 'cytoscape';
 import dagre from 'cytoscape-dagre';
 import fcose from 'cytoscape-fcose';
 import { get } from '../api.js';
-import { h, listOf, pick, num, pct, ago, failure, viewHead, poll, serviceHref, statusBadge, isMissingRoute } from './common.js';
+import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, poll, serviceHref, statusBadge, isMissingRoute } from './common.js';
 
 cytoscape.use(dagre);
 cytoscape.use(fcose);
@@ -135,7 +135,7 @@ export async function render(root, ctx) {
   const detail = h('section.panel', { 'aria-live': 'polite', id: 'graph-detail' }, h('h2', 'Details'), h('p.muted', 'Click a service to see it here.'));
   const impactPanel = h('section.panel', { id: 'impact-panel', hidden: true });
   const cyclePanel = h('section.panel', { id: 'cycle-panel', hidden: true });
-  root.replaceChildren(viewHead('Network graph'), toolbar,
+  fill(root, viewHead('Network graph'), toolbar,
     h('div.graph-layout', box, h('div.side-panel', detail, impactPanel, cyclePanel)));
 
   // ----- data -> elements ---------------------------------------------------
@@ -216,9 +216,11 @@ export async function render(root, ctx) {
     cy.nodes().removeClass('focus');
     if (state.focus && (v.large || state.depth !== 0 || params.get('focus'))) cy.getElementById(state.focus).addClass('focus');
     overlay.hidden = true;
+    box.dataset.nodes = String(cy.nodes().length);
+    box.dataset.edges = String(cy.edges().length);
     if (v.nodes.length === 0) {
       overlay.hidden = false;
-      overlay.replaceChildren(h('div', h('h2', 'Nothing to draw yet'), h('p', state.all.nodes.length ? 'No service in this environment.' : 'Services and the calls between them appear here as your plugins report them.'),
+      fill(overlay, h('div', h('h2', 'Nothing to draw yet'), h('p', state.all.nodes.length ? 'No service in this environment.' : 'Services and the calls between them appear here as your plugins report them.'),
         state.all.nodes.length ? null : h('a.btn.btn-primary', { href: '/dashboard/onboarding' }, 'Connect a service')));
     }
     stats.textContent = `${num(v.nodes.length)} of ${num(state.all.nodes.length)} services · ${num(v.edges.length)} connections${v.large ? ' · focal view' : ''}`;
@@ -237,7 +239,7 @@ export async function render(root, ctx) {
     const name = (x) => state.all.nodes.find((m) => m.id === x)?.name ?? x;
     const edgeRow = (e, other) => h('li', h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); select(other); cy.getElementById(other).select(); } }, name(other)),
       h('span.muted', ` · ${num(e.calls)} calls · ${pct(e.errorRate)} errors`));
-    detail.replaceChildren(h('h2', n.name), n.external ? h('p', h('span.badge', 'external caller')) : h('p', statusBadge(n.status), ' ', n.environment ? h('span.badge.badge-brand', n.environment) : null),
+    fill(detail, h('h2', n.name), n.external ? h('p', h('span.badge', 'external caller')) : h('p', statusBadge(n.status), ' ', n.environment ? h('span.badge.badge-brand', n.environment) : null),
       n.raw && (n.raw.lastSeen || n.raw.last_seen) ? h('p.muted', `Last seen ${ago(n.raw.lastSeen || n.raw.last_seen)}`) : null,
       h('h3', `Calls (${inc.length ? out.length : out.length})`), out.length ? h('ul.list-plain', out.map((e) => edgeRow(e, e.target))) : h('p.muted', 'None.'),
       h('h3', `Called by (${inc.length})`), inc.length ? h('ul.list-plain', inc.map((e) => edgeRow(e, e.source))) : h('p.muted', 'None.'),
@@ -268,7 +270,7 @@ export async function render(root, ctx) {
   async function showImpact(id) {
     state.impactRoot = id;
     impactPanel.hidden = false;
-    impactPanel.replaceChildren(h('h2', 'Impact'), h('p', h('span.spinner'), ' Computing the blast radius…'));
+    fill(impactPanel, h('h2', 'Impact'), h('p', h('span.spinner'), ' Computing the blast radius…'));
     let list; let source = 'api';
     try {
       const d = await get(`/services/${encodeURIComponent(id)}/impact`);
@@ -276,7 +278,7 @@ export async function render(root, ctx) {
         .filter((x) => x.id !== id);
     } catch (err) {
       if (err.status === 401) throw err;
-      if (!isMissingRoute(err)) { impactPanel.replaceChildren(h('h2', 'Impact'), failure(err, () => showImpact(id))); return; }
+      if (!isMissingRoute(err)) { fill(impactPanel, h('h2', 'Impact'), failure(err, () => showImpact(id))); return; }
       // route not on this server: walk the same graph here (callers of callers)
       const rev = new Map();
       for (const e of state.all.edges) { if (!rev.has(e.target)) rev.set(e.target, []); rev.get(e.target).push(e.source); }
@@ -290,8 +292,8 @@ export async function render(root, ctx) {
     if (missing && state.all.nodes.length <= FULL_GRAPH_LIMIT) { state.focus = null; state.depth = 0; depthSel.value = '0'; draw(); } else applyImpact(state.impactRootData);
     const name = (x) => x.name ?? state.all.nodes.find((m) => m.id === x.id)?.name ?? x.id;
     const root0 = state.all.nodes.find((m) => m.id === id);
-    impactPanel.replaceChildren(h('h2', `Impact of ${root0 ? root0.name : id}`),
-      h('p', { id: 'impact-summary' }, list.length ? `${list.length} service${list.length > 1 ? 's' : ''} depend on it, directly or through others.` : 'Nothing depends on it.'),
+    fill(impactPanel, h('h2', `Impact of ${root0 ? root0.name : id}`),
+      h('p', { id: 'impact-summary' }, list.length ? `${list.length} service${list.length > 1 ? 's depend' : ' depends'} on it, directly or through others.` : 'Nothing depends on it.'),
       list.length ? h('ul.list-plain.impact-list', list.sort((a, b) => a.distance - b.distance || String(name(a)).localeCompare(name(b)))
         .map((x) => h('li', { 'data-impacted': name(x) }, h('span', name(x)), h('span.badge.badge-warn', `${x.distance} hop${x.distance > 1 ? 's' : ''}`)))) : null,
       source === 'local' ? h('p.muted', 'Computed in the browser from the graph.') : null,
@@ -328,7 +330,7 @@ export async function render(root, ctx) {
       } catch (err) {
         if (err.status === 401) throw err;
         cyclePanel.hidden = false;
-        cyclePanel.replaceChildren(h('h2', 'Cycles'), failure(err, markCycles));
+        fill(cyclePanel, h('h2', 'Cycles'), failure(err, markCycles));
         return;
       }
     }
@@ -342,7 +344,7 @@ export async function render(root, ctx) {
       }
     });
     cyclePanel.hidden = false;
-    cyclePanel.replaceChildren(h('h2', 'Cycles'), ...(cycles.length === 0 ? [ h('p', { id: 'cycle-summary' }, 'No circular dependencies.')]
+    fill(cyclePanel, h('h2', 'Cycles'), ...(cycles.length === 0 ? [ h('p', { id: 'cycle-summary' }, 'No circular dependencies.')]
       : [h('p', { id: 'cycle-summary' }, `${cycles.length} circular dependenc${cycles.length > 1 ? 'ies' : 'y'}:`),
         h('ul.list-plain', cycles.map((c) => h('li', [...c.map(name), name(c[0])].join(' → '))))]));
   }
@@ -352,7 +354,7 @@ export async function render(root, ctx) {
     impactBtn.setAttribute('aria-pressed', String(on));
     impactBtn.classList.toggle('btn-primary', on);
     if (!on) clearSelection();
-    else if (!state.impactRoot) { impactPanel.hidden = false; impactPanel.replaceChildren(h('h2', 'Impact mode'), h('p', 'Click a service to light up everything that depends on it.')); }
+    else if (!state.impactRoot) { impactPanel.hidden = false; fill(impactPanel, h('h2', 'Impact mode'), h('p', 'Click a service to light up everything that depends on it.')); }
   });
   cyclesBtn.addEventListener('click', () => {
     state.showCycles = !state.showCycles;
@@ -385,7 +387,7 @@ export async function render(root, ctx) {
     cycles = null;
     const envs = [...new Set(g.nodes.map((n) => n.environment).filter(Boolean))].sort();
     const keep = envSel.value || state.env;
-    envSel.replaceChildren(h('option', { value: '' }, 'All environments'), envs.map((e) => h('option', { value: e }, e)));
+    fill(envSel, h('option', { value: '' }, 'All environments'), envs.map((e) => h('option', { value: e }, e)));
     envSel.value = envs.includes(keep) ? keep : '';
     state.env = envSel.value;
     draw();
@@ -396,7 +398,7 @@ export async function render(root, ctx) {
     await load();
   } catch (err) {
     if (err.status === 401) throw err;
-    overlay.replaceChildren(failure(err, () => render(root, ctx)));
+    fill(overlay, failure(err, () => render(root, ctx)));
     return () => cy && cy.destroy();
   }
   if (state.impactRoot) { impactBtn.click(); showImpact(state.impactRoot); }

@@ -1,6 +1,6 @@
 // API keys: create (shown once), rotate with a grace period, revoke, last used.
 import { get, post, del } from '../api.js';
-import { h, listOf, pick, date, ago, timeEl, empty, failure, viewHead, toast, confirmDialog } from './common.js';
+import { h, fill, listOf, pick, date, ago, timeEl, empty, failure, viewHead, toast, confirmDialog } from './common.js';
 
 const GRACES = [[0, 'No grace: old key stops now'], [3600, '1 hour'], [86400, '24 hours (default)'], [604800, '7 days']];
 
@@ -12,7 +12,7 @@ export async function render(root) {
   const form = h('form.toolbar', h('div.field.grow', h('label', { for: 'new-key-name' }, 'New key name'), name), createBtn);
 
   function showSecret(title, k, note) {
-    reveal.replaceChildren(h('div.alert.alert-ok', { role: 'status' }, h('strong', title), h('p', note),
+    fill(reveal, h('div.alert.alert-ok', { role: 'status' }, h('strong', title), h('p', note),
       h('div.secret', h('code', { 'data-secret': '' }, k.key),
         h('button.btn.btn-small', { type: 'button', 'data-copy': '', 'data-copy-text': k.key }, 'Copy'))));
   }
@@ -87,14 +87,14 @@ export async function render(root) {
       replaced = new Set(keys.map((k) => pick(k, 'rotated_from', 'rotatedFrom')).filter(Boolean));
     } catch (err) {
       if (err.status === 401) throw err;
-      list.replaceChildren(failure(err, load));
+      fill(list, failure(err, load));
       return;
     }
     if (keys.length === 0) {
-      list.replaceChildren(empty('No API keys yet', 'Create one above; your services send it in the X-Lattice-API-Key header.'));
+      fill(list, empty('No API keys yet', 'Create one above; your services send it in the X-Lattice-API-Key header.'));
       return;
     }
-    list.replaceChildren(h('div.table-wrap', h('table.data', { 'aria-label': 'API keys' },
+    fill(list, h('div.table-wrap', h('table.data', { 'aria-label': 'API keys' },
       h('thead', h('tr', h('th', 'Name'), h('th', 'Key'), h('th', 'Created'), h('th', 'Last used'), h('th', 'State'), h('th', h('span.visually-hidden', 'Actions')))),
       h('tbody', keys.map((k) => {
         const revoked = pick(k, 'revoked_at', 'revokedAt');
@@ -109,7 +109,7 @@ export async function render(root) {
       })))));
   }
 
-  root.replaceChildren(viewHead('API keys'), h('section.panel', h('h2', 'Create a key'), form, reveal), h('section.panel', h('h2', 'Your keys'), list));
+  fill(root, viewHead('API keys'), h('section.panel', h('h2', 'Create a key'), form, reveal), h('section.panel', h('h2', 'Your keys'), list));
   await load();
   return null;
 }

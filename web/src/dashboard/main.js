@@ -2,7 +2,7 @@
 // account banner, and routes /dashboard/<view> to a view module.  In-app links
 // use the History API; every view URL is also a real file (see README.md).
 import { get, post, pick, ApiError } from '../api.js';
-import { h } from '../ui.js';
+import { h, fill } from '../ui.js';
 import { failure } from './common.js';
 import { initCopyButtons } from '../ui.js';
 
@@ -50,7 +50,7 @@ async function render() {
     else a.removeAttribute('aria-current');
   }
   document.getElementById('app-nav').classList.remove('open');
-  root.replaceChildren(h('div.state-box', { role: 'status' }, h('span.spinner', { 'aria-hidden': 'true' }), ' Loading…'));
+  fill(root, h('div.state-box', { role: 'status' }, h('span.spinner', { 'aria-hidden': 'true' }), ' Loading…'));
   try {
     const mod = await views[name]();
     if (seq !== renderSeq) return;
@@ -59,7 +59,7 @@ async function render() {
     if (seq !== renderSeq && cleanup) { cleanup(); cleanup = null; }
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return toLogin('expired');
-    if (seq === renderSeq) root.replaceChildren(failure(err, render));
+    if (seq === renderSeq) fill(root, failure(err, render));
     console.warn('view failed', err);
   }
 }
@@ -114,7 +114,7 @@ export async function refreshBanner() {
     const status = String(pick(b, 'status') || ent.status || '');
     const left = pick(b, 'trial_days_left', 'trialDaysLeft');
     el.className = 'banner';
-    el.replaceChildren();
+    fill(el, );
     if (ent.read_only || ent.state === 'read_only') {
       el.classList.add('bad');
       el.append('Your account is read-only: new data is refused. ', h('a', { href: '/dashboard/billing' }, 'Subscribe'));
@@ -144,7 +144,7 @@ async function start() {
   } catch (err) {
     if (err instanceof ApiError && (err.status === 401 || err.status === 403)) return toLogin();
     document.body.dataset.state = 'ready';
-    root.replaceChildren(failure(err, () => location.reload()));
+    fill(root, failure(err, () => location.reload()));
     return;
   }
   document.getElementById('user-name').textContent = ctx.user.name || ctx.user.email || '';

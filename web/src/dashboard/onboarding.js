@@ -1,7 +1,7 @@
 // Onboarding: create a key (shown once), copy the snippet with it filled in,
 // and wait live for the first service to report.
 import { get, post } from '../api.js';
-import { h, listOf, poll, pick, serviceHref, viewHead } from './common.js';
+import { h, fill, listOf, poll, pick, serviceHref, viewHead } from './common.js';
 import { initTabs } from '../ui.js';
 import { expressSnippet, nextSnippet } from './snippets.js';
 
@@ -29,7 +29,7 @@ export async function render(root) {
       }
     });
     keyStep.className = key ? 'done' : '';
-    keyStep.replaceChildren(h('h2', 'Create an API key'),
+    fill(keyStep, h('h2', 'Create an API key'),
       ...(key
         ? [h('p', 'Here is your key. It is shown only this once: copy it now.'),
           h('div.secret', h('code', { id: 'new-key' }, key.key),
@@ -47,7 +47,7 @@ export async function render(root) {
     const tabs = h('div.tabs', { 'data-tabs': '' }, h('div', { role: 'tablist', 'aria-label': 'Framework' },
       tab('express', 'Express', true), tab('next', 'Next.js', false)),
       panel('express', expressSnippet(k), false), panel('next', nextSnippet(k), true));
-    snippetStep.replaceChildren(h('h2', 'Add the plugin to a service'),
+    fill(snippetStep, h('h2', 'Add the plugin to a service'),
       h('p.muted', k ? 'The key is filled in below.' : 'Create a key first; it will be filled in below.'), tabs);
     initTabs(snippetStep);
   }
@@ -59,7 +59,7 @@ export async function render(root) {
     const first = list[0];
     waitStep.className = 'done';
     waiting.classList.add('arrived');
-    waiting.replaceChildren(h('span.pulse', { 'aria-hidden': 'true' }),
+    fill(waiting, h('span.pulse', { 'aria-hidden': 'true' }),
       h('span', `${pick(first, 'name')} has arrived!`), ' ',
       h('a', { href: serviceHref(first.id) }, 'Open it'), ' · ', h('a', { href: '/dashboard/graph' }, 'See the graph'));
     return true;
@@ -67,9 +67,9 @@ export async function render(root) {
 
   drawKeyStep();
   drawSnippet();
-  waitStep.replaceChildren(h('h2', 'Start the service'), h('p.muted', 'This turns green as soon as the first report arrives — no reload needed.'), waiting);
+  fill(waitStep, h('h2', 'Start the service'), h('p.muted', 'This turns green as soon as the first report arrives — no reload needed.'), waiting);
 
-  root.replaceChildren(viewHead('Get started'),
+  fill(root, viewHead('Get started'),
     h('section.panel', h('ol.steps-ol', keyStep, snippetStep, waitStep)));
 
   let stop = () => {};

@@ -1,6 +1,6 @@
 // Latency (p50/p95/p99) and traffic over time, per service.
 import { get } from '../api.js';
-import { h, listOf, allServices, pick, num, ms, empty, failure, viewHead } from './common.js';
+import { h, fill, listOf, allServices, pick, num, ms, empty, failure, viewHead } from './common.js';
 import { barChart, lineChart } from './charts.js';
 
 const RANGES = { '1h': [3600, '5m'], '24h': [86400, '1h'], '7d': [604800, '6h'] };
@@ -11,11 +11,11 @@ export async function render(root, ctx) {
     services = (await allServices()).sort((a, b) => String(a.name).localeCompare(b.name));
   } catch (err) {
     if (err.status === 401) throw err;
-    root.replaceChildren(viewHead('Performance'), failure(err, () => render(root, ctx)));
+    fill(root, viewHead('Performance'), failure(err, () => render(root, ctx)));
     return null;
   }
   if (services.length === 0) {
-    root.replaceChildren(viewHead('Performance'), empty('No services yet', 'Latency appears once your services send traces.',
+    fill(root, viewHead('Performance'), empty('No services yet', 'Latency appears once your services send traces.',
       h('a.btn.btn-primary', { href: '/dashboard/onboarding' }, 'Get started')));
     return null;
   }
@@ -26,7 +26,7 @@ export async function render(root, ctx) {
   const box = h('div');
 
   async function load() {
-    box.replaceChildren(h('div.state-box', { role: 'status' }, h('span.spinner'), ' Loading…'));
+    fill(box, h('div.state-box', { role: 'status' }, h('span.spinner'), ' Loading…'));
     const [secs, interval] = RANGES[rangeSel.value];
     const to = new Date(); const from = new Date(to.getTime() - secs * 1000);
     let points;
@@ -35,11 +35,11 @@ export async function render(root, ctx) {
       points = listOf(d, 'buckets', 'metrics', 'points', 'series');
     } catch (err) {
       if (err.status === 401) throw err;
-      box.replaceChildren(failure(err, load));
+      fill(box, failure(err, load));
       return;
     }
     if (points.length === 0) {
-      box.replaceChildren(empty('No traffic in this period', 'Add the metrics middleware to the service to record latency.'));
+      fill(box, empty('No traffic in this period', 'Add the metrics middleware to the service to record latency.'));
       return;
     }
     const t = (p) => new Date(pick(p, 'start', 'bucket', 'time', 'timestamp', 'at'));
@@ -52,7 +52,7 @@ export async function render(root, ctx) {
     const total = points.reduce((a, p) => a + count(p), 0);
     const errs = points.reduce((a, p) => a + errors(p), 0);
     const p95s = points.map((p) => v(p, 'p95', 'p95Ms', 'p95_ms')).filter((x) => x != null);
-    box.replaceChildren(
+    fill(box, 
       h('div.tiles', h('div.tile', h('div.label', 'Requests'), h('div.value', num(total))),
         h('div.tile', h('div.label', 'Error rate'), h('div.value', { class: errs ? 'bad' : 'ok' }, total ? `${((100 * errs) / total).toFixed(2)}%` : '—')),
         h('div.tile', h('div.label', 'Worst p95'), h('div.value', p95s.length ? ms(Math.max(...p95s)) : '—'))),
@@ -66,7 +66,7 @@ export async function render(root, ctx) {
   }
   svcSel.addEventListener('change', load);
   rangeSel.addEventListener('change', load);
-  root.replaceChildren(viewHead('Performance'), h('div.toolbar',
+  fill(root, viewHead('Performance'), h('div.toolbar',
     h('div.field.grow', h('label', { for: 'perf-svc' }, 'Service'), svcSel),
     h('div.field', h('label', { for: 'perf-range' }, 'Period'), rangeSel)), box);
   await load();

@@ -1,7 +1,7 @@
 // One service: summary, routes with traffic, packages, upstream/downstream,
 // recent changes and errors.
 import { get } from '../api.js';
-import { h, listOf, pick, num, ms, pct, ago, date, timeEl, empty, failure, statusBadge, methodTag, serviceHref, viewHead } from './common.js';
+import { h, fill, listOf, pick, num, ms, pct, ago, date, timeEl, empty, failure, statusBadge, methodTag, serviceHref, viewHead } from './common.js';
 import { changeItem } from './changes.js';
 
 const optional = (p) => p.catch((err) => { if (err.status === 401) throw err; return { __error: err }; });
@@ -9,7 +9,7 @@ const optional = (p) => p.catch((err) => { if (err.status === 401) throw err; re
 export async function render(root, ctx) {
   const id = ctx.params.get('id');
   if (!id) {
-    root.replaceChildren(empty('No service chosen', 'Pick a service from the list.', h('a.btn', { href: '/dashboard/services' }, 'All services')));
+    fill(root, empty('No service chosen', 'Pick a service from the list.', h('a.btn', { href: '/dashboard/services' }, 'All services')));
     return null;
   }
   const enc = encodeURIComponent(id);
@@ -18,7 +18,7 @@ export async function render(root, ctx) {
     svc = await get(`/services/${enc}`);
   } catch (err) {
     if (err.status === 401) throw err;
-    root.replaceChildren(viewHead('Service'), err.status === 404
+    fill(root, viewHead('Service'), err.status === 404
       ? empty('Service not found', 'It may have been removed, or it belongs to another account.', h('a.btn', { href: '/dashboard/services' }, 'All services'))
       : failure(err, () => render(root, ctx)));
     return null;
@@ -86,7 +86,7 @@ export async function render(root, ctx) {
         h('strong', pick(e, 'errorType', 'error_type', 'type') || 'Error'), ': ', e.message || '',
         h('span.muted', ` · ${num(pick(e, 'occurrenceCount', 'count', 'occurrences') ?? 1)}× · last ${ago(pick(e, 'lastSeen', 'last_seen', 'timestamp'))}`))));
 
-  root.replaceChildren(
+  fill(root, 
     h('p.crumbs', h('a', { href: '/dashboard/services' }, 'Services'), ' / ', svc.name),
     viewHead(svc.name, h('a.btn', { href: `/dashboard/graph?focus=${enc}` }, 'Show in graph'),
       h('a.btn', { href: `/dashboard/graph?impact=${enc}` }, 'Impact')),

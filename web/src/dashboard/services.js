@@ -1,6 +1,6 @@
 // Services overview: stat tiles, filters and search, a card per service.
 // Refreshes itself so a new service appears without a reload.
-import { h, allServices, pick, num, ago, timeEl, poll, empty, failure, statusBadge, serviceHref, viewHead } from './common.js';
+import { h, fill, allServices, pick, num, ago, timeEl, poll, empty, failure, statusBadge, serviceHref, viewHead } from './common.js';
 
 const routesOf = (s) => pick(s, 'routeCount', 'routesCount', 'route_count', 'routes_count') ?? (Array.isArray(s.routes) ? s.routes.length : null);
 const depsOf = (s) => pick(s, 'dependencyCount', 'dependenciesCount', 'dependency_count', 'dependencies_count') ?? (Array.isArray(s.dependencies) ? s.dependencies.length : null);
@@ -27,7 +27,7 @@ export async function render(root, ctx) {
 
   function options(sel, label, values, current) {
     const keep = sel.value || current;
-    sel.replaceChildren(h('option', { value: '' }, label), ...values.map((v) => h('option', { value: v }, v)));
+    fill(sel, h('option', { value: '' }, label), ...values.map((v) => h('option', { value: v }, v)));
     sel.value = values.includes(keep) ? keep : '';
   }
 
@@ -43,7 +43,7 @@ export async function render(root, ctx) {
     const active = services.filter((s) => String(s.status).toLowerCase() === 'active').length;
     const routes = services.reduce((a, s) => a + (Number(routesOf(s)) || 0), 0);
     const deps = services.reduce((a, s) => a + (Number(depsOf(s)) || 0), 0);
-    tiles.replaceChildren(tile('Services', num(services.length)), tile('Active', num(active), 'ok'),
+    fill(tiles, tile('Services', num(services.length)), tile('Active', num(active), 'ok'),
       tile('Inactive', num(services.length - active)), tile('Routes', num(routes)), tile('Dependencies', num(deps)),
       tile('Environments', num(envs.length)));
 
@@ -55,17 +55,17 @@ export async function render(root, ctx) {
       (!q || [s.name, s.framework, s.language, s.version, s.environment].some((v) => v && String(v).toLowerCase().includes(q))));
 
     if (services.length === 0) {
-      grid.replaceChildren(empty('No services yet', 'Connect your first service with an API key and the plugin; it appears here on its own.',
+      fill(grid, empty('No services yet', 'Connect your first service with an API key and the plugin; it appears here on its own.',
         h('a.btn.btn-primary', { href: '/dashboard/onboarding' }, 'Get started')));
       count.textContent = '';
       return;
     }
     count.textContent = `${shown.length} of ${services.length} services`;
     if (shown.length === 0) {
-      grid.replaceChildren(empty('No service matches', 'Change the search or the filters.'));
+      fill(grid, empty('No service matches', 'Change the search or the filters.'));
       return;
     }
-    grid.replaceChildren(h('div.svc-grid', shown.map(card)));
+    fill(grid, h('div.svc-grid', shown.map(card)));
   }
 
   function card(s) {
@@ -86,12 +86,12 @@ export async function render(root, ctx) {
   for (const el of [envSel, statusSel, fwSel]) el.addEventListener('change', draw);
   search.addEventListener('input', draw);
 
-  root.replaceChildren(viewHead('Services', h('a.btn', { href: '/dashboard/graph' }, 'Open graph')), tiles, toolbar, count, grid);
+  fill(root, viewHead('Services', h('a.btn', { href: '/dashboard/graph' }, 'Open graph')), tiles, toolbar, count, grid);
   try {
     await load();
   } catch (err) {
     if (err.status === 401) throw err;
-    root.replaceChildren(viewHead('Services'), failure(err, () => ctx.navigate(location.pathname + location.search, { replace: true })));
+    fill(root, viewHead('Services'), failure(err, () => ctx.navigate(location.pathname + location.search, { replace: true })));
     return null;
   }
   return poll(load, 5000);

@@ -1,6 +1,6 @@
 // Usage: requests this hour against the quota, and the last 24 hours.
 import { get } from '../api.js';
-import { h, listOf, pick, num, failure, viewHead, poll } from './common.js';
+import { h, fill, listOf, pick, num, failure, viewHead, poll } from './common.js';
 import { barChart } from './charts.js';
 
 export async function render(root, ctx) {
@@ -15,7 +15,7 @@ export async function render(root, ctx) {
     const bar = h('span');
     bar.style.width = `${(share * 100).toFixed(1)}%`;   // CSSOM, allowed by the CSP
     const history = listOf(u, 'history').slice().reverse();
-    box.replaceChildren(
+    fill(box, 
       h('div.tiles',
         h('div.tile', h('div.label', 'This hour'), h('div.value', { 'data-usage-used': '' }, num(used))),
         h('div.tile', h('div.label', 'Quota'), h('div.value', num(limit))),
@@ -27,12 +27,12 @@ export async function render(root, ctx) {
       h('section.panel', h('h2', 'Last 24 hours'), history.length === 0 ? h('p.muted', 'No history yet: hours are rolled up as they end.')
         : barChart(history.map((x) => ({ label: new Date(x.hour).toLocaleTimeString('en', { hour: '2-digit', minute: '2-digit' }), value: Number(x.requests), refused: Number(x.refused) })), 'Requests per hour, refused in red')));
   }
-  root.replaceChildren(viewHead('Usage'), box);
+  fill(root, viewHead('Usage'), box);
   try {
     await load();
   } catch (err) {
     if (err.status === 401) throw err;
-    box.replaceChildren(failure(err, () => render(root, ctx)));
+    fill(box, failure(err, () => render(root, ctx)));
     return null;
   }
   return poll(load, 15000);
