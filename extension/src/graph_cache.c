@@ -58,22 +58,22 @@ lattice_graph_guc_init(void)
 							"Deepest hop count a graph traversal follows.",
 							"Deeper requests are cut to it and the answer says so.",
 							&lattice_graph_max_depth, 100, 1, 1000000,
-							PGC_USERSET, 0, NULL, NULL, NULL);
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.graph_max_results",
 							"Most services or rows one graph answer lists.",
 							"Longer answers are cut to it and say so.",
 							&lattice_graph_max_results, 100000, 1, 100000000,
-							PGC_USERSET, 0, NULL, NULL, NULL);
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.graph_max_paths",
 							"Most shortest paths lattice.graph_paths lists.",
 							NULL,
 							&lattice_graph_max_paths, 10, 1, 100000,
-							PGC_USERSET, 0, NULL, NULL, NULL);
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.graph_cache_size",
 							"Memory this backend may keep for cached tenant graphs.",
 							"A tenant graph larger than this is refused.",
 							&lattice_graph_cache_kb, 262144, 1024, INT_MAX,
-							PGC_USERSET, GUC_UNIT_KB, NULL, NULL, NULL);
+							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
 }
 
 static SPIPlanPtr

@@ -3,6 +3,7 @@
  *		Module entry point: libsodium, GUCs and hooks of every concern.
  */
 #include "lattice.h"
+#include "graph.h"
 
 #include <sodium.h>
 
@@ -32,4 +33,5 @@ _PG_init(void)
 	lattice_tenant_init();
 	lattice_rate_init();
 	lattice_billing_init();
+	lattice_graph_guc_init();
 }

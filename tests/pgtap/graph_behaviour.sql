@@ -113,7 +113,9 @@ DELETE FROM lattice.connections WHERE source_service_id = 'd0000000-0000-0000-00
                                   AND target_service_id = 'd0000000-0000-0000-0001-00000000000e';
 
 -- bounds
+RESET ROLE;  -- the bounds are superuser settings
 SET lattice.graph_max_depth = 2;
+SET ROLE lattice_app;
 SELECT results_eq($$SELECT name FROM lattice.graph_impact('d0000000-0000-0000-0001-00000000000e') ORDER BY name$$,
                   ARRAY['b', 'c', 'd'], 'impact stops at lattice.graph_max_depth');
 SELECT is((lattice.graph_reach_json('d0000000-0000-0000-0001-00000000000e', 'impact')::jsonb) -> 'truncated', 'true'::jsonb,
@@ -125,20 +127,30 @@ SELECT is((lattice.graph_reach_json('d0000000-0000-0000-0001-00000000000e', 'dep
           'a depth the caller chose is not a cut, but more_beyond_depth tells');
 SELECT is((lattice.graph_reach_json('d0000000-0000-0000-0001-00000000000e', 'dependents', 50)::jsonb) -> 'depth', '2'::jsonb,
           'a deeper request is capped to the bound');
+RESET ROLE;  -- the bounds are superuser settings
 RESET lattice.graph_max_depth;
+SET ROLE lattice_app;
+RESET ROLE;  -- the bounds are superuser settings
 SET lattice.graph_max_results = 2;
+SET ROLE lattice_app;
 SELECT is((SELECT count(*)::int FROM lattice.graph_impact('d0000000-0000-0000-0001-00000000000e')), 2,
           'impact lists at most lattice.graph_max_results services');
 SELECT is((lattice.graph_reach_json('d0000000-0000-0000-0001-00000000000e', 'impact')::jsonb) -> 'truncated', 'true'::jsonb,
           'and says so');
 SELECT is((SELECT json_array_length(g -> 'nodes') || '/' || (g ->> 'truncated')
              FROM lattice.graph_json() g), '2/true', 'the graph JSON is bounded too');
+RESET ROLE;  -- the bounds are superuser settings
 RESET lattice.graph_max_results;
+SET ROLE lattice_app;
+RESET ROLE;  -- the bounds are superuser settings
 SET lattice.graph_max_paths = 1;
+SET ROLE lattice_app;
 SELECT is((SELECT count(DISTINCT path_no)::int FROM lattice.graph_paths('d0000000-0000-0000-0001-00000000000a',
                                                                       'd0000000-0000-0000-0001-00000000000e', 10)), 1,
           'paths are capped by lattice.graph_max_paths');
+RESET ROLE;  -- the bounds are superuser settings
 RESET lattice.graph_max_paths;
+SET ROLE lattice_app;
 SELECT throws_ok($$SELECT * FROM lattice.graph_dependents('d0000000-0000-0000-0001-00000000000e', 0)$$, '22023', NULL,
                  'depth 0 is refused');
 
