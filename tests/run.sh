@@ -6,13 +6,14 @@
 #   tests/run.sh pgtap http    only those suites
 #
 # Suites: regress (pg_regress), pgtap (pg_prove), http and browser (node's
-# test runner, tests/http/*.test.mjs and tests/browser/*.test.mjs).
+# test runner, tests/http/*.test.mjs and tests/browser/*.test.mjs), and
+# shell, fuzz, load, fault (prove; each tests/<suite>/*.sh prints TAP).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap shell http browser)
+[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap shell http browser fuzz load fault)
 
 work=$(mktemp -d /tmp/lattice-test.XXXXXX)
 chmod 0755 "$work"
@@ -64,10 +65,10 @@ run_pgtap() {
     count_tap pgtap "$work/pgtap.log"
 }
 
-run_shell() {
-    compgen -G "tests/shell/*.sh" >/dev/null || return 0
-    prove -v tests/shell/*.sh >"$work/shell.log" 2>&1
-    count_tap shell "$work/shell.log"
+run_prove() {  # run_prove SUITE DIR: every DIR/*.sh prints TAP
+    compgen -G "$2/*.sh" >/dev/null || return 0
+    prove -v "$2"/*.sh >"$work/$1.log" 2>&1
+    count_tap "$1" "$work/$1.log"
 }
 
 run_node() {  # run_node SUITE DIR
@@ -84,7 +85,8 @@ for s in "${suites[@]}"; do
     case "$s" in
     regress) run_regress ;;
     pgtap)   run_pgtap ;;
-    shell)   run_shell ;;
+    shell|fuzz|load|fault)
+             run_prove "$s" "tests/$s" ;;
     http)    run_node http tests/http ;;
     browser) run_node browser tests/browser ;;
     *)       echo "unknown suite $s"; count "$s" 0 1 ;;
