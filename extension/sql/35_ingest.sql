@@ -161,6 +161,12 @@ CREATE TABLE lattice.breadcrumbs (
 CREATE INDEX ON lattice.breadcrumbs (user_id, session_id, at);
 CREATE INDEX ON lattice.breadcrumbs (user_id, received_at);
 
+-- pg_dump keeps the identity counters with the rows (the tables themselves
+-- are registered by 90_security.sql).
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lattice.service_changes', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lattice.error_occurrences', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lattice.breadcrumbs', 'id')::regclass, '');
+
 -- Entitlement and limits ------------------------------------------------------
 
 -- May this account ingest?  The billing rules (lattice.entitlement, 80_billing)
