@@ -104,85 +104,141 @@ static void deadline_after(struct timespec *ts, int ms)
     }
 }
 
+/* Connects a slot taken without a connection; POOL_DOWN (and backoff) on failure. */
+static enum pool_status connect_slot(struct slot *take)
+{
+    pthread_mutex_lock(&pool.mu);
+    bool backing_off = now_ms() < pool.retry_at;
+    pthread_mutex_unlock(&pool.mu);
+    if (backing_off) { /* a slot handed over while the database is down */
+        pool_release(&take->p);
+        atomic_fetch_add(&m_pool_errors, 1);
+        return POOL_DOWN;
+    }
+    PGconn *c = connect_one();
+    pthread_mutex_lock(&pool.mu);
+    if (!c) {
+        pool.failures++;
+        int backoff = 100 << (pool.failures < 6 ? pool.failures - 1 : 5);
+        pool.retry_at = now_ms() + (backoff > 5000 ? 5000 : backoff);
+        pthread_mutex_unlock(&pool.mu);
+        pool_release(&take->p);
+        atomic_fetch_add(&m_pool_errors, 1);
+        return POOL_DOWN;
+    }
+    pool.failures = 0;
+    pool.retry_at = 0;
+    take->p.conn = c;
+    memset(take->p.prepared, 0, (size_t) nroutes);
+    pthread_mutex_unlock(&pool.mu);
+    atomic_fetch_add(&m_pool_reconnects, 1);
+    return POOL_OK;
+}
+
+/* Waiters queue in arrival order and a released slot is handed to the
+   oldest one directly: a newcomer can never overtake, so the wait stays
+   short and fair under load (p99 ~ p50 instead of starving a few). */
+struct waiter {
+    struct waiter *next;
+    struct slot *given;
+    pthread_cond_t cv;
+};
+static struct waiter *queue_head, *queue_tail;
+
 enum pool_status pool_acquire(struct pooled **out)
 {
-    struct timespec deadline;
-    deadline_after(&deadline, cfg.pool_wait_ms);
     pthread_mutex_lock(&pool.mu);
-    for (;;) {
-        struct slot *healthy = NULL, *empty = NULL;
+    struct slot *take = NULL, *empty = NULL;
+    if (!queue_head)
         for (int i = 0; i < pool.size; i++) {
-            struct slot *s = &pool.slots[i];
-            if (s->busy)
+            struct slot *sl = &pool.slots[i];
+            if (sl->busy)
                 continue;
-            if (s->p.conn) {
-                healthy = s;
+            if (sl->p.conn) {
+                take = sl;
                 break;
             }
             if (!empty)
-                empty = s;
+                empty = sl;
         }
-        struct slot *take = healthy;
-        if (!take && empty) {
-            if (now_ms() < pool.retry_at) {
-                pthread_mutex_unlock(&pool.mu);
-                atomic_fetch_add(&m_pool_errors, 1);
-                return POOL_DOWN;
-            }
-            take = empty;
-        }
-        if (take) {
-            take->busy = true;
-            pool.in_use++;
+    if (!take && empty) {
+        if (now_ms() < pool.retry_at) {
             pthread_mutex_unlock(&pool.mu);
-            if (!take->p.conn) {
-                PGconn *c = connect_one();
-                pthread_mutex_lock(&pool.mu);
-                if (!c) {
-                    pool.failures++;
-                    int backoff = 100 << (pool.failures < 6 ? pool.failures - 1 : 5);
-                    pool.retry_at = now_ms() + (backoff > 5000 ? 5000 : backoff);
-                    take->busy = false;
-                    pool.in_use--;
-                    pthread_cond_signal(&pool.cv);
-                    pthread_mutex_unlock(&pool.mu);
-                    atomic_fetch_add(&m_pool_errors, 1);
-                    return POOL_DOWN;
-                }
-                pool.failures = 0;
-                pool.retry_at = 0;
-                take->p.conn = c;
-                memset(take->p.prepared, 0, (size_t) nroutes);
-                pthread_mutex_unlock(&pool.mu);
-                atomic_fetch_add(&m_pool_reconnects, 1);
-            }
-            *out = &take->p;
-            return POOL_OK;
+            atomic_fetch_add(&m_pool_errors, 1);
+            return POOL_DOWN;
         }
+        take = empty;
+    }
+    if (take) {
+        take->busy = true;
+        pool.in_use++;
+    } else {
+        struct waiter w = { NULL, NULL, PTHREAD_COND_INITIALIZER };
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&w.cv, &attr);
+        pthread_condattr_destroy(&attr);
+        if (queue_tail)
+            queue_tail->next = &w;
+        else
+            queue_head = &w;
+        queue_tail = &w;
         pool.waiting++;
-        int rc = pthread_cond_timedwait(&pool.cv, &pool.mu, &deadline);
+        struct timespec deadline;
+        deadline_after(&deadline, cfg.pool_wait_ms);
+        while (!w.given)
+            if (pthread_cond_timedwait(&w.cv, &pool.mu, &deadline) == ETIMEDOUT)
+                break;
         pool.waiting--;
-        if (rc == ETIMEDOUT) {
+        if (!w.given) {
+            /* unlink ourselves */
+            struct waiter **pp = &queue_head, *prev = NULL;
+            while (*pp && *pp != &w) {
+                prev = *pp;
+                pp = &(*pp)->next;
+            }
+            if (*pp)
+                *pp = w.next;
+            if (queue_tail == &w)
+                queue_tail = prev;
+        }
+        pthread_cond_destroy(&w.cv);
+        if (!w.given) {
             pthread_mutex_unlock(&pool.mu);
             atomic_fetch_add(&m_pool_timeouts, 1);
             return POOL_TIMEOUT;
         }
+        take = w.given; /* still busy and counted in use: handed over */
     }
+    pthread_mutex_unlock(&pool.mu);
+    if (!take->p.conn && connect_slot(take) != POOL_OK)
+        return POOL_DOWN;
+    *out = &take->p;
+    return POOL_OK;
 }
 
 /* Returns a connection; one that broke (or is mid-transaction after an
    error we could not clean up) is closed so the slot reconnects. */
 void pool_release(struct pooled *p)
 {
-    struct slot *s = &pool.slots[p->slot];
+    struct slot *sl = &pool.slots[p->slot];
     if (p->conn && (PQstatus(p->conn) != CONNECTION_OK || PQtransactionStatus(p->conn) != PQTRANS_IDLE)) {
         PQfinish(p->conn);
         p->conn = NULL;
     }
     pthread_mutex_lock(&pool.mu);
-    s->busy = false;
-    pool.in_use--;
-    pthread_cond_signal(&pool.cv);
+    struct waiter *w = queue_head;
+    if (w) {
+        queue_head = w->next;
+        if (!queue_head)
+            queue_tail = NULL;
+        w->given = sl;
+        pthread_cond_signal(&w->cv);
+    } else {
+        sl->busy = false;
+        pool.in_use--;
+    }
     pthread_mutex_unlock(&pool.mu);
 }
 
