@@ -98,7 +98,8 @@ const STYLE = [
 export async function render(root, ctx) {
   const params = ctx.params;
   const state = {
-    layout: params.get('layout') === 'force' ? 'force' : 'layered',
+    layout: ['force', 'rings'].includes(params.get('layout')) ? params.get('layout') : 'layered',
+    layoutChosen: params.has('layout'),
     env: params.get('environment') || '',
     depth: Number(params.get('depth')) || 2,
     focus: params.get('focus') || null,
@@ -118,7 +119,8 @@ export async function render(root, ctx) {
 
   const seg = (value, label) => h('button', { type: 'button', 'aria-pressed': String(state.layout === value), 'data-layout': value,
     onclick: () => { state.layout = value; for (const b of segBox.children) b.setAttribute('aria-pressed', String(b.dataset.layout === value)); runLayout(); } }, label);
-  const segBox = h('div.segmented', { role: 'group', 'aria-label': 'Layout' }, seg('layered', 'Layered'), seg('force', 'Force'));
+  const segBox = h('div.segmented', { role: 'group', 'aria-label': 'Layout' }, seg('layered', 'Layered'), seg('force', 'Force'), seg('rings', 'Rings'));
+  segBox.addEventListener('click', () => { state.layoutChosen = true; });
   const envSel = h('select', { id: 'g-env' });
   const search = h('input', { id: 'g-search', type: 'search', placeholder: 'Highlight services…' });
   const depthSel = h('select', { id: 'g-depth' }, [1, 2, 3, 4, 5].map((d) => h('option', { value: d }, `${d} hop${d > 1 ? 's' : ''}`)), h('option', { value: 0 }, 'Whole graph'));
@@ -159,6 +161,7 @@ export async function render(root, ctx) {
           und.get(e.source).push(e.target); und.get(e.target).push(e.source);
         }
         const dist = bfs(und, state.focus, state.depth || (large ? 2 : Infinity));
+        state.rings = dist;
         nodes = nodes.filter((n) => dist.has(n.id)).slice(0, 2000);
         ids = new Set(nodes.map((n) => n.id));
         edges = edges.filter((e) => ids.has(e.source) && ids.has(e.target));
@@ -180,6 +183,12 @@ export async function render(root, ctx) {
   }
 
   function layoutOptions(n) {
+    // a focal view of a large graph: rings by distance from the focus (instant)
+    if (state.layout === 'rings' && state.rings) {
+      const far = Math.max(...state.rings.values());
+      return { name: 'concentric', concentric: (node) => far - (state.rings.get(node.id()) ?? far), levelWidth: () => 1,
+        minNodeSpacing: 12, animate: false, fit: true, padding: 30 };
+    }
     if (state.layout === 'force') {
       return { name: 'fcose', quality: n > 400 ? 'draft' : 'default', animate: false, randomize: true, nodeRepulsion: 6000,
         idealEdgeLength: 90, numIter: n > 400 ? 1000 : 2500, fit: true, padding: 30 };
@@ -193,7 +202,13 @@ export async function render(root, ctx) {
   }
 
   function draw() {
+    state.rings = null;
     const v = visible();
+    // large graphs open on rings around the focus unless a layout was chosen
+    if (!state.layoutChosen && v.large && state.layout !== 'rings') {
+      state.layout = 'rings';
+      for (const b of segBox.children) b.setAttribute('aria-pressed', String(b.dataset.layout === 'rings'));
+    }
     const els = elements(v);
     if (!cy) {
       preventInlineStylesheet();
