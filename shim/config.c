@@ -53,6 +53,7 @@ static const struct key keys[] = {
     STR("metrics_allow", metrics_allow),
     STR("csp_page", csp_page),
     BOOL("test_routes", test_routes),
+    BOOL("prepared_statements", prepared_statements),
 };
 
 static void defaults(void)
@@ -75,6 +76,7 @@ static void defaults(void)
     cfg.statement_timeout_ms[T_NORMAL] = 5000;
     cfg.statement_timeout_ms[T_SLOW] = 30000;
     cfg.shutdown_timeout_ms = 10000;
+    cfg.prepared_statements = true;
     snprintf(cfg.access_log, sizeof(cfg.access_log), "-");
     snprintf(cfg.metrics_allow, sizeof(cfg.metrics_allow), "127.0.0.1,::1");
     snprintf(cfg.csp_page, sizeof(cfg.csp_page),

@@ -207,22 +207,24 @@ static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int
     char stmt[16], timeout[16];
     snprintf(stmt, sizeof(stmt), "r%d", idx);
     snprintf(timeout, sizeof(timeout), "%d", timeout_ms);
-    bool prepare = !p->prepared[idx];
+    bool named = cfg.prepared_statements;
+    bool prepare = named && !p->prepared[idx];
     const char *tparams[1] = { timeout };
     const char *params[2] = { req, body };
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT r.status, r.headers::text, r.body, lattice_http.tenant_id()::text "
+             "FROM lattice_http.%s($1::jsonb, $2::text) r", rt->function);
     memset(out, 0, sizeof(*out));
 
-    if (!PQsendQueryPrepared(c, read_only ? "tx_ro" : "tx_rw", 1, tparams, NULL, NULL, 0))
+    if (!(named ? PQsendQueryPrepared(c, read_only ? "tx_ro" : "tx_rw", 1, tparams, NULL, NULL, 0)
+                : PQsendQueryParams(c, read_only ? SQL_TX_RO : SQL_TX_RW, 1, NULL, tparams, NULL, NULL, 0)))
         return CALL_BROKEN;
-    if (prepare) {
-        char sql[256];
-        snprintf(sql, sizeof(sql),
-                 "SELECT r.status, r.headers::text, r.body, lattice_http.tenant_id()::text "
-                 "FROM lattice_http.%s($1::jsonb, $2::text) r", rt->function);
-        if (!PQsendPrepare(c, stmt, sql, 2, NULL))
-            return CALL_BROKEN;
-    }
-    if (!PQsendQueryPrepared(c, stmt, 2, params, NULL, NULL, 0) || !PQpipelineSync(c))
+    if (prepare && !PQsendPrepare(c, stmt, sql, 2, NULL))
+        return CALL_BROKEN;
+    if (!(named ? PQsendQueryPrepared(c, stmt, 2, params, NULL, NULL, 0)
+                : PQsendQueryParams(c, sql, 2, NULL, params, NULL, NULL, 0)) ||
+        !PQpipelineSync(c))
         return CALL_BROKEN;
 
     static const int stages_with_prepare[] = { 0, 1, 2 }, stages_without[] = { 0, 2 };
@@ -237,6 +239,9 @@ static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int
             if (!out->err) {
                 out->err = res;
                 out->err_stage = stages[k];
+                /* unnamed: an error with a position in our statement is its parse */
+                if (!named && stages[k] == 2 && PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION))
+                    out->err_stage = 1;
             } else
                 PQclear(res);
             if (PQstatus(c) == CONNECTION_BAD)

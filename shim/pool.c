@@ -38,10 +38,10 @@ static struct {
 atomic_long m_pool_errors, m_pool_timeouts, m_pool_reconnects;
 
 /* The two statements of every request, see dispatch.c. */
-static const char *const SQL_TX_RO =
+const char *const SQL_TX_RO =
     "SELECT pg_catalog.set_config('transaction_read_only', 'on', true), "
     "pg_catalog.set_config('statement_timeout', $1, true)";
-static const char *const SQL_TX_RW =
+const char *const SQL_TX_RW =
     "SELECT pg_catalog.set_config('statement_timeout', $1, true)";
 
 int pool_init(void)
@@ -85,7 +85,10 @@ static PGconn *connect_one(void)
         PQfinish(c);
         return NULL;
     }
-    if (!prepare_sync(c, "tx_ro", SQL_TX_RO, 1) || !prepare_sync(c, "tx_rw", SQL_TX_RW, 1) ||
+    /* Behind a transaction pooler a named statement would live on one server
+       connection and be called on another: then every statement is unnamed. */
+    if ((cfg.prepared_statements &&
+         (!prepare_sync(c, "tx_ro", SQL_TX_RO, 1) || !prepare_sync(c, "tx_rw", SQL_TX_RW, 1))) ||
         PQenterPipelineMode(c) != 1) {
         PQfinish(c);
         return NULL;

@@ -47,6 +47,7 @@ struct shim_config {
     char metrics_allow[256];
     char csp_page[512];
     bool test_routes;
+    bool prepared_statements; /* off behind a transaction pooler (PgBouncer < 1.21) */
 };
 
 extern struct shim_config cfg;
@@ -107,6 +108,9 @@ struct pooled {
 };
 
 enum pool_status { POOL_OK, POOL_TIMEOUT, POOL_DOWN };
+
+/* The two statements every request starts with (prepared as tx_ro / tx_rw). */
+extern const char *const SQL_TX_RO, *const SQL_TX_RW;
 
 int pool_init(void);
 enum pool_status pool_acquire(struct pooled **out);
