@@ -3,10 +3,11 @@
 #   make run     build, install, start a local cluster + shim, seed a demo tenant
 #   make test    every suite; ends with "N passed, N failed"
 #   make bench   benchmarks (figures and ratios, not pass/fail)
+#   make bench-load  200 simulated plugins for 10 minutes (tests/load/)
 
 EXT_MAKE = $(MAKE) -C extension with_llvm=no
 
-.PHONY: all deps extension install shim web run test bench installcheck clean
+.PHONY: all deps extension install shim web run test bench bench-load installcheck clean
 
 all: extension shim web
 
@@ -33,6 +34,12 @@ test: deps install shim web
 
 bench: deps install shim
 	bench/run.sh
+
+# 200 simulated plugins for 10 minutes (tests/load/), on a throwaway cluster
+bench-load: deps install shim
+	LATTICE_LOAD_SECONDS=$${LATTICE_LOAD_SECONDS:-600} LATTICE_LOAD_PLUGINS=$${LATTICE_LOAD_PLUGINS:-200} \
+	    LATTICE_LOAD_REPORT=$(CURDIR)/.build/load-report.txt tests/run.sh load; s=$$?; \
+	    cat .build/load-report.txt 2>/dev/null; exit $$s
 
 # pg_regress against the cluster described by PGHOST/PGPORT (tests/run.sh sets them)
 installcheck:
