@@ -66,13 +66,8 @@ extern void lattice_password_check_length(const char *password, size_t len);
 extern void lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id,
 										pg_uuid_t *key_id);
 
-/* jwt.c, jwt_json.c */
+/* jwt.c (the token itself is read by jwt_token.c, jwt_json.c) */
 extern void lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id);
-extern bool lattice_jwt_parse_header(const char *json, size_t len, char *alg, size_t alg_size,
-									 bool *has_alg, char *kid, size_t kid_size, bool *has_kid);
-extern bool lattice_jwt_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
-									 char *iss, size_t iss_size, int64 *exp, int64 *iat,
-									 int64 *nbf, bool *has_nbf, bool *complete);
 
 /* session.c */
 extern void lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,

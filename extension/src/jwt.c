@@ -6,13 +6,15 @@
  * it can rotate: tokens signed with a retired key keep verifying until the
  * longest one could have expired.  Verification accepts exactly alg HS256
  * (so never "none"), a known kid, a valid signature, and exp/nbf/iat within
- * 30 s of skew; each refusal has its own 401 code.  Header and payload are
- * decoded with libsodium's strict base64url and parsed with json-c in strict
- * mode (jwt_json.c, kept apart because json-c's json_object type clashes
- * with PostgreSQL's function of that name).
+ * 30 s of skew; each refusal has its own 401 code.  Reading and checking
+ * the token needs no database and lives in jwt_token.c and jwt_json.c
+ * (libsodium's strict base64url, json-c in strict mode; fuzzed as they are
+ * in tests/fuzz/); this file finds the key, maps each status to its 401 and
+ * checks that the account still exists.
  */
 #include "lattice.h"
 #include "identity.h"
+#include "jwt_token.h"
 
 #include <sodium.h>
 
@@ -24,8 +26,10 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define JWT_MAX_LEN		4096
-#define JWT_ISSUER		"lattice"
+#define JWT_ISSUER		JWT_TOKEN_ISSUER
+
+StaticAssertDecl(JWT_TOKEN_KID_MAX == LATTICE_KID_MAX, "kid sizes agree");
+StaticAssertDecl(JWT_TOKEN_KEY_BYTES == LATTICE_SECRET_BYTES, "key sizes agree");
 
 static int64
 unix_seconds(TimestampTz t)
@@ -45,18 +49,46 @@ refuse(const char *code, const char *message)
 	lattice_raise_http(401, code, message, NULL, "{\"WWW-Authenticate\": \"Bearer\"}");
 }
 
-/* Strict base64url (no padding) of one segment into a palloc'd buffer */
-static uint8 *
-b64url_decode(const char *s, size_t len, size_t *out_len)
+/* The 401 of each refusal: code and message */
+static void
+refuse_status(JwtTokenStatus status)
 {
-	uint8	   *out = palloc(len + 1);
-	const char *end;
-
-	if (sodium_base642bin(out, len + 1, s, len, NULL, out_len, &end,
-						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 || end != s + len)
-		return NULL;
-	out[*out_len] = '\0';
-	return out;
+	switch (status)
+	{
+		case JWT_TOKEN_OK:
+			return;
+		case JWT_TOKEN_MALFORMED:
+			refuse("invalid_token", "the token is malformed");
+			break;
+		case JWT_TOKEN_HEADER_MALFORMED:
+			refuse("invalid_token", "the token header is malformed");
+			break;
+		case JWT_TOKEN_UNSUPPORTED_ALG:
+			refuse("unsupported_alg", "only HS256 tokens are accepted");
+			break;
+		case JWT_TOKEN_NO_KID:
+			refuse("invalid_token", "the token names no key");
+			break;
+		case JWT_TOKEN_SIGNATURE_MALFORMED:
+			refuse("invalid_token", "the token signature is malformed");
+			break;
+		case JWT_TOKEN_SIGNATURE_INVALID:
+			refuse("invalid_token", "the token signature is not valid");
+			break;
+		case JWT_TOKEN_PAYLOAD_MALFORMED:
+			refuse("invalid_token", "the token payload is malformed");
+			break;
+		case JWT_TOKEN_CLAIMS_INVALID:
+			refuse("invalid_token", "the token claims are not valid");
+			break;
+		case JWT_TOKEN_EXPIRED:
+			refuse("token_expired", "the token has expired");
+			break;
+		case JWT_TOKEN_NOT_YET_VALID:
+			refuse("token_not_yet_valid", "the token is not valid yet");
+			break;
+	}
+	refuse("invalid_token", "the token is malformed");
 }
 
 /*
@@ -66,75 +98,20 @@ b64url_decode(const char *s, size_t len, size_t *out_len)
 void
 lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id)
 {
-	size_t		len = strlen(token);
-	const char *dot1;
-	const char *dot2;
-	uint8	   *header_json;
-	uint8	   *payload_json;
-	uint8	   *sig;
-	size_t		header_len;
-	size_t		payload_len;
-	size_t		sig_len;
-	char		alg[16];
-	char		kid[LATTICE_KID_MAX + 1];
-	char		sub[40];
-	char		iss[16];
-	bool		has_alg;
-	bool		has_kid;
-	bool		claims_ok;
-	int64		exp = 0,
-				iat = 0,
-				nbf = 0;
-	bool		has_nbf;
+	JwtToken	jwt;
 	uint8		key[LATTICE_SECRET_BYTES];
-	int			sig_ok;
-	int64		now;
+	JwtTokenStatus status;
 	Datum		uuid_d;
 
-	if (len == 0 || len > JWT_MAX_LEN)
-		refuse("invalid_token", "the token is malformed");
-	dot1 = strchr(token, '.');
-	dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
-	if (dot1 == NULL || dot2 == NULL || strchr(dot2 + 1, '.') != NULL)
-		refuse("invalid_token", "the token is malformed");
-
-	header_json = b64url_decode(token, dot1 - token, &header_len);
-	if (header_json == NULL ||
-		!lattice_jwt_parse_header((char *) header_json, header_len, alg, sizeof(alg), &has_alg,
-								  kid, sizeof(kid), &has_kid))
-		refuse("invalid_token", "the token header is malformed");
-	if (!has_alg || strcmp(alg, "HS256") != 0)
-		refuse("unsupported_alg", "only HS256 tokens are accepted");
-	if (!has_kid)
-		refuse("invalid_token", "the token names no key");
-
-	sig = b64url_decode(dot2 + 1, len - (dot2 + 1 - token), &sig_len);
-	if (sig == NULL || sig_len != crypto_auth_hmacsha256_BYTES)
-		refuse("invalid_token", "the token signature is malformed");
-	if (!lattice_jwt_key_usable(kid, key))
+	refuse_status(jwt_token_parse(token, strlen(token), &jwt));
+	if (!lattice_jwt_key_usable(jwt.kid, key))
 		refuse("invalid_token", "the token's key is unknown or retired");
-	sig_ok = crypto_auth_hmacsha256_verify(sig, (const unsigned char *) token, dot2 - token, key);
+	status = jwt_token_verify(&jwt, key, unix_seconds(lattice_clock_now()),
+							  LATTICE_JWT_MAX_TTL, LATTICE_JWT_SKEW);
 	sodium_memzero(key, sizeof(key));
-	if (sig_ok != 0)
-		refuse("invalid_token", "the token signature is not valid");
+	refuse_status(status);
 
-	/* signed by us from here on; still parse defensively */
-	payload_json = b64url_decode(dot1 + 1, dot2 - dot1 - 1, &payload_len);
-	if (payload_json == NULL ||
-		!lattice_jwt_parse_claims((char *) payload_json, payload_len, sub, sizeof(sub),
-								  iss, sizeof(iss), &exp, &iat, &nbf, &has_nbf, &claims_ok))
-		refuse("invalid_token", "the token payload is malformed");
-	if (!claims_ok || strcmp(iss, JWT_ISSUER) != 0 || strlen(sub) != 36 ||
-		exp - iat > LATTICE_JWT_MAX_TTL || exp <= iat)
-		refuse("invalid_token", "the token claims are not valid");
-
-	now = unix_seconds(lattice_clock_now());
-	if (now > exp + LATTICE_JWT_SKEW)
-		refuse("token_expired", "the token has expired");
-	if ((has_nbf && now + LATTICE_JWT_SKEW < nbf) || now + LATTICE_JWT_SKEW < iat)
-		refuse("token_not_yet_valid", "the token is not valid yet");
-
-	uuid_d = DirectFunctionCall1(uuid_in, CStringGetDatum(sub));
+	uuid_d = DirectFunctionCall1(uuid_in, CStringGetDatum(jwt.sub));
 	memcpy(user_id, DatumGetUUIDP(uuid_d), sizeof(pg_uuid_t));
 
 	/* a deleted account's tokens die with it */

@@ -4,16 +4,16 @@
  *		validated, depth-limited, nothing trailing, objects only.
  *
  * Its own file because json-c's json_object type clashes with PostgreSQL's
- * json_object() in utils/fmgrprotos.h; it includes nothing of the backend but
- * postgres.h and raises nothing: the caller turns false into a 401.
+ * json_object() in utils/fmgrprotos.h; it includes nothing of PostgreSQL
+ * (the fuzz target in tests/fuzz/ links it as it is) and raises nothing: the
+ * caller turns false into a 401.
  */
-#include "postgres.h"
+#include "jwt_token.h"
 
 #include <limits.h>
+#include <string.h>
 
 #include <json-c/json.h>
-
-#include "identity.h"
 
 static struct json_object *
 parse_object(const char *s, size_t len)
@@ -47,12 +47,12 @@ get_string(struct json_object *obj, const char *key, char *buf, size_t buflen)
 	s = json_object_get_string(v);
 	if ((size_t) json_object_get_string_len(v) >= buflen || strlen(s) >= buflen)
 		return false;
-	strlcpy(buf, s, buflen);
+	memcpy(buf, s, strlen(s) + 1);
 	return true;
 }
 
 static bool
-get_int(struct json_object *obj, const char *key, int64 *out)
+get_int(struct json_object *obj, const char *key, int64_t *out)
 {
 	struct json_object *v;
 
@@ -64,8 +64,8 @@ get_int(struct json_object *obj, const char *key, int64 *out)
 
 /* false when the header is not a JSON object; alg and kid are optional here */
 bool
-lattice_jwt_parse_header(const char *json, size_t len, char *alg, size_t alg_size, bool *has_alg,
-						 char *kid, size_t kid_size, bool *has_kid)
+jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size, bool *has_alg,
+					  char *kid, size_t kid_size, bool *has_kid)
 {
 	struct json_object *obj = parse_object(json, len);
 
@@ -79,9 +79,9 @@ lattice_jwt_parse_header(const char *json, size_t len, char *alg, size_t alg_siz
 
 /* false when the payload is not a JSON object; *complete when sub, iss, exp, iat are there */
 bool
-lattice_jwt_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
-						 char *iss, size_t iss_size, int64 *exp, int64 *iat, int64 *nbf,
-						 bool *has_nbf, bool *complete)
+jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
+					  char *iss, size_t iss_size, int64_t *exp, int64_t *iat, int64_t *nbf,
+					  bool *has_nbf, bool *complete)
 {
 	struct json_object *obj = parse_object(json, len);
 
