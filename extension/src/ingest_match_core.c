@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <string.h>
 
+/* Segments point into p; the query string, if any, ends the path. */
 bool
 ingest_split_path(const char *p, int plen, IngestSegments *out)
 {
@@ -26,6 +27,9 @@ ingest_split_path(const char *p, int plen, IngestSegments *out)
 		start = i;
 		while (i < plen && p[i] != '/' && p[i] != '?')
 			i++;
+		/* "/?page=2": the query string begins, not an empty segment (fuzzing found it) */
+		if (i == start)
+			break;
 		if (out->n == INGEST_MATCH_MAX_SEGMENTS)
 			return false;
 		out->s[out->n] = p + start;
