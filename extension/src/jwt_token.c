@@ -86,11 +86,12 @@ jwt_token_verify(JwtToken *t, const unsigned char key[JWT_TOKEN_KEY_BYTES], int6
 		!jwt_json_parse_claims((char *) buf, buf_len, t->sub, sizeof(t->sub), iss, sizeof(iss),
 							   &t->exp, &t->iat, &t->nbf, &t->has_nbf, &complete))
 		return JWT_TOKEN_PAYLOAD_MALFORMED;
+	/* exp and iat may be any int64: compare without overflowing (UBSan found it) */
 	if (!complete || strcmp(iss, JWT_TOKEN_ISSUER) != 0 || strlen(t->sub) != 36 ||
-		t->exp - t->iat > max_ttl || t->exp <= t->iat)
+		t->exp <= t->iat || (uint64_t) t->exp - (uint64_t) t->iat > (uint64_t) max_ttl)
 		return JWT_TOKEN_CLAIMS_INVALID;
 
-	if (now > t->exp + skew)
+	if (now - skew > t->exp)
 		return JWT_TOKEN_EXPIRED;
 	if ((t->has_nbf && now + skew < t->nbf) || now + skew < t->iat)
 		return JWT_TOKEN_NOT_YET_VALID;
