@@ -3,14 +3,11 @@
 // checkout through an R_OUTBOUND route against the Stripe stand-in.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { startShim } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
-import net from 'node:net';
 import { startStripeStandin } from '../stripe_standin/server.mjs';
 
-const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
-const shimBin = process.env.LATTICE_SHIM_BIN ?? `${root}/shim/lattice-shim`;
 const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
 const secret = `whsec_http_${randomUUID().replaceAll('-', '')}`;
 let shim;
@@ -20,11 +17,6 @@ let user;
 let session;
 let csrf;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
 
 // Stripe's documented scheme: v1 = hex HMAC-SHA256(secret, "<t>.<payload>")
 const sign = (payload, key = secret, t = Math.floor(Date.now() / 1000)) =>
@@ -50,23 +42,11 @@ const subEvent = (id, dt, status, type = 'customer.subscription.updated') => JSO
                     trial_end: Math.floor(Date.now() / 1000) + 7 * 86400, metadata: { user_id: user } } } });
 
 before(async () => {
-  assert.ok(existsSync(shimBin), `the shim is built (${shimBin})`);
   stripe = await startStripeStandin();
   sql(`SELECT lattice.webhook_secret_add('${secret}')`);
   sql(`SELECT lattice.billing_set_price('standard', 'price_test_standard')`);
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  shim = spawn(shimBin, [], {
-    env: { ...process.env, LATTICE_SHIM_LISTEN: '127.0.0.1', LATTICE_SHIM_PORT: String(port),
-           LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim`,
-           LATTICE_STRIPE_API_BASE: stripe.url, LATTICE_STRIPE_SECRET_KEY: stripe.secretKey },
-    stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; i < 100 && !session; i++) {
-    try {
-      if ((await fetch(`${base}/api/v1/health`)).status === 200) break;
-    } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  shim = await startShim({ env: { LATTICE_STRIPE_API_BASE: stripe.url, LATTICE_STRIPE_SECRET_KEY: stripe.secretKey } });
+  base = shim.url;
   const res = await fetch(`${base}/api/v1/auth/signup`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ email: `billing-${randomUUID()}@example.com`, password: 'a fine long password', name: 'Bill' }) });
   assert.equal(res.status, 201);
@@ -79,7 +59,7 @@ before(async () => {
 });
 
 after(async () => {
-  shim?.kill('SIGTERM');
+  await shim?.stop();
   await stripe?.close();
 });
 

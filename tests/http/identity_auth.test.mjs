@@ -4,23 +4,15 @@
 // tampered / alg:none JWTs; no hash in any answer; audit rows written.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { startShim } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import net from 'node:net';
 
-const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
-const shimBin = process.env.LATTICE_SHIM_BIN ?? `${root}/shim/lattice-shim`;
 const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
 let shim;
 let base;
 const bodies = [];   // every answer's text, checked for hashes at the end
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
 
 async function call(method, path, { body, key, bearer, cookies, csrf } = {}) {
   const headers = {};
@@ -47,21 +39,11 @@ function cookiesOf(res) {
 }
 
 before(async () => {
-  assert.ok(existsSync(shimBin), `the shim is built (${shimBin})`);
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  shim = spawn(shimBin, [], {
-    env: { ...process.env, LATTICE_SHIM_LISTEN: '127.0.0.1', LATTICE_SHIM_PORT: String(port),
-           LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim` },
-    stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    try { if ((await fetch(`${base}/api/v1/health`)).status === 200) return; } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('the shim did not start');
+  shim = await startShim();
+  base = shim.url;
 });
 
-after(() => { shim?.kill('SIGTERM'); });
+after(async () => { await shim?.stop(); });
 
 const email = `http-${randomUUID()}@example.com`;
 const password = 'a fine long password';

@@ -4,24 +4,18 @@
 // two environments, tenants, entitlement, and the read API.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { startShim } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import net from 'node:net';
 
 const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
-const shimBin = process.env.LATTICE_SHIM_BIN ?? `${root}/shim/lattice-shim`;
 const capturedDir = `${root}/tests/fixtures/captured`;
 const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
 const PLACEHOLDER_KEY = 'ltc_0000000000000000000000000000000000000000000000000000000000000000';
 let shim;
 let base;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
 
 // Sends raw bytes with the given headers; answers {status, json, headers}.
 async function send(method, path, { raw, headers = {} } = {}) {
@@ -62,20 +56,10 @@ function replay(req, key) {
 }
 
 before(async () => {
-  assert.ok(existsSync(shimBin), `the shim is built (${shimBin})`);
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  shim = spawn(shimBin, [], {
-    env: { ...process.env, LATTICE_SHIM_LISTEN: '127.0.0.1', LATTICE_SHIM_PORT: String(port),
-           LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim` },
-    stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    try { if ((await fetch(`${base}/api/v1/health`)).status === 200) return; } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('the shim did not come up');
+  shim = await startShim();
+  base = shim.url;
 });
-after(() => { shim?.kill('SIGTERM'); });
+after(async () => { await shim?.stop(); });
 
 test('every captured request, replayed with a real key, gets the answer the plugin expects', async () => {
   const a = newAccount('replay');

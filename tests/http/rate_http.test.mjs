@@ -3,13 +3,10 @@
 // tenants independent.  A plan of 5 requests an hour keeps it short.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { startShim } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import net from 'node:net';
 
-const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
-const shimBin = process.env.LATTICE_SHIM_BIN ?? `${root}/shim/lattice-shim`;
 const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
 const plan = `rate_http_${process.pid}`;
 let shim;
@@ -17,11 +14,6 @@ let base;
 const users = [randomUUID(), randomUUID()];
 const keys = [];
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
 
 async function usage(key) {
   const res = await fetch(`${base}/api/v1/usage`, { headers: { 'X-Lattice-API-Key': key } });
@@ -30,27 +22,17 @@ async function usage(key) {
 }
 
 before(async () => {
-  assert.ok(existsSync(shimBin), `the shim is built (${shimBin})`);
   sql(`INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour) VALUES ('${plan}', 'five', 0, 5)`);
   for (const id of users) {
     sql(`INSERT INTO lattice.users (id, email, name, plan_id) VALUES ('${id}', '${id}@rate.test', 'r', '${plan}')`);
     keys.push(sql(`SELECT lattice.create_api_key('${id}', 'rate')`));
   }
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  shim = spawn(shimBin, [], {
-    env: { ...process.env, LATTICE_SHIM_LISTEN: '127.0.0.1', LATTICE_SHIM_PORT: String(port),
-           LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim` },
-    stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    try { if ((await fetch(`${base}/api/v1/health`)).status === 200) return; } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('the shim did not start');
+  shim = await startShim();
+  base = shim.url;
 });
 
-after(() => {
-  shim?.kill('SIGTERM');
+after(async () => {
+  await shim?.stop();
   sql(`DELETE FROM lattice.users WHERE id IN ('${users.join("','")}'); DELETE FROM lattice.plans WHERE id = '${plan}'`);
 });
 
