@@ -204,24 +204,6 @@ check_key_owner(const char *fn, const pg_uuid_t *user_id)
 			 errdetail("Keys are created by their authenticated account or a DBA.")));
 }
 
-static char *
-clean_key_name(text *t)
-{
-	char	   *name = text_to_cstring(t);
-	char	   *end;
-	int			chars;
-
-	while (isspace((unsigned char) *name))
-		name++;
-	end = name + strlen(name);
-	while (end > name && isspace((unsigned char) end[-1]))
-		*--end = '\0';
-	chars = pg_mbstrlen(name);
-	if (chars < 1 || chars > 100)
-		lattice_raise_http(400, "invalid_name", "key name must be 1 to 100 characters", NULL, NULL);
-	return name;
-}
-
 typedef struct NewKey
 {
 	pg_uuid_t	id;
@@ -316,7 +298,7 @@ lattice_api_key_create(PG_FUNCTION_ARGS)
 	check_key_owner("lattice.api_key_create", user_id);
 	if (PG_ARGISNULL(1))
 		lattice_raise_http(400, "invalid_name", "key name must be 1 to 100 characters", NULL, NULL);
-	name = clean_key_name(PG_GETARG_TEXT_PP(1));
+	name = lattice_clean_label(PG_GETARG_TEXT_PP(1), 100, "key name");
 	if (!PG_ARGISNULL(2) && PG_GETARG_TIMESTAMPTZ(2) <= lattice_clock_now())
 		lattice_raise_http(400, "invalid_expiry", "expires_at must be in the future", NULL, NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)

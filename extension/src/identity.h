@@ -53,6 +53,7 @@ extern char *lattice_b64url_encode(const uint8 *bin, size_t len);
 extern char *lattice_random_token(size_t nbytes);
 extern char *lattice_req_text(Jsonb *req, const char *key);
 extern bool lattice_req_bool(Jsonb *req, const char *key);
+extern char *lattice_clean_label(text *t, int max_chars, const char *what);
 extern void lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
 						  const char *details_json, Jsonb *req);
 extern bool lattice_xact_read_only(void);

@@ -157,8 +157,12 @@ normalise_email(text *t)
 	return email;
 }
 
-static char *
-clean_name(text *t)
+/*
+ * A display name or label: surrounding white space trimmed, 1 to max_chars
+ * characters, else 400 invalid_name naming what it is.  Shared with keys.
+ */
+char *
+lattice_clean_label(text *t, int max_chars, const char *what)
 {
 	char	   *name = text_to_cstring(t);
 	char	   *end;
@@ -170,8 +174,9 @@ clean_name(text *t)
 	while (end > name && isspace((unsigned char) end[-1]))
 		*--end = '\0';
 	chars = pg_mbstrlen(name);
-	if (chars < 1 || chars > 200)
-		lattice_raise_http(400, "invalid_name", "name must be 1 to 200 characters", NULL, NULL);
+	if (chars < 1 || chars > max_chars)
+		lattice_raise_http(400, "invalid_name",
+						   psprintf("%s must be 1 to %d characters", what, max_chars), NULL, NULL);
 	return name;
 }
 
@@ -196,7 +201,7 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 						   NULL, NULL);
 	if (PG_ARGISNULL(2))
 		lattice_raise_http(400, "invalid_name", "name must be 1 to 200 characters", NULL, NULL);
-	name = clean_name(PG_GETARG_TEXT_PP(2));
+	name = lattice_clean_label(PG_GETARG_TEXT_PP(2), 200, "name");
 	pw = PG_GETARG_TEXT_PP(1);
 	lattice_password_check_length(VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
 
