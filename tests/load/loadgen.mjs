@@ -66,6 +66,7 @@ class Plugin {
     this.version = 0;
     this.acked = { metadata: [], traces: 0, errors: 0 };
     this.unknown = { metadata: [], traces: 0, errors: 0 };
+    this.unknownBatches = { traces: [], errors: [] }; // sizes, for the all-or-nothing check
   }
 
   send(path, body) {
@@ -148,6 +149,7 @@ class Plugin {
     if (target) {
       if (kind === 'metadata') target.metadata.push(version);
       else target[kind] += acked ? (r.json?.processed ?? 0) : items; // the answer says how many it applied
+      if (!acked && kind !== 'metadata') this.unknownBatches[kind].push(items);
     }
     return r;
   }
@@ -280,6 +282,9 @@ export class Load {
         checked += p.acked[kind];
         if (db < p.acked[kind]) missing.push(`${key} ${kind}: ${p.acked[kind]} acknowledged, ${db} stored`);
         if (db > p.acked[kind] + p.unknown[kind]) phantom.push(`${key} ${kind}: ${db} stored > ${p.acked[kind]} acked + ${p.unknown[kind]} unknown`);
+        // what was stored beyond the acknowledged must be whole batches of the unknown ones
+        else if (db > p.acked[kind] && !subsetSum(p.unknownBatches[kind], db - p.acked[kind]))
+          phantom.push(`${key} ${kind}: ${db - p.acked[kind]} extra items are no set of whole batches ${JSON.stringify(p.unknownBatches[kind])}`);
       }
       const have = versions.get(key) ?? new Set();
       for (const v of p.acked.metadata) { checked++; if (!have.has(v)) missing.push(`${key} metadata version ${v}`); }
@@ -305,6 +310,13 @@ export class Load {
     }
     return { wrong, greedy, refusedGood: this.tenants.filter((t) => t.plan !== 'load-small' && this.perTenant.get(t.id).refused > 0).length };
   }
+}
+
+// Can some of sizes add up to exactly target?  (small numbers: a bitset)
+function subsetSum(sizes, target) {
+  let reach = 1n;
+  for (const x of sizes) reach |= reach << BigInt(x);
+  return ((reach >> BigInt(target)) & 1n) === 1n;
 }
 
 // RSS of a process (kB): { rss, anon } from /proc/<pid>/status.
