@@ -32,26 +32,8 @@ static void add_str(json_object *o, const char *key, const char *val)
 static void add_cookie(json_object *o, const char *key, const char *cookies, const char *name)
 {
     char buf[1024];
-    if (cookies && mg_get_cookie(cookies, name, buf, sizeof(buf)) > 0)
+    if (cookie_value(cookies, name, buf, sizeof(buf)))
         add_str(o, key, buf);
-}
-
-/* The query string as {"name": "value"}; the last value wins. */
-static json_object *query_object(const char *qs)
-{
-    json_object *q = json_object_new_object();
-    if (!qs || !*qs)
-        return q;
-    char *copy = strdup(qs);
-    struct mg_header fields[64];
-    int n = copy ? mg_split_form_urlencoded(copy, fields, 64) : 0;
-    for (int i = 0; i < n; i++) {
-        const char *v = fields[i].value ? fields[i].value : "";
-        if (fields[i].name && *fields[i].name)
-            json_object_object_add(q, fields[i].name, json_object_new_string(v));
-    }
-    free(copy);
-    return q;
 }
 
 /* The extra headers a route forwards, lower-case names, comma-separated. */
@@ -92,14 +74,7 @@ static char *build_req(struct mg_connection *conn, const struct route *rt, const
     json_object_object_add(req, "query", query_object(ri->query_string));
 
     add_str(req, "api_key", mg_get_header(conn, "X-Lattice-API-Key"));
-    const char *auth = mg_get_header(conn, "Authorization");
-    if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
-        const char *tok = auth + 7;
-        while (*tok == ' ')
-            tok++;
-        if (*tok)
-            add_str(req, "bearer", tok);
-    }
+    add_str(req, "bearer", bearer_token(mg_get_header(conn, "Authorization")));
     const char *cookies = mg_get_header(conn, "Cookie");
     add_cookie(req, "session", cookies, "lattice_session");
     add_cookie(req, "csrf_cookie", cookies, "lattice_csrf");
@@ -174,19 +149,6 @@ static int read_body(struct mg_connection *conn, struct reply *r, char **out, si
     *out = buf;
     *out_len = len;
     return 0;
-}
-
-static bool is_json_type(const char *ct)
-{
-    if (!ct)
-        return false;
-    while (*ct == ' ')
-        ct++;
-    size_t n = strcspn(ct, "; ");
-    if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
-        return true;
-    /* application/<something>+json */
-    return n > 17 && strncasecmp(ct, "application/", 12) == 0 && strncasecmp(ct + n - 5, "+json", 5) == 0;
 }
 
 /* ---- the call ---- */

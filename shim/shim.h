@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include <civetweb.h>
+#include <json-c/json.h>
 #include <libpq-fe.h>
 
 #define SHIM_VERSION "0.1.0"
@@ -160,6 +161,13 @@ struct request_log {
 
 void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m,
                   struct request_log *log);
+
+/* ---- request_fields.c -------------------------------------------------- */
+
+json_object *query_object(const char *qs);
+const char *bearer_token(const char *auth);
+bool cookie_value(const char *cookies, const char *name, char *buf, size_t buflen);
+bool is_json_type(const char *ct);
 
 /* ---- static.c ---------------------------------------------------------- */
 
