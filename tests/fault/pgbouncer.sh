@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# PgBouncer (Debian's, 1.18) in transaction-pooling mode between the shim and
+# the test cluster (issue 10, item 6).  TAP:
+#   1    the whole HTTP suite (tests/http) passes with every shim behind it
+#        (prepared_statements = 0: docs/shim.md, "Behind PgBouncer")
+#   2-4  two tenants interleaved on one server connection
+#        (tests/fault/pgbouncer_interleave.mjs)
+# Needs tests/run.sh's environment (PGHOST, PGPORT, LATTICE_CLUSTER, LATTICE_WORK).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+echo "1..4"
+
+dir=${LATTICE_WORK:-$(mktemp -d)}/pgbouncer
+mkdir -p "$dir"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+lattice = host=$PGHOST port=$PGPORT dbname=lattice pool_size=4
+lattice_one = host=$PGHOST port=$PGPORT dbname=lattice pool_size=1
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/users.txt
+admin_users = postgres
+pool_mode = transaction
+max_client_conn = 500
+server_reset_query =
+# While PostgreSQL is down, fail fast so the shim answers 503 rather than
+# queueing; after a restart, test a pooled server connection before use so a
+# dead one is replaced rather than handed to a request.
+server_login_retry = 0.5
+query_wait_timeout = 0.5
+server_check_delay = 0
+stats_period = 1
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+printf '"lattice_shim" ""\n"postgres" ""\n' >"$dir/users.txt"
+chown -R postgres "$dir"
+runuser -u postgres -- pgbouncer -d "$dir/pgbouncer.ini" || { echo "Bail out! pgbouncer did not start"; exit 1; }
+trap 'kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null' EXIT
+for _ in $(seq 50); do psql -XAtq -h 127.0.0.1 -p "$port" -U lattice_shim -d lattice -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
+echo "# $(pgbouncer --version | head -1) on 127.0.0.1:$port, pool_mode = transaction"
+
+# 1: every shim the HTTP suite starts reads LATTICE_SHIM_* from the environment
+log="$dir/http.log"
+started=$(date +%s)
+LATTICE_SHIM_CONNINFO="host=127.0.0.1 port=$port dbname=lattice user=lattice_shim" LATTICE_SHIM_PREPARED_STATEMENTS=0 \
+    node --test --test-concurrency=1 --test-reporter=tap tests/http/*.test.mjs >"$log" 2>&1
+pass=$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$log" | tail -1)
+fail=$(sed -n 's/^# fail \([0-9]*\)/\1/p' "$log" | tail -1)
+sleep 1.1
+served=$(psql -XAtq -h 127.0.0.1 -p "$port" -U postgres -d pgbouncer -c 'SHOW STATS' | awk -F'|' '$1 == "lattice" { print $2 }')
+if [ "${pass:-0}" -gt 0 ] && [ "${fail:-1}" -eq 0 ]; then
+    echo "ok 1 - the HTTP suite through PgBouncer: $pass passed, 0 failed ($(( $(date +%s) - started )) s, $served transactions pooled)"
+else
+    echo "not ok 1 - the HTTP suite through PgBouncer: ${pass:-0} passed, ${fail:-?} failed"
+    grep -B2 -A20 '^not ok\|^    not ok' "$log" | head -80 | sed 's/^/#   /'
+fi
+
+PGBOUNCER_PORT=$port TAP_FROM=1 node tests/fault/pgbouncer_interleave.mjs
