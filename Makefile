@@ -3,6 +3,9 @@
 #   make run     build, install, start a local cluster + shim, seed a demo tenant
 #   make test    every suite; ends with "N passed, N failed"
 #   make bench   benchmarks (figures and ratios, not pass/fail)
+#   make fuzz    every libFuzzer target for FUZZ_SECONDS (default 120) each
+#   make test-asan   the HTTP suite against an ASan + UBSan shim
+#   make valgrind    the shim under valgrind with simulated plugins
 #   make bench-load  200 simulated plugins for 10 minutes (tests/load/)
 
 EXT_MAKE = $(MAKE) -C extension with_llvm=no
@@ -49,3 +52,17 @@ clean:
 	$(EXT_MAKE) clean
 	$(MAKE) -C shim clean
 	rm -rf .build
+
+# Fuzzing, sanitizers and valgrind (issue 10): tests/fuzz/
+FUZZ_SECONDS ?= 120
+fuzz: deps
+	$(MAKE) -C tests/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+test-asan: deps install
+	tests/fuzz/tools/test_asan.sh
+
+VALGRIND_SECONDS ?= 10 60
+valgrind: deps install shim
+	LATTICE_VALGRIND_SECONDS="$(VALGRIND_SECONDS)" tests/fuzz/tools/valgrind_run.sh
+
+.PHONY: fuzz test-asan valgrind

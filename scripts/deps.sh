@@ -7,7 +7,7 @@ packages=(
     build-essential pkg-config postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
     libtap-parser-sourcehandler-pgtap-perl libpq-dev libcivetweb-dev libsodium-dev
     libjson-c-dev libcurl4-openssl-dev libssl-dev zlib1g-dev nodejs npm chromium wrk pgbouncer python3-aiosmtpd
-    curl jq openssl valgrind cppcheck clang
+    curl jq openssl valgrind cppcheck clang libclang-rt-14-dev
 )
 
 missing=()

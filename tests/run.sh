@@ -35,7 +35,7 @@ scripts/cluster.sh start "$cluster" >/dev/null || { echo "could not start the te
 # shellcheck disable=SC1091
 . "$cluster/env"
 export LATTICE_CLUSTER="$cluster" LATTICE_ROOT="$root" LATTICE_WORK="$work"
-export LATTICE_SHIM_BIN="$root/shim/lattice-shim"
+export LATTICE_SHIM_BIN="${LATTICE_SHIM_BIN:-$root/shim/lattice-shim}"  # make test-asan sets its own
 psql -Xq -c 'CREATE EXTENSION IF NOT EXISTS pgtap' >/dev/null
 
 run_regress() {
