@@ -67,14 +67,17 @@ export async function tenant(shim, tag) {
 
 // md5 of every row of every table of the extension's schemas, except what a
 // refused request may legitimately touch: the audit log (failed sign-ins are
-// audited), usage roll-ups, and last-used / last-seen stamps.
+// audited), usage roll-ups, last-used / last-seen stamps, and the delivery
+// state of outbox jobs (the shim's worker retries them in the background;
+// their rows themselves are compared).
 const VOLATILE = new Set(['lattice.audit_log', 'lattice.usage_hourly']);
 const VOLATILE_COLUMNS = ['last_used', 'last_seen_at', 'updated_at'];
+const OUTBOX_DELIVERY = ['status', 'attempts', 'next_attempt_at', 'locked_until', 'last_error', 'response_status', 'response', 'done_at'];
 export function digest() {
   const tables = psql(`SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                         WHERE c.relkind IN ('r', 'p') AND n.nspname LIKE 'lattice%' ORDER BY 1`).split('\n').filter((t) => !VOLATILE.has(t));
-  const drop = VOLATILE_COLUMNS.map((c) => ` - '${c}'`).join('');
-  const q = tables.map((t) => `SELECT '${t}' || ' ' || coalesce(md5(string_agg((to_jsonb(x)${drop})::text, ',' ORDER BY (to_jsonb(x)${drop})::text)), '-') FROM ${t} x`).join(' UNION ALL ');
+  const q = tables.map((t) => [t, [...VOLATILE_COLUMNS, ...(t === 'lattice.outbox' ? OUTBOX_DELIVERY : [])].map((c) => ` - '${c}'`).join('')])
+    .map(([t, drop]) => `SELECT '${t}' || ' ' || coalesce(md5(string_agg((to_jsonb(x)${drop})::text, ',' ORDER BY (to_jsonb(x)${drop})::text)), '-') FROM ${t} x`).join(' UNION ALL ');
   return Object.fromEntries(psql(q).split('\n').map((l) => l.split(' ')));
 }
 
