@@ -55,8 +55,10 @@ test('PostgreSQL restart while requests flow: 503s while down, recovery after, n
   })();
   await sleep(200);
   // stop, hold the database down for a moment, start it again
+  // 2 s: long enough for a pooler in between (PgBouncer checks its
+  // query_wait_timeout about once a second) to give up and answer too
   execFileSync(`${ROOT}/scripts/cluster.sh`, ['stop', cluster]);
-  await sleep(600);
+  await sleep(2000);
   execFileSync(`${ROOT}/scripts/cluster.sh`, ['start', cluster, process.env.PGPORT], { stdio: 'ignore' });
   await eventually(async () => (await request(shim, '/ready')).status === 200, { timeout: 15000, interval: 100 });
   await sleep(200);
