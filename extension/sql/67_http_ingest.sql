@@ -66,12 +66,17 @@ BEGIN
         RETURN dflt;
     END IF;
     BEGIN
-        RETURN v::timestamptz;
-    EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
-        PERFORM lattice.raise_http(400, 'invalid_query', name || ' must be an ISO-8601 date-time',
-            pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('path', 'query.' || name,
-                'message', 'must be an ISO-8601 date-time')));
+        -- infinity is no date-time a range can be cut from
+        IF pg_catalog.isfinite(v::timestamptz) THEN
+            RETURN v::timestamptz;
+        END IF;
+    EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_time_zone_displacement_value
+                   OR invalid_parameter_value THEN
+        NULL;
     END;
+    PERFORM lattice.raise_http(400, 'invalid_query', name || ' must be an ISO-8601 date-time',
+        pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('path', 'query.' || name,
+            'message', 'must be an ISO-8601 date-time')));
     RETURN NULL;
 END
 $$;
@@ -524,7 +529,9 @@ BEGIN
         EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow THEN
             step := NULL;
         END;
+        -- months and years have no fixed length: date_bin refuses them
         IF step IS NULL OR step < lattice.ingest_bucket_width()
+           OR pg_catalog.date_part('month', step) <> 0 OR pg_catalog.date_part('year', step) <> 0
            OR pg_catalog.mod(EXTRACT(epoch FROM step)::numeric,
                              EXTRACT(epoch FROM lattice.ingest_bucket_width())::numeric) <> 0 THEN
             PERFORM lattice.raise_http(400, 'invalid_query', 'interval must be 5m, 15m, 1h, 6h, 1d or a multiple of 5 minutes',
