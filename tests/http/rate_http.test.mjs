@@ -94,3 +94,26 @@ test('rolled-up hours appear in the usage history', async () => {
   const rows = sql(`SELECT requests || '/' || refused FROM lattice.usage_hourly WHERE user_id = '${users[0]}'`);
   assert.equal(rows, '5/1', 'tenant 0: 5 allowed and 1 refused in its hour row');
 });
+
+test('an unauthenticated route is limited per address: 429 rate_limited with Retry-After', async () => {
+  const { send } = await import('./owasp_lib.mjs');
+  // an address of this test's own (counters live as long as the cluster)
+  const from = `127.0.74.${(process.pid % 250) + 1}`;
+  const signup = () => send(shim, 'POST', '/api/v1/auth/signup', { from, body: '{}', headers: { 'Content-Type': 'application/json' } });
+  // 20 sign-ups an hour (lattice.rate_signup_per_hour): counted even when the body is refused
+  let allowed = 0;
+  let r = await signup();
+  while (r.status === 400 && allowed < 25) { allowed++; r = await signup(); }
+  assert.ok(allowed <= 20, `${allowed} allowed`);
+  assert.equal(r.status, 429);
+  assert.equal(r.headers['ratelimit-limit'], '20');
+  assert.equal(r.headers['ratelimit-remaining'], '0');
+  assert.equal(r.json.error.code, 'rate_limited');
+  assert.equal(r.json.error.details.scope, 'addr_signup');
+  assert.equal(r.headers['retry-after'], String(r.json.error.details.retry_after_seconds));
+  assert.ok(Number(r.headers['retry-after']) > 0);
+  // another address is not affected
+  const other = await send(shim, 'POST', '/api/v1/auth/signup', { from: `127.0.75.${(process.pid % 250) + 1}`, body: '{}',
+                                                                 headers: { 'Content-Type': 'application/json' } });
+  assert.equal(other.status, 400);
+});
