@@ -54,6 +54,11 @@ static const struct key keys[] = {
     STR("csp_page", csp_page),
     BOOL("test_routes", test_routes),
     BOOL("prepared_statements", prepared_statements),
+    INT("events_max", events_max, 0, 100000),
+    INT("events_per_address_max", events_per_address_max, 1, 100000),
+    INT("events_heartbeat_ms", events_heartbeat_ms, 100, 3600000),
+    INT("events_merge_ms", events_merge_ms, 0, 60000),
+    STR("events_conninfo", events_conninfo),
 };
 
 static void defaults(void)
@@ -77,6 +82,9 @@ static void defaults(void)
     cfg.statement_timeout_ms[T_SLOW] = 30000;
     cfg.shutdown_timeout_ms = 10000;
     cfg.prepared_statements = true;
+    cfg.events_per_address_max = 8;
+    cfg.events_heartbeat_ms = 15000;
+    cfg.events_merge_ms = 200;
     snprintf(cfg.access_log, sizeof(cfg.access_log), "-");
     snprintf(cfg.metrics_allow, sizeof(cfg.metrics_allow), "127.0.0.1,::1");
     snprintf(cfg.csp_page, sizeof(cfg.csp_page),
@@ -178,6 +186,13 @@ int config_load(const char *path, char *err, size_t errlen)
         const char *v = getenv(env);
         if (v && set_key(keys[i].name, v, err, errlen) != 0)
             return -1;
+    }
+    /* each SSE stream holds a worker thread: leave some for requests */
+    if (cfg.events_max == 0)
+        cfg.events_max = cfg.threads / 2; /* threads = 1: no stream at all */
+    else if (cfg.events_max >= cfg.threads) {
+        snprintf(err, errlen, "config: events_max must be below threads (each stream holds a worker thread)");
+        return -1;
     }
     if (cfg.uri_max >= cfg.header_max) {
         snprintf(err, errlen, "config: uri_max must be below header_max");

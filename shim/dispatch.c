@@ -346,6 +346,10 @@ static void answer_row(struct mg_connection *conn, struct reply *r, const struct
     }
     if (!PQgetisnull(row, 0, 3))
         snprintf(log->tenant, sizeof(log->tenant), "%s", PQgetvalue(row, 0, 3));
+    if ((rt->flags & R_EVENTS) && status == 200) { /* authenticated: the stream (events.c) */
+        events_serve(conn, r, PQgetisnull(row, 0, 2) ? NULL : PQgetvalue(row, 0, 2));
+        return;
+    }
 
     char extra[EXTRA_HEADERS_MAX];
     size_t elen = 0;

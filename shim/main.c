@@ -295,6 +295,8 @@ int main(int argc, char **argv)
     struct outbound_config outbound = { .conninfo = cfg.conninfo }; /* the rest: LATTICE_STRIPE_*, LATTICE_SMTP_* */
     if (outbound_start(&outbound) != 0)
         return 1;
+    if (events_start() != 0)
+        return 1;
 
     /* Signals go to this thread only (sigwait below); threads inherit the mask. */
     sigset_t sigs;
@@ -355,6 +357,7 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     log_info("signal %d: stopping, finishing requests in flight", sig);
     atomic_store(&draining, true);
+    events_close_streams(); /* event streams would hold the drain below */
     int64_t drain_until = now_ms() + cfg.shutdown_timeout_ms;
     while (atomic_load(&in_flight) > 0 && now_ms() < drain_until) {
         struct timespec tick = { 0, 10 * 1000000L };
@@ -362,6 +365,7 @@ int main(int argc, char **argv)
     }
     if (stop_server()) {
         outbound_stop();
+        events_stop();
         pool_close();
         log_info("stopped");
     } else

@@ -140,6 +140,9 @@ void metrics_serve(struct reply *r)
         "# HELP lattice_http_connections_refused_total Client connections refused by a connection cap.\n# TYPE lattice_http_connections_refused_total counter\nlattice_http_connections_refused_total %ld\n",
         size, in_use, waiting, healthy, atomic_load(&m_pool_errors), atomic_load(&m_pool_timeouts),
         atomic_load(&m_pool_reconnects), atomic_load(&m_connections_open), atomic_load(&m_connections_refused));
+    char events[2048];
+    events_metrics(events, sizeof(events));
+    put(&o, "%s", events);
     reply_send(r, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, o.buf, o.len, false);
     free(o.buf);
 }

@@ -48,6 +48,9 @@ const struct route routes[] = {
     { "GET",  "/api/v1/graph/order",               "graph_order",     0,              T_NORMAL, NULL },
     { "GET",  "/api/v1/graph/diff",                "graph_diff",      0,              T_NORMAL, NULL },
 
+    /* live changes (issue 7): Server-Sent Events, shim/events.c + extension/sql/76_http_events.sql */
+    { "GET",  "/api/v1/events",                    "events_subscribe",R_EVENTS,       T_FAST,   NULL },
+
     /* Billing (docs/http-contract.md, "Outbound routes") */
     { "GET",  "/api/v1/billing",                   "billing_get",     0,              T_FAST,  NULL },
     { "GET",  "/api/v1/billing/invoices",          "billing_invoices",0,              T_FAST,  NULL },

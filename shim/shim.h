@@ -49,6 +49,12 @@ struct shim_config {
     char csp_page[512];
     bool test_routes;
     bool prepared_statements; /* off behind a transaction pooler (PgBouncer < 1.21) */
+    /* live changes (events.c) */
+    int events_max;               /* SSE streams in all; 0 = threads / 2 */
+    int events_per_address_max;
+    int events_heartbeat_ms;
+    int events_merge_ms;
+    char events_conninfo[512];    /* the LISTEN connection; empty = conninfo */
 };
 
 extern struct shim_config cfg;
@@ -66,6 +72,7 @@ enum route_flags {
     R_LOCAL_HEALTH = 1 << 3, /* answered by the shim, no database */
     R_LOCAL_METRICS = 1 << 4,
     R_OUTBOUND = 1 << 5,     /* runs the outbox job its answer names, after COMMIT (outbound.h) */
+    R_EVENTS = 1 << 6,       /* a 200 answer becomes a Server-Sent Events stream (events.c) */
 };
 
 struct route {
@@ -161,6 +168,20 @@ struct request_log {
 
 void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m,
                   struct request_log *log);
+
+/* ---- events.c ---------------------------------------------------------- */
+
+/* Starts the one LISTEN connection's thread. */
+int events_start(void);
+/* Holds the connection as an SSE stream for the tenant the subscribe
+   function answered with (its JSON body); returns when the stream ends. */
+void events_serve(struct mg_connection *conn, struct reply *r, const char *body);
+/* SIGTERM: every stream ends now (handlers return); then events_stop()
+   joins the listener and closes its connection. */
+void events_close_streams(void);
+void events_stop(void);
+/* Prometheus lines for metrics.c; returns bytes written (< cap). */
+size_t events_metrics(char *buf, size_t cap);
 
 /* ---- request_fields.c -------------------------------------------------- */
 
