@@ -2,12 +2,13 @@
 // layouts; nodes by status and type, edges weighted by calls and coloured by
 // error rate; environment filter, search-to-highlight, detail panel, impact
 // mode (blast radius with distances), cycles, a focal view with depth control
-// for large graphs, and live updates.
+// for large graphs, and live updates (Server-Sent Events, live.js).
 import cytoscape from 'cytoscape';
 import dagre from 'cytoscape-dagre';
 import fcose from 'cytoscape-fcose';
 import { get } from '../api.js';
-import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, poll, serviceHref, statusBadge, isMissingRoute } from './common.js';
+import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, serviceHref, statusBadge, isMissingRoute } from './common.js';
+import { onGraphChange } from './live.js';
 
 cytoscape.use(dagre);
 cytoscape.use(fcose);
@@ -417,6 +418,19 @@ export async function render(root, ctx) {
     return () => cy && cy.destroy();
   }
   if (state.impactRoot) { impactBtn.click(); showImpact(state.impactRoot); }
-  const stop = poll(load, 10000);
+  // redrawn when the graph changes (GET /api/v1/events), one load at a time
+  let loading = null;
+  let again = false;
+  const reload = async () => {
+    if (loading) { again = true; return; }
+    loading = load().catch(() => { /* the next change or poll tries again */ });
+    await loading;
+    loading = null;
+    if (again) { again = false; reload(); }
+  };
+  const stop = onGraphChange((change) => {
+    if (change.version != null && String(change.version) === String(state.all?.version)) return;
+    reload();
+  }, { every: 30000 });
   return () => { stop(); if (cy) cy.destroy(); };
 }

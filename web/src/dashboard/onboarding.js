@@ -1,7 +1,8 @@
 // Onboarding: create a key (shown once), copy the snippet with it filled in,
 // and wait live for the first service to report.
 import { get, post } from '../api.js';
-import { h, fill, listOf, poll, pick, serviceHref, viewHead } from './common.js';
+import { h, fill, listOf, pick, serviceHref, viewHead } from './common.js';
+import { onGraphChange } from './live.js';
 import { initTabs } from '../ui.js';
 import { expressSnippet, nextSnippet } from './snippets.js';
 
@@ -72,9 +73,24 @@ export async function render(root) {
   fill(root, viewHead('Get started'),
     h('section.panel', h('ol.steps-ol', keyStep, snippetStep, waitStep)));
 
+  // the first service changes the tenant's graph: the live stream says so
+  // (a slow poll stands in when it cannot be had)
   let stop = () => {};
   if (!(await check().catch(() => false))) {
-    stop = poll(async () => { if (await check()) stop(); }, 2000);
+    let checking = false;
+    let again = false;
+    let arrived = false;
+    const recheck = async () => {
+      if (checking) { again = true; return; }
+      checking = true;
+      try { arrived = await check(); } catch { /* the next change tries again */ }
+      checking = false;
+      if (arrived) stop();
+      else if (again) { again = false; recheck(); }
+    };
+    stop = onGraphChange((change) => {
+      if (!arrived && !(change.type === 'ready' && !change.version)) recheck();
+    }, { every: 5000 });
   }
   return () => stop();
 }
