@@ -7,6 +7,14 @@ import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { request, parseResponse, eventually, ROOT } from './lib.mjs';
 
+// The LISTEN connection goes to PostgreSQL itself, as docs/shim.md says it
+// must behind a transaction pooler (tests/fault/pgbouncer.sh runs this suite
+// with the shim's pool behind PgBouncer).
+export const EVENTS_ENV = {
+  LATTICE_SHIM_EVENTS_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} `
+    + `dbname=${process.env.PGDATABASE ?? 'lattice'} user=lattice_shim`,
+};
+
 // GET /api/v1/events.  Resolves with the stream once its headers arrived
 // (status 200), or with the parsed error answer { status, headers, json }.
 // stream.events: [{ event, data, at }] in arrival order; stream.comments:

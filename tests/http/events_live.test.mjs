@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startShim, request, psql, eventually, assertErrorShape } from './lib.mjs';
-import { openStream, tenant, replay, metric } from './events_lib.mjs';
+import { openStream, tenant, replay, metric, EVENTS_ENV } from './events_lib.mjs';
 
 let shim;
 let a;
@@ -16,7 +16,7 @@ const version = (t) => Number(psql(`SELECT COALESCE((SELECT version FROM lattice
 const bump = (t, n = 1) => psql(Array.from({ length: n }, () => `SELECT lattice.graph_bump('${t.id}');`).join('\n'));
 
 before(async () => {
-  shim = await startShim({ env: { LATTICE_SHIM_EVENTS_MERGE_MS: '200' } });
+  shim = await startShim({ env: { ...EVENTS_ENV, LATTICE_SHIM_EVENTS_MERGE_MS: '200' } });
   a = await tenant(shim, 'a');
   b = await tenant(shim, 'b');
 });
@@ -94,8 +94,8 @@ test('a client that leaves frees its slot at once (not at the next heartbeat)', 
 });
 
 test('stream caps: 503 beyond events_max, 429 beyond events_per_address_max; heartbeats', async () => {
-  const small = await startShim({ env: { LATTICE_SHIM_EVENTS_MAX: '1', LATTICE_SHIM_EVENTS_HEARTBEAT_MS: '200' } });
-  const perAddr = await startShim({ env: { LATTICE_SHIM_EVENTS_MAX: '4', LATTICE_SHIM_EVENTS_PER_ADDRESS_MAX: '1' } });
+  const small = await startShim({ env: { ...EVENTS_ENV, LATTICE_SHIM_EVENTS_MAX: '1', LATTICE_SHIM_EVENTS_HEARTBEAT_MS: '200' } });
+  const perAddr = await startShim({ env: { ...EVENTS_ENV, LATTICE_SHIM_EVENTS_MAX: '4', LATTICE_SHIM_EVENTS_PER_ADDRESS_MAX: '1' } });
   try {
     const first = await openStream(small, { headers: { Cookie: a.cookie } });
     assert.equal(first.status, 200);

@@ -5,12 +5,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { startShim, psql, eventually, ROOT } from './lib.mjs';
-import { openStream, tenant, metric } from './events_lib.mjs';
+import { openStream, tenant, metric, EVENTS_ENV } from './events_lib.mjs';
 
 let shim;
 let a;
 before(async () => {
-  shim = await startShim();
+  shim = await startShim({ env: EVENTS_ENV });
   a = await tenant(shim, 'restart');
 });
 after(async () => { await shim?.stop(); });
@@ -29,15 +29,19 @@ test('PostgreSQL restart: the listener reconnects, streams get a refetch, then c
   assert.equal(await metric(shim, 'lattice_events_listener_connected'), 1);
   const v = Number(psql(`SELECT lattice.graph_bump('${a.id}')`));
   await s.waitFor((e) => e.event === 'graph' && e.data.version === v);
-  // and a new client subscribes as before
-  const fresh = await openStream(shim, { headers: { 'X-Lattice-API-Key': a.key } });
+  // and a new client subscribes as before (once the pool, or a pooler in
+  // between, has its own connections back)
+  const fresh = await eventually(async () => {
+    const f = await openStream(shim, { headers: { 'X-Lattice-API-Key': a.key } });
+    return f.status === 200 ? f : null;
+  }, { timeout: 15000, interval: 200 });
   assert.equal(fresh.status, 200);
   s.close();
   fresh.close();
 });
 
 test('SIGTERM closes every stream at once and the shim stops cleanly', async () => {
-  const own = await startShim({ env: { LATTICE_SHIM_SHUTDOWN_TIMEOUT_MS: '30000' } });
+  const own = await startShim({ env: { ...EVENTS_ENV, LATTICE_SHIM_SHUTDOWN_TIMEOUT_MS: '30000' } });
   const streams = await Promise.all([
     openStream(own, { headers: { 'X-Lattice-API-Key': a.key } }),
     openStream(own, { headers: { Cookie: a.cookie } }),
