@@ -45,9 +45,9 @@ measure() {  # measure USER N
     q <<SQL 2>&1 | sed -n 's/.*NOTICE: *//p'
 BEGIN;
 SELECT lattice.test_set_tenant('$user');
-SET ROLE lattice_app;
-SET lattice.graph_max_depth = 1000000;
+SET lattice.graph_max_depth = 1000000;      -- superuser settings, before SET ROLE
 SET lattice.graph_max_results = 100000000;
+SET ROLE lattice_app;
 SET statement_timeout = '120s';
 CREATE FUNCTION pg_temp.ms(stmt text, runs int) RETURNS float8 LANGUAGE plpgsql AS \$f\$
 DECLARE t0 timestamptz; times float8[] := '{}';
