@@ -52,9 +52,14 @@ SQL
 }
 
 fresh=lattice_upgrade_fresh
+# A released version is frozen: changing its install script means a new
+# version and an upgrade script, never an edit in place.
+frozen=extension/released/lattice--$current.sql
 t=0
 check() { t=$((t+1)); if eval "$2"; then echo "ok $t - $1"; else echo "not ok $t - $1"; fi; }
-echo "1..$((2 + ${#released[@]}))"
+echo "1..$((3 + ${#released[@]}))"
+check "the install script of released $current is unchanged (else bump the version)" \
+      "[ ! -e '$frozen' ] || make -s -C extension lattice--$current.sql >/dev/null 2>&1 && { [ ! -e '$frozen' ] || cmp -s '$frozen' extension/lattice--$current.sql; }"
 dropdb --if-exists $fresh 2>/dev/null
 createdb $fresh && psql -Xq -d $fresh -c 'CREATE EXTENSION lattice'
 want=$(digest $fresh)
