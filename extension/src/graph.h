@@ -37,6 +37,7 @@ typedef struct GraphEdge
 	int64		calls;
 	int64		errors;
 	double		total_ms;
+	double		p95_ms;			/* from the edge's latency histogram; NaN if empty */
 	TimestampTz last_seen;
 	bool		declared;
 } GraphEdge;

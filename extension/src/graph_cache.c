@@ -20,7 +20,9 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
@@ -101,7 +103,7 @@ graph_prepare_all(void)
 	if (edges_plan == NULL)
 		edges_plan = graph_prepare(
 			"SELECT source_service_id, target_service_id, call_count, error_count,"
-			"       total_duration_ms, last_seen, declared"
+			"       total_duration_ms, last_seen, declared, latency_hist"
 			"  FROM lattice.connections WHERE user_id = $1");
 }
 
@@ -285,6 +287,7 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 			int32		s = lattice_graph_find(g, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)));
 			int32		t = lattice_graph_find(g, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)));
 			GraphEdge  *e;
+			Datum		d;
 
 			if (s < 0 || t < 0)
 				continue;		/* an endpoint this role cannot see */
@@ -303,6 +306,10 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 			e->total_ms = DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull));
 			e->last_seen = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
 			e->declared = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+			d = SPI_getbinval(tup, desc, 8, &isnull);
+			if (isnull || !lattice_hist_quantile(DatumGetArrayTypeP(d), 0.95, "lattice graph",
+												 &e->p95_ms))
+				e->p95_ms = get_float8_nan();
 		}
 		SPI_freetuptable(SPI_tuptable);
 		graph_check_size((Size) g->n * NODE_BYTES + (Size) m * EDGE_BYTES, g->n, m);

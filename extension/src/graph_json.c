@@ -257,7 +257,9 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 				graph_json_float(&buf, e->total_ms / (double) e->calls);
 			else
 				appendStringInfoString(&buf, "null");
-			appendStringInfoString(&buf, ",\"p95_ms\":null,\"last_seen\":");
+			appendStringInfoString(&buf, ",\"p95_ms\":");
+			graph_json_float(&buf, e->p95_ms);
+			appendStringInfoString(&buf, ",\"last_seen\":");
 			graph_json_ts(&buf, e->last_seen);
 			appendStringInfo(&buf, ",\"declared\":%s}", e->declared ? "true" : "false");
 		}

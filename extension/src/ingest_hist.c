@@ -111,28 +111,22 @@ lattice_hist_add(PG_FUNCTION_ARGS)
 }
 
 /*
- * lattice.hist_percentile(h bigint[], q float8) -> float8: the q-quantile
- * (0 < q <= 1) in milliseconds, NULL for an empty histogram.
+ * The q-quantile (0 < q <= 1) of histogram h in milliseconds; false for an
+ * empty histogram.  Shared by lattice.hist_percentile() and the graph loader.
  */
-PG_FUNCTION_INFO_V1(lattice_hist_percentile);
-Datum
-lattice_hist_percentile(PG_FUNCTION_ARGS)
+bool
+lattice_hist_quantile(ArrayType *h, double q, const char *fn, double *out)
 {
 	int64		c[HIST_BUCKETS];
-	double		q = PG_GETARG_FLOAT8(1);
 	int64		total = 0;
 	double		rank,
 				seen = 0;
 
-	if (!(q > 0 && q <= 1))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lattice.hist_percentile: q must be in (0, 1]")));
-	read_hist(PG_GETARG_ARRAYTYPE_P(0), c, "lattice.hist_percentile");
+	read_hist(h, c, fn);
 	for (int i = 0; i < HIST_BUCKETS; i++)
 		total += c[i];
 	if (total == 0)
-		PG_RETURN_NULL();
+		return false;
 	rank = q * (double) total;
 	for (int i = 0; i < HIST_BUCKETS; i++)
 	{
@@ -140,11 +134,33 @@ lattice_hist_percentile(PG_FUNCTION_ARGS)
 
 		if (c[i] > 0 && seen + (double) c[i] >= rank)
 		{
-			if (i == HIST_BUCKETS - 1)
-				PG_RETURN_FLOAT8(lo);	/* open bucket: its lower bound */
-			PG_RETURN_FLOAT8(lo + (hist_bounds[i] - lo) * (rank - seen) / (double) c[i]);
+			/* the open last bucket answers its lower bound */
+			*out = i == HIST_BUCKETS - 1 ? lo
+				: lo + (hist_bounds[i] - lo) * (rank - seen) / (double) c[i];
+			return true;
 		}
 		seen += (double) c[i];
 	}
-	PG_RETURN_FLOAT8(hist_bounds[lengthof(hist_bounds) - 1]);
+	*out = hist_bounds[lengthof(hist_bounds) - 1];
+	return true;
+}
+
+/*
+ * lattice.hist_percentile(h bigint[], q float8) -> float8: the q-quantile
+ * (0 < q <= 1) in milliseconds, NULL for an empty histogram.
+ */
+PG_FUNCTION_INFO_V1(lattice_hist_percentile);
+Datum
+lattice_hist_percentile(PG_FUNCTION_ARGS)
+{
+	double		q = PG_GETARG_FLOAT8(1);
+	double		result;
+
+	if (!(q > 0 && q <= 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lattice.hist_percentile: q must be in (0, 1]")));
+	if (!lattice_hist_quantile(PG_GETARG_ARRAYTYPE_P(0), q, "lattice.hist_percentile", &result))
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(result);
 }

@@ -63,6 +63,10 @@ extern char *lattice_rate_headers_json(const LatticeRateResult *result);
  */
 extern bool lattice_rate_last_result(LatticeRateResult *out);
 
+/* ingest_hist.c: the q-quantile of a latency histogram; false when empty */
+struct ArrayType;
+extern bool lattice_hist_quantile(struct ArrayType *h, double q, const char *fn, double *out);
+
 /* billing_settings.c: billing GUCs */
 extern void lattice_billing_init(void);
 

@@ -3,10 +3,11 @@
 // downloaded browser).  Pages record console errors, page errors and CSP
 // violations so tests can assert there are none.
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
 import { chromium } from 'playwright-core';
+import { capturedRequests } from '../fixtures/captured.mjs';
 
 export const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
 export const artifacts = `${root}/tests/artifacts`;
@@ -79,7 +80,7 @@ export async function shot(page, name) {
 
 // Replays a captured plugin request (tests/fixtures/captured) with our key.
 export async function replay(base, file, key) {
-  const c = JSON.parse(readFileSync(`${root}/tests/fixtures/captured/${file}`, 'utf8'));
+  const c = capturedRequests().find((r) => r.file === file);
   const res = await fetch(base + c.path, { method: c.method,
     headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': key, 'X-Lattice-Schema-Version': '1.0.0' }, body: c.body_raw });
   return { status: res.status, body: await res.text() };

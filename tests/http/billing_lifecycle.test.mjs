@@ -7,8 +7,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { startShim, ROOT, psql, assertErrorShape } from './lib.mjs';
+import { capturedBody } from '../fixtures/captured.mjs';
+import { startShim, psql, assertErrorShape } from './lib.mjs';
 import { send } from './owasp_lib.mjs';
 import { startStripeStandin } from '../stripe_standin/server.mjs';
 
@@ -19,10 +19,7 @@ let shim;
 let stripe;
 let eventClock = Math.floor(Date.now() / 1000); // Stripe's `created`: newer wins
 
-const captured = (kind) => {
-  const f = readdirSync(`${ROOT}/tests/fixtures/captured`).find((n) => n.includes(kind));
-  return JSON.parse(readFileSync(`${ROOT}/tests/fixtures/captured/${f}`, 'utf8')).body_raw;
-};
+const captured = capturedBody;
 
 async function signup(tag) {
   const r = await send(shim, 'POST', '/api/v1/auth/signup', { from: FROM, headers: json,

@@ -3,9 +3,9 @@
 // and when the connection ends), tenants with a session and an API key, the
 // captured plugin requests replayed, and the shim's event metrics.
 import net from 'node:net';
-import { readFileSync } from 'node:fs';
+import { capturedRequests } from '../fixtures/captured.mjs';
 import { randomUUID } from 'node:crypto';
-import { request, parseResponse, eventually, ROOT } from './lib.mjs';
+import { request, parseResponse, eventually } from './lib.mjs';
 
 // The LISTEN connection goes to PostgreSQL itself, as docs/shim.md says it
 // must behind a transaction pooler (tests/fault/pgbouncer.sh runs this suite
@@ -98,7 +98,7 @@ export async function tenant(shim, label) {
 
 // Replays a captured plugin request (tests/fixtures/captured) with this key.
 export async function replay(shim, file, key) {
-  const c = JSON.parse(readFileSync(`${ROOT}/tests/fixtures/captured/${file}`, 'utf8'));
+  const c = capturedRequests().find((r) => r.file === file);
   return request(shim, c.path, {
     method: c.method, body: c.body_raw,
     headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': key, 'X-Lattice-Schema-Version': '1.0.0' },

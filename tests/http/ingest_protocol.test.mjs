@@ -6,11 +6,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startShim } from './lib.mjs';
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { capturedRequests, CAPTURED_DIR } from '../fixtures/captured.mjs';
 import { randomUUID } from 'node:crypto';
 
-const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
-const capturedDir = `${root}/tests/fixtures/captured`;
 const sql = (q) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', q], { encoding: 'utf8' }).trim();
 const PLACEHOLDER_KEY = 'ltc_0000000000000000000000000000000000000000000000000000000000000000';
 let shim;
@@ -40,10 +38,7 @@ function newAccount(tag) {
 const count = (table, userId, where = 'true') =>
   Number(sql(`SELECT count(*) FROM lattice.${table} WHERE user_id = '${userId}' AND ${where}`));
 
-function captured(dir = capturedDir) {
-  return readdirSync(dir).filter((f) => f.endsWith('.json')).sort()
-    .map((f) => JSON.parse(readFileSync(`${dir}/${f}`, 'utf8')));
-}
+const captured = capturedRequests;
 // Replays one captured request with its own headers, the key replaced.
 function replay(req, key) {
   const headers = {};
@@ -102,7 +97,7 @@ test('every captured request, replayed with a real key, gets the answer the plug
 
 test('the placeholder key of the captures, a missing key and an empty key are 401 and write nothing', async () => {
   const before = Number(sql('SELECT count(*) FROM lattice.services'));
-  for (const req of captured(`${capturedDir}/forced-status-401`)) {
+  for (const req of captured(`${CAPTURED_DIR}/forced-status-401`)) {
     if (req.method !== 'POST') continue;
     const res = await replay(req, PLACEHOLDER_KEY);
     assert.equal(res.status, 401, `${req.path} with an unknown key`);

@@ -8,19 +8,17 @@
 // it); it, infinite and odd-zoned times now answer 400 invalid_query.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { capturedRequests } from '../fixtures/captured.mjs';
 import { randomUUID } from 'node:crypto';
-import { startShim, ROOT, psql, assertErrorShape } from './lib.mjs';
+import { startShim, psql, assertErrorShape } from './lib.mjs';
 import { send } from './owasp_lib.mjs';
 
-const CAPTURED = `${ROOT}/tests/fixtures/captured`;
 const FROM = '127.0.71.1'; // an address of this file's own: sign-up quotas are per address
 const DASHBOARD_RANGES = [[3600, '5m', 300], [86400, '1h', 3600], [604800, '6h', 21600]];
 let shim;
 let account;
 
-const captured = () => readdirSync(CAPTURED).filter((f) => f.endsWith('.json')).sort()
-  .map((f) => JSON.parse(readFileSync(`${CAPTURED}/${f}`, 'utf8')));
+const captured = () => capturedRequests();
 
 // A captured request with its own headers, our key, and (for traces) the
 // start times moved so the newest is `shiftTo`, keeping their spacing:

@@ -2,14 +2,10 @@
 // with data, raw requests from a loopback address of their own (so address
 // quotas of other files are not touched), and a digest of every table.
 import http from 'node:http';
-import { readFileSync, readdirSync } from 'node:fs';
-import { ROOT, psql } from './lib.mjs';
+import { psql } from './lib.mjs';
+import { capturedBody as captured } from '../fixtures/captured.mjs';
 
-const CAPTURED = `${ROOT}/tests/fixtures/captured`;
-export const captured = (kind) => {
-  const f = readdirSync(CAPTURED).find((n) => n.includes(kind));
-  return JSON.parse(readFileSync(`${CAPTURED}/${f}`, 'utf8')).body_raw;
-};
+export { captured };
 
 // Sends one request; body may be a string or Buffer (sent as is).
 export function send(shim, method, path, { body, headers = {}, from = '127.0.66.1', timeout = 10000 } = {}) {

@@ -12,13 +12,12 @@
 //   await load.setup();  load.start();  ...;  await load.stop();
 //   const v = load.verify();   // { ok, checked, missing: [...], phantom: [...] }
 import http from 'node:http';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { capturedBody } from '../fixtures/captured.mjs';
 import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
 
-const ROOT = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
-const CAPTURED = `${ROOT}/tests/fixtures/captured`;
 
 export function psql(sql) {
   return execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', process.env.PGDATABASE ?? 'lattice', '-c', sql], {
@@ -26,10 +25,7 @@ export function psql(sql) {
   }).trim();
 }
 
-function captured(kind) {
-  const f = readdirSync(CAPTURED).find((n) => n.includes(kind));
-  return JSON.parse(JSON.parse(readFileSync(`${CAPTURED}/${f}`, 'utf8')).body_raw);
-}
+const captured = (kind) => JSON.parse(capturedBody(kind));
 const METADATA = captured('ingest_metadata');
 const TRACES = captured('traces_batch').traces;
 const ERRORS = captured('errors_batch').errors;

@@ -1,7 +1,7 @@
 -- The graph API on a small hand-made graph: figures, paths, order, cache
 -- invalidation (including a rolled-back change), bounds, tenancy, history.
 BEGIN;
-SELECT plan(49);
+SELECT plan(51);
 SET client_min_messages = warning;  -- the bounds below raise NOTICEs by design
 
 INSERT INTO lattice.users (id, email, name) VALUES
@@ -24,6 +24,11 @@ SELECT 'd0000000-0000-0000-0000-00000000000a', ('d0000000-0000-0000-0001-0000000
   FROM (VALUES ('0a', '0b', 100, 1, interval '2 days'), ('0a', '0c', 10, 0, interval '1 day'),
                ('0b', '0d', 50, 0, interval '1 day'), ('0c', '0d', 500, 0, interval '1 day'),
                ('0d', '0e', 1000, 10, interval '1 day'), ('0e', '0e', 7, 0, interval '1 day')) v(s, t, calls, errs, age);
+-- a -> b's durations: 90 fast calls and 10 slow ones
+UPDATE lattice.connections
+   SET latency_hist = lattice.hist_of(array_fill(3.0::float8, ARRAY[90]) || array_fill(700.0::float8, ARRAY[10]))
+ WHERE source_service_id = 'd0000000-0000-0000-0001-00000000000a'
+   AND target_service_id = 'd0000000-0000-0000-0001-00000000000b';
 
 SELECT lattice.test_set_tenant('d0000000-0000-0000-0000-00000000000a');
 SET ROLE lattice_app;
@@ -95,6 +100,17 @@ SELECT is((SELECT count(*)::int FROM json_array_elements(lattice.graph_json(acti
 SELECT is((SELECT count(*)::int FROM json_array_elements(lattice.graph_json(active_only => true) -> 'edges')), 4,
           'and the calls touching it');
 UPDATE lattice.services SET status = 'active' WHERE id = 'd0000000-0000-0000-0001-00000000000b';
+SELECT is((SELECT (e ->> 'p95_ms')::float8 FROM json_array_elements(lattice.graph_json() -> 'edges') e
+            WHERE e ->> 'source' = 'd0000000-0000-0000-0001-00000000000a'
+              AND e ->> 'target' = 'd0000000-0000-0000-0001-00000000000b'),
+          (SELECT lattice.hist_percentile(latency_hist, 0.95) FROM lattice.connections
+            WHERE source_service_id = 'd0000000-0000-0000-0001-00000000000a'
+              AND target_service_id = 'd0000000-0000-0000-0001-00000000000b'),
+          'an edge''s p95 comes from its latency histogram (in the slow bucket)');
+SELECT is((SELECT e -> 'p95_ms' FROM json_array_elements(lattice.graph_json() -> 'edges') e
+            WHERE e ->> 'source' = 'd0000000-0000-0000-0001-00000000000a'
+              AND e ->> 'target' = 'd0000000-0000-0000-0001-00000000000c')::text,
+          'null', 'an edge without durations has a null p95');
 
 -- a rolled-back change, then another that reaches the same version number
 SAVEPOINT before_x;
