@@ -25,7 +25,7 @@ SELECT lattice.create_api_key(:'uid', 'bench');
 SQL
 )
 
-LATTICE_SHIM_PORT=$port LATTICE_SHIM_ACCESS_LOG=off LATTICE_SHIM_THREADS=$((conns + 16)) \
+LATTICE_SHIM_PORT=$port LATTICE_SHIM_ACCESS_LOG=off LATTICE_SHIM_THREADS=$((conns + 16)) LATTICE_SHIM_POOL_SIZE=$conns \
     LATTICE_SHIM_PER_ADDRESS_MAX=$((conns + 16)) "$bin" >"$work/shim-bench.log" 2>&1 &
 shim=$!
 trap 'kill $shim 2>/dev/null; wait $shim 2>/dev/null' EXIT
