@@ -43,7 +43,6 @@ CREATE AGGREGATE lattice.hist_sum(bigint[]) (SFUNC = lattice.hist_add, STYPE = b
 
 CREATE FUNCTION lattice.ingest_setting(name text) RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT COALESCE(NULLIF(pg_catalog.current_setting('lattice.ingest_' || name, true), ''),
                     CASE name WHEN 'inactive_after' THEN '15 minutes'
@@ -59,7 +58,6 @@ AS $$ SELECT interval '5 minutes' $$;
 -- Liveness, derived when read: no write when a service goes quiet.
 CREATE FUNCTION lattice.service_liveness(last_seen timestamptz, is_external boolean) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN is_external THEN 'external'
                 WHEN last_seen >= pg_catalog.now() - lattice.ingest_setting('inactive_after') THEN 'active'
@@ -262,7 +260,6 @@ $$;
 -- few times per bucket width and tenant.
 CREATE FUNCTION lattice.ingest_prune(user_id uuid) RETURNS void
 LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
 AS $$
     DELETE FROM lattice.route_stats s
      WHERE s.user_id = ingest_prune.user_id AND s.bucket < pg_catalog.now() - lattice.ingest_setting('retention');
@@ -694,7 +691,6 @@ $$;
 -- digit groups, Bearer/Basic credentials, JWTs, Lattice API keys.
 CREATE FUNCTION lattice.scrub_text(t text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.regexp_replace(pg_catalog.regexp_replace(pg_catalog.regexp_replace(
            pg_catalog.regexp_replace(pg_catalog.regexp_replace(t,
@@ -732,7 +728,6 @@ $$;
 -- addresses) replaced, so that one kind of error groups together.
 CREATE FUNCTION lattice.error_message_shape(message text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.regexp_replace(pg_catalog.regexp_replace(pg_catalog.regexp_replace(
            pg_catalog.regexp_replace(pg_catalog.regexp_replace(message,
@@ -746,7 +741,6 @@ $$;
 -- The first frame of the application (outside node_modules), else the first.
 CREATE FUNCTION lattice.error_top_frame(stack jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT COALESCE(f ->> 'filename', '?') || ':' || COALESCE(f ->> 'function_name', '?')
       FROM pg_catalog.jsonb_array_elements(COALESCE(stack, '[]')) WITH ORDINALITY AS x(f, o)
@@ -756,7 +750,6 @@ $$;
 
 CREATE FUNCTION lattice.error_fingerprint(error_type text, message text, top_frame text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.md5(error_type || E'\n' || lattice.error_message_shape(message) || E'\n'
                           || COALESCE(top_frame, ''))

@@ -20,7 +20,6 @@ CREATE FUNCTION lattice.audit(action text, target text DEFAULT NULL,
                               user_id uuid DEFAULT lattice.current_user_id())
 RETURNS void
 LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO lattice.audit_log (user_id, action, target, client_addr, request_id, details)
     VALUES (audit.user_id, audit.action, audit.target,

@@ -12,7 +12,6 @@ CREATE TYPE lattice.http_response AS (
 CREATE FUNCTION lattice.http_json(status integer, body jsonb, headers jsonb DEFAULT '{}')
 RETURNS lattice.http_response
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ROW(status, headers, body::text)::lattice.http_response $$;
 
 -- An error answer: {"error": {"code", "message", "details"}}.  The shim adds
@@ -21,7 +20,6 @@ CREATE FUNCTION lattice.http_error(status integer, code text, message text,
                                    details jsonb DEFAULT NULL, headers jsonb DEFAULT '{}')
 RETURNS lattice.http_response
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ROW(status, headers,
                jsonb_build_object('error',

@@ -16,5 +16,5 @@ $$;
 -- reads it in the same statement as a route's answer, for its access log.
 CREATE FUNCTION lattice_http.tenant_id()
 RETURNS uuid
-LANGUAGE sql STABLE
-AS $$ SELECT lattice.current_user_id() $$;
+AS 'MODULE_PATHNAME', 'lattice_current_user_id'
+LANGUAGE C STABLE;

@@ -49,7 +49,6 @@ $$;
 -- A path parameter as a uuid, NULL when it is not one (the routes answer 404).
 CREATE FUNCTION lattice.auth_uuid_param(req jsonb, name text) RETURNS uuid
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN req -> 'params' ->> name ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                 THEN (req -> 'params' ->> name)::uuid END
@@ -59,7 +58,6 @@ $$;
 CREATE FUNCTION lattice.session_cookies(token text, csrf text, max_age integer, req jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object('Set-Cookie', jsonb_build_array(
         format('lattice_session=%s; Path=/; Max-Age=%s; HttpOnly; SameSite=Lax%s',
@@ -71,7 +69,6 @@ $$;
 
 CREATE FUNCTION lattice.user_json(user_id uuid) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name)
       FROM lattice.users u WHERE u.id = user_json.user_id
@@ -81,7 +78,6 @@ $$;
 CREATE FUNCTION lattice.auth_answer(status integer, body jsonb, headers jsonb DEFAULT '{}')
 RETURNS lattice.http_response
 LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT lattice.http_json(status, body, lattice.rate_headers() || headers) $$;
 
 -- POST /api/v1/auth/signup {email, password, name} -> 201 {user} + cookies
@@ -237,7 +233,6 @@ $$;
 
 CREATE FUNCTION lattice.api_key_json(k lattice.api_keys, now timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object(
         'id', k.id, 'name', k.name, 'prefix', k.prefix, 'created_at', k.created_at,

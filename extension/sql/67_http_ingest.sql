@@ -84,7 +84,6 @@ $$;
 -- The API's view of a service.
 CREATE FUNCTION lattice.service_json(s lattice.services) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
         'id', s.id, 'name', s.name, 'environment', s.environment, 'version', s.version,
@@ -100,7 +99,6 @@ $$;
 CREATE FUNCTION lattice.stats_json(requests numeric, errors numeric, client_errors numeric,
                                    total_ms double precision, hist bigint[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.jsonb_build_object(
         'requestCount', COALESCE(requests, 0),
@@ -115,7 +113,6 @@ $$;
 
 CREATE FUNCTION lattice.error_group_json(g lattice.error_groups, service_name text) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.jsonb_build_object(
         'id', g.id, 'serviceId', g.service_id, 'serviceName', service_name,

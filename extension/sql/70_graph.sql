@@ -71,7 +71,6 @@ $$;
 -- The current tenant's graph version (0 before the first change).
 CREATE FUNCTION lattice.graph_version() RETURNS bigint
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT COALESCE((SELECT version FROM lattice.graph_versions
                       WHERE user_id = lattice.current_user_id()), 0)
@@ -286,7 +285,6 @@ COMMENT ON FUNCTION lattice.graph_cache_info() IS
 CREATE FUNCTION lattice.graph_services_at(at timestamptz)
 RETURNS TABLE (service_id uuid, name text, environment text)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.service_id, s.name, s.environment
       FROM (SELECT DISTINCT ON (e.service_id) e.service_id, e.kind, e.name, e.environment
@@ -300,7 +298,6 @@ $$;
 CREATE FUNCTION lattice.graph_edges_at(at timestamptz)
 RETURNS TABLE (source_service_id uuid, target_service_id uuid)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT c.source_service_id, c.target_service_id
       FROM (SELECT DISTINCT ON (e.source_service_id, e.target_service_id)
@@ -315,7 +312,6 @@ $$;
 -- {"at", "nodes": [{id, name, environment}], "edges": [{source, target}]}
 CREATE FUNCTION lattice.graph_at(at timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object(
         'at', graph_at.at,
@@ -333,7 +329,6 @@ $$;
 --  "edges_removed"}; edges carry their services' names as known then.
 CREATE FUNCTION lattice.graph_diff(from_time timestamptz, to_time timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     WITH a AS (SELECT * FROM lattice.graph_services_at(from_time)),
          b AS (SELECT * FROM lattice.graph_services_at(to_time)),

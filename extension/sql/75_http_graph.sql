@@ -69,7 +69,6 @@ $$;
 -- A 200 with a JSON text body and the rate headers.
 CREATE FUNCTION lattice.graph_answer(body json) RETURNS lattice.http_response
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ROW(200, lattice.rate_headers(), body::text)::lattice.http_response $$;
 
 -- GET /api/v1/graph?environment=&active=&min_calls=&since=  (or ?at=T: the

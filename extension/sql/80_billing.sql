@@ -45,7 +45,6 @@ CREATE FUNCTION lattice.billing_webhook_rate(client_addr text) RETURNS void
 -- Where Stripe sends the browser back to: the public origin of the dashboard.
 CREATE FUNCTION lattice.billing_public_origin() RETURNS text
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.rtrim(COALESCE(NULLIF(pg_catalog.current_setting('lattice.billing_public_origin', true), ''),
                                      'http://localhost:8080'), '/')
@@ -173,7 +172,6 @@ SELECT pg_catalog.pg_extension_config_dump('lattice.outbox', '');
 -- A Stripe timestamp (unix seconds, or null) as timestamptz.
 CREATE FUNCTION lattice.stripe_time(v jsonb) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN pg_catalog.jsonb_typeof(v) = 'number'
                 THEN pg_catalog.to_timestamp((v #>> '{}')::double precision) END
@@ -181,7 +179,6 @@ $$;
 
 CREATE FUNCTION lattice.html_escape(s text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT replace(replace(replace(replace(replace(s, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
                            '"', '&quot;'), '''', '&#39;')
@@ -189,7 +186,6 @@ $$;
 
 CREATE FUNCTION lattice.billing_money(cents bigint, currency text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT to_char(COALESCE(cents, 0) / 100.0, 'FM999999990.00') || ' ' || upper(COALESCE(currency, 'usd'))
 $$;
@@ -429,7 +425,6 @@ $$;
 -- The warning header every API answer of this account carries, or {}.
 CREATE FUNCTION lattice.entitlement_headers(user_id uuid) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN e ? 'warning'
                 THEN pg_catalog.jsonb_build_object('Lattice-Billing-Warning', e ->> 'warning')
@@ -501,7 +496,6 @@ $$;
 -- GET /billing/invoices: as the webhooks recorded them, newest first.
 CREATE FUNCTION lattice.billing_invoices(user_id uuid) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.jsonb_build_object('invoices', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                'id', i.stripe_invoice_id, 'number', i.number, 'amount_due', i.amount_due,
@@ -877,7 +871,6 @@ $$;
 -- The shim removes the header and answers with what the job chain returns.
 CREATE FUNCTION lattice.outbound_answer(job bigint) RETURNS lattice.http_response
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT lattice.http_json(202, pg_catalog.jsonb_build_object('pending', true, 'job', job),
                              pg_catalog.jsonb_build_object('Lattice-Outbox-Job', job::text))
