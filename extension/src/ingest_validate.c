@@ -9,267 +9,27 @@
  * path; if there is any, the request is refused as a whole with one PT400
  * whose details list them all, so nothing is written.
  *
- * The periodic re-send of an unchanged snapshot is recognised without this
- * validation, by its digest (ingest_digest.c).
+ * The rules are in ingest_validate_core.c (no PostgreSQL, fuzzed as it is);
+ * this file is their SQL face and gives the core PostgreSQL's regex engine
+ * and JSON lexer.  The periodic re-send of an unchanged snapshot is
+ * recognised without this validation, by its digest (ingest_digest.c).
  */
 #include "lattice.h"
 
-#include <math.h>
+#include "ingest_validate_core.h"
 
-#include "access/htup_details.h"
 #include "catalog/pg_collation.h"
 #include "common/jsonapi.h"
 #include "fmgr.h"
-#include "funcapi.h"
-#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
-/* PostgreSQL's SQL function json_object() clashes with json-c's type name */
-#define json_object pg_sql_json_object
 #include "utils/builtins.h"
-#include "utils/json.h"
-#undef json_object
 
-#include <json-c/json.h>
-
-#define INGEST_MAX_BODY			(2 * 1024 * 1024)
-#define INGEST_MAX_DEPTH		32
-#define INGEST_MAX_PROBLEMS		50
-#define MAX_ROUTES				2000
-#define MAX_DEPENDENCIES		2000
-#define MAX_BATCH				500
-#define MAX_BREADCRUMBS			200
-#define MAX_FRAMES				100
-#define MAX_LIST				200		/* middlewareChain, tags, parameters */
-#define MAX_STR					1024	/* default string cap */
-#define MAX_TEXT				8192	/* messages, descriptions */
-#define MAX_PATH				2048
-#define MAX_DURATION_MS			86400000.0	/* one day */
-
-typedef struct Checker
-{
-	StringInfoData path;		/* JSON path of the value being checked */
-	StringInfoData problems;	/* JSON array text, without the brackets */
-	int			nproblems;
-} Checker;
-
-static const char *const route_methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ALL", NULL};
-static const char *const service_statuses[] = {"active", "inactive", "unknown", NULL};
-static const char *const deployment_types[] = {"kubernetes", "docker", "serverless", "bare-metal", NULL};
-static const char *const param_types[] = {"string", "number", "boolean", "object", "array", NULL};
-static const char *const dependency_types[] = {"direct", "transitive", "peer", "dev", NULL};
-static const char *const severities[] = {"critical", "high", "medium", "low", NULL};
-static const char *const operation_types[] = {"http_request", "db_query", "external_call", "custom", NULL};
-static const char *const crumb_categories[] = {"navigation", "user_action", "http", "console", "state_change", "custom", NULL};
-static const char *const crumb_levels[] = {"debug", "info", "warning", "error", NULL};
-
-/*
- * Patterns.  The frequent ones (dozens per body) are checked by the small C
- * functions below, recognised by address; the rare ones (semver, URIs) go to
- * PostgreSQL's regex engine, which caches the compiled expression.
- */
-static const char RE_SERVICE_ID[] = "^[a-z0-9]+$";
-static const char RE_SERVICE_NAME[] = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-static const char RE_ENVIRONMENT[] = "^[A-Za-z0-9][A-Za-z0-9_.-]*$";
-static const char RE_DATE_TIME[] = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
-static const char RE_HTTP_METHOD[] = "^[A-Z]{1,16}$";
-static const char RE_ABSOLUTE_PATH[] = "^/";
-#define RE_SEMVER		"^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)" \
-	"(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?" \
-	"(\\+([0-9a-zA-Z-]+(\\.[0-9a-zA-Z-]+)*))?$"
-#define RE_URI			"^[A-Za-z][A-Za-z0-9+.-]*:[^[:space:]]+$"
-#define RE_URI_REF		"^[^[:space:]]*$"
-
-static inline bool
-is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static inline bool
-is_lower_alnum(char c)
-{
-	return is_digit(c) || (c >= 'a' && c <= 'z');
-}
-
+/* The patterns without a C fast path, with PostgreSQL's regex engine. */
 static bool
-digits(const char *s, int n)
+pg_regex_match(const char *s, int len, const char *pattern)
 {
-	for (int i = 0; i < n; i++)
-		if (!is_digit(s[i]))
-			return false;
-	return true;
-}
-
-/* RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM) */
-static bool
-is_date_time(const char *s, int len)
-{
-	int			i = 19;
-
-	if (len < 20 || !digits(s, 4) || s[4] != '-' || !digits(s + 5, 2) || s[7] != '-' ||
-		!digits(s + 8, 2) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-		!digits(s + 11, 2) || s[13] != ':' || !digits(s + 14, 2) || s[16] != ':' || !digits(s + 17, 2))
-		return false;
-	if (s[i] == '.')
-	{
-		int			start = ++i;
-
-		while (i < len && is_digit(s[i]))
-			i++;
-		if (i == start)
-			return false;
-	}
-	if (i == len - 1)
-		return s[i] == 'Z' || s[i] == 'z';
-	return i == len - 6 && (s[i] == '+' || s[i] == '-') && digits(s + i + 1, 2) &&
-		s[i + 3] == ':' && digits(s + i + 4, 2);
-}
-
-/* The C form of the frequent patterns; false in *handled for the others. */
-static bool
-fast_match(const char *s, int len, const char *pattern, bool *handled)
-{
-	*handled = true;
-	if (pattern == RE_DATE_TIME)
-		return is_date_time(s, len);
-	if (pattern == RE_ABSOLUTE_PATH)
-		return len > 0 && s[0] == '/';
-	if (pattern == RE_SERVICE_ID)
-	{
-		for (int i = 0; i < len; i++)
-			if (!is_lower_alnum(s[i]))
-				return false;
-		return len > 0;
-	}
-	if (pattern == RE_SERVICE_NAME)
-	{
-		if (len == 0 || !is_lower_alnum(s[0]) || !is_lower_alnum(s[len - 1]))
-			return false;
-		for (int i = 0; i < len; i++)
-			if (!is_lower_alnum(s[i]) && s[i] != '-')
-				return false;
-		return true;
-	}
-	if (pattern == RE_ENVIRONMENT)
-	{
-		if (len == 0 || !(is_digit(s[0]) || (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z')))
-			return false;
-		for (int i = 0; i < len; i++)
-			if (!(is_digit(s[i]) || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-				  s[i] == '_' || s[i] == '.' || s[i] == '-'))
-				return false;
-		return true;
-	}
-	if (pattern == RE_HTTP_METHOD)
-	{
-		for (int i = 0; i < len; i++)
-			if (s[i] < 'A' || s[i] > 'Z')
-				return false;
-		return len >= 1 && len <= 16;
-	}
-	*handled = false;
-	return false;
-}
-
-/* ---------- problems and paths ---------- */
-
-static void
-problem(Checker *c, const char *fmt,...)
-	pg_attribute_printf(2, 3);
-
-static void
-problem(Checker *c, const char *fmt,...)
-{
-	StringInfoData msg;
-
-	c->nproblems++;
-	if (c->nproblems > INGEST_MAX_PROBLEMS)
-		return;
-	initStringInfo(&msg);
-	for (;;)
-	{
-		va_list		args;
-		int			needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&msg, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&msg, needed);
-	}
-	if (c->problems.len > 0)
-		appendStringInfoChar(&c->problems, ',');
-	appendStringInfoString(&c->problems, "{\"path\":");
-	escape_json(&c->problems, c->path.len > 0 ? c->path.data : "body");
-	appendStringInfoString(&c->problems, ",\"message\":");
-	escape_json(&c->problems, msg.data);
-	appendStringInfoChar(&c->problems, '}');
-	pfree(msg.data);
-}
-
-static int
-push_key(Checker *c, const char *key)
-{
-	int			saved = c->path.len;
-
-	if (c->path.len > 0)
-		appendStringInfoChar(&c->path, '.');
-	appendStringInfoString(&c->path, key);
-	return saved;
-}
-
-static int
-push_index(Checker *c, size_t i)
-{
-	int			saved = c->path.len;
-
-	appendStringInfo(&c->path, "[%zu]", i);
-	return saved;
-}
-
-static void
-pop(Checker *c, int saved)
-{
-	c->path.len = saved;
-	c->path.data[saved] = '\0';
-}
-
-static const char *
-type_name(json_type t)
-{
-	switch (t)
-	{
-		case json_type_null:
-			return "null";
-		case json_type_boolean:
-			return "a boolean";
-		case json_type_double:
-		case json_type_int:
-			return "a number";
-		case json_type_object:
-			return "an object";
-		case json_type_array:
-			return "an array";
-		case json_type_string:
-			return "a string";
-	}
-	return "unknown";
-}
-
-/* ---------- scalar checks, on the value at the current path ---------- */
-
-static bool
-matches(const char *s, int len, const char *pattern)
-{
-	text	   *t;
+	text	   *t = cstring_to_text_with_len(s, len);
 	bool		r;
-	bool		handled;
-
-	r = fast_match(s, len, pattern, &handled);
-	if (handled)
-		return r;
-	t = cstring_to_text_with_len(s, len);
 
 	r = DatumGetBool(DirectFunctionCall2Coll(textregexeq, C_COLLATION_OID,
 											 PointerGetDatum(t),
@@ -278,698 +38,20 @@ matches(const char *s, int len, const char *pattern)
 	return r;
 }
 
-/* Every string that reaches the database: valid UTF-8, no NUL, bounded. */
-static bool
-check_text(Checker *c, const char *s, int len, int maxlen)
-{
-	if (memchr(s, '\0', len) != NULL)
-	{
-		problem(c, "must not contain NUL characters");
-		return false;
-	}
-	if (!pg_verify_mbstr(PG_UTF8, s, len, true))
-	{
-		problem(c, "must be valid UTF-8");
-		return false;
-	}
-	if (maxlen > 0 && pg_mbstrlen_with_len(s, len) > maxlen)
-	{
-		problem(c, "must be at most %d characters", maxlen);
-		return false;
-	}
-	return true;
-}
-
-/*
- * Walks a free-form value (metadata, schemas, context, examples): every
- * string and key is checked, every number must be finite.
- */
-static void
-check_any(Checker *c, struct json_object *v)
-{
-	switch (json_object_get_type(v))
-	{
-		case json_type_string:
-			check_text(c, json_object_get_string(v), json_object_get_string_len(v), 0);
-			break;
-		case json_type_double:
-			if (!isfinite(json_object_get_double(v)))
-				problem(c, "must be a finite number");
-			break;
-		case json_type_array:
-			{
-				size_t		n = json_object_array_length(v);
-
-				for (size_t i = 0; i < n; i++)
-				{
-					int			s = push_index(c, i);
-
-					check_any(c, json_object_array_get_idx(v, i));
-					pop(c, s);
-				}
-				break;
-			}
-		case json_type_object:
-			{
-				json_object_object_foreach(v, key, val)
-				{
-					int			s = push_key(c, key);
-
-					check_text(c, key, strlen(key), MAX_STR);
-					check_any(c, val);
-					pop(c, s);
-				}
-				break;
-			}
-		default:
-			break;
-	}
-}
-
-/*
- * Looks up `key` in obj, checks its type; reports a missing required field
- * or a wrong type.  Returns NULL when absent (or JSON null when optional) or
- * wrong.  The path is left pointing at the field while *saved is set.
- */
-static struct json_object *
-field(Checker *c, struct json_object *obj, const char *key, json_type want, bool required)
-{
-	struct json_object *v = NULL;
-	int			s;
-	json_type	t;
-
-	if (!json_object_object_get_ex(obj, key, &v) || v == NULL)
-	{
-		if (required)
-		{
-			s = push_key(c, key);
-			problem(c, "is required");
-			pop(c, s);
-		}
-		return NULL;
-	}
-	t = json_object_get_type(v);
-	if (want == json_type_double && (t == json_type_int || t == json_type_double))
-		return v;
-	if (t != want)
-	{
-		s = push_key(c, key);
-		problem(c, "must be %s, not %s", type_name(want), type_name(t));
-		pop(c, s);
-		return NULL;
-	}
-	return v;
-}
-
+/* PostgreSQL's JSON lexer: NULL when it accepts the body, else why not. */
 static const char *
-str_field(Checker *c, struct json_object *obj, const char *key, bool required,
-		  int minlen, int maxlen, const char *pattern, const char *pattern_desc)
+pg_json_error(const char *data, size_t len)
 {
-	struct json_object *v = field(c, obj, key, json_type_string, required);
-	const char *s;
-	int			len;
-	int			saved;
-	bool		ok = true;
+	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) data, (int) len, PG_UTF8, true);
+	JsonParseErrorType perr = pg_parse_json(lex, &nullSemAction);
 
-	if (v == NULL)
-		return NULL;
-	s = json_object_get_string(v);
-	len = json_object_get_string_len(v);
-	saved = push_key(c, key);
-	if (!check_text(c, s, len, maxlen))
-		ok = false;
-	else if (len < minlen)
-	{
-		problem(c, "must be at least %d characters", minlen);
-		ok = false;
-	}
-	else if (pattern && !matches(s, len, pattern))
-	{
-		problem(c, "%s", pattern_desc);
-		ok = false;
-	}
-	pop(c, saved);
-	return ok ? s : NULL;
+	return perr == JSON_SUCCESS ? NULL : json_errdetail(perr, lex);
 }
 
-static const char *
-enum_field(Checker *c, struct json_object *obj, const char *key, bool required,
-		   const char *const *allowed)
-{
-	struct json_object *v = field(c, obj, key, json_type_string, required);
-	const char *s;
-	StringInfoData list;
-	int			saved;
-
-	if (v == NULL)
-		return NULL;
-	s = json_object_get_string(v);
-	for (int i = 0; allowed[i]; i++)
-		if (strcmp(s, allowed[i]) == 0 && strlen(s) == (size_t) json_object_get_string_len(v))
-			return s;
-	initStringInfo(&list);
-	for (int i = 0; allowed[i]; i++)
-		appendStringInfo(&list, "%s%s", i ? ", " : "", allowed[i]);
-	saved = push_key(c, key);
-	problem(c, "must be one of %s", list.data);
-	pop(c, saved);
-	return NULL;
-}
-
-/* An integer in [min, max]; floats with a fraction and huge values refused. */
-static void
-int_field(Checker *c, struct json_object *obj, const char *key, bool required,
-		  int64 min, int64 max)
-{
-	struct json_object *v = field(c, obj, key, json_type_double, required);
-	int			saved;
-
-	if (v == NULL)
-		return;
-	saved = push_key(c, key);
-	if (json_object_get_type(v) == json_type_double)
-	{
-		double		d = json_object_get_double(v);
-
-		if (!isfinite(d) || d != floor(d) || d < (double) min || d > (double) max)
-			problem(c, "must be an integer between " INT64_FORMAT " and " INT64_FORMAT, min, max);
-	}
-	else
-	{
-		int64		i;
-
-		errno = 0;
-		i = json_object_get_int64(v);
-		/* json-c saturates out-of-range integers at INT64_MIN/MAX */
-		if (i < min || i > max || i == INT64_MAX || i == INT64_MIN)
-			problem(c, "must be an integer between " INT64_FORMAT " and " INT64_FORMAT, min, max);
-	}
-	pop(c, saved);
-}
-
-static void
-num_field(Checker *c, struct json_object *obj, const char *key, bool required,
-		  double min, double max)
-{
-	struct json_object *v = field(c, obj, key, json_type_double, required);
-	int			saved;
-	double		d;
-
-	if (v == NULL)
-		return;
-	saved = push_key(c, key);
-	if (json_object_get_type(v) == json_type_int)
-	{
-		int64		i = json_object_get_int64(v);
-
-		d = (i == INT64_MAX || i == INT64_MIN) ? INFINITY : (double) i;
-	}
-	else
-		d = json_object_get_double(v);
-	if (!isfinite(d) || d < min || d > max)
-		problem(c, "must be a number between %g and %g", min, max);
-	pop(c, saved);
-}
-
-static void
-obj_any_field(Checker *c, struct json_object *obj, const char *key, json_type want)
-{
-	struct json_object *v = field(c, obj, key, want, false);
-	int			saved;
-
-	if (v == NULL)
-		return;
-	saved = push_key(c, key);
-	check_any(c, v);
-	pop(c, saved);
-}
-
-static void
-datetime_field(Checker *c, struct json_object *obj, const char *key, bool required)
-{
-	str_field(c, obj, key, required, 1, 64, RE_DATE_TIME, "must be an ISO-8601 date-time");
-}
-
-/* An array field with a cap on its length; returns it, or NULL. */
-static struct json_object *
-array_field(Checker *c, struct json_object *obj, const char *key, bool required,
-			size_t minitems, size_t maxitems)
-{
-	struct json_object *v = field(c, obj, key, json_type_array, required);
-	size_t		n;
-	int			saved;
-
-	if (v == NULL)
-		return NULL;
-	n = json_object_array_length(v);
-	if (n < minitems || n > maxitems)
-	{
-		saved = push_key(c, key);
-		if (n < minitems)
-			problem(c, "must have at least %zu item%s", minitems, minitems == 1 ? "" : "s");
-		else
-			problem(c, "must have at most %zu items", maxitems);
-		pop(c, saved);
-		return NULL;
-	}
-	return v;
-}
-
-static void
-string_list_field(Checker *c, struct json_object *obj, const char *key, int maxlen)
-{
-	struct json_object *arr = array_field(c, obj, key, false, 0, MAX_LIST);
-	int			saved;
-
-	if (arr == NULL)
-		return;
-	saved = push_key(c, key);
-	for (size_t i = 0; i < json_object_array_length(arr); i++)
-	{
-		struct json_object *e = json_object_array_get_idx(arr, i);
-		int			s = push_index(c, i);
-
-		if (json_object_get_type(e) != json_type_string)
-			problem(c, "must be a string, not %s", type_name(json_object_get_type(e)));
-		else
-			check_text(c, json_object_get_string(e), json_object_get_string_len(e), maxlen);
-		pop(c, s);
-	}
-	pop(c, saved);
-}
-
-/* Requires the value at the current path to be an object. */
-static bool
-is_object(Checker *c, struct json_object *v)
-{
-	if (json_object_get_type(v) != json_type_object)
-	{
-		problem(c, "must be an object, not %s", type_name(json_object_get_type(v)));
-		return false;
-	}
-	return true;
-}
-
-/* ---------- schema-v1: ServiceMetadataSubmission ---------- */
-
-static void
-check_service(Checker *c, struct json_object *svc)
-{
-	struct json_object *by;
-
-	str_field(c, svc, "id", true, 1, 128, RE_SERVICE_ID, "must match ^[a-z0-9]+$");
-	str_field(c, svc, "name", true, 2, 63, RE_SERVICE_NAME,
-			  "must be lower-case letters, digits and inner hyphens (DNS label)");
-	str_field(c, svc, "version", false, 1, 128, RE_SEMVER, "must be a semantic version (e.g. 1.2.3)");
-	/* any environment name (the original accepted only three) */
-	str_field(c, svc, "environment", false, 1, 64, RE_ENVIRONMENT,
-			  "must be letters, digits, '.', '_' or '-'");
-	enum_field(c, svc, "deploymentType", false, deployment_types);
-	str_field(c, svc, "language", true, 0, 64, NULL, NULL);
-	str_field(c, svc, "framework", true, 0, 64, NULL, NULL);
-	str_field(c, svc, "runtime", false, 0, 128, NULL, NULL);
-	str_field(c, svc, "description", false, 0, MAX_TEXT, NULL, NULL);
-	str_field(c, svc, "repository", false, 1, MAX_PATH, RE_URI, "must be a URI");
-	str_field(c, svc, "healthCheckUrl", false, 0, MAX_PATH, RE_URI_REF, "must be a URI reference");
-	enum_field(c, svc, "status", true, service_statuses);
-	datetime_field(c, svc, "firstSeen", false);
-	datetime_field(c, svc, "lastSeen", false);
-	by = field(c, svc, "discoveredBy", json_type_object, true);
-	if (by)
-	{
-		int			s = push_key(c, "discoveredBy");
-
-		str_field(c, by, "pluginName", true, 0, 256, NULL, NULL);
-		str_field(c, by, "pluginVersion", true, 0, 128, NULL, NULL);
-		str_field(c, by, "schemaVersion", true, 0, 128, NULL, NULL);
-		pop(c, s);
-	}
-	obj_any_field(c, svc, "metadata", json_type_object);
-}
-
-static void
-check_parameters(Checker *c, struct json_object *route, const char *key)
-{
-	struct json_object *arr = array_field(c, route, key, false, 0, MAX_LIST);
-	int			saved;
-
-	if (arr == NULL)
-		return;
-	saved = push_key(c, key);
-	for (size_t i = 0; i < json_object_array_length(arr); i++)
-	{
-		struct json_object *p = json_object_array_get_idx(arr, i);
-		int			s = push_index(c, i);
-
-		if (is_object(c, p))
-		{
-			str_field(c, p, "name", true, 1, 256, NULL, NULL);
-			field(c, p, "required", json_type_boolean, true);
-			enum_field(c, p, "type", false, param_types);
-			str_field(c, p, "description", false, 0, MAX_TEXT, NULL, NULL);
-			if (json_object_object_get_ex(p, "example", NULL))
-			{
-				struct json_object *ex = json_object_object_get(p, "example");
-				int			s2 = push_key(c, "example");
-
-				check_any(c, ex);
-				pop(c, s2);
-			}
-		}
-		pop(c, s);
-	}
-	pop(c, saved);
-}
-
-static void
-check_route(Checker *c, struct json_object *r)
-{
-	struct json_object *loc;
-
-	str_field(c, r, "id", true, 0, 128, NULL, NULL);
-	str_field(c, r, "serviceId", true, 0, 128, NULL, NULL);
-	enum_field(c, r, "method", true, route_methods);
-	str_field(c, r, "path", true, 1, MAX_PATH, RE_ABSOLUTE_PATH, "must start with /");
-	string_list_field(c, r, "middlewareChain", 256);
-	loc = field(c, r, "handlerLocation", json_type_object, false);
-	if (loc)
-	{
-		int			s = push_key(c, "handlerLocation");
-
-		str_field(c, loc, "file", false, 0, MAX_PATH, NULL, NULL);
-		int_field(c, loc, "line", false, 1, INT32_MAX);
-		str_field(c, loc, "function", false, 0, 512, NULL, NULL);
-		pop(c, s);
-	}
-	check_parameters(c, r, "pathParameters");
-	check_parameters(c, r, "queryParameters");
-	obj_any_field(c, r, "requestSchema", json_type_object);
-	obj_any_field(c, r, "responseSchema", json_type_object);
-	obj_any_field(c, r, "metadata", json_type_object);
-	str_field(c, r, "description", false, 0, MAX_TEXT, NULL, NULL);
-	string_list_field(c, r, "tags", 128);
-	num_field(c, r, "avgResponseTimeMs", false, 0, 1e12);
-	num_field(c, r, "callFrequency", false, 0, 1e15);
-	num_field(c, r, "errorRate", false, 0, 100);
-	datetime_field(c, r, "firstSeen", false);
-	datetime_field(c, r, "lastSeen", false);
-}
-
-static void
-check_dependency(Checker *c, struct json_object *d)
-{
-	str_field(c, d, "id", true, 0, 128, NULL, NULL);
-	str_field(c, d, "serviceId", true, 0, 128, NULL, NULL);
-	str_field(c, d, "packageName", true, 1, 214, NULL, NULL);
-	/* may be empty or odd: the plugin strips one range character */
-	str_field(c, d, "version", true, 0, 256, NULL, NULL);
-	str_field(c, d, "versionRange", false, 0, 256, NULL, NULL);
-	enum_field(c, d, "dependencyType", true, dependency_types);
-	str_field(c, d, "scope", false, 0, 214, NULL, NULL);
-	int_field(c, d, "installedSize", false, 0, INT64CONST(1) << 50);
-	int_field(c, d, "publishSize", false, 0, INT64CONST(1) << 50);
-	int_field(c, d, "fileCount", false, 0, INT32_MAX);
-	field(c, d, "hasVulnerabilities", json_type_boolean, false);
-	int_field(c, d, "vulnerabilityCount", false, 0, INT32_MAX);
-	enum_field(c, d, "highestSeverity", false, severities);
-	str_field(c, d, "description", false, 0, MAX_TEXT, NULL, NULL);
-	str_field(c, d, "license", false, 0, 256, NULL, NULL);
-	str_field(c, d, "repository", false, 1, MAX_PATH, RE_URI, "must be a URI");
-	str_field(c, d, "homepage", false, 1, MAX_PATH, RE_URI, "must be a URI");
-	datetime_field(c, d, "firstSeen", false);
-	datetime_field(c, d, "lastSeen", false);
-	obj_any_field(c, d, "metadata", json_type_object);
-}
-
-/* Checks each element of an array of objects with fn. */
-static void
-check_items(Checker *c, struct json_object *arr, const char *key,
-			void (*fn) (Checker *, struct json_object *))
-{
-	int			saved = push_key(c, key);
-
-	for (size_t i = 0; i < json_object_array_length(arr); i++)
-	{
-		struct json_object *e = json_object_array_get_idx(arr, i);
-		int			s = push_index(c, i);
-
-		if (is_object(c, e))
-			fn(c, e);
-		pop(c, s);
-	}
-	pop(c, saved);
-}
-
-static void
-check_metadata(Checker *c, struct json_object *root)
-{
-	struct json_object *svc = field(c, root, "service", json_type_object, true);
-	struct json_object *arr;
-
-	if (svc)
-	{
-		int			s = push_key(c, "service");
-
-		check_service(c, svc);
-		pop(c, s);
-	}
-	if ((arr = array_field(c, root, "routes", false, 0, MAX_ROUTES)))
-		check_items(c, arr, "routes", check_route);
-	if ((arr = array_field(c, root, "dependencies", false, 0, MAX_DEPENDENCIES)))
-		check_items(c, arr, "dependencies", check_dependency);
-}
-
-/* ---------- traces, errors, breadcrumbs, legacy metrics ---------- */
-
-static void
-check_trace(Checker *c, struct json_object *t)
-{
-	str_field(c, t, "service_id", true, 1, 128, NULL, NULL);
-	str_field(c, t, "id", false, 0, 128, NULL, NULL);
-	str_field(c, t, "operation_name", false, 0, MAX_PATH + 32, NULL, NULL);
-	enum_field(c, t, "operation_type", false, operation_types);
-	datetime_field(c, t, "start_time", false);
-	datetime_field(c, t, "timestamp", false);
-	num_field(c, t, "duration_ms", true, 0, MAX_DURATION_MS);
-	int_field(c, t, "status_code", false, 0, 999);
-	str_field(c, t, "method", false, 1, 16, RE_HTTP_METHOD, "must be an upper-case HTTP method");
-	str_field(c, t, "path", false, 1, MAX_PATH, RE_ABSOLUTE_PATH, "must start with /");
-	str_field(c, t, "caller_service", false, 1, 128, NULL, NULL);
-	str_field(c, t, "user_agent", false, 0, MAX_STR, NULL, NULL);
-	str_field(c, t, "session_id", false, 0, 128, NULL, NULL);
-	obj_any_field(c, t, "breakdown", json_type_object);
-	obj_any_field(c, t, "metadata", json_type_object);
-}
-
-static void
-check_frame(Checker *c, struct json_object *f)
-{
-	str_field(c, f, "filename", false, 0, MAX_PATH, NULL, NULL);
-	int_field(c, f, "line_number", false, 0, INT32_MAX);
-	int_field(c, f, "column_number", false, 0, INT32_MAX);
-	str_field(c, f, "function_name", false, 0, MAX_STR, NULL, NULL);
-}
-
-static void
-check_error(Checker *c, struct json_object *e)
-{
-	struct json_object *frames;
-
-	str_field(c, e, "service_id", true, 1, 128, NULL, NULL);
-	str_field(c, e, "environment", true, 1, 64, RE_ENVIRONMENT,
-			  "must be letters, digits, '.', '_' or '-'");
-	str_field(c, e, "error_type", true, 1, 256, NULL, NULL);
-	str_field(c, e, "message", true, 0, MAX_TEXT, NULL, NULL);
-	if ((frames = array_field(c, e, "stack_trace", false, 0, MAX_FRAMES)))
-		check_items(c, frames, "stack_trace", check_frame);
-	str_field(c, e, "raw_stack", false, 0, 65536, NULL, NULL);
-	obj_any_field(c, e, "context", json_type_object);
-	datetime_field(c, e, "timestamp", false);
-	str_field(c, e, "session_id", false, 1, 128, NULL, NULL);
-	str_field(c, e, "id", false, 0, 128, NULL, NULL);
-}
-
-static void
-check_breadcrumb(Checker *c, struct json_object *b)
-{
-	str_field(c, b, "session_id", true, 1, 128, NULL, NULL);
-	enum_field(c, b, "category", true, crumb_categories);
-	str_field(c, b, "message", true, 0, 4096, NULL, NULL);
-	enum_field(c, b, "level", true, crumb_levels);
-	if (json_object_object_get_ex(b, "data", NULL))
-	{
-		int			s = push_key(c, "data");
-
-		check_any(c, json_object_object_get(b, "data"));
-		pop(c, s);
-	}
-	datetime_field(c, b, "timestamp", false);
-}
-
-static void
-check_legacy_metric(Checker *c, struct json_object *m)
-{
-	struct json_object *ts;
-
-	str_field(c, m, "method", true, 1, 16, RE_HTTP_METHOD, "must be an upper-case HTTP method");
-	str_field(c, m, "path", true, 1, MAX_PATH, RE_ABSOLUTE_PATH, "must start with /");
-	int_field(c, m, "statusCode", true, 0, 999);
-	num_field(c, m, "responseTime", true, 0, MAX_DURATION_MS);
-	str_field(c, m, "callerServiceName", false, 1, 128, NULL, NULL);
-	/* the old tracker sent either an ISO string or epoch milliseconds */
-	if (json_object_object_get_ex(m, "timestamp", &ts) && ts != NULL &&
-		json_object_get_type(ts) == json_type_string)
-		datetime_field(c, m, "timestamp", false);
-	else
-		num_field(c, m, "timestamp", false, 0, 1e14);
-}
-
-static void
-check_batch(Checker *c, struct json_object *root, const char *key, size_t max,
-			void (*fn) (Checker *, struct json_object *))
-{
-	struct json_object *arr = array_field(c, root, key, true, 1, max);
-
-	if (arr)
-		check_items(c, arr, key, fn);
-}
-
-/* ---------- parsing and the SQL entry points ---------- */
-
-/*
- * Parses body with json-c under Lattice's limits; refuses with PT400 (or
- * PT413 for size) when it is not one acceptable JSON document.
- */
-static struct json_object *
-parse_body(text *body)
-{
-	const char *data = VARDATA_ANY(body);
-	int			len = VARSIZE_ANY_EXHDR(body);
-	struct json_tokener *tok;
-	struct json_object *root;
-	enum json_tokener_error jerr;
-	size_t		end;
-	StringInfoData d;
-
-	if (len == 0)
-		lattice_raise_http(400, "validation_failed", "the request body is empty",
-						   "[{\"path\":\"body\",\"message\":\"is required\"}]", NULL);
-	if (len > INGEST_MAX_BODY)
-		lattice_raise_http(413, "too_large", "the request body is too large",
-						   psprintf("{\"max_bytes\":%d}", INGEST_MAX_BODY), NULL);
-
-	tok = json_tokener_new_ex(INGEST_MAX_DEPTH);
-	if (tok == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
-						errmsg("lattice.ingest_check: out of memory")));
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-	root = json_tokener_parse_ex(tok, data, len);
-	jerr = json_tokener_get_error(tok);
-	end = json_tokener_get_parse_end(tok);
-	json_tokener_free(tok);
-
-	if (jerr == json_tokener_continue)
-		jerr = json_tokener_error_parse_eof;
-	if (jerr != json_tokener_success || root == NULL || end != (size_t) len)
-	{
-		const char *why;
-
-		if (root)
-			json_object_put(root);
-		if (jerr == json_tokener_error_depth)
-			why = "nesting is deeper than 32 levels";
-		else if (jerr == json_tokener_error_parse_utf8_string)
-			why = "is not valid UTF-8";
-		else if (jerr != json_tokener_success)
-			why = json_tokener_error_desc(jerr);
-		else
-			why = "has bytes after the JSON document";
-		initStringInfo(&d);
-		appendStringInfoString(&d, "[{\"path\":\"body\",\"message\":");
-		escape_json(&d, psprintf("is not valid JSON: %s (at byte %zu)", why, end));
-		appendStringInfoString(&d, "}]");
-		lattice_raise_http(400, "invalid_json", "the request body is not valid JSON", d.data, NULL);
-	}
-
-	/*
-	 * json-c tolerates some non-JSON even in strict mode (single quotes) and
-	 * replaces lone surrogates; PostgreSQL's lexer is RFC 8259 to the letter
-	 * and is what the body will be cast with, so it has the last word.  It
-	 * runs second: json-c has already bounded the depth it recurses to.
-	 */
-	{
-		JsonLexContext *lex = makeJsonLexContextCstringLen((char *) data, len, PG_UTF8, true);
-		JsonParseErrorType perr = pg_parse_json(lex, &nullSemAction);
-
-		if (perr != JSON_SUCCESS)
-		{
-			json_object_put(root);
-			initStringInfo(&d);
-			appendStringInfoString(&d, "[{\"path\":\"body\",\"message\":");
-			escape_json(&d, psprintf("is not valid JSON: %s", json_errdetail(perr, lex)));
-			appendStringInfoString(&d, "}]");
-			lattice_raise_http(400, "invalid_json", "the request body is not valid JSON", d.data, NULL);
-		}
-	}
-	return root;
-}
-
-/* Raises PT400 with every collected problem, if any. */
-static void
-refuse_if_problems(Checker *c)
-{
-	StringInfoData d;
-
-	if (c->nproblems == 0)
-		return;
-	initStringInfo(&d);
-	appendStringInfo(&d, "[%s", c->problems.data);
-	if (c->nproblems > INGEST_MAX_PROBLEMS)
-		appendStringInfo(&d, ",{\"path\":\"body\",\"message\":\"%d more problems not listed\"}",
-						 c->nproblems - INGEST_MAX_PROBLEMS);
-	appendStringInfoChar(&d, ']');
-	lattice_raise_http(400, "validation_failed",
-					   psprintf("the request body is invalid (%d problem%s)",
-								c->nproblems, c->nproblems == 1 ? "" : "s"),
-					   d.data, NULL);
-}
-
-static void
-checker_init(Checker *c)
-{
-	initStringInfo(&c->path);
-	initStringInfo(&c->problems);
-	c->nproblems = 0;
-}
-
-/* Validates root as `kind`; problems are collected in c. */
-static void
-check_kind(Checker *c, const char *kind, struct json_object *root)
-{
-	if (strcmp(kind, "error") != 0 && !is_object(c, root))
-		return;
-	if (strcmp(kind, "metadata") == 0)
-		check_metadata(c, root);
-	else if (strcmp(kind, "traces") == 0)
-		check_batch(c, root, "traces", MAX_BATCH, check_trace);
-	else if (strcmp(kind, "errors") == 0)
-		check_batch(c, root, "errors", MAX_BATCH, check_error);
-	else if (strcmp(kind, "error") == 0)
-	{
-		if (is_object(c, root))
-			check_error(c, root);
-	}
-	else if (strcmp(kind, "breadcrumbs") == 0)
-		check_batch(c, root, "breadcrumbs", MAX_BREADCRUMBS, check_breadcrumb);
-	else if (strcmp(kind, "metrics") == 0)
-	{
-		str_field(c, root, "serviceName", true, 1, 128, NULL, NULL);
-		check_batch(c, root, "metrics", MAX_BATCH, check_legacy_metric);
-	}
-	else
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("lattice.ingest_check: unknown kind \"%s\"", kind)));
-}
+static const IngestHooks pg_hooks = {
+	.regex_match = pg_regex_match,
+	.json_error = pg_json_error,
+};
 
 /*
  * lattice.ingest_check(kind text, body text) -> void: refuses (PT400, PT413)
@@ -981,28 +63,56 @@ Datum
 lattice_ingest_check(PG_FUNCTION_ARGS)
 {
 	char	   *kind;
-	struct json_object *root;
-	Checker		c;
+	text	   *body;
+	IngestValidation *v;
+	int			status;
+	char	   *code;
+	char	   *message;
+	char	   *details;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						errmsg("lattice.ingest_check: kind must not be null")));
-	if (PG_ARGISNULL(1))
-		lattice_raise_http(400, "validation_failed", "the request body is empty",
-						   "[{\"path\":\"body\",\"message\":\"is required\"}]", NULL);
 	kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	root = parse_body(PG_GETARG_TEXT_PP(1));
-	checker_init(&c);
-	/* json-c allocates with malloc: release the tree on every way out */
+	body = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+
+	/* the core's memory is malloc'd: released on every way out */
+	v = palloc(sizeof(IngestValidation));
+	ingest_validation_init(v, &pg_hooks);
 	PG_TRY();
 	{
-		check_kind(&c, kind, root);
+		ingest_validate(v, kind, body ? VARDATA_ANY(body) : NULL,
+						body ? VARSIZE_ANY_EXHDR(body) : 0);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
-		json_object_put(root);
+		ingest_validation_free(v);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	refuse_if_problems(&c);
-	PG_RETURN_VOID();
+
+	switch (v->outcome)
+	{
+		case INGEST_OK:
+			ingest_validation_free(v);
+			PG_RETURN_VOID();
+		case INGEST_UNKNOWN_KIND:
+			ingest_validation_free(v);
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							errmsg("lattice.ingest_check: unknown kind \"%s\"", kind)));
+			break;
+		case INGEST_OUT_OF_MEMORY:
+			ingest_validation_free(v);
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
+							errmsg("lattice.ingest_check: out of memory")));
+			break;
+		default:
+			break;
+	}
+	status = v->status;
+	code = pstrdup(v->code);
+	message = pstrdup(v->message);
+	details = pstrdup(v->details.data);
+	ingest_validation_free(v);
+	lattice_raise_http(status, code, message, details, NULL);
 }

@@ -2,10 +2,13 @@
  * libFuzzer target: ingest validation (extension/src/ingest_validate.c) as it
  * runs, inside a real PostgreSQL backend: each input is one call of
  * lattice.ingest_check(kind, body) over libpq on the test cluster (PGHOST
- * etc., as tests/run.sh exports them).  The validator is built on the
- * backend (StringInfo, its JSON lexer and regex engine, ereport), so it
- * cannot run in this process; coverage feedback therefore stops at this
- * file and the run is a mutation fuzzer over the captured bodies.
+ * etc., as tests/run.sh exports them).  The backend is not instrumented,
+ * so coverage feedback stops at this file and the run is a mutation fuzzer
+ * over the captured bodies.  The rules themselves are fuzzed with coverage, in process, by
+ * fuzz_ingest_validate.c (the core, ingest_validate_core.c); this target
+ * stays for what only the backend has: PostgreSQL's text input, regex
+ * engine and error texts, the PTnnn answer, and releasing the core's memory
+ * on every way out.
  *
  * Input: one byte choosing the kind, then the body.  Every answer must be
  * success or a clean refusal (PT400, PT413, or 22021 for bytes that are not

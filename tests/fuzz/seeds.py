@@ -17,7 +17,7 @@ import urllib.parse
 
 root, out = sys.argv[1], sys.argv[2]
 seeds = {t: [] for t in ("fuzz_stripe_signature", "fuzz_jwt", "fuzz_ingest_match", "fuzz_shim_request",
-                         "fuzz_ingest_check")}
+                         "fuzz_ingest_check", "fuzz_ingest_validate")}
 
 captured = []
 for f in sorted(glob.glob(os.path.join(root, "tests/fixtures/captured/*.json"))):
@@ -57,14 +57,53 @@ templates = sorted(set(templates)) + ["ALL /api/*", "GET /orders/:orderId/items/
 for method, path in sorted(set(raws)) + [("GET", "/o1"), ("GET", "/users/42?x=1"), ("DELETE", "//a///b/")]:
     seeds["fuzz_ingest_match"].append("\n".join([method, path] + templates))
 
-# ---- ingest bodies: kind byte (index into fuzz_ingest_check.c's kinds) + the captured body
+# ---- ingest bodies: kind byte (index into the kinds of fuzz_ingest_check.c and
+# fuzz_ingest_validate.c) + a body: the captured ones as they are, and the
+# kinds the plugins did not send during the capture built from their records
+KINDS = ("metadata", "traces", "errors", "error", "breadcrumbs", "metrics")
 kind_of = {"ingest_metadata": 0, "traces_batch": 1, "errors_batch": 2}
+ingest = []
+def ingest_seed(kind, doc):
+    ingest.append(bytes([KINDS.index(kind)]) + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
 for c in captured:
     for k, i in kind_of.items():
         if k in c.get("url", "").replace("/", "_") and c.get("body_raw"):
-            seeds["fuzz_ingest_check"].append(bytes([i]) + c["body_raw"].encode())
-seeds["fuzz_ingest_check"] += [b"\x03" + json.dumps({"message": "boom", "stack": "at x", "timestamp": "2026-01-01T00:00:00Z"}).encode(),
-                               b"\x04" + json.dumps({"breadcrumbs": [{"category": "http", "message": "GET /", "level": "info"}]}).encode()]
+            ingest.append(bytes([i]) + c["body_raw"].encode())
+docs = [json.loads(c["body_raw"]) for c in captured if c.get("body_raw")]
+for doc in docs:
+    for e in doc.get("errors", []):
+        ingest_seed("error", e)                       # one browser error
+    traces = doc.get("traces", [])
+    if traces:
+        ingest_seed("breadcrumbs", {"breadcrumbs": [
+            {"session_id": "s-%d" % i, "category": "http", "message": t.get("operation_name", ""),
+             "level": "info" if t.get("status_code", 200) < 400 else "error",
+             "timestamp": t.get("start_time"), "data": {"status": t.get("status_code"), "ms": t.get("duration_ms")}}
+            for i, t in enumerate(traces)]})
+        ingest_seed("metrics", {"serviceName": traces[0]["service_id"], "metrics": [
+            {"method": t.get("method", "GET"), "path": t.get("path", "/"), "statusCode": t.get("status_code", 200),
+             "responseTime": t.get("duration_ms", 0), "callerServiceName": t.get("caller_service", "web"),
+             "timestamp": t.get("start_time") if i % 2 else 1764386016463 + i}
+            for i, t in enumerate(traces)]})
+# the optional fields of a snapshot: URIs and parameters (the rules without a C fast path)
+for doc in docs:
+    if "service" in doc and doc.get("routes"):
+        doc["service"].update({"repository": "git+https://github.com/acme/demo.git", "healthCheckUrl": "/health",
+                               "deploymentType": "docker", "description": "caf\u00e9 \u2603"})
+        r = doc["routes"][0]
+        r.update({"handlerLocation": {"file": "app.js", "line": 12, "function": "list"},
+                  "pathParameters": [{"name": "id", "required": True, "type": "string", "example": [1, {"a": None}]}],
+                  "queryParameters": [{"name": "q", "required": False}], "tags": ["users"],
+                  "avgResponseTimeMs": 1.5, "callFrequency": 10, "errorRate": 0.1, "requestSchema": {"type": "object"}})
+        for d in doc.get("dependencies", [])[:2]:
+            d.update({"repository": "https://github.com/acme/x", "homepage": "https://acme.example",
+                      "installedSize": 1024, "hasVulnerabilities": False, "highestSeverity": "low"})
+        ingest_seed("metadata", doc)
+        break
+ingest += [b"\x03" + json.dumps({"message": "boom", "stack": "at x", "timestamp": "2026-01-01T00:00:00Z"}).encode(),
+           b"\x04" + json.dumps({"breadcrumbs": [{"category": "http", "message": "GET /", "level": "info"}]}).encode()]
+seeds["fuzz_ingest_check"] += ingest
+seeds["fuzz_ingest_validate"] += ingest
 
 # ---- Stripe-Signature: headers over the captured bodies
 secret = b"whsec_fuzz_two"

@@ -4,6 +4,7 @@
 # (tests/fuzz/regressions/<target>/) and fuzzes each target for a bounded
 # time from the seed corpora built from the captured requests.  TAP; the
 # executions of each run are printed as comments.  `make fuzz` runs longer.
+# fuzz_ingest_validate runs the validator's core in process (coverage-guided);
 # fuzz_ingest_check calls the validator in the test cluster (tests/run.sh's
 # PGHOST); without one it is skipped.
 #
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 seconds=${LATTICE_FUZZ_SECONDS:-12}
 out=$root/.build/fuzz
-targets=(fuzz_stripe_signature fuzz_jwt fuzz_ingest_match fuzz_shim_request fuzz_ingest_check)
+targets=(fuzz_stripe_signature fuzz_jwt fuzz_ingest_match fuzz_shim_request fuzz_ingest_validate fuzz_ingest_check)
 
 echo "1..$((1 + 2 * ${#targets[@]}))"
 if log=$(make -s -C tests/fuzz all 2>&1); then
