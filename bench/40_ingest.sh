@@ -105,7 +105,8 @@ cat >"$work/post.lua" <<LUA
 -- mode a new version on every request.
 local mode, path, file = "MODE", "PATH", "FILE"
 local f = io.open(file, "rb"); local tpl = f:read("*a"); f:close()
-local counter, me, fixed = 0, 0, nil
+-- "me" is the global thread:set() gives each thread (a local would hide it)
+local counter, fixed = 0, nil
 local threads = 0
 local headers = {["Content-Type"] = "application/json", ["X-Lattice-API-Key"] = "$key"}
 function setup(thread) thread:set("me", threads); threads = threads + 1 end
