@@ -47,6 +47,7 @@ BEGIN;
 SELECT lattice.test_set_tenant('$user');
 SET lattice.graph_max_depth = 1000000;      -- superuser settings, before SET ROLE
 SET lattice.graph_max_results = 100000000;
+SET lattice.graph_stats_max_age = 0;       -- "warm" is the cached graph: no reload by age
 SET ROLE lattice_app;
 SET statement_timeout = '120s';
 CREATE FUNCTION pg_temp.ms(stmt text, runs int) RETURNS float8 LANGUAGE plpgsql AS \$f\$

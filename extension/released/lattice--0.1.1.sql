@@ -2492,7 +2492,8 @@ TO lattice_app;
 
 -- One row per tenant, moved by lattice.bump_graph_version() on every change
 -- of topology or of a service's state.  Edge figures (call counts, errors,
--- durations) move without a bump: answers show them as of the last bump.
+-- durations) move without a bump: a backend reloads a cached graph once it
+-- is lattice.graph_stats_max_age old (60 s), so answers show them that fresh.
 CREATE TABLE lattice.graph_versions (
     user_id     uuid PRIMARY KEY REFERENCES lattice.users ON DELETE CASCADE,
     version     bigint NOT NULL DEFAULT 0,

@@ -47,6 +47,7 @@ typedef struct LatticeGraph
 	pg_uuid_t	tenant;
 	int64		version;
 	TransactionId version_xmin; /* tells a rolled-back bump from its retry */
+	TimestampTz loaded_at;		/* edge figures are as of this time */
 	MemoryContext cxt;
 	Size		bytes;
 	uint64		last_used;
@@ -75,6 +76,7 @@ extern int	lattice_graph_max_depth;
 extern int	lattice_graph_max_results;
 extern int	lattice_graph_max_paths;
 extern int	lattice_graph_cache_kb;
+extern int	lattice_graph_stats_max_age;
 
 extern void lattice_graph_guc_init(void);
 extern LatticeGraph *lattice_graph_current(const char *caller);

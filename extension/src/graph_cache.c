@@ -12,6 +12,7 @@
  * are dropped when lattice.graph_cache_size would be exceeded.
  */
 #include "graph.h"
+#include "identity.h"
 
 #include <limits.h>
 
@@ -30,6 +31,7 @@ int			lattice_graph_max_depth = 100;
 int			lattice_graph_max_results = 100000;
 int			lattice_graph_max_paths = 10;
 int			lattice_graph_cache_kb = 262144;
+int			lattice_graph_stats_max_age = 60;
 
 #define GRAPH_CACHE_SLOTS 64
 #define GRAPH_FETCH_BATCH 10000
@@ -71,6 +73,11 @@ lattice_graph_guc_init(void)
 							NULL,
 							&lattice_graph_max_paths, 10, 1, 100000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.graph_stats_max_age",
+							"Seconds a cached graph's call figures are reused before it is loaded again.",
+							"0 reloads only when the topology or a service's state changes.",
+							&lattice_graph_stats_max_age, 60, 0, 86400,
+							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.graph_cache_size",
 							"Memory this backend may keep for cached tenant graphs.",
 							"A tenant graph larger than this is refused.",
@@ -408,6 +415,7 @@ graph_load(const pg_uuid_t *tenant, int64 version, TransactionId xmin)
 	g->tenant = *tenant;
 	g->version = version;
 	g->version_xmin = xmin;
+	g->loaded_at = lattice_clock_now();
 	g->cxt = cxt;
 	initStringInfo(&strings);
 	graph_load_nodes(g, tenant_datum, &strings);
@@ -430,6 +438,19 @@ graph_load(const pg_uuid_t *tenant, int64 version, TransactionId xmin)
  * The current tenant's graph at its current version, loaded when missing or
  * stale.  Raises 401-mapped errors without a tenant.
  */
+/*
+ * Only topology and service state bump the version; calls, errors and
+ * latency move with every trace batch.  So that answers do not show them
+ * frozen at the last bump, a graph older than lattice.graph_stats_max_age
+ * is loaded again (0: only a bump reloads).
+ */
+static bool
+graph_stats_too_old(const LatticeGraph *g)
+{
+	return lattice_graph_stats_max_age > 0 &&
+		lattice_clock_now() - g->loaded_at >= (int64) lattice_graph_stats_max_age * USECS_PER_SEC;
+}
+
 LatticeGraph *
 lattice_graph_current(const char *caller)
 {
@@ -470,7 +491,8 @@ lattice_graph_current(const char *caller)
 	{
 		if (uuid_compare(&graph_cache[i]->tenant, &tenant) != 0)
 			continue;
-		if (graph_cache[i]->version == version && graph_cache[i]->version_xmin == xmin)
+		if (graph_cache[i]->version == version && graph_cache[i]->version_xmin == xmin &&
+			!graph_stats_too_old(graph_cache[i]))
 			g = graph_cache[i];
 		else
 			graph_cache_remove(i);

@@ -1,7 +1,7 @@
 -- The graph API on a small hand-made graph: figures, paths, order, cache
 -- invalidation (including a rolled-back change), bounds, tenancy, history.
 BEGIN;
-SELECT plan(51);
+SELECT plan(53);
 SET client_min_messages = warning;  -- the bounds below raise NOTICEs by design
 
 INSERT INTO lattice.users (id, email, name) VALUES
@@ -111,6 +111,25 @@ SELECT is((SELECT e -> 'p95_ms' FROM json_array_elements(lattice.graph_json() ->
             WHERE e ->> 'source' = 'd0000000-0000-0000-0001-00000000000a'
               AND e ->> 'target' = 'd0000000-0000-0000-0001-00000000000c')::text,
           'null', 'an edge without durations has a null p95');
+-- call counts move without a bump: a cached graph is reloaded once it is
+-- lattice.graph_stats_max_age (60 s) old
+UPDATE lattice.connections SET call_count = call_count + 1000
+ WHERE source_service_id = 'd0000000-0000-0000-0001-00000000000a'
+   AND target_service_id = 'd0000000-0000-0000-0001-00000000000c';
+SELECT is((SELECT (e ->> 'calls')::int FROM json_array_elements(lattice.graph_json() -> 'edges') e
+            WHERE e ->> 'target' = 'd0000000-0000-0000-0001-00000000000c'
+              AND e ->> 'source' = 'd0000000-0000-0000-0001-00000000000a'),
+          10, 'within a minute the cached graph answers (no reload for figures alone)');
+RESET ROLE;
+SELECT lattice.test_set_clock(now() + interval '61 seconds');
+SET ROLE lattice_app;
+SELECT is((SELECT (e ->> 'calls')::int FROM json_array_elements(lattice.graph_json() -> 'edges') e
+            WHERE e ->> 'target' = 'd0000000-0000-0000-0001-00000000000c'
+              AND e ->> 'source' = 'd0000000-0000-0000-0001-00000000000a'),
+          1010, 'a minute later the figures are read again');
+RESET ROLE;
+SELECT lattice.test_set_clock(NULL);
+SET ROLE lattice_app;
 
 -- a rolled-back change, then another that reaches the same version number
 SAVEPOINT before_x;
