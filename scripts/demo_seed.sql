@@ -27,11 +27,17 @@ WITH e(src, dst, calls, errors) AS (VALUES
     ('orders', 'shipping', 7702, 2), ('orders', 'notifications', 7690, 0),
     ('payments', 'notifications', 7400, 1), ('shipping', 'notifications', 7120, 0),
     ('recommendations', 'users', 8800, 3), ('notifications', 'users', 15010, 7))
+-- each call's duration: the edge's typical time with a long tail, so the
+-- graph's p95 and the averages come from the same histogram
 INSERT INTO lattice.connections (user_id, source_service_id, target_service_id, call_count, error_count,
-                                 total_duration_ms)
-SELECT :'demo_id', s.id, d.id, e.calls, e.errors, e.calls * (12 + random() * 40)
+                                 total_duration_ms, latency_hist)
+SELECT :'demo_id', s.id, d.id, e.calls, e.errors, t.total, t.hist
   FROM e JOIN lattice.services s ON s.user_id = :'demo_id' AND s.name = e.src
-         JOIN lattice.services d ON d.user_id = :'demo_id' AND d.name = e.dst;
+         JOIN lattice.services d ON d.user_id = :'demo_id' AND d.name = e.dst
+ CROSS JOIN LATERAL (SELECT 4 + random() * 30 AS typical) k
+ CROSS JOIN LATERAL (SELECT sum(ms) AS total, lattice.hist_of(array_agg(ms)) AS hist
+                       FROM (SELECT k.typical * (0.4 + random() ^ 4 * 12) AS ms
+                               FROM generate_series(1, e.calls)) x) t;
 \else
 SELECT 'existing';
 \endif
