@@ -9,13 +9,9 @@
  * against the tenant's quota (ratelimit.c); and returns the account id.  Or it
  * raises PT401/PT403 with a code that says why.
  *
- * Deferred writes: a GET runs in a read-only transaction, and a refusal rolls
- * its transaction back, yet a key's last_used, a session's sliding expiry
- * and the audit row of a revoked key's use must be kept.  They wait in a small
- * backend-local queue and are written by the next authentication of this
- * backend in a writing transaction (the pool reuses backends, and a LOG line
- * is written at once for the revoked-key event).  The queue is emptied only
- * when that transaction commits.
+ * What verification cannot write in its own transaction (a read-only GET,
+ * or a refusal that rolls back) waits in deferred.c; an authentication in a
+ * writing transaction writes what waits first.
  */
 #include "lattice.h"
 #include "identity.h"
@@ -52,170 +48,6 @@ lattice_auth_method(void)
 	if (auth_lxid != MyProc->lxid || !lattice_get_tenant(NULL))
 		return LATTICE_AUTH_NONE;
 	return auth_method;
-}
-
-/* ---- deferred writes ---- */
-
-#define DEFER_MAX 256
-
-typedef struct Deferred
-{
-	char		kind;			/* 'k' key touch, 's' session touch, 'a' audit */
-	pg_uuid_t	id;				/* key or session; audit: the account */
-	bool		has_id;
-	TimestampTz at;
-	char		action[48];
-	char		target[40];
-	char		client_addr[64];
-	char		request_id[72];
-} Deferred;
-
-static Deferred *deferred = NULL;
-static int	n_deferred = 0;
-static int	n_flushed = 0;		/* written by the current transaction */
-static bool callback_registered = false;
-
-static void
-deferred_xact_callback(XactEvent event, void *arg)
-{
-	if (n_flushed == 0)
-		return;
-	if (event == XACT_EVENT_COMMIT)
-	{
-		memmove(deferred, deferred + n_flushed, sizeof(Deferred) * (n_deferred - n_flushed));
-		n_deferred -= n_flushed;
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-		n_flushed = 0;
-}
-
-static Deferred *
-defer_slot(void)
-{
-	if (deferred == NULL)
-		deferred = MemoryContextAllocZero(TopMemoryContext, sizeof(Deferred) * DEFER_MAX);
-	if (!callback_registered)
-	{
-		RegisterXactCallback(deferred_xact_callback, NULL);
-		callback_registered = true;
-	}
-	if (n_deferred >= DEFER_MAX)
-		return NULL;
-	return &deferred[n_deferred++];
-}
-
-void
-lattice_defer_touch(const char *what, const pg_uuid_t *id)
-{
-	char		kind = strcmp(what, "session") == 0 ? 's' : 'k';
-	Deferred   *d;
-	int			i;
-
-	for (i = n_flushed; deferred && i < n_deferred; i++)
-		if (deferred[i].kind == kind && memcmp(&deferred[i].id, id, sizeof(pg_uuid_t)) == 0)
-		{
-			deferred[i].at = lattice_clock_now();
-			return;
-		}
-	if ((d = defer_slot()) == NULL)
-		return;					/* a touch is only a hint: dropping one is harmless */
-	memset(d, 0, sizeof(*d));
-	d->kind = kind;
-	d->id = *id;
-	d->has_id = true;
-	d->at = lattice_clock_now();
-}
-
-static void
-copy_field(char *dst, size_t size, const char *src)
-{
-	if (src)
-		strlcpy(dst, src, size);
-	else
-		dst[0] = '\0';
-}
-
-void
-lattice_defer_audit(const char *action, const pg_uuid_t *user_id, const char *target, Jsonb *req)
-{
-	char	   *addr = lattice_req_text(req, "client_addr");
-	char	   *request_id = lattice_req_text(req, "request_id");
-	Deferred   *d;
-
-	ereport(LOG,
-			(errmsg("lattice audit: %s target=%s addr=%s request_id=%s", action,
-					target ? target : "", addr ? addr : "", request_id ? request_id : "")));
-	if ((d = defer_slot()) == NULL)
-	{
-		ereport(WARNING,
-				(errmsg("lattice: deferred audit queue full, event kept in the server log only")));
-		return;
-	}
-	memset(d, 0, sizeof(*d));
-	d->kind = 'a';
-	if (user_id)
-	{
-		d->id = *user_id;
-		d->has_id = true;
-	}
-	d->at = lattice_clock_now();
-	copy_field(d->action, sizeof(d->action), action);
-	copy_field(d->target, sizeof(d->target), target);
-	copy_field(d->client_addr, sizeof(d->client_addr), addr);
-	copy_field(d->request_id, sizeof(d->request_id), request_id);
-}
-
-/* Writes the queue as the owner; emptied when this transaction commits */
-static void
-flush_deferred(void)
-{
-	int			i;
-
-	if (n_deferred == n_flushed || lattice_xact_read_only())
-		return;
-	SPI_connect();
-	for (i = n_flushed; i < n_deferred; i++)
-	{
-		Deferred   *d = &deferred[i];
-		Datum		v[6];
-		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-		int			rc;
-
-		v[0] = UUIDPGetDatum(&d->id);
-		v[1] = TimestampTzGetDatum(d->at);
-		if (d->kind == 'k')
-			rc = SPI_execute_with_args("UPDATE lattice.api_keys SET last_used = $2"
-									   " WHERE id = $1 AND (last_used IS NULL OR last_used < $2)",
-									   2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, v, NULL, false, 0);
-		else if (d->kind == 's')
-		{
-			v[2] = Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS);
-			rc = SPI_execute_with_args("UPDATE lattice.sessions SET last_seen_at = $2,"
-									   "   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
-									   " WHERE id = $1 AND last_seen_at < $2 AND revoked_at IS NULL"
-									   "   AND idle_expires_at > $2",
-									   3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID}, v, NULL, false, 0);
-		}
-		else
-		{
-			if (!d->has_id)
-				nulls[0] = 'n';
-			v[2] = CStringGetTextDatum(d->action);
-			v[3] = CStringGetTextDatum(d->target);
-			v[4] = CStringGetTextDatum(d->client_addr);
-			v[5] = CStringGetTextDatum(d->request_id);
-			rc = SPI_execute_with_args("INSERT INTO lattice.audit_log"
-									   " (user_id, at, action, target, client_addr, request_id, details)"
-									   " VALUES ($1, $2, $3, NULLIF($4, ''), CAST(NULLIF($5, '') AS inet),"
-									   "         NULLIF($6, ''), '{\"deferred\": true}')",
-									   6, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
-									   v, nulls, false, 0);
-		}
-		if (rc < 0)
-			elog(ERROR, "lattice: writing deferred identity state failed");
-	}
-	SPI_finish();
-	n_flushed = n_deferred;
 }
 
 /* ---- the entry point ---- */
@@ -256,7 +88,7 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 	pg_uuid_t	credential;
 	LatticeRateResult rate;
 
-	flush_deferred();
+	lattice_deferred_flush();	/* deferred.c: what waits, if this transaction writes */
 
 	if (api_key && method_allowed(allowed, "api_key"))
 	{
@@ -321,15 +153,4 @@ lattice_current_session_id(PG_FUNCTION_ARGS)
 	id = palloc(sizeof(pg_uuid_t));
 	memcpy(id, &auth_credential, sizeof(pg_uuid_t));
 	PG_RETURN_UUID_P(id);
-}
-
-/* lattice.flush_deferred() -> integer (entries written): this backend's queue, for tests */
-PG_FUNCTION_INFO_V1(lattice_flush_deferred);
-Datum
-lattice_flush_deferred(PG_FUNCTION_ARGS)
-{
-	int			n = n_deferred - n_flushed;
-
-	flush_deferred();
-	PG_RETURN_INT32(n);
 }

@@ -86,6 +86,7 @@ typedef enum LatticeAuthMethod
 
 extern void lattice_auth_note(LatticeAuthMethod method, const pg_uuid_t *credential_id);
 extern LatticeAuthMethod lattice_auth_method(void);
+/* deferred.c: writes a transaction cannot make itself */
 extern void lattice_defer_touch(const char *what, const pg_uuid_t *id);
 extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id,
 								const char *target, Jsonb *req);

@@ -32,6 +32,7 @@ _PG_init(void)
 
 	lattice_tenant_init();
 	lattice_rate_init();
+	lattice_deferred_init();
 	lattice_billing_init();
 	lattice_graph_guc_init();
 }

@@ -67,6 +67,10 @@ extern bool lattice_rate_last_result(LatticeRateResult *out);
 struct ArrayType;
 extern bool lattice_hist_quantile(struct ArrayType *h, double q, const char *fn, double *out);
 
+/* deferred.c: the queue of deferred identity writes (shared when preloaded) */
+extern void lattice_deferred_init(void);
+extern int	lattice_deferred_flush(void);
+
 /* billing_settings.c: billing GUCs */
 extern void lattice_billing_init(void);
 

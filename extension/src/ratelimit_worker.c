@@ -11,6 +11,7 @@
  * start again from zero.  A roll-up that fails loses its deltas (at most one
  * interval of usage); the counters themselves are unaffected.
  *
+ * Each roll-up also writes the identity writes that wait (deferred.c).
  * The worker is registered when lattice is preloaded and
  * lattice.rate_usage_interval > 0.  It connects to lattice.rate_database
  * and does nothing while that database has no lattice extension.
@@ -232,7 +233,10 @@ rate_worker_cycle(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "lattice usage roll-up");
 	if (OidIsValid(get_extension_oid("lattice", true)))
+	{
 		rate_flush_usage();
+		lattice_deferred_flush();	/* touches and audit rows that wait */
+	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -112,6 +112,22 @@ test('keys: created once in full, listed without it', async () => {
   assert.equal(list.json.keys[0].key_hash, undefined);
 });
 
+test('read-only use is kept: GETs stamp the key and slide the session, written by any backend', async () => {
+  sql(`UPDATE lattice.api_keys SET last_used = NULL WHERE id = '${keyId}'`);
+  sql(`UPDATE lattice.sessions SET last_seen_at = now() - interval '10 minutes' WHERE user_id = '${user}' AND revoked_at IS NULL`);
+  const before = sql(`SELECT max(idle_expires_at) FROM lattice.sessions WHERE user_id = '${user}' AND revoked_at IS NULL`);
+  assert.equal((await call('GET', '/api/v1/auth/me', { key })).status, 200);
+  assert.equal((await call('GET', '/api/v1/auth/me', { cookies: { lattice_session: session } })).status, 200);
+  // psql is none of the shim's backends: the queue is shared
+  assert.ok(Number(sql('SELECT lattice.flush_deferred()')) >= 0);
+  assert.equal(sql(`SELECT last_used > now() - interval '1 minute' FROM lattice.api_keys WHERE id = '${keyId}'`), 't',
+    'the key shows its use');
+  assert.equal(sql(`SELECT max(last_seen_at) > now() - interval '1 minute' FROM lattice.sessions WHERE user_id = '${user}' AND revoked_at IS NULL`), 't',
+    'the session was seen');
+  assert.equal(sql(`SELECT max(idle_expires_at) > '${before}'::timestamptz FROM lattice.sessions WHERE user_id = '${user}' AND revoked_at IS NULL`), 't',
+    'and its idle expiry slid');
+});
+
 test('tokens: traded for a key, tampered and alg:none refused', async () => {
   const t = await call('POST', '/api/v1/auth/token', { key, body: {} });
   assert.equal(t.status, 200);
@@ -143,6 +159,9 @@ test('a revoked key is refused on the next request', async () => {
   const r = await call('DELETE', `/api/v1/keys/${keyId}`, { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf });
   assert.equal(r.status, 204);
   assert.equal(code(await call('GET', '/api/v1/auth/me', { key })), 'revoked_api_key');
+  sql('SELECT lattice.flush_deferred()');  // the refusal rolled back; its audit row waited
+  assert.equal(sql(`SELECT count(*) > 0 FROM lattice.audit_log WHERE action = 'key.used_after_revocation' AND target = '${keyId}'`), 't',
+    'the revoked key\'s use is audited');
   assert.equal((await call('DELETE', `/api/v1/keys/${randomUUID()}`, { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf })).status, 404);
 });
 
