@@ -114,6 +114,18 @@ test('the worker rolls hourly usage into lattice.usage_hourly', async () => {
   assert.equal(got, '3', 'the worker wrote the 3 requests without being asked');
 });
 
+test('the worker also writes the identity writes a read-only transaction deferred', async () => {
+  const id = psql(env, `SELECT lattice.create_user('${randomUUID()}@rate.test', 'a fine long password', 'w')`);
+  const key = psql(env, `SELECT lattice.create_api_key('${id}', 'reader')`);
+  psql(env, `BEGIN READ ONLY; SELECT lattice.api_key_verify('${key}'); COMMIT;`);
+  let got = '';
+  for (let i = 0; i < 40 && got !== 't'; i++) {
+    await new Promise((r) => setTimeout(r, 250));
+    got = psql(env, `SELECT last_used IS NOT NULL FROM lattice.api_keys WHERE user_id = '${id}'`);
+  }
+  assert.equal(got, 't', 'the key shows its use without any writing request');
+});
+
 test('counters start again after a restart', () => {
   assert.equal(psql(env, "SELECT (lattice.rate_check('ev', 'cold', 1, 3600)).allowed"), 'f');
   cl('restart');
