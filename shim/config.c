@@ -51,6 +51,7 @@ static const struct key keys[] = {
     STR("cors_origins", cors_origins),
     STR("access_log", access_log),
     STR("metrics_allow", metrics_allow),
+    STR("trusted_proxies", trusted_proxies),
     STR("csp_page", csp_page),
     BOOL("test_routes", test_routes),
     BOOL("prepared_statements", prepared_statements),

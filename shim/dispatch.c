@@ -6,7 +6,7 @@
  * The transaction is one pipeline, one round trip:
  *   tx_ro|tx_rw   set_config(transaction_read_only, statement_timeout) LOCAL
  *   [Parse rN]    the route's statement, the first time on this connection
- *   Execute rN    SELECT status, headers, body, tenant FROM lattice_http.fn($1, $2)
+ *   Execute rN    SELECT status, headers, body, tenant, rate state FROM lattice_http.fn($1, $2)
  *   Sync          commits the implicit transaction, or rolls it back on error
  */
 #include "shim.h"
@@ -18,8 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define EXTRA_HEADERS_MAX 8192
+#define ROW_FIELDS 5 /* status, headers, body, tenant, rate state (outbound.h keeps the shape) */
 
 /* ---- the request ---- */
 
@@ -55,7 +57,7 @@ static json_object *forwarded_headers(struct mg_connection *conn, const char *li
 }
 
 static char *build_req(struct mg_connection *conn, const struct route *rt, const struct route_match *m,
-                       const char *request_id)
+                       const struct reply *r)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     json_object *req = json_object_new_object();
@@ -80,9 +82,9 @@ static char *build_req(struct mg_connection *conn, const struct route *rt, const
     add_cookie(req, "csrf_cookie", cookies, "lattice_csrf");
     add_str(req, "csrf_header", mg_get_header(conn, "X-CSRF-Token"));
     add_str(req, "content_type", mg_get_header(conn, "Content-Type"));
-    add_str(req, "client_addr", ri->remote_addr);
-    add_str(req, "request_id", request_id);
-    json_object_object_add(req, "tls", json_object_new_boolean(ri->is_ssl));
+    add_str(req, "client_addr", r->client ? r->client : ri->remote_addr); /* behind a trusted proxy: its client */
+    add_str(req, "request_id", r->request_id);
+    json_object_object_add(req, "tls", json_object_new_boolean(r->tls));
     add_str(req, "user_agent", mg_get_header(conn, "User-Agent"));
     if (rt->headers)
         json_object_object_add(req, "headers", forwarded_headers(conn, rt->headers));
@@ -173,10 +175,10 @@ static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int
     bool prepare = named && !p->prepared[idx];
     const char *tparams[1] = { timeout };
     const char *params[2] = { req, body };
-    char sql[256];
+    char sql[320];
     snprintf(sql, sizeof(sql),
-             "SELECT r.status, r.headers::text, r.body, lattice_http.tenant_id()::text "
-             "FROM lattice_http.%s($1::jsonb, $2::text) r", rt->function);
+             "SELECT r.status, r.headers::text, r.body, lattice_http.tenant_id()::text, "
+             "lattice_http.rate_state() FROM lattice_http.%s($1::jsonb, $2::text) r", rt->function);
     memset(out, 0, sizeof(*out));
 
     if (!(named ? PQsendQueryPrepared(c, read_only ? "tx_ro" : "tx_rw", 1, tparams, NULL, NULL, 0)
@@ -330,10 +332,23 @@ static char *with_request_id(const char *body, const char *request_id)
     return out;
 }
 
+/* The function wrote RateLimit headers itself: they win over rate_state(). */
+static bool has_rate_headers(json_object *h)
+{
+    if (!h || !json_object_is_type(h, json_type_object))
+        return false;
+    json_object_object_foreach(h, key, val) {
+        (void) val;
+        if (strncasecmp(key, "RateLimit-", 10) == 0 || strncasecmp(key, "X-RateLimit-", 12) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void answer_row(struct mg_connection *conn, struct reply *r, const struct route *rt, PGresult *row,
                        struct request_log *log)
 {
-    if (PQntuples(row) != 1 || PQnfields(row) != 4 || PQgetisnull(row, 0, 0)) {
+    if (PQntuples(row) != 1 || PQnfields(row) != ROW_FIELDS || PQgetisnull(row, 0, 0)) {
         log_error(r->request_id, "dispatch: lattice_http.%s returned no status", rt->function);
         reply_error(r, 500, "internal", "internal error", NULL, NULL);
         return;
@@ -354,11 +369,13 @@ static void answer_row(struct mg_connection *conn, struct reply *r, const struct
     char extra[EXTRA_HEADERS_MAX];
     size_t elen = 0;
     extra[0] = '\0';
-    if (!PQgetisnull(row, 0, 1)) {
-        json_object *h = json_tokener_parse(PQgetvalue(row, 0, 1));
-        headers_from_json(h, extra, &elen, r->request_id);
-        json_object_put(h);
-    }
+    json_object *h = PQgetisnull(row, 0, 1) ? NULL : json_tokener_parse(PQgetvalue(row, 0, 1));
+    headers_from_json(h, extra, &elen, r->request_id);
+    if (!PQgetisnull(row, 0, 4) && !has_rate_headers(h) &&
+        !rate_headers_append(PQgetvalue(row, 0, 4), (int64_t) time(NULL), extra, &elen, sizeof(extra)))
+        log_error(r->request_id, "dispatch: ignored rate state \"%.64s\" of lattice_http.%s", PQgetvalue(row, 0, 4),
+                  rt->function);
+    json_object_put(h);
     cors_headers(conn, rt, extra, &elen);
 
     const char *body = PQgetisnull(row, 0, 2) ? NULL : PQgetvalue(row, 0, 2);
@@ -435,6 +452,7 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
         return;
     }
     if (rt->flags & R_LOCAL_METRICS) {
+        /* the TCP peer, never a forwarded address: metrics stay local to the host */
         if (!config_list_has(cfg.metrics_allow, ri->remote_addr))
             reply_error(r, 403, "forbidden", "metrics are not served to this address", NULL, NULL);
         else
@@ -456,7 +474,7 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
         free(body);
         return;
     }
-    char *req = build_req(conn, rt, m, r->request_id);
+    char *req = build_req(conn, rt, m, r);
     bool read_only = strcmp(ri->request_method, "GET") == 0 || strcmp(ri->request_method, "HEAD") == 0;
 
     struct call call = { 0 };

@@ -524,7 +524,7 @@ void events_serve(struct mg_connection *conn, struct reply *r, const char *body)
                     "Retry-After: 5\r\n");
         return;
     }
-    snprintf(s->addr, sizeof(s->addr), "%s", ri->remote_addr);
+    snprintf(s->addr, sizeof(s->addr), "%s", r->client ? r->client : ri->remote_addr); /* behind a proxy: its client */
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int refused = s->efd < 0 ? 503 : admit(s);
     if (refused) {

@@ -1,8 +1,9 @@
 /*
  * Logs: one JSON line per request on the access log (time, request id,
- * method, route pattern, path, status, bytes, duration, client, tenant when
- * known; never a credential, never the query string), and JSON lines for
- * errors on stderr.  Each line is one write(2), so lines never interleave.
+ * method, route pattern, path, status, bytes, duration, client, peer when a
+ * proxy forwarded the client, tenant when known; never a credential, never
+ * the query string), and JSON lines for errors on stderr.  Each line is one
+ * write(2), so lines never interleave.
  */
 #include "shim.h"
 
@@ -50,8 +51,8 @@ static json_object *str_or_null(const char *s)
     return s ? json_object_new_string(s) : NULL;
 }
 
-void log_access(const struct mg_request_info *ri, const char *request_id, const char *route, int status,
-                size_t bytes, double seconds, const char *tenant)
+void log_access(const struct mg_request_info *ri, const char *client, const char *request_id, const char *route,
+                int status, size_t bytes, double seconds, const char *tenant)
 {
     if (access_fd < 0)
         return;
@@ -68,7 +69,10 @@ void log_access(const struct mg_request_info *ri, const char *request_id, const 
     json_object_object_add(o, "status", json_object_new_int(status));
     json_object_object_add(o, "bytes", json_object_new_int64((int64_t) bytes));
     json_object_object_add(o, "duration_ms", json_object_new_double(seconds * 1000.0));
-    json_object_object_add(o, "client", json_object_new_string(ri->remote_addr));
+    bool forwarded = client && strcmp(client, ri->remote_addr) != 0;
+    json_object_object_add(o, "client", json_object_new_string(forwarded ? client : ri->remote_addr));
+    if (forwarded)
+        json_object_object_add(o, "peer", json_object_new_string(ri->remote_addr));
     json_object_object_add(o, "tenant", tenant && *tenant ? json_object_new_string(tenant) : NULL);
     write_line(access_fd, o);
     json_object_put(o);

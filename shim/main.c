@@ -3,8 +3,9 @@
  *
  *   lattice-shim [--config FILE]      (or LATTICE_SHIM_CONFIG=FILE)
  *
- * Every request goes through handle(): request id, connection caps, URI
- * cap, then the route table (API), or the static web root.  SIGTERM/SIGINT
+ * Every request goes through handle(): request id, the client (behind a
+ * trusted proxy: forwarded.c), connection caps, URI cap, then the route
+ * table (API), or the static web root.  SIGTERM/SIGINT
  * stop accepting, let in-flight requests finish (shutdown_timeout_ms at
  * most) and close the pool.
  */
@@ -146,7 +147,12 @@ static int handle(struct mg_connection *conn, void *cbdata)
     const char *path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
     char rid[REQUEST_ID_MAX + 1];
     request_id_of(conn, rid);
-    struct reply r = { .conn = conn, .request_id = rid, .tls = ri->is_ssl, .head = strcmp(method, "HEAD") == 0 };
+    struct client_origin client = { .tls = false };
+    char why[160] = "";
+    bool forwarding_ok = origin_of(ri->remote_addr, ri->is_ssl, ri->http_headers, ri->num_headers, &client, why,
+                                   sizeof(why)) == 0;
+    struct reply r = { .conn = conn, .request_id = rid, .client = client.addr, .tls = client.tls,
+                       .head = strcmp(method, "HEAD") == 0 };
     struct request_log log = { .route = ROUTE_UNMATCHED };
     struct conn_state *cs = mg_get_user_connection_data(conn);
     size_t uri_len = (path ? strlen(path) : 0) + (ri->query_string ? strlen(ri->query_string) + 1 : 0);
@@ -159,10 +165,13 @@ static int handle(struct mg_connection *conn, void *cbdata)
         atomic_fetch_add(&m_connections_refused, 1);
         r.close = true;
         reply_error(&r, 503, "too_many_connections", "the server has too many connections", NULL, "Retry-After: 1\r\n");
-    } else if (cs && !addr_admit(cs, ri->remote_addr)) {
+    } else if (cs && !client.via_proxy && !addr_admit(cs, ri->remote_addr)) {
+        /* a TCP-level cap: a proxy's connections carry many clients */
         atomic_fetch_add(&m_connections_refused, 1);
         r.close = true;
         reply_error(&r, 429, "too_many_connections", "too many connections from this address", NULL, "Retry-After: 1\r\n");
+    } else if (!forwarding_ok) {
+        reply_error(&r, 400, "bad_forwarding_header", why, NULL, NULL);
     } else if (!path || uri_len > (size_t) cfg.uri_max) {
         r.close = true;
         reply_error(&r, 414, "uri_too_long", "the request URI is too long", NULL, NULL);
@@ -192,7 +201,7 @@ static int handle(struct mg_connection *conn, void *cbdata)
     if (cs)
         cs->idle_since = t0 + dt;
     metrics_request(log.route, r.status, dt);
-    log_access(ri, rid, route_label(log.route), r.status, r.bytes, dt, log.tenant);
+    log_access(ri, client.addr, rid, route_label(log.route), r.status, r.bytes, dt, log.tenant);
     atomic_fetch_sub(&in_flight, 1);
     /* The value is only civetweb's log status; 401 would make it drop
        keep-alive (it assumes an auth handshake), so report it as handled. */
@@ -224,7 +233,7 @@ static int on_http_error(struct mg_connection *conn, int status, const char *msg
                     status >= 500 ? "internal error" : "malformed request", NULL, NULL);
     metrics_request(ROUTE_UNMATCHED, r.status, 0);
     if (ri)
-        log_access(ri, rid, "unmatched", r.status, r.bytes, 0, NULL);
+        log_access(ri, NULL, rid, "unmatched", r.status, r.bytes, 0, NULL);
     return 0;
 }
 
@@ -284,7 +293,7 @@ int main(int argc, char **argv)
         }
     }
     char err[512];
-    if (config_load(config_path, err, sizeof(err)) != 0) {
+    if (config_load(config_path, err, sizeof(err)) != 0 || proxies_load(cfg.trusted_proxies, err, sizeof(err)) != 0) {
         fprintf(stderr, "lattice-shim: %s\n", err);
         return 2;
     }

@@ -465,7 +465,7 @@ record(PGconn *conn, long long job_id, const struct outbound_result *res)
 {
 	char		id_text[32];
 	char		status_text[32];
-	const char *values[4];
+	const char *values[5];
 	PGresult   *r;
 
 	snprintf(id_text, sizeof(id_text), "%lld", job_id);
@@ -586,12 +586,12 @@ outbound_follow(PGconn *conn, PGresult **row)
 	struct json_object *job_header = NULL;
 	struct outbound_answer answer;
 	char		status_text[16];
-	const char *values[4];
+	const char *values[5];
 	long long	job_id = 0;
 	PGresult   *replaced;
 	bool		pipelined;
 
-	if (!*row || PQntuples(*row) != 1 || PQnfields(*row) != 4 || PQgetisnull(*row, 0, 1))
+	if (!*row || PQntuples(*row) != 1 || PQnfields(*row) != 5 || PQgetisnull(*row, 0, 1))
 		return;
 	headers = json_tokener_parse(PQgetvalue(*row, 0, 1));
 	if (headers && json_object_object_get_ex(headers, "Lattice-Outbox-Job", &job_header) &&
@@ -611,9 +611,10 @@ outbound_follow(PGconn *conn, PGresult **row)
 	values[1] = answer.headers_json;
 	values[2] = answer.body;
 	values[3] = PQgetisnull(*row, 0, 3) ? NULL : PQgetvalue(*row, 0, 3);
+	values[4] = PQgetisnull(*row, 0, 4) ? NULL : PQgetvalue(*row, 0, 4);	/* the request's rate count */
 	/* the answer in the row shape dispatch.c writes out (no transaction: one SELECT) */
-	replaced = PQexecParams(conn, "SELECT $1::integer, $2::jsonb - 'Lattice-Outbox-Job', $3::text, $4::text",
-							4, NULL, values, NULL, NULL, 0);
+	replaced = PQexecParams(conn, "SELECT $1::integer, $2::jsonb - 'Lattice-Outbox-Job', $3::text, $4::text, $5::text",
+							5, NULL, values, NULL, NULL, 0);
 	outbound_answer_free(&answer);
 	if (PQresultStatus(replaced) == PGRES_TUPLES_OK)
 	{

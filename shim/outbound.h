@@ -64,9 +64,9 @@ extern void outbound_answer_free(struct outbound_answer *answer);
 
 /*
  * For dispatch.c, on a route flagged R_OUTBOUND after the call's COMMIT:
- * when *row (status, headers, body, tenant) carries Lattice-Outbox-Job, runs
- * that job on conn and replaces *row with the job's answer in the same shape.
- * Leaves *row alone otherwise.
+ * when *row (status, headers, body, tenant, rate state) carries
+ * Lattice-Outbox-Job, runs that job on conn and replaces *row with the job's
+ * answer in the same shape.  Leaves *row alone otherwise.
  */
 extern void outbound_follow(PGconn *conn, PGresult **row);
 

@@ -46,6 +46,7 @@ struct shim_config {
     char cors_origins[1024];
     char access_log[512];
     char metrics_allow[256];
+    char trusted_proxies[2048];   /* CIDRs whose forwarding headers count (forwarded.c) */
     char csp_page[512];
     bool test_routes;
     bool prepared_statements; /* off behind a transaction pooler (PgBouncer < 1.21) */
@@ -145,8 +146,9 @@ char *error_body(const char *code, const char *message, const char *details_json
 struct reply {
     struct mg_connection *conn;
     const char *request_id;
+    const char *client;       /* the client's address (forwarded.c), NULL = the peer */
     bool head;                /* HEAD: headers only */
-    bool tls;
+    bool tls;                 /* the client's scheme is https: HSTS */
     bool close;               /* Connection: close */
     int status;
     size_t bytes;
@@ -183,6 +185,31 @@ void events_stop(void);
 /* Prometheus lines for metrics.c; returns bytes written (< cap). */
 size_t events_metrics(char *buf, size_t cap);
 
+/* ---- forwarded.c ------------------------------------------------------- */
+
+struct client_origin {
+    char addr[48];            /* the client: the peer, or what a trusted proxy forwarded */
+    bool tls;                 /* the client spoke https (to the shim or to the proxy) */
+    bool via_proxy;           /* the peer is in trusted_proxies */
+};
+
+/* Parses trusted_proxies (comma-separated CIDRs); -1 with err naming the entry. */
+int proxies_load(const char *list, char *err, size_t errlen);
+bool proxy_trusted(const char *addr);
+/* The client of a request from peer (whose connection is TLS or not) with
+   these header lines; -1 with why (400 bad_forwarding_header) when a trusted
+   peer's forwarding headers are unusable, o then describes the peer. */
+int origin_of(const char *peer, bool peer_tls, const struct mg_header *hs, int nh, struct client_origin *o,
+              char *why, size_t whylen);
+
+/* ---- rate_headers.c ---------------------------------------------------- */
+
+/* Appends the RateLimit headers of lattice_http.rate_state()'s answer
+   ("<class> <limit> <remaining> <reset_seconds> <period_seconds>") as
+   "Name: value\r\n" lines to buf (length *len, capacity cap); false, and
+   nothing written, when state is malformed or does not fit. */
+bool rate_headers_append(const char *state, int64_t now, char *buf, size_t *len, size_t cap);
+
 /* ---- request_fields.c -------------------------------------------------- */
 
 json_object *query_object(const char *qs);
@@ -206,7 +233,9 @@ extern atomic_long m_connections_open, m_connections_refused, m_pool_errors, m_p
 /* ---- log.c ------------------------------------------------------------- */
 
 int log_init(void);
-void log_access(const struct mg_request_info *ri, const char *request_id, const char *route,
+/* client: the derived client address (NULL = the peer); the peer is logged
+   too when it differs. */
+void log_access(const struct mg_request_info *ri, const char *client, const char *request_id, const char *route,
                 int status, size_t bytes, double seconds, const char *tenant);
 void log_error(const char *request_id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

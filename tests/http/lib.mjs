@@ -111,13 +111,14 @@ export async function request(shim, path, { method = 'GET', headers = {}, body, 
 // parsed answer once the connection ends or a full response arrived.
 // { status, headers (lower-case names), body, raw, elapsed }.  opts.timeout
 // bounds the wait; opts.onSocket(socket) lets a test drip bytes slowly;
-// opts.untilClose waits for the server to close (several answers in raw).
-export function rawRequest(shim, data, { timeout = 5000, onSocket, tlsOptions, untilClose = false } = {}) {
+// opts.untilClose waits for the server to close (several answers in raw);
+// opts.localAddress connects from another loopback address (127.0.0.2, ...).
+export function rawRequest(shim, data, { timeout = 5000, onSocket, tlsOptions, untilClose = false, localAddress } = {}) {
   return new Promise((resolve, reject) => {
     const started = Date.now();
     const sock = shim.url.startsWith('https')
-      ? tls.connect({ host: '127.0.0.1', port: shim.port, rejectUnauthorized: false, ...(tlsOptions ?? {}) })
-      : net.connect(shim.port, '127.0.0.1');
+      ? tls.connect({ host: '127.0.0.1', port: shim.port, localAddress, rejectUnauthorized: false, ...(tlsOptions ?? {}) })
+      : net.connect({ port: shim.port, host: '127.0.0.1', localAddress });
     const chunks = [];
     let done = false;
     const finish = (e) => {
