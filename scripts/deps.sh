@@ -7,7 +7,7 @@ packages=(
     build-essential pkg-config postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
     libtap-parser-sourcehandler-pgtap-perl libpq-dev libcivetweb-dev libsodium-dev
     libjson-c-dev libcurl4-openssl-dev libssl-dev zlib1g-dev nodejs npm chromium wrk pgbouncer python3-aiosmtpd
-    curl jq openssl valgrind cppcheck clang libclang-rt-14-dev
+    curl jq openssl valgrind cppcheck clang libclang-rt-14-dev nginx
 )
 
 missing=()
@@ -23,6 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's postgresql package starts a main cluster on 5432; ours use their own.
+# Likewise nginx: the HTTP suite runs its own (tests/http/proxy_nginx.test.mjs).
 if [ -d tests ] && [ -f tests/package.json ] && [ ! -d tests/node_modules ]; then
     (cd tests && npm ci --silent --no-audit --no-fund)
 fi
