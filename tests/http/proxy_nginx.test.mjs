@@ -143,6 +143,14 @@ test('a client cannot forge its address through nginx: nginx appends the real on
   assert.equal(r.json.req.client_addr, B, 'the right-most untrusted hop is the one nginx saw');
 });
 
+test("a client's own Forwarded header, passed on by nginx, is refused rather than believed", async () => {
+  // this nginx sets X-Forwarded-For but leaves Forwarded alone (docs/shim.md strips it)
+  const r = await viaNginx(B, 'GET', '/api/v1/_test/echo/1/items/2', { headers: { Forwarded: 'for=203.0.113.67;proto=https' } });
+  assert.equal(r.status, 400);
+  assert.equal(r.json.error.code, 'bad_forwarding_header');
+  assert.match(r.json.error.message, /different clients/);
+});
+
 test('direct clients of the shim stay untrusted: spoofed headers change nothing', async () => {
   const r = await rawRequest(shim, 'GET /api/v1/_test/echo/1/items/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n' +
     'X-Forwarded-For: 203.0.113.5\r\nX-Forwarded-Proto: https\r\nForwarded: for=203.0.113.6;proto=https\r\n\r\n');
