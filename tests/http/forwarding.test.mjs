@@ -5,9 +5,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { startShim, rawRequest, psql, eventually, freePort, SHIM_BIN, assertErrorShape } from './lib.mjs';
 import { createTestFunctions, dropTestFunctions } from './shim_fixtures.mjs';
+import { EVENTS_ENV, metric } from './events_lib.mjs';
 
 const PROXY = '127.0.0.2';
 const STRANGER = '127.0.0.3';
@@ -176,6 +178,35 @@ test('per_address_max does not count a trusted proxy (its connections carry many
     assertErrorShape(assert, direct, 429, 'too_many_connections');
     for (const sock of held) sock.destroy();
   } finally {
+    await s.stop();
+  }
+});
+
+test('event streams are capped per forwarded client, not per proxy', async () => {
+  const s = await startShim({ env: { ...EVENTS_ENV, LATTICE_SHIM_TRUSTED_PROXIES: PROXY, LATTICE_SHIM_EVENTS_PER_ADDRESS_MAX: '1' } });
+  const socks = [];
+  try {
+    const id = psql(`SELECT lattice.create_user('fwd-events-${randomUUID()}@example.com', 'correct horse battery staple', 'E')`);
+    const key = psql(`SELECT lattice.create_api_key('${id}', 'events')`);
+    await eventually(async () => (await metric(s, 'lattice_events_listener_connected')) === 1);
+    // resolves with the status once the answer's headers arrived; a stream stays open
+    const open = (xff) => new Promise((resolve, reject) => {
+      const sock = net.connect({ port: s.port, host: '127.0.0.1', localAddress: PROXY });
+      socks.push(sock);
+      let head = '';
+      sock.on('connect', () => sock.write(`GET /api/v1/events HTTP/1.1\r\nHost: x\r\nX-Lattice-API-Key: ${key}\r\n` +
+        `X-Forwarded-For: ${xff}\r\n\r\n`));
+      sock.on('data', (c) => {
+        head += c.toString('latin1');
+        if (head.includes('\r\n\r\n')) resolve(Number(head.split(' ')[1]));
+      });
+      sock.on('error', reject);
+    });
+    assert.equal(await open('203.0.113.10'), 200);
+    assert.equal(await open('203.0.113.11'), 200, 'another client behind the same proxy');
+    assert.equal(await open('203.0.113.10'), 429, 'the same client again');
+  } finally {
+    for (const sock of socks) sock.destroy();
     await s.stop();
   }
 });
