@@ -60,3 +60,25 @@ export function lineChart(labels, series, title, fmtY) {
   }
   return svg;
 }
+
+// Stacked bars, one stack per label: series [{name, cls, values:[number]}],
+// drawn bottom to top in order.
+export function stackedBarChart(labels, series, title, fmtY = (v) => Math.round(v)) {
+  const totals = labels.map((_, i) => series.reduce((a, ser) => a + (ser.values[i] || 0), 0));
+  const max = niceMax(Math.max(...totals, 0));
+  const svg = frame(max, labels, fmtY, title);
+  const bw = (W - L - R) / Math.max(labels.length, 1);
+  const ys = (v) => ((H - T - B) * v) / max;
+  labels.forEach((lab, i) => {
+    const x = L + i * bw + bw * 0.15;
+    let top = H - B;
+    for (const ser of series) {
+      const v = ser.values[i] || 0;
+      if (!v) continue;
+      const hv = ys(v);
+      top -= hv;
+      svg.append(s('rect', { x, y: top, width: bw * 0.7, height: hv, class: `bar ${ser.cls}` }, s('title', {}, `${lab}: ${v} ${ser.name}`)));
+    }
+  });
+  return svg;
+}
