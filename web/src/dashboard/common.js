@@ -130,3 +130,14 @@ export function methodTag(m) {
 }
 
 export const serviceHref = (id) => `/dashboard/service?id=${encodeURIComponent(id)}`;
+
+// A key's scopes as badges (ingest, read); null when the server sent none.
+export const SCOPES = {
+  ingest: 'The plugins send metadata, traces and errors with it. Give each service an ingest-only key.',
+  read: 'Scripts and integrations read services, the graph, changes, errors, performance and usage.',
+};
+export function scopeBadges(scopes) {
+  if (!Array.isArray(scopes)) return null;
+  return h('span.scopes', { 'data-scopes': scopes.join(' ') },
+    scopes.map((s) => h('span.badge', { class: s === 'read' ? 'badge-brand' : '', title: SCOPES[s] || '' }, s)));
+}

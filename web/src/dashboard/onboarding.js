@@ -1,5 +1,5 @@
-// Onboarding: create a key (shown once), copy the snippet with it filled in,
-// and wait live for the first service to report.
+// Onboarding: create an ingest-only key (shown once), copy the snippet with
+// it filled in, and wait live for the first service to report.
 import { get, post } from '../api.js';
 import { h, fill, listOf, pick, serviceHref, viewHead } from './common.js';
 import { onGraphChange } from './live.js';
@@ -16,13 +16,13 @@ export async function render(root) {
 
   function drawKeyStep(error) {
     const name = h('input', { id: 'key-name', name: 'name', type: 'text', value: 'Production', maxlength: 100, required: true });
-    const button = h('button.btn.btn-primary', { type: 'submit' }, 'Create API key');
+    const button = h('button.btn.btn-primary', { type: 'submit' }, 'Create ingest key');
     const form = h('form.toolbar', h('div.field.grow', h('label', { for: 'key-name' }, 'Key name'), name), button);
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       button.disabled = true;
       try {
-        key = await post('/keys', { name: name.value.trim() || 'Default' });
+        key = await post('/keys', { name: name.value.trim() || 'Default', scopes: ['ingest'] });
         drawKeyStep();
         drawSnippet();
       } catch (err) {
@@ -30,12 +30,12 @@ export async function render(root) {
       }
     });
     keyStep.className = key ? 'done' : '';
-    fill(keyStep, h('h2', 'Create an API key'),
+    fill(keyStep, h('h2', 'Create an ingest key'),
       ...(key
-        ? [h('p', 'Here is your key. It is shown only this once: copy it now.'),
+        ? [h('p', 'Here is your ingest key. It is shown only this once: copy it now.'),
           h('div.secret', h('code', { id: 'new-key' }, key.key),
             h('button.btn.btn-small', { type: 'button', 'data-copy': '', 'data-copy-text': key.key }, 'Copy'))]
-        : [h('p.muted', 'Your services authenticate with it. You can create more, rotate or revoke them later.'),
+        : [h('p.muted', 'Your services\' plugins send with it. It can only send data, not read it (scope ingest). You can create more, rotate or revoke them later on the API keys page.'),
           error ? h('div.alert.alert-error', { role: 'alert' }, error.message) : '', form]));
   }
 
@@ -49,7 +49,7 @@ export async function render(root) {
       tab('express', 'Express', true), tab('next', 'Next.js', false)),
       panel('express', expressSnippet(k), false), panel('next', nextSnippet(k), true));
     fill(snippetStep, h('h2', 'Add the plugin to a service'),
-      h('p.muted', k ? 'The key is filled in below.' : 'Create a key first; it will be filled in below.'), tabs);
+      h('p.muted', k ? 'The ingest key is filled in below.' : 'Create the ingest key first; it will be filled in below.'), tabs);
     initTabs(snippetStep);
   }
 

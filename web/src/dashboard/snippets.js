@@ -1,11 +1,12 @@
-// The integration snippets, with the real endpoint and (when known) the key.
+// The integration snippets, with the real endpoint and (when known) the key:
+// an ingest-only key, all a plugin needs.
 export function endpoint() {
   return `${location.origin}/api/v1`;
 }
 
 export function expressSnippet(key) {
   return `// npm install @lattice.black/plugin-express
-// .env: LATTICE_API_KEY=${key || '<your API key>'}
+// .env: LATTICE_API_KEY=${key || '<an ingest key: Dashboard → API keys>'}
 import { LatticePlugin } from '@lattice.black/plugin-express';
 
 const lattice = new LatticePlugin({
@@ -20,7 +21,7 @@ app.listen(3000, () => lattice.analyze(app));`;
 
 export function nextSnippet(key) {
   return `// npm install @lattice.black/plugin-nextjs
-// .env.local: LATTICE_API_KEY=${key || '<your API key>'}
+// .env.local: LATTICE_API_KEY=${key || '<an ingest key: Dashboard → API keys>'}
 // src/instrumentation.ts
 import { LatticeNextPlugin } from '@lattice.black/plugin-nextjs';
 
