@@ -147,8 +147,10 @@ export function historySlots(history, now = Date.now()) {
       const c = x && x.classes ? x.classes[def.id] : (def.id === 'api' && x ? { requests: x.requests, refused: x.refused } : null);
       per[def.id] = { requests: n(c && c.requests) ?? 0, refused: n(c && c.refused) ?? 0 };
     }
-    slots.push({ t, per, requests: n(x && x.requests) ?? CLASSES.reduce((a, d) => a + per[d.id].requests, 0),
-      refused: n(x && x.refused) ?? CLASSES.reduce((a, d) => a + per[d.id].refused, 0) });
+    // with classes, the totals are theirs (the top level may be the api class alone, for old clients)
+    const sum = (f) => CLASSES.reduce((a, d) => a + per[d.id][f], 0);
+    slots.push({ t, per, requests: x && x.classes ? sum('requests') : n(x && x.requests) ?? 0,
+      refused: x && x.classes ? sum('refused') : n(x && x.refused) ?? 0 });
   }
   return slots;
 }
