@@ -26,6 +26,10 @@ test('landing: hero, features, snippets with this origin, pricing, no console er
   assert.match(await page.locator('#panel-next pre').innerText(), /LatticeNextPlugin/);
   assert.match(await page.locator('#pricing .price').innerText(), /\$25\s*\/ year/);
   assert.match(await page.locator('#pricing').innerText(), /7-day free trial/);
+  // the real limits, not "unlimited"
+  assert.doesNotMatch(await page.locator('body').innerText(), /unlimited/i);
+  assert.match(await page.locator('#pricing').innerText(), /Up to 100 services/);
+  assert.match(await page.locator('#pricing').innerText(), /own ingest budget: 3,600 requests per hour/);
   // the showcase images are real files
   for (const img of await page.locator('.shots img').all()) {
     assert.ok(await img.evaluate((el) => el.complete && el.naturalWidth > 0), await img.getAttribute('src'));
@@ -60,6 +64,27 @@ for (const [path, heading] of [['/pricing', /pricing/i], ['/signup', /free trial
     await page.close();
   });
 }
+
+test('pricing states the real limits: 100 services, an ingest budget per service, the API and the dashboard apart', async () => {
+  const page = await openPage(browser.context);
+  await page.goto(`${shim.base}/pricing`, { waitUntil: 'networkidle' });
+  const text = await page.locator('main').innerText();
+  assert.doesNotMatch(text, /unlimited services/i);
+  assert.doesNotMatch(text, /dozens of services/i);
+  assert.match(await page.locator('.price-card').innerText(), /Up to 100 services/);
+  assert.match(await page.locator('.price-card').innerText(), /3,600 requests per hour/);
+  await page.locator('#faq-limits summary').click();
+  const faq = await page.locator('#faq-limits').innerText();
+  assert.match(faq, /up to 100 services/i);
+  assert.match(faq, /3,600 requests per hour for each service/);
+  assert.match(faq, /about 1,450 an hour/);
+  assert.match(faq, /2\.5× headroom/);
+  assert.match(faq, /1,000 requests per hour per account for scripts and integrations using API keys/);
+  assert.match(faq, /Dashboard:.*counted on its own/);
+  await shot(page, 'pricing-limits');
+  assert.deepEqual(page.problems, []);
+  await page.close();
+});
 
 test('phone width: the menu folds and opens, nothing overflows', async () => {
   const page = await openPage(browser.context);
