@@ -34,6 +34,14 @@ RETURNS lattice.rate_result
     AS 'MODULE_PATHNAME', 'lattice_rate_enforce_tenant_sql'
     LANGUAGE C VOLATILE;
 
+-- Counts one ingest request of the current tenant's service (quota class
+-- ingest): the service's budget and the account's ceiling together; PT429
+-- when either refuses.
+CREATE FUNCTION lattice.rate_enforce_ingest(service text)
+RETURNS void
+    AS 'MODULE_PATHNAME', 'lattice_rate_enforce_ingest'
+    LANGUAGE C VOLATILE;
+
 -- Counts one request of req->>'client_addr' (IPv6 by /64) for an
 -- unauthenticated route class (signup, login, webhook, health); PT429 when
 -- refused, else returns the rate headers.
@@ -49,9 +57,15 @@ CREATE FUNCTION lattice.rate_headers() RETURNS jsonb
     AS 'MODULE_PATHNAME', 'lattice_rate_headers'
     LANGUAGE C VOLATILE;
 
--- The current tenant's quota and this hour's counts (counts nothing).
+-- The current tenant's api class and this hour's counts (counts nothing).
 CREATE FUNCTION lattice.rate_usage() RETURNS lattice.rate_usage
     AS 'MODULE_PATHNAME', 'lattice_rate_usage'
+    LANGUAGE C VOLATILE;
+
+-- The current tenant's three quota classes as they stand now, ingest per
+-- service (counts nothing).
+CREATE FUNCTION lattice.rate_usage_classes() RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'lattice_rate_usage_classes'
     LANGUAGE C VOLATILE;
 
 -- Every counter, for DBAs (lattice_admin) through lattice.rate_counters.
@@ -98,6 +112,8 @@ GRANT EXECUTE ON FUNCTION lattice.rate_counters_all(), lattice.rate_memory(),
 GRANT EXECUTE ON FUNCTION lattice.rate_check(text, text, bigint, bigint),
                           lattice.rate_enforce_tenant(uuid),
                           lattice.rate_enforce_address(jsonb, text),
+                          lattice.rate_enforce_ingest(text),
                           lattice.rate_headers(),
-                          lattice.rate_usage()
+                          lattice.rate_usage(),
+                          lattice.rate_usage_classes()
     TO lattice_app;

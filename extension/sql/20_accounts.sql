@@ -8,8 +8,13 @@ CREATE TABLE lattice.plans (
     billing_interval    text NOT NULL DEFAULT 'year',
     trial_days          integer NOT NULL DEFAULT 7 CHECK (trial_days >= 0),
     stripe_price_id     text,
+    -- quota classes (src/ratelimit_enforce.c): api requests per account,
+    -- ingest requests per service (the account's ceiling is that times
+    -- max_services), dashboard requests per account
     rate_limit_per_hour integer NOT NULL DEFAULT 1000 CHECK (rate_limit_per_hour > 0),
-    max_services        integer NOT NULL DEFAULT 100 CHECK (max_services > 0)
+    max_services        integer NOT NULL DEFAULT 100 CHECK (max_services > 0),
+    ingest_per_service_per_hour integer NOT NULL DEFAULT 3600 CHECK (ingest_per_service_per_hour > 0),
+    dashboard_per_hour  integer NOT NULL DEFAULT 7200 CHECK (dashboard_per_hour > 0)
 );
 INSERT INTO lattice.plans (id, name, price_cents) VALUES ('standard', 'Lattice', 2500);
 
@@ -29,7 +34,8 @@ CREATE TABLE lattice.users (
 -- prefix: the key's first 12 characters, for lookup and display; key_hash:
 -- BLAKE2b-256 of the key keyed with the server pepper named by pepper_kid.
 -- A rotated key points at its predecessor, whose expires_at the rotation
--- moved to the end of the grace period.
+-- moved to the end of the grace period.  scopes: ingest (the plugin
+-- endpoints) and/or read (the read API); a rotated key keeps its scopes.
 CREATE TABLE lattice.api_keys (
     id          uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
@@ -41,7 +47,9 @@ CREATE TABLE lattice.api_keys (
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_used   timestamptz,
     expires_at  timestamptz,
-    revoked_at  timestamptz
+    revoked_at  timestamptz,
+    scopes      text[] NOT NULL DEFAULT '{ingest}'
+                CHECK (pg_catalog.cardinality(scopes) >= 1 AND scopes <@ '{ingest,read}'::text[])
 );
 CREATE INDEX ON lattice.api_keys (user_id);
 

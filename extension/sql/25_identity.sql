@@ -112,7 +112,7 @@ CREATE FUNCTION lattice.jwt_verify(token text) RETURNS uuid
 
 -- API keys
 CREATE FUNCTION lattice.api_key_create(user_id uuid, name text, expires_at timestamptz DEFAULT NULL,
-    req jsonb DEFAULT NULL,
+    req jsonb DEFAULT NULL, scopes text[] DEFAULT '{ingest}',
     OUT id uuid, OUT key text, OUT prefix text, OUT created_at timestamptz)
     AS 'MODULE_PATHNAME', 'lattice_api_key_create' LANGUAGE C VOLATILE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
@@ -126,18 +126,25 @@ CREATE FUNCTION lattice.api_key_verify(key text, req jsonb DEFAULT NULL) RETURNS
     AS 'MODULE_PATHNAME', 'lattice_api_key_verify' LANGUAGE C VOLATILE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
--- For DBAs, tests and the demo seed: the plaintext key, once.
-CREATE FUNCTION lattice.create_api_key(user_id uuid, name text) RETURNS text
+-- For DBAs, tests and the demo seed: the plaintext key, once.  Both scopes
+-- unless told (a DBA's key for scripts); plugins' keys are ingest only.
+CREATE FUNCTION lattice.create_api_key(user_id uuid, name text, scopes text[] DEFAULT '{ingest,read}')
+RETURNS text
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT k.key FROM lattice.api_key_create(create_api_key.user_id, create_api_key.name) k $$;
+AS $$
+    SELECT k.key FROM lattice.api_key_create(create_api_key.user_id, create_api_key.name, NULL, NULL,
+                                             create_api_key.scopes) k
+$$;
 
 -- The entry point (src/auth.c)
-CREATE FUNCTION lattice.authenticate(req jsonb, allowed text[] DEFAULT NULL) RETURNS uuid
+CREATE FUNCTION lattice.authenticate(req jsonb, need text) RETURNS uuid
     AS 'MODULE_PATHNAME', 'lattice_authenticate' LANGUAGE C VOLATILE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION lattice.authenticate(jsonb, text[]) IS
-    'verifies the credential of req (api_key, bearer, session + CSRF), sets the tenant, counts the quota, returns the account; PT401/PT403 otherwise';
+COMMENT ON FUNCTION lattice.authenticate(jsonb, text) IS
+    'verifies the credential of req (api_key, bearer, session + CSRF), sets the tenant, checks it may do what need says (ingest, read, session, any), counts its quota class, returns the account; PT401/PT403 otherwise';
+CREATE FUNCTION lattice.current_scopes() RETURNS text[]
+    AS 'MODULE_PATHNAME', 'lattice_current_scopes' LANGUAGE C STABLE;
 CREATE FUNCTION lattice.current_auth_method() RETURNS text
     AS 'MODULE_PATHNAME', 'lattice_current_auth_method' LANGUAGE C STABLE;
 CREATE FUNCTION lattice.current_session_id() RETURNS uuid
@@ -152,7 +159,8 @@ SELECT lattice.rotate_secret('pepper'), lattice.rotate_secret('jwt');
 -- lattice_app runs the lattice_http functions; nothing here hands it a secret.
 -- (90_security.sql revokes PUBLIC's EXECUTE from every function.)
 GRANT EXECUTE ON FUNCTION
-    lattice.authenticate(jsonb, text[]),
+    lattice.authenticate(jsonb, text),
+    lattice.current_scopes(),
     lattice.current_auth_method(),
     lattice.current_session_id(),
     lattice.clock_now(),
@@ -160,11 +168,11 @@ GRANT EXECUTE ON FUNCTION
     lattice.login(text, text, jsonb),
     lattice.session_create(jsonb),
     lattice.jwt_issue(integer, jsonb),
-    lattice.api_key_create(uuid, text, timestamptz, jsonb),
+    lattice.api_key_create(uuid, text, timestamptz, jsonb, text[]),
     lattice.api_key_rotate(uuid, integer, jsonb)
     TO lattice_app;
 GRANT EXECUTE ON FUNCTION
     lattice.create_user(text, text, text),
-    lattice.create_api_key(uuid, text),
+    lattice.create_api_key(uuid, text, text[]),
     lattice.rotate_secret(text)
     TO lattice_admin;

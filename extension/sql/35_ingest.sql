@@ -292,6 +292,7 @@ DECLARE
     changed_state boolean := false;
 BEGIN
     SELECT * INTO chk FROM lattice.ingest_check_metadata(body);
+    PERFORM lattice.rate_enforce_ingest(chk.name);
     env := COALESCE(chk.environment, 'production');
 
     -- The periodic re-send: nothing changed but the volatile fields, which
@@ -649,10 +650,14 @@ CREATE FUNCTION lattice.ingest_traces(body text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    doc jsonb;
 BEGIN
     PERFORM lattice.ingest_tenant();
     PERFORM lattice.ingest_check('traces', body);
-    RETURN lattice.ingest_trace_doc(body::jsonb);
+    doc := body::jsonb;
+    PERFORM lattice.rate_enforce_ingest(doc #>> '{traces,0,service_id}');
+    RETURN lattice.ingest_trace_doc(doc);
 END
 $$;
 
@@ -668,6 +673,7 @@ BEGIN
     PERFORM lattice.ingest_tenant();
     PERFORM lattice.ingest_check('metrics', body);
     doc := body::jsonb;
+    PERFORM lattice.rate_enforce_ingest(doc ->> 'serviceName');
     RETURN lattice.ingest_trace_doc(pg_catalog.jsonb_build_object('traces', (
         SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
                    'service_id', doc ->> 'serviceName',
@@ -853,10 +859,14 @@ CREATE FUNCTION lattice.ingest_errors(body text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    doc jsonb;
 BEGIN
     PERFORM lattice.ingest_tenant();
     PERFORM lattice.ingest_check('errors', body);
-    RETURN lattice.ingest_error_items(body::jsonb -> 'errors');
+    doc := body::jsonb;
+    PERFORM lattice.rate_enforce_ingest(doc #>> '{errors,0,service_id}');
+    RETURN lattice.ingest_error_items(doc -> 'errors');
 END
 $$;
 
@@ -866,11 +876,14 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    doc jsonb;
     r jsonb;
 BEGIN
     PERFORM lattice.ingest_tenant();
     PERFORM lattice.ingest_check('error', body);
-    r := lattice.ingest_error_items(pg_catalog.jsonb_build_array(body::jsonb));
+    doc := body::jsonb;
+    PERFORM lattice.rate_enforce_ingest(doc ->> 'service_id');
+    r := lattice.ingest_error_items(pg_catalog.jsonb_build_array(doc));
     IF (r ->> 'failed')::integer > 0 THEN
         PERFORM lattice.raise_http(422, 'unknown_service', 'no service of this name has submitted metadata',
                                    pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
@@ -892,6 +905,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM lattice.ingest_check('breadcrumbs', body);
+    PERFORM lattice.rate_enforce_ingest('browser');
     INSERT INTO lattice.breadcrumbs (user_id, session_id, category, level, message, data, at)
     SELECT uid, b ->> 'session_id', b ->> 'category', b ->> 'level', lattice.scrub_text(b ->> 'message'),
            lattice.scrub_json(b -> 'data'),

@@ -18,3 +18,11 @@ CREATE FUNCTION lattice_http.tenant_id()
 RETURNS uuid
 AS 'MODULE_PATHNAME', 'lattice_current_user_id'
 LANGUAGE C STABLE;
+
+-- The transaction's last rate count, "<class> <limit> <remaining>
+-- <reset_seconds> <period_seconds>" or NULL: the shim reads it in the same
+-- statement as a route's answer and writes the RateLimit headers itself.
+CREATE FUNCTION lattice_http.rate_state()
+RETURNS text
+AS 'MODULE_PATHNAME', 'lattice_rate_state'
+LANGUAGE C VOLATILE;

@@ -74,11 +74,11 @@ AS $$
       FROM lattice.users u WHERE u.id = user_json.user_id
 $$;
 
--- A JSON answer carrying the quota headers of this request.
+-- A JSON answer (the shim adds the quota headers of this request).
 CREATE FUNCTION lattice.auth_answer(status integer, body jsonb, headers jsonb DEFAULT '{}')
 RETURNS lattice.http_response
 LANGUAGE sql VOLATILE
-AS $$ SELECT lattice.http_json(status, body, lattice.rate_headers() || headers) $$;
+AS $$ SELECT lattice.http_json(status, body, headers) $$;
 
 -- POST /api/v1/auth/signup {email, password, name} -> 201 {user} + cookies
 CREATE FUNCTION lattice_http.auth_signup(req jsonb, body text)
@@ -95,7 +95,7 @@ BEGIN
                                    lattice.auth_field(b, 'name'), req);
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(201, jsonb_build_object('user', lattice.user_json(account)),
-        rate || lattice.session_cookies(s.token, s.csrf,
+        lattice.session_cookies(s.token, s.csrf,
                     extract(epoch FROM s.expires_at - lattice.clock_now())::integer, req));
 END
 $$;
@@ -119,7 +119,7 @@ BEGIN
     END IF;
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(200, jsonb_build_object('user', lattice.user_json(account)),
-        rate || lattice.session_cookies(s.token, s.csrf,
+        lattice.session_cookies(s.token, s.csrf,
                     extract(epoch FROM s.expires_at - lattice.clock_now())::integer, req));
 END
 $$;
@@ -130,7 +130,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     sid uuid := lattice.current_session_id();
 BEGIN
     IF sid IS NOT NULL THEN
@@ -148,14 +148,15 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'any');
 BEGIN
     RETURN lattice.auth_answer(200, (
         SELECT jsonb_build_object(
                    'user', jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name,
                                               'plan', u.plan_id, 'trial_ends_at', u.trial_ends_at,
                                               'created_at', u.created_at),
-                   'auth', jsonb_build_object('method', lattice.current_auth_method()))
+                   'auth', jsonb_build_object('method', lattice.current_auth_method(),
+                                              'scopes', to_jsonb(lattice.current_scopes())))
           FROM lattice.users u WHERE u.id = account));
 END
 $$;
@@ -166,7 +167,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     now timestamptz := lattice.clock_now();
 BEGIN
     RETURN lattice.auth_answer(200, jsonb_build_object('sessions', coalesce((
@@ -188,7 +189,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     sid uuid := lattice.auth_uuid_param(req, 'id');
     found_id uuid;
 BEGIN
@@ -213,11 +214,15 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req, ARRAY['api_key', 'session']);
+    account uuid := lattice.authenticate(req, 'any');
     b jsonb := lattice.auth_body(body);
     ttl integer;
     t record;
 BEGIN
+    IF lattice.current_auth_method() = 'bearer' THEN
+        PERFORM lattice.raise_http(401, 'credential_not_accepted',
+                                   'a token cannot issue tokens: use an API key or a session');
+    END IF;
     IF b ? 'ttl_seconds' THEN
         IF jsonb_typeof(b -> 'ttl_seconds') <> 'number' OR (b ->> 'ttl_seconds') !~ '^[0-9]{1,9}$' THEN
             PERFORM lattice.raise_http(400, 'invalid_ttl', 'ttl_seconds must be 1 to 3600');
@@ -237,7 +242,7 @@ AS $$
     SELECT jsonb_build_object(
         'id', k.id, 'name', k.name, 'prefix', k.prefix, 'created_at', k.created_at,
         'last_used', date_trunc('minute', k.last_used), 'expires_at', k.expires_at,
-        'revoked_at', k.revoked_at, 'rotated_from', k.rotated_from,
+        'revoked_at', k.revoked_at, 'rotated_from', k.rotated_from, 'scopes', to_jsonb(k.scopes),
         'status', CASE WHEN k.revoked_at IS NOT NULL THEN 'revoked'
                        WHEN k.expires_at <= now THEN 'expired'
                        ELSE 'active' END)
@@ -249,7 +254,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     now timestamptz := lattice.clock_now();
 BEGIN
     RETURN lattice.auth_answer(200, jsonb_build_object('keys', coalesce((
@@ -258,17 +263,28 @@ BEGIN
 END
 $$;
 
--- POST /api/v1/keys {name, expires_at?} -> 201 {id, name, key, prefix, created_at, expires_at}
+-- POST /api/v1/keys {name, expires_at?, scopes?} -> 201 {id, name, key, prefix,
+-- scopes, created_at, expires_at}.  scopes: ["ingest"] unless given.
 CREATE FUNCTION lattice_http.keys_create(req jsonb, body text)
 RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     expires timestamptz;
+    scopes text[] := '{ingest}';
     k record;
 BEGIN
+    IF b ? 'scopes' THEN
+        IF jsonb_typeof(b -> 'scopes') <> 'array'
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(b -> 'scopes') e WHERE jsonb_typeof(e) <> 'string') THEN
+            PERFORM lattice.raise_http(400, 'invalid_scopes', 'scopes must be an array of scope names',
+                                       jsonb_build_array(jsonb_build_object(
+                                           'path', 'scopes', 'message', 'must be an array of strings')));
+        END IF;
+        scopes := ARRAY(SELECT jsonb_array_elements_text(b -> 'scopes'));
+    END IF;
     IF lattice.auth_field(b, 'expires_at') IS NOT NULL THEN
         BEGIN
             expires := (b ->> 'expires_at')::timestamptz;
@@ -276,22 +292,24 @@ BEGIN
             PERFORM lattice.raise_http(400, 'invalid_expiry', 'expires_at must be an ISO 8601 time');
         END;
     END IF;
-    SELECT * INTO k FROM lattice.api_key_create(account, lattice.auth_field(b, 'name'), expires, req);
+    SELECT * INTO k FROM lattice.api_key_create(account, lattice.auth_field(b, 'name'), expires, req, scopes);
     RETURN lattice.auth_answer(201, jsonb_build_object(
         'id', k.id, 'name', (SELECT a.name FROM lattice.api_keys a WHERE a.id = k.id),
         'key', k.key, 'prefix', k.prefix,
+        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.id = k.id),
         'created_at', k.created_at, 'expires_at', expires),
         jsonb_build_object('Location', '/api/v1/keys/' || k.id));
 END
 $$;
 
--- POST /api/v1/keys/{id}/rotate {grace_seconds?} -> 201 {id, name, key, prefix, old_key_expires_at}
+-- POST /api/v1/keys/{id}/rotate {grace_seconds?} -> 201 {id, name, key, prefix, scopes,
+-- old_key_expires_at}; the new key keeps the old one's scopes.
 CREATE FUNCTION lattice_http.keys_rotate(req jsonb, body text)
 RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     grace integer;
     k record;
@@ -304,8 +322,9 @@ BEGIN
     END IF;
     SELECT * INTO k FROM lattice.api_key_rotate(lattice.auth_uuid_param(req, 'id'), grace, req);
     RETURN lattice.auth_answer(201, jsonb_build_object(
-        'id', k.id, 'name', k.name, 'key', k.key, 'prefix', k.prefix, 'created_at', k.created_at,
-        'old_key_expires_at', k.old_key_expires_at),
+        'id', k.id, 'name', k.name, 'key', k.key, 'prefix', k.prefix,
+        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.id = k.id),
+        'created_at', k.created_at, 'old_key_expires_at', k.old_key_expires_at),
         jsonb_build_object('Location', '/api/v1/keys/' || k.id));
 END
 $$;
@@ -316,7 +335,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
     kid uuid := lattice.auth_uuid_param(req, 'id');
     was_revoked timestamptz;
 BEGIN

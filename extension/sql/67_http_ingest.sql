@@ -1,9 +1,11 @@
 -- Ingest and service read routes (docs/http-contract.md).  Ingest takes API
--- keys only (the plugins' X-Lattice-API-Key); the read API takes any
--- credential.  The rules live in 35_ingest.sql; JSON out is camelCase.
+-- keys with the ingest scope (the plugins' X-Lattice-API-Key) and is counted
+-- per service in the ingest quota class; the read API takes a session, a
+-- JWT or a key with the read scope.  The rules live in 35_ingest.sql; JSON
+-- out is camelCase.
 
 -- Before any ingest: a JSON content type, an entitled account.  Returns the
--- headers of the answer (rate limit, billing warning).
+-- headers of the answer (the billing warning).
 CREATE FUNCTION lattice.ingest_preflight(user_id uuid, req jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -14,7 +16,7 @@ BEGIN
     IF ct IS NOT NULL AND pg_catalog.lower(pg_catalog.split_part(ct, ';', 1)) <> 'application/json' THEN
         PERFORM lattice.raise_http(415, 'unsupported_media_type', 'send the body as application/json');
     END IF;
-    RETURN COALESCE(lattice.rate_headers(), '{}'::jsonb) || lattice.require_ingest(ingest_preflight.user_id);
+    RETURN lattice.require_ingest(ingest_preflight.user_id);
 END
 $$;
 
@@ -131,7 +133,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req, ARRAY['api_key']);
+    uid uuid := lattice.authenticate(req, 'ingest');
     h jsonb := lattice.ingest_preflight(uid, req);
 BEGIN
     RETURN lattice.http_json(200, lattice.ingest_metadata(body), h);
@@ -144,7 +146,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req, ARRAY['api_key']);
+    uid uuid := lattice.authenticate(req, 'ingest');
     h jsonb := lattice.ingest_preflight(uid, req);
 BEGIN
     RETURN lattice.http_json(201, lattice.ingest_traces(body), h);
@@ -157,7 +159,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req, ARRAY['api_key']);
+    uid uuid := lattice.authenticate(req, 'ingest');
     h jsonb := lattice.ingest_preflight(uid, req);
 BEGIN
     RETURN lattice.http_json(201, lattice.ingest_legacy_metrics(body), h);
@@ -170,7 +172,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req, ARRAY['api_key']);
+    uid uuid := lattice.authenticate(req, 'ingest');
     h jsonb := lattice.ingest_preflight(uid, req);
 BEGIN
     RETURN lattice.http_json(201, lattice.ingest_errors(body), h);
@@ -183,7 +185,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req, ARRAY['api_key']);
+    uid uuid := lattice.authenticate(req, 'ingest');
     h jsonb := lattice.ingest_preflight(uid, req);
 BEGIN
     RETURN lattice.http_json(201, lattice.ingest_error(body), h);
@@ -196,7 +198,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req, ARRAY['api_key']);
+    uid uuid := lattice.authenticate(req, 'ingest');
     h jsonb := lattice.ingest_preflight(uid, req);
 BEGIN
     RETURN lattice.http_json(201, lattice.ingest_breadcrumbs(body), h);
@@ -211,7 +213,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
     q jsonb := COALESCE(req -> 'query', '{}');
     lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 200);
     page integer := lattice.ingest_query_int(req, 'page', 1, 1, 1000000);
@@ -246,7 +248,7 @@ BEGIN
       INTO total, items
       FROM page_rows p;
     RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
-        'services', items, 'total', total, 'page', page, 'limit', lim), lattice.rate_headers());
+        'services', items, 'total', total, 'page', page, 'limit', lim));
 END
 $$;
 
@@ -257,7 +259,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
     sid uuid := lattice.ingest_param_uuid(req, 'id');
     hours integer := lattice.ingest_query_int(req, 'window_hours', 24, 1, 24 * 90);
     since timestamptz := pg_catalog.now() - pg_catalog.make_interval(hours => hours);
@@ -324,7 +326,7 @@ BEGIN
               FROM (SELECT * FROM lattice.service_changes c WHERE c.service_id = sid
                      ORDER BY c.at DESC, c.id DESC LIMIT 20) c), '[]'))
       INTO result;
-    RETURN lattice.http_json(200, result, lattice.rate_headers());
+    RETURN lattice.http_json(200, result);
 END
 $$;
 
@@ -334,7 +336,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
     sid uuid := lattice.ingest_param_uuid(req, 'id');
     lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 500);
     before integer := lattice.ingest_query_int(req, 'before', NULL, 1, 2147483647);
@@ -356,7 +358,7 @@ BEGIN
                AND (want_kind IS NULL OR c.kind = want_kind)
              ORDER BY c.id DESC LIMIT lim) c;
     RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
-        'changes', items, 'nextBefore', CASE WHEN n = lim THEN last_id END), lattice.rate_headers());
+        'changes', items, 'nextBefore', CASE WHEN n = lim THEN last_id END));
 END
 $$;
 
@@ -366,7 +368,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
     q jsonb := COALESCE(req -> 'query', '{}');
     lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 200);
     page integer := lattice.ingest_query_int(req, 'page', 1, 1, 1000000);
@@ -401,7 +403,7 @@ BEGIN
       INTO total, items
       FROM page_rows p;
     RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
-        'errors', items, 'total', total, 'page', page, 'limit', lim), lattice.rate_headers());
+        'errors', items, 'total', total, 'page', page, 'limit', lim));
 END
 $$;
 
@@ -450,10 +452,10 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
     gid uuid := lattice.ingest_param_uuid(req, 'id');
 BEGIN
-    RETURN lattice.http_json(200, lattice.error_detail_json(gid), lattice.rate_headers());
+    RETURN lattice.http_json(200, lattice.error_detail_json(gid));
 END
 $$;
 
@@ -463,7 +465,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'session');
     gid uuid := lattice.ingest_param_uuid(req, 'id');
     doc jsonb;
     new_status text;
@@ -485,7 +487,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM lattice.raise_http(404, 'not_found', 'no such error');
     END IF;
-    RETURN lattice.http_json(200, lattice.error_detail_json(gid), lattice.rate_headers());
+    RETURN lattice.http_json(200, lattice.error_detail_json(gid));
 END
 $$;
 
@@ -497,7 +499,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
     q jsonb := COALESCE(req -> 'query', '{}');
     t_to timestamptz := lattice.ingest_query_time(req, 'to', pg_catalog.now());
     t_from timestamptz := lattice.ingest_query_time(req, 'from', t_to - interval '24 hours');
@@ -574,7 +576,7 @@ BEGIN
                            lattice.hist_percentile(r.h, 0.95) AS p95, r.t / NULLIF(r.n, 0) AS avg
                       FROM r ORDER BY 2 DESC NULLS LAST, 3 DESC LIMIT 10) x), '[]'))
       INTO result;
-    RETURN lattice.http_json(200, result, lattice.rate_headers());
+    RETURN lattice.http_json(200, result);
 END
 $$;
 

@@ -8,10 +8,9 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    uid uuid := lattice.authenticate(req);
+    uid uuid := lattice.authenticate(req, 'read');
 BEGIN
     RETURN lattice.http_json(200,
-        jsonb_build_object('userId', uid, 'graphVersion', lattice.graph_version()),
-        lattice.rate_headers());
+        jsonb_build_object('userId', uid, 'graphVersion', lattice.graph_version()));
 END
 $$;

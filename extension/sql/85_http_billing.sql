@@ -9,7 +9,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
 BEGIN
     RETURN lattice.http_json(200, lattice.billing_summary(account), lattice.entitlement_headers(account));
 END
@@ -21,7 +21,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    account uuid := lattice.authenticate(req);
+    account uuid := lattice.authenticate(req, 'session');
 BEGIN
     RETURN lattice.http_json(200, lattice.billing_invoices(account), lattice.entitlement_headers(account));
 END
@@ -56,7 +56,7 @@ AS $$
 DECLARE
     b jsonb;
 BEGIN
-    PERFORM lattice.authenticate(req);
+    PERFORM lattice.authenticate(req, 'session');
     b := lattice.billing_body(body, ARRAY['plan']);
     -- one plan today: a named plan must be the account's own
     IF b ? 'plan' AND (jsonb_typeof(b -> 'plan') <> 'string' OR NOT EXISTS (
@@ -74,7 +74,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM lattice.authenticate(req);
+    PERFORM lattice.authenticate(req, 'session');
     PERFORM lattice.billing_body(body);
     RETURN lattice.billing_portal(req);
 END
@@ -86,7 +86,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM lattice.authenticate(req);
+    PERFORM lattice.authenticate(req, 'session');
     PERFORM lattice.billing_body(body);
     RETURN lattice.billing_set_cancel(req, true);
 END
@@ -98,7 +98,7 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM lattice.authenticate(req);
+    PERFORM lattice.authenticate(req, 'session');
     PERFORM lattice.billing_body(body);
     RETURN lattice.billing_set_cancel(req, false);
 END

@@ -23,6 +23,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -60,13 +61,44 @@ key_well_formed(const char *key, size_t len)
 	return true;
 }
 
+/* The bits of a stored text[] of scope names (the table's CHECK keeps them known) */
+static int
+key_scopes_of(Datum arr)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			scopes = 0;
+
+	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			scopes |= lattice_scopes_from_text(TextDatumGetCString(elems[i]));
+	return scopes;
+}
+
+/* The text[] of scope bits, for the table */
+static Datum
+key_scopes_datum(int scopes)
+{
+	Datum		names[2];
+	int			n = 0;
+
+	if (scopes & LATTICE_SCOPE_INGEST)
+		names[n++] = CStringGetTextDatum("ingest");
+	if (scopes & LATTICE_SCOPE_READ)
+		names[n++] = CStringGetTextDatum("read");
+	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /*
- * Verifies a key and returns its account and id; raises 401 with
+ * Verifies a key and returns its account, id and scopes; raises 401 with
  * invalid_api_key, revoked_api_key or expired_api_key.  Use after
  * revocation is audited (deferred: the refusal rolls this transaction back).
  */
 void
-lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_uuid_t *key_id)
+lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_uuid_t *key_id,
+							int *scopes)
 {
 	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr touch_plan = NULL;
@@ -91,7 +123,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	if (plan == NULL)
 	{
 		plan = SPI_prepare("SELECT k.id, k.user_id, k.key_hash, k.revoked_at, k.expires_at,"
-						   "       k.last_used, s.secret"
+						   "       k.last_used, s.secret, k.scopes"
 						   "  FROM lattice.api_keys k"
 						   "  JOIN lattice.secrets s ON s.kind = 'pepper' AND s.kid = k.pepper_kid"
 						   " WHERE k.prefix = $1", 1, (Oid[]) {TEXTOID});
@@ -112,6 +144,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 		Datum		d;
 
 		found = true;
+		*scopes = key_scopes_of(SPI_getbinval(tup, desc, 8, &isnull));
 		memcpy(key_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
 		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)), sizeof(pg_uuid_t));
 		stored = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
@@ -180,11 +213,13 @@ lattice_api_key_verify(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
 	pg_uuid_t	key_id;
+	int			scopes;
 
 	if (PG_ARGISNULL(0))
 		lattice_raise_http(401, "missing_credentials", "no API key given", NULL, NULL);
 	lattice_api_key_verify_cstr(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-								PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), user_id, &key_id);
+								PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), user_id, &key_id,
+								&scopes);
 	PG_RETURN_UUID_P(user_id);
 }
 
@@ -215,15 +250,15 @@ typedef struct NewKey
 /* Generates, hashes and stores one key; the plaintext is only in out->key */
 static void
 key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool expires_null,
-		   const pg_uuid_t *rotated_from, NewKey *out)
+		   const pg_uuid_t *rotated_from, int scopes, NewKey *out)
 {
 	uint8		pepper[LATTICE_SECRET_BYTES];
 	char		kid[LATTICE_KID_MAX + 1];
 	uint8		hash[KEY_HASH_BYTES];
 	bytea	   *hash_b;
 	char	   *random_part;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	TimestampTz now = lattice_clock_now();
 
@@ -252,13 +287,14 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 		values[7] = UUIDPGetDatum(rotated_from);
 	else
 		nulls[7] = 'n';
+	values[8] = key_scopes_datum(scopes);
 
 	SPI_connect();
 	if (SPI_execute_with_args("INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"
-							  " created_at, expires_at, rotated_from)"
-							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-							  8, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID,
-							  TIMESTAMPTZOID, UUIDOID},
+							  " created_at, expires_at, rotated_from, scopes)"
+							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+							  9, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID,
+							  TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
 							  values, nulls, false, 1) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "lattice: API key insert failed");
 	memcpy(&out->id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
@@ -274,9 +310,32 @@ uuid_text(const pg_uuid_t *id)
 }
 
 /*
- * lattice.api_key_create(user_id uuid, name text, expires_at timestamptz, req jsonb)
+ * The scopes of a new key from a text[] of names: at least one, each known
+ * (400 invalid_scopes otherwise).
+ */
+static int
+key_scopes_arg(ArrayType *arr)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	const char **names;
+
+	if (ARR_NDIM(arr) > 1)
+		lattice_raise_http(400, "invalid_scopes", "scopes must be a list of scope names", NULL, NULL);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	names = palloc(sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		names[i] = nulls[i] ? NULL : TextDatumGetCString(elems[i]);
+	return lattice_scopes_from_names(names, n);
+}
+
+/*
+ * lattice.api_key_create(user_id uuid, name text, expires_at timestamptz, req jsonb,
+ *                        scopes text[])
  *   -> (id uuid, key text, prefix text, created_at timestamptz)
- * For the account's own tenant or a DBA; audited.
+ * For the account's own tenant or a DBA; audited.  scopes: ingest and/or
+ * read (a plugin's key: ingest only, the default).
  */
 PG_FUNCTION_INFO_V1(lattice_api_key_create);
 Datum
@@ -288,7 +347,8 @@ lattice_api_key_create(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 	NewKey		nk;
-	char		details[64];
+	char	   *details;
+	int			scopes = PG_ARGISNULL(4) ? LATTICE_SCOPE_INGEST : key_scopes_arg(PG_GETARG_ARRAYTYPE_P(4));
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -305,8 +365,9 @@ lattice_api_key_create(PG_FUNCTION_ARGS)
 		elog(ERROR, "lattice.api_key_create: must return a record");
 
 	key_insert(user_id, name, PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2), PG_ARGISNULL(2),
-			   NULL, &nk);
-	snprintf(details, sizeof(details), "{\"prefix\": \"%s\"}", nk.prefix);
+			   NULL, scopes, &nk);
+	details = psprintf("{\"prefix\": \"%s\", \"scopes\": \"%s\"}", nk.prefix,
+					   lattice_scopes_text(scopes));
 	lattice_audit("key.created", user_id, uuid_text(&nk.id), details,
 				  PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3));
 
@@ -341,6 +402,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 	NewKey		nk;
 	bool		isnull;
 	char		details[128];
+	int			scopes;
 
 	if (!lattice_get_tenant(&tenant))
 		lattice_raise_http(401, "missing_credentials", "authentication required", NULL, NULL);
@@ -354,7 +416,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 
 	old_expires = now + grace * USECS_PER_SEC;
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT name, revoked_at, expires_at FROM lattice.api_keys"
+	if (SPI_execute_with_args("SELECT name, revoked_at, expires_at, scopes FROM lattice.api_keys"
 							  " WHERE id = $1 AND user_id = $2 FOR UPDATE", 2,
 							  (Oid[]) {UUIDOID, UUIDOID},
 							  (Datum[]) {UUIDPGetDatum(key_id), UUIDPGetDatum(&tenant)},
@@ -364,6 +426,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 		lattice_raise_http(404, "not_found", "no such key", NULL, NULL);
 	name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	name = strcpy(SPI_palloc(strlen(name) + 1), name);
+	scopes = key_scopes_of(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 	SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (!isnull)
 		lattice_raise_http(409, "key_revoked", "a revoked key cannot be rotated", NULL, NULL);
@@ -382,7 +445,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 		elog(ERROR, "lattice.api_key_rotate: update failed");
 	SPI_finish();
 
-	key_insert(&tenant, name, (Datum) 0, true, key_id, &nk);
+	key_insert(&tenant, name, (Datum) 0, true, key_id, scopes, &nk);
 	snprintf(details, sizeof(details), "{\"new_key_id\": \"%s\", \"grace_seconds\": " INT64_FORMAT "}",
 			 uuid_text(&nk.id), grace);
 	lattice_audit("key.rotated", &tenant, uuid_text(key_id), details,

@@ -5,9 +5,19 @@
  *
  * It takes whatever credential the shim found in req (docs/http-contract.md):
  * api_key, then bearer, then session (+ CSRF for unsafe methods); verifies
- * it in C; sets the transaction's tenant (tenant.c); counts the request
- * against the tenant's quota (ratelimit.c); and returns the account id.  Or it
- * raises PT401/PT403 with a code that says why.
+ * it in C; sets the transaction's tenant (tenant.c); checks that the
+ * credential may do what the route needs; counts the request in its quota
+ * class (ratelimit_enforce.c); and returns the account id.  Or it raises
+ * PT401 (no valid credential) or PT403 (insufficient_scope, csrf) with a
+ * code that says why.
+ *
+ * What a route needs, named by every lattice_http function:
+ *   ingest   a key or token with the ingest scope (counted per service by
+ *            lattice.rate_enforce_ingest once the body names the service)
+ *   read     a session, or a key or token with the read scope
+ *   session  a dashboard session: managing keys, sessions, billing and the
+ *            account is never done with a key or token
+ *   any      any valid credential (who am I, trading one for a token)
  *
  * What verification cannot write in its own transaction (a read-only GET,
  * or a refusal that rolls back) waits in deferred.c; an authentication in a
@@ -22,12 +32,14 @@
 #include "fmgr.h"
 #include "storage/proc.h"
 #include "utils/array.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 /* What authenticated this transaction (stamped with its local xid) */
 static LatticeAuthMethod auth_method = LATTICE_AUTH_NONE;
+static int	auth_scopes = 0;
 static pg_uuid_t auth_credential;
 static bool auth_has_credential = false;
 static LocalTransactionId auth_lxid = InvalidLocalTransactionId;
@@ -50,74 +62,253 @@ lattice_auth_method(void)
 	return auth_method;
 }
 
+/* The scopes of this transaction's key or token; ingest and read for a session */
+int
+lattice_auth_scopes(void)
+{
+	switch (lattice_auth_method())
+	{
+		case LATTICE_AUTH_API_KEY:
+		case LATTICE_AUTH_BEARER:
+			return auth_scopes;
+		case LATTICE_AUTH_SESSION:
+		case LATTICE_AUTH_PASSWORD:
+			return LATTICE_SCOPE_ALL;
+		default:
+			return 0;
+	}
+}
+
+/* ---- scopes ---- */
+
+static const struct
+{
+	const char *name;
+	int			bit;
+}			scope_names[] =
+{
+	{"ingest", LATTICE_SCOPE_INGEST},
+	{"read", LATTICE_SCOPE_READ},
+};
+
+static int
+scope_bit(const char *name, size_t len)
+{
+	for (size_t i = 0; i < lengthof(scope_names); i++)
+		if (strlen(scope_names[i].name) == len && strncmp(scope_names[i].name, name, len) == 0)
+			return scope_names[i].bit;
+	return 0;
+}
+
+/* Bits of a list of names given by a client: 400 invalid_scopes unless each is known */
+int
+lattice_scopes_from_names(const char *const *names, int n)
+{
+	int			scopes = 0;
+
+	if (n < 1)
+		lattice_raise_http(400, "invalid_scopes", "give at least one scope: ingest, read",
+						   "[{\"path\": \"scopes\", \"message\": \"must not be empty\"}]", NULL);
+	for (int i = 0; i < n; i++)
+	{
+		int			bit = names[i] ? scope_bit(names[i], strlen(names[i])) : 0;
+
+		if (bit == 0)
+			lattice_raise_http(400, "invalid_scopes", "unknown scope: the scopes are ingest and read",
+							   "[{\"path\": \"scopes\", \"message\": \"must be ingest or read\"}]", NULL);
+		scopes |= bit;
+	}
+	return scopes;
+}
+
+/* Bits of a space-separated list (a token's claim); 0 when any name is unknown */
+int
+lattice_scopes_from_text(const char *text)
+{
+	int			scopes = 0;
+	const char *p = text;
+
+	while (*p)
+	{
+		size_t		len = strcspn(p, " ");
+		int			bit = scope_bit(p, len);
+
+		if (len > 0 && bit == 0)
+			return 0;
+		scopes |= bit;
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	return scopes;
+}
+
+/* The space-separated names of scope bits, palloc'd */
+char *
+lattice_scopes_text(int scopes)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (size_t i = 0; i < lengthof(scope_names); i++)
+		if (scopes & scope_names[i].bit)
+			appendStringInfo(&buf, "%s%s", buf.len ? " " : "", scope_names[i].name);
+	return buf.data;
+}
+
 /* ---- the entry point ---- */
 
-static bool
-method_allowed(ArrayType *allowed, const char *method)
+typedef enum AuthNeed
 {
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	int			i;
+	NEED_INGEST,
+	NEED_READ,
+	NEED_SESSION,
+	NEED_ANY
+} AuthNeed;
 
-	if (allowed == NULL)
-		return true;
-	deconstruct_array(allowed, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	for (i = 0; i < n; i++)
-		if (!nulls[i] && strcmp(TextDatumGetCString(elems[i]), method) == 0)
-			return true;
-	return false;
+static AuthNeed
+auth_need(text *need)
+{
+	char	   *s = text_to_cstring(need);
+
+	if (strcmp(s, "ingest") == 0)
+		return NEED_INGEST;
+	if (strcmp(s, "read") == 0)
+		return NEED_READ;
+	if (strcmp(s, "session") == 0)
+		return NEED_SESSION;
+	if (strcmp(s, "any") == 0)
+		return NEED_ANY;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("lattice.authenticate: unknown need \"%s\"", s),
+			 errhint("Use ingest, read, session or any.")));
+	return NEED_ANY;			/* keep the compiler quiet */
 }
 
 /*
- * lattice.authenticate(req jsonb, allowed text[] DEFAULT NULL) -> uuid
+ * 403 insufficient_scope naming what was needed; audited (deferred: the
+ * refusal rolls this transaction back).
+ */
+static void
+refuse_scope(const pg_uuid_t *user_id, Jsonb *req, const char *needed, const char *message)
+{
+	lattice_defer_audit("auth.insufficient_scope", user_id, needed, req);
+	lattice_raise_http(403, "insufficient_scope", message,
+					   psprintf("{\"required_scope\": \"%s\"}", needed), NULL);
+}
+
+/* Whether the credential just verified may do what the route needs */
+static void
+auth_check_need(AuthNeed need, LatticeAuthMethod method, int scopes,
+				const pg_uuid_t *user_id, Jsonb *req)
+{
+	bool		person = method == LATTICE_AUTH_SESSION;
+
+	switch (need)
+	{
+		case NEED_INGEST:
+			if (person)
+				refuse_scope(user_id, req, "ingest",
+							 "ingest takes an API key with the ingest scope, not a dashboard session");
+			if (!(scopes & LATTICE_SCOPE_INGEST))
+				refuse_scope(user_id, req, "ingest", "this API key or token lacks the ingest scope");
+			break;
+		case NEED_READ:
+			if (!person && !(scopes & LATTICE_SCOPE_READ))
+				refuse_scope(user_id, req, "read", "this API key or token lacks the read scope");
+			break;
+		case NEED_SESSION:
+			if (!person)
+				refuse_scope(user_id, req, "session",
+							 "managing keys, sessions, billing and the account needs a dashboard session, never an API key or token");
+			break;
+		case NEED_ANY:
+			break;
+	}
+}
+
+/*
+ * lattice.authenticate(req jsonb, need text) -> uuid
  *
- * allowed limits the credential kinds ('api_key', 'bearer', 'session'),
- * e.g. ingest takes API keys only; NULL takes all three.
+ * need: ingest, read, session or any (see the top of this file).
  */
 PG_FUNCTION_INFO_V1(lattice_authenticate);
 Datum
 lattice_authenticate(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *req = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
-	ArrayType  *allowed = PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1);
+	AuthNeed	need;
 	char	   *api_key = lattice_req_text(req, "api_key");
 	char	   *bearer = lattice_req_text(req, "bearer");
 	char	   *session = lattice_req_text(req, "session");
 	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
 	pg_uuid_t	credential;
+	LatticeAuthMethod method;
+	int			scopes = 0;
 	LatticeRateResult rate;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lattice.authenticate: need must not be null")));
+	need = auth_need(PG_GETARG_TEXT_PP(1));
 
 	lattice_deferred_flush();	/* deferred.c: what waits, if this transaction writes */
 
-	if (api_key && method_allowed(allowed, "api_key"))
+	if (need == NEED_INGEST && !api_key && bearer)
+		lattice_raise_http(401, "credential_not_accepted",
+						   "ingest takes an API key (X-Lattice-API-Key), not a bearer token",
+						   NULL, NULL);
+
+	if (api_key)
 	{
-		lattice_api_key_verify_cstr(api_key, req, user_id, &credential);
-		lattice_set_tenant(user_id);
-		lattice_auth_note(LATTICE_AUTH_API_KEY, &credential);
+		lattice_api_key_verify_cstr(api_key, req, user_id, &credential, &scopes);
+		method = LATTICE_AUTH_API_KEY;
 	}
-	else if (bearer && method_allowed(allowed, "bearer"))
+	else if (bearer)
 	{
-		lattice_jwt_verify_cstr(bearer, user_id);
-		lattice_set_tenant(user_id);
-		lattice_auth_note(LATTICE_AUTH_BEARER, NULL);
+		lattice_jwt_verify_cstr(bearer, user_id, &scopes);
+		method = LATTICE_AUTH_BEARER;
 	}
-	else if (session && method_allowed(allowed, "session"))
+	else if (session)
 	{
 		lattice_session_verify_cstr(session, req, user_id, &credential);
-		lattice_set_tenant(user_id);
-		lattice_auth_note(LATTICE_AUTH_SESSION, &credential);
+		method = LATTICE_AUTH_SESSION;
 	}
-	else if (api_key || bearer || session)
-		lattice_raise_http(401, "credential_not_accepted",
-						   "this endpoint does not accept that kind of credential", NULL, NULL);
 	else
 		lattice_raise_http(401, "missing_credentials",
 						   "send an API key (X-Lattice-API-Key), a bearer token or a session cookie",
 						   NULL, "{\"WWW-Authenticate\": \"Bearer\"}");
 
-	lattice_rate_enforce_tenant(user_id, &rate);
+	lattice_set_tenant(user_id);
+	auth_scopes = scopes;
+	lattice_auth_note(method, method == LATTICE_AUTH_BEARER ? NULL : &credential);
+	auth_check_need(need, method, scopes, user_id, req);
+
+	/* ingest counts per service, once the body names it */
+	if (need != NEED_INGEST)
+		lattice_rate_enforce_account(method == LATTICE_AUTH_SESSION ?
+									 LATTICE_QUOTA_DASHBOARD : LATTICE_QUOTA_API,
+									 user_id, &rate);
 	PG_RETURN_UUID_P(user_id);
+}
+
+/* lattice.current_scopes() -> text[]: the scopes this request may use, NULL without one */
+PG_FUNCTION_INFO_V1(lattice_current_scopes);
+Datum
+lattice_current_scopes(PG_FUNCTION_ARGS)
+{
+	int			scopes = lattice_auth_scopes();
+	Datum		names[lengthof(scope_names)];
+	int			n = 0;
+
+	if (lattice_auth_method() == LATTICE_AUTH_NONE)
+		PG_RETURN_NULL();
+	for (size_t i = 0; i < lengthof(scope_names); i++)
+		if (scopes & scope_names[i].bit)
+			names[n++] = CStringGetTextDatum(scope_names[i].name);
+	PG_RETURN_ARRAYTYPE_P(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 /* lattice.current_auth_method() -> text: api_key, bearer, session, password or NULL */

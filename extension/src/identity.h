@@ -63,12 +63,26 @@ extern char *lattice_password_hash_cstr(const char *password, size_t len);
 extern bool lattice_password_verify_cstr(const char *hash, const char *password, size_t len);
 extern void lattice_password_check_length(const char *password, size_t len);
 
+/*
+ * Scopes of API keys and tokens, as bits.  A session may do everything a
+ * person may (read, and manage keys, sessions, billing, the account), but
+ * not ingest; a key or token only what its scopes say, and never manage.
+ */
+#define LATTICE_SCOPE_INGEST	0x1
+#define LATTICE_SCOPE_READ		0x2
+#define LATTICE_SCOPE_ALL		(LATTICE_SCOPE_INGEST | LATTICE_SCOPE_READ)
+
+/* auth.c: scope names <-> bits; raises 400 invalid_scopes for bad names */
+extern int	lattice_scopes_from_names(const char *const *names, int n);
+extern int	lattice_scopes_from_text(const char *space_separated);
+extern char *lattice_scopes_text(int scopes);
+
 /* apikey.c */
 extern void lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id,
-										pg_uuid_t *key_id);
+										pg_uuid_t *key_id, int *scopes);
 
 /* jwt.c (the token itself is read by jwt_token.c, jwt_json.c) */
-extern void lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id);
+extern void lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id, int *scopes);
 
 /* session.c */
 extern void lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
@@ -86,6 +100,7 @@ typedef enum LatticeAuthMethod
 
 extern void lattice_auth_note(LatticeAuthMethod method, const pg_uuid_t *credential_id);
 extern LatticeAuthMethod lattice_auth_method(void);
+extern int	lattice_auth_scopes(void);
 /* deferred.c: writes a transaction cannot make itself */
 extern void lattice_defer_touch(const char *what, const pg_uuid_t *id);
 extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id,

@@ -96,7 +96,7 @@ refuse_status(JwtTokenStatus status)
  * 401 invalid_token, unsupported_alg, token_expired or token_not_yet_valid.
  */
 void
-lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id)
+lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id, int *scopes)
 {
 	JwtToken	jwt;
 	uint8		key[LATTICE_SECRET_BYTES];
@@ -110,6 +110,10 @@ lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id)
 							  LATTICE_JWT_MAX_TTL, LATTICE_JWT_SKEW);
 	sodium_memzero(key, sizeof(key));
 	refuse_status(status);
+	/* tokens without the claim come from before scopes: what keys could do */
+	*scopes = jwt.has_scope ? lattice_scopes_from_text(jwt.scope) : LATTICE_SCOPE_ALL;
+	if (*scopes == 0)
+		refuse("invalid_token", "the token's scope is not valid");
 
 	uuid_d = DirectFunctionCall1(uuid_in, CStringGetDatum(jwt.sub));
 	memcpy(user_id, DatumGetUUIDP(uuid_d), sizeof(pg_uuid_t));
@@ -130,17 +134,20 @@ Datum
 lattice_jwt_verify(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
+	int			scopes;
 
 	if (PG_ARGISNULL(0))
 		refuse("missing_credentials", "no token given");
-	lattice_jwt_verify_cstr(text_to_cstring(PG_GETARG_TEXT_PP(0)), user_id);
+	lattice_jwt_verify_cstr(text_to_cstring(PG_GETARG_TEXT_PP(0)), user_id, &scopes);
 	PG_RETURN_UUID_P(user_id);
 }
 
 /*
  * lattice.jwt_issue(ttl_seconds integer, req jsonb)
  *   -> (token text, expires_at timestamptz)
- * A token for the current tenant, at most one hour; audited.
+ * A token for the current tenant, at most one hour, carrying the scopes of
+ * what authenticated this transaction (a key's own; ingest and read for a
+ * session); audited.
  */
 PG_FUNCTION_INFO_V1(lattice_jwt_issue);
 Datum
@@ -163,9 +170,16 @@ lattice_jwt_issue(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 	char		details[96];
+	char	   *scope;
+	int			scopes;
 
 	if (!lattice_get_tenant(&tenant))
 		lattice_raise_http(401, "missing_credentials", "authentication required", NULL, NULL);
+	scopes = lattice_auth_scopes();
+	/* a tenant set by trusted code without a credential (tests, the owner) */
+	if (scopes == 0)
+		scopes = LATTICE_SCOPE_ALL;
+	scope = lattice_scopes_text(scopes);
 	if (ttl < 1 || ttl > LATTICE_JWT_MAX_TTL)
 		lattice_raise_http(400, "invalid_ttl", "ttl_seconds must be 1 to 3600", NULL, NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
@@ -178,9 +192,10 @@ lattice_jwt_issue(PG_FUNCTION_ARGS)
 	jti = lattice_random_token(12);
 	/* kid, sub and jti are base64url or uuid text: nothing to escape */
 	header = psprintf("{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid);
+	/* the scope is made of our own scope names: nothing to escape either */
 	payload = psprintf("{\"iss\":\"" JWT_ISSUER "\",\"sub\":\"%s\",\"iat\":" INT64_FORMAT
-					   ",\"nbf\":" INT64_FORMAT ",\"exp\":" INT64_FORMAT ",\"jti\":\"%s\"}",
-					   sub, now, now, now + ttl, jti);
+					   ",\"nbf\":" INT64_FORMAT ",\"exp\":" INT64_FORMAT ",\"jti\":\"%s\",\"scope\":\"%s\"}",
+					   sub, now, now, now + ttl, jti, scope);
 	signing_input = psprintf("%s.%s",
 							 lattice_b64url_encode((uint8 *) header, strlen(header)),
 							 lattice_b64url_encode((uint8 *) payload, strlen(payload)));

@@ -77,11 +77,15 @@ jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size, 
 	return true;
 }
 
-/* false when the payload is not a JSON object; *complete when sub, iss, exp, iat are there */
+/*
+ * false when the payload is not a JSON object; *complete when sub, iss, exp,
+ * iat are there, and scope (optional) is a string that fits when present.
+ */
 bool
 jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
 					  char *iss, size_t iss_size, int64_t *exp, int64_t *iat, int64_t *nbf,
-					  bool *has_nbf, bool *complete)
+					  bool *has_nbf, char *scope, size_t scope_size, bool *has_scope,
+					  bool *complete)
 {
 	struct json_object *obj = parse_object(json, len);
 
@@ -90,6 +94,9 @@ jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
 	*complete = get_string(obj, "sub", sub, sub_size) && get_string(obj, "iss", iss, iss_size) &&
 		get_int(obj, "exp", exp) && get_int(obj, "iat", iat);
 	*has_nbf = get_int(obj, "nbf", nbf);
+	*has_scope = json_object_object_get_ex(obj, "scope", NULL);
+	if (*has_scope && !get_string(obj, "scope", scope, scope_size))
+		*complete = false;
 	json_object_put(obj);
 	return true;
 }

@@ -84,7 +84,8 @@ jwt_token_verify(JwtToken *t, const unsigned char key[JWT_TOKEN_KEY_BYTES], int6
 	t->exp = t->iat = t->nbf = 0;
 	if (!b64url_decode(t->payload, t->payload_len, buf, &buf_len) ||
 		!jwt_json_parse_claims((char *) buf, buf_len, t->sub, sizeof(t->sub), iss, sizeof(iss),
-							   &t->exp, &t->iat, &t->nbf, &t->has_nbf, &complete))
+							   &t->exp, &t->iat, &t->nbf, &t->has_nbf, t->scope, sizeof(t->scope),
+							   &t->has_scope, &complete))
 		return JWT_TOKEN_PAYLOAD_MALFORMED;
 	/* exp and iat may be any int64: compare without overflowing (UBSan found it) */
 	if (!complete || strcmp(iss, JWT_TOKEN_ISSUER) != 0 || strlen(t->sub) != 36 ||

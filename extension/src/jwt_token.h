@@ -18,6 +18,7 @@
 #define JWT_TOKEN_KEY_BYTES		32	/* HMAC-SHA256 key, LATTICE_SECRET_BYTES */
 #define JWT_TOKEN_MAC_BYTES		32
 #define JWT_TOKEN_ISSUER		"lattice"
+#define JWT_TOKEN_SCOPE_MAX		64
 
 typedef enum JwtTokenStatus
 {
@@ -49,6 +50,8 @@ typedef struct JwtToken
 	int64_t		iat;
 	int64_t		nbf;
 	bool		has_nbf;
+	char		scope[JWT_TOKEN_SCOPE_MAX + 1];	/* space-separated, as OAuth's */
+	bool		has_scope;
 } JwtToken;
 
 /* Shape, header (alg HS256, a kid) and signature encoding; no key needed. */
@@ -63,6 +66,7 @@ extern bool jwt_json_parse_header(const char *json, size_t len, char *alg, size_
 								  bool *has_alg, char *kid, size_t kid_size, bool *has_kid);
 extern bool jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
 								  char *iss, size_t iss_size, int64_t *exp, int64_t *iat,
-								  int64_t *nbf, bool *has_nbf, bool *complete);
+								  int64_t *nbf, bool *has_nbf, char *scope, size_t scope_size,
+								  bool *has_scope, bool *complete);
 
 #endif							/* LATTICE_JWT_TOKEN_H */

@@ -35,11 +35,21 @@ typedef struct LatticeRateResult
 
 extern void lattice_rate_init(void);
 
+/* The quota classes authentication counts in (ingest counts per service) */
+typedef enum LatticeQuotaClass
+{
+	LATTICE_QUOTA_API,			/* API key or bearer token, not ingest */
+	LATTICE_QUOTA_DASHBOARD		/* session cookie */
+} LatticeQuotaClass;
+
 /*
- * Checks (and counts) one request of a tenant against its plan's quota;
- * raises PT429 rate_limited with Retry-After when refused.  Called by
- * authentication right after the credential is verified.
+ * Checks (and counts) one request of a tenant against its plan's quota of
+ * the class; raises PT429 rate_limited with Retry-After when refused.
+ * Called by authentication right after the credential is verified.
+ * lattice_rate_enforce_tenant() is the api class.
  */
+extern void lattice_rate_enforce_account(LatticeQuotaClass klass, const pg_uuid_t *user_id,
+										 LatticeRateResult *out);
 extern void lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out);
 
 /*

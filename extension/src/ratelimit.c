@@ -43,6 +43,8 @@ HTAB	   *rate_hash = NULL;
 int			rate_table_size = 16384;
 int			rate_tenant_per_hour = 1000;
 int			rate_tenant_burst = 0;
+int			rate_dashboard_burst = 600;
+int			rate_ingest_burst = 120;
 int			rate_signup_per_hour = 20;
 int			rate_login_per_hour = 100;
 int			rate_webhook_per_hour = 3600;
@@ -127,6 +129,14 @@ rate_define_gucs(void)
 	DefineCustomIntVariable("lattice.rate_tenant_burst",
 							"Requests a tenant may send at once; 0 means its whole hourly limit.",
 							NULL, &rate_tenant_burst, 0, 0, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_dashboard_burst",
+							"Dashboard requests (session cookie) an account may send at once.",
+							NULL, &rate_dashboard_burst, 600, 1, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_ingest_burst",
+							"Ingest requests one service may send at once (its account's ceiling: this times max_services).",
+							NULL, &rate_ingest_burst, 120, 1, INT_MAX,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_signup_per_hour",
 							"Sign-ups per client address per hour.",
@@ -216,6 +226,46 @@ rate_scoped_key(const char *scope, const char *key, RateKey *out)
 	crypto_generichash_final(&st, out->id, sizeof(out->id));
 }
 
+/* The key of a tenant's class counter (api, dashboard, ingest ceiling). */
+void
+rate_tenant_key(uint32 kind, const pg_uuid_t *tenant, RateKey *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->kind = kind;
+	memcpy(out->id, tenant->data, sizeof(out->id));
+}
+
+/* The key of one service's ingest budget: BLAKE2b-128(tenant, name). */
+void
+rate_service_key(const pg_uuid_t *tenant, const char *service, RateKey *out)
+{
+	crypto_generichash_state st;
+
+	memset(out, 0, sizeof(*out));
+	out->kind = RATE_KIND_INGEST;
+	crypto_generichash_init(&st, NULL, 0, sizeof(out->id));
+	crypto_generichash_update(&st, tenant->data, sizeof(tenant->data));
+	crypto_generichash_update(&st, (const unsigned char *) service, strlen(service));
+	crypto_generichash_final(&st, out->id, sizeof(out->id));
+}
+
+/* The quota class a kind counts, for usage; NULL when it is none. */
+const char *
+rate_kind_class(uint32 kind)
+{
+	switch (kind)
+	{
+		case RATE_KIND_TENANT:
+			return "api";
+		case RATE_KIND_DASHBOARD:
+			return "dashboard";
+		case RATE_KIND_INGEST:
+			return "ingest";
+		default:
+			return NULL;
+	}
+}
+
 static inline int64
 rate_interval(int64 limit, int64 period_us)
 {
@@ -291,80 +341,134 @@ rate_count(RateEntry *e, int64 hour, bool allowed)
 }
 
 /*
- * Checks and counts one request for a key: the GCRA step under the lock.
+ * The GCRA step of one cell against its entry, without moving it: whether a
+ * request now fits, and the figures of the answer either way.
+ */
+static bool
+rate_cell_step(RateEntry *e, TimestampTz now, int64 t, int64 tau, LatticeRateResult *out)
+{
+	TimestampTz tat = Max(e->tat, now);
+	int64		backlog = tat + t - now;
+
+	if (backlog > tau)
+	{
+		out->allowed = false;
+		out->remaining = 0;
+		out->reset_seconds = rate_ceil_seconds(tat - now);
+		out->retry_after_seconds = Max(rate_ceil_seconds(backlog - tau), 1);
+		return false;
+	}
+	out->allowed = true;
+	out->remaining = (tau - backlog) / t;
+	out->reset_seconds = rate_ceil_seconds(backlog);
+	out->retry_after_seconds = 0;
+	return true;
+}
+
+/*
+ * Checks and counts one request against every cell, under one lock hold:
+ * allowed only when each cell allows it, and then each moves on; refused
+ * otherwise, and then none does (a refusal by a tenant's ceiling costs its
+ * service nothing).  Each cell counts the request, allowed or refused, in
+ * its hour.  *out is the first cell's answer when allowed, else that of the
+ * refusing cell with the longest wait; returns the index of that cell.
  * burst is clamped to [1, limit] so the tolerance never exceeds one period.
  */
+#define RATE_CELLS_MAX 4
+
+int
+rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
+{
+	TimestampTz real_now = GetCurrentTimestamp();
+	TimestampTz now = real_now + (int64) rate_test_clock_offset * USECS_PER_SEC;
+	RateEntry  *entries[RATE_CELLS_MAX];
+	int64		ts[RATE_CELLS_MAX];
+	LatticeRateResult results[RATE_CELLS_MAX];
+	bool		allowed = true;
+	int			answer = 0;
+
+	Assert(ncells >= 1 && ncells <= RATE_CELLS_MAX);
+	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < ncells; i++)
+	{
+		const RateCell *c = &cells[i];
+		int64		period_us = c->period_seconds * USECS_PER_SEC;
+		int64		t = rate_interval(c->limit, period_us);
+		int64		burst = Min(Max(c->burst, 1), c->limit);
+		bool		is_new;
+		RateEntry  *e = rate_entry_get(&c->key, &is_new);
+
+		ts[i] = t;
+		entries[i] = e;
+		results[i].limit = c->limit;
+		results[i].period_seconds = c->period_seconds;
+		if (e == NULL)
+		{
+			/* cannot happen with a preallocated table; never refuse for it */
+			results[i].allowed = true;
+			results[i].remaining = burst - 1;
+			results[i].reset_seconds = rate_ceil_seconds(t);
+			results[i].retry_after_seconds = 0;
+			continue;
+		}
+		if (is_new)
+		{
+			e->tat = now;
+			strlcpy(e->scope, c->scope, sizeof(e->scope));
+			if (c->label)
+				strlcpy(e->label, c->label, sizeof(e->label));
+			if (c->tenant)
+			{
+				e->has_tenant = true;
+				e->tenant = *c->tenant;
+			}
+		}
+		else if ((e->limit != c->limit || e->period_us != period_us) && e->tat > now)
+		{
+			/* a changed limit (a new plan) keeps the requests already used */
+			double		used = (double) (e->tat - now) / rate_interval(e->limit, e->period_us);
+
+			e->tat = now + (int64) (used * t);
+		}
+		e->limit = c->limit;
+		e->period_us = period_us;
+		e->burst = burst;
+		e->last_used = now;
+		if (!rate_cell_step(e, now, t, t * burst, &results[i]))
+		{
+			if (allowed || results[i].retry_after_seconds > results[answer].retry_after_seconds)
+				answer = i;
+			allowed = false;
+		}
+	}
+	for (int i = 0; i < ncells; i++)
+	{
+		if (entries[i] == NULL)
+			continue;
+		if (allowed)
+			entries[i]->tat = Max(entries[i]->tat, now) + ts[i];
+		rate_count(entries[i], real_now / USECS_PER_HOUR, allowed);
+	}
+	LWLockRelease(rate_shared->lock);
+	*out = results[answer];
+	return answer;
+}
+
+/* Checks and counts one request for one key (no tenant). */
 void
 rate_check_key(const RateKey *key, const char *scope, const char *label,
 			   int64 limit, int64 period_seconds, int64 burst, LatticeRateResult *out)
 {
-	TimestampTz real_now = GetCurrentTimestamp();
-	TimestampTz now = real_now + (int64) rate_test_clock_offset * USECS_PER_SEC;
-	int64		period_us = period_seconds * USECS_PER_SEC;
-	int64		t = rate_interval(limit, period_us);
-	int64		tau;
-	RateEntry  *e;
-	bool		is_new;
+	RateCell	cell;
 
-	burst = Min(Max(burst, 1), limit);
-	tau = t * burst;
-
-	out->limit = limit;
-	out->period_seconds = period_seconds;
-
-	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
-	e = rate_entry_get(key, &is_new);
-	if (e == NULL)
-	{
-		/* cannot happen with a preallocated table; never refuse for it */
-		LWLockRelease(rate_shared->lock);
-		out->allowed = true;
-		out->remaining = burst - 1;
-		out->reset_seconds = rate_ceil_seconds(t);
-		out->retry_after_seconds = 0;
-		return;
-	}
-	if (is_new)
-	{
-		e->tat = now;
-		strlcpy(e->scope, scope, sizeof(e->scope));
-		if (label)
-			strlcpy(e->label, label, sizeof(e->label));
-	}
-	else if ((e->limit != limit || e->period_us != period_us) && e->tat > now)
-	{
-		/* a changed limit (a new plan) keeps the requests already used */
-		double		used = (double) (e->tat - now) / rate_interval(e->limit, e->period_us);
-
-		e->tat = now + (int64) (used * t);
-	}
-	e->limit = limit;
-	e->period_us = period_us;
-	e->burst = burst;
-	e->last_used = now;
-
-	{
-		TimestampTz tat = Max(e->tat, now);
-		int64		backlog = tat + t - now;
-
-		if (backlog > tau)
-		{
-			out->allowed = false;
-			out->remaining = 0;
-			out->reset_seconds = rate_ceil_seconds(tat - now);
-			out->retry_after_seconds = Max(rate_ceil_seconds(backlog - tau), 1);
-		}
-		else
-		{
-			e->tat = tat + t;
-			out->allowed = true;
-			out->remaining = (tau - backlog) / t;
-			out->reset_seconds = rate_ceil_seconds(backlog);
-			out->retry_after_seconds = 0;
-		}
-	}
-	rate_count(e, real_now / USECS_PER_HOUR, out->allowed);
-	LWLockRelease(rate_shared->lock);
+	cell.key = *key;
+	cell.scope = scope;
+	cell.label = label;
+	cell.tenant = NULL;
+	cell.limit = limit;
+	cell.period_seconds = period_seconds;
+	cell.burst = burst;
+	rate_check_cells(&cell, 1, out);
 }
 
 bool

@@ -72,13 +72,14 @@ lattice_rate_counters_all(PG_FUNCTION_ARGS)
 		e = &copy[i];
 		rate_entry_state(e, now, &remaining, &reset);
 		values[0] = CStringGetTextDatum(e->scope);
-		if (e->key.kind == RATE_KIND_TENANT)
+		if (e->has_tenant)
 		{
-			pg_uuid_t	u;
+			/* a class counter: the tenant, and the service for ingest */
+			char	   *tenant = DatumGetCString(DirectFunctionCall1(uuid_out,
+																	 UUIDPGetDatum(&e->tenant)));
 
-			memcpy(u.data, e->key.id, sizeof(u.data));
-			values[1] = DirectFunctionCall1(uuid_out, UUIDPGetDatum(&u));
-			values[1] = CStringGetTextDatum(DatumGetCString(values[1]));
+			values[1] = CStringGetTextDatum(e->key.kind == RATE_KIND_INGEST ?
+											psprintf("%s/%s", tenant, e->label) : tenant);
 		}
 		else
 			values[1] = CStringGetTextDatum(e->label);

@@ -1,12 +1,23 @@
 /*
  * ratelimit_enforce.c
- *		Quotas on top of the counters: per tenant (from its plan) and per
- *		client address (per route class), the headers of the answer, and
- *		the SQL entry points lattice_http functions use.
+ *		Quotas on top of the counters, and the SQL entry points
+ *		lattice_http functions use.
  *
- * The last enforce result of the transaction is kept backend-locally so a
- * lattice_http function can merge lattice.rate_headers() into its answer; it
- * is cleared at the end of every transaction, like the tenant.
+ * Authenticated requests count in one of three classes, each with its own
+ * counters, so exhausting one never refuses another:
+ *   api        an API key or bearer token on a non-ingest route: per
+ *              account, the plan's rate_limit_per_hour (the roadmap's 1,000)
+ *   dashboard  a session cookie: per account, the plan's dashboard_per_hour
+ *   ingest     the plugin endpoints: per service (tenant + service name),
+ *              the plan's ingest_per_service_per_hour, and at the same time
+ *              the account's ceiling of max_services times that, so new
+ *              service names cannot buy more
+ * Unauthenticated routes count per client address and route class.
+ *
+ * The last enforce result of the transaction is kept backend-locally: the
+ * shim reads it compactly through lattice_http.rate_state() and writes the
+ * RateLimit headers itself.  It is cleared at the end of every transaction,
+ * like the tenant.
  */
 #include "ratelimit.h"
 
@@ -20,6 +31,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/inet.h"
@@ -33,13 +45,23 @@
 #define RATE_HOUR_SECONDS 3600
 
 static LatticeRateResult last_result;
+static const char *last_class = NULL;
 static bool last_result_set = false;
+
+/* A tenant's plan limits */
+typedef struct PlanLimits
+{
+	int64		api_per_hour;
+	int64		dashboard_per_hour;
+	int64		ingest_per_service_per_hour;
+	int64		max_services;
+} PlanLimits;
 
 /* backend-local cache of tenants' plan limits */
 typedef struct PlanCacheEntry
 {
 	pg_uuid_t	user_id;
-	int64		limit;
+	PlanLimits	limits;
 	TimestampTz fetched_at;
 } PlanCacheEntry;
 
@@ -70,9 +92,10 @@ lattice_rate_last_result(LatticeRateResult *out)
 }
 
 static void
-rate_set_last(const LatticeRateResult *r)
+rate_set_last(const LatticeRateResult *r, const char *klass)
 {
 	last_result = *r;
+	last_class = klass;
 	last_result_set = true;
 }
 
@@ -183,25 +206,35 @@ rate_raise_refused(const LatticeRateResult *r, const char *scope)
 					   details.data, lattice_rate_headers_json(r));
 }
 
+/* Plan limits of a tenant whose plan cannot be read (the GUC, the defaults) */
+static void
+rate_plan_defaults(PlanLimits *out)
+{
+	out->api_per_hour = rate_tenant_per_hour;
+	out->dashboard_per_hour = 7200;
+	out->ingest_per_service_per_hour = 3600;
+	out->max_services = 100;
+}
+
 /*
- * Reads the tenant's lattice.plans.rate_limit_per_hour as the owner of
- * schema lattice (a parameterised query, one row), so the answer does not
- * depend on which role or tenant is current.  Unknown users get the GUC.
+ * Reads the tenant's plan limits as the owner of schema lattice (a
+ * parameterised query, one row), so the answer does not depend on which
+ * role or tenant is current.  Unknown users get the defaults.
  */
-static int64
-rate_plan_limit_read(const pg_uuid_t *user_id)
+static void
+rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 {
 	Oid			nsp = get_namespace_oid("lattice", false);
 	HeapTuple	tup;
 	Oid			owner;
 	Oid			save_userid;
 	int			save_sec;
-	int64		limit = rate_tenant_per_hour;
 	Datum		arg = UUIDPGetDatum(user_id);
 
+	rate_plan_defaults(out);
 	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
 	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "lattice_rate_enforce_tenant: cache lookup failed for namespace %u", nsp);
+		elog(ERROR, "lattice rate limits: cache lookup failed for namespace %u", nsp);
 	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
 	ReleaseSysCache(tup);
 
@@ -209,44 +242,47 @@ rate_plan_limit_read(const pg_uuid_t *user_id)
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice_rate_enforce_tenant: SPI_connect failed");
+		elog(ERROR, "lattice rate limits: SPI_connect failed");
 	if (plan_query == NULL)
 	{
 		Oid			argtype = UUIDOID;
 		SPIPlanPtr	p;
 
-		p = SPI_prepare("SELECT p.rate_limit_per_hour FROM lattice.users u"
-						" JOIN lattice.plans p ON p.id OPERATOR(pg_catalog.=) u.plan_id"
+		p = SPI_prepare("SELECT p.rate_limit_per_hour, p.dashboard_per_hour,"
+						"       p.ingest_per_service_per_hour, p.max_services"
+						"  FROM lattice.users u"
+						"  JOIN lattice.plans p ON p.id OPERATOR(pg_catalog.=) u.plan_id"
 						" WHERE u.id OPERATOR(pg_catalog.=) $1",
 						1, &argtype);
 		if (p == NULL)
-			elog(ERROR, "lattice_rate_enforce_tenant: SPI_prepare failed: %s",
+			elog(ERROR, "lattice rate limits: SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(p);
 		plan_query = p;
 	}
 	if (SPI_execute_plan(plan_query, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "lattice_rate_enforce_tenant: plan lookup failed");
+		elog(ERROR, "lattice rate limits: plan lookup failed");
 	if (SPI_processed == 1)
 	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-		if (!isnull)
-			limit = DatumGetInt32(d);
+		out->api_per_hour = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
+		out->dashboard_per_hour = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+		out->ingest_per_service_per_hour = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+		out->max_services = DatumGetInt32(SPI_getbinval(row, desc, 4, &isnull));
 	}
 	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec);
-	return limit;
 }
 
-/* The plan limit, reused for lattice.rate_plan_cache_ms per backend. */
-static int64
-rate_plan_limit(const pg_uuid_t *user_id)
+/* The plan limits, reused for lattice.rate_plan_cache_ms per backend. */
+static void
+rate_plan_limits(const pg_uuid_t *user_id, PlanLimits *out)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	PlanCacheEntry *e;
-	bool		found;
 
 	if (plan_cache == NULL || hash_get_num_entries(plan_cache) > 4096)
 	{
@@ -261,16 +297,16 @@ rate_plan_limit(const pg_uuid_t *user_id)
 								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	e = hash_search(plan_cache, user_id, HASH_FIND, NULL);
-	if (e && now - e->fetched_at < (int64) rate_plan_cache_ms * 1000)
-		return e->limit;
+	if (e == NULL || now - e->fetched_at >= (int64) rate_plan_cache_ms * 1000)
 	{
-		int64		limit = rate_plan_limit_read(user_id);
+		PlanLimits	limits;
 
-		e = hash_search(plan_cache, user_id, HASH_ENTER, &found);
-		e->limit = limit;
+		rate_plan_limits_read(user_id, &limits);
+		e = hash_search(plan_cache, user_id, HASH_ENTER, NULL);
+		e->limits = limits;
 		e->fetched_at = now;
-		return limit;
 	}
+	*out = e->limits;
 }
 
 static int64
@@ -279,11 +315,51 @@ rate_effective_burst(int64 burst_guc, int64 limit)
 	return burst_guc > 0 ? Min(burst_guc, limit) : limit;
 }
 
-void
-lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out)
+/* The cell of an account class (api or dashboard) of a tenant. */
+static void
+rate_account_cell(LatticeQuotaClass klass, const pg_uuid_t *user_id, const PlanLimits *plan,
+				  RateCell *cell)
 {
-	RateKey		key;
-	int64		limit;
+	bool		dashboard = klass == LATTICE_QUOTA_DASHBOARD;
+
+	rate_tenant_key(dashboard ? RATE_KIND_DASHBOARD : RATE_KIND_TENANT, user_id, &cell->key);
+	cell->scope = dashboard ? "dashboard" : "api";
+	cell->label = NULL;
+	cell->tenant = user_id;
+	cell->limit = dashboard ? plan->dashboard_per_hour : plan->api_per_hour;
+	cell->period_seconds = RATE_HOUR_SECONDS;
+	cell->burst = dashboard ? Min((int64) rate_dashboard_burst, cell->limit) :
+		rate_effective_burst(rate_tenant_burst, cell->limit);
+}
+
+/* The cells of one ingest request: the service's budget, the account's ceiling */
+static void
+rate_ingest_cells(const pg_uuid_t *user_id, const char *service, const PlanLimits *plan,
+				  RateCell cells[2])
+{
+	rate_service_key(user_id, service, &cells[0].key);
+	cells[0].scope = "ingest";
+	cells[0].label = service;
+	cells[0].tenant = user_id;
+	cells[0].limit = plan->ingest_per_service_per_hour;
+	cells[0].period_seconds = RATE_HOUR_SECONDS;
+	cells[0].burst = Min((int64) rate_ingest_burst, cells[0].limit);
+
+	rate_tenant_key(RATE_KIND_INGEST_ACCOUNT, user_id, &cells[1].key);
+	cells[1].scope = "ingest_account";
+	cells[1].label = NULL;
+	cells[1].tenant = user_id;
+	cells[1].limit = plan->ingest_per_service_per_hour * plan->max_services;
+	cells[1].period_seconds = RATE_HOUR_SECONDS;
+	cells[1].burst = cells[0].burst * plan->max_services;
+}
+
+void
+lattice_rate_enforce_account(LatticeQuotaClass klass, const pg_uuid_t *user_id,
+							 LatticeRateResult *out)
+{
+	PlanLimits	plan;
+	RateCell	cell;
 
 	if (!rate_limits_enabled)
 	{
@@ -291,16 +367,80 @@ lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out)
 		out->allowed = true;
 		return;
 	}
-	rate_require_shmem("lattice_rate_enforce_tenant");
-	limit = rate_plan_limit(user_id);
-	memset(&key, 0, sizeof(key));
-	key.kind = RATE_KIND_TENANT;
-	memcpy(key.id, user_id->data, sizeof(key.id));
-	rate_check_key(&key, "tenant", NULL, limit, RATE_HOUR_SECONDS,
-				   rate_effective_burst(rate_tenant_burst, limit), out);
-	rate_set_last(out);
+	rate_require_shmem("lattice_rate_enforce_account");
+	rate_plan_limits(user_id, &plan);
+	rate_account_cell(klass, user_id, &plan, &cell);
+	rate_check_cells(&cell, 1, out);
+	rate_set_last(out, cell.scope);
 	if (!out->allowed)
-		rate_raise_refused(out, "tenant");
+		rate_raise_refused(out, cell.scope);
+}
+
+void
+lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateResult *out)
+{
+	lattice_rate_enforce_account(LATTICE_QUOTA_API, user_id, out);
+}
+
+/* The longest service name kept (the plugins' names are 2 to 63 characters) */
+#define RATE_SERVICE_NAME_MAX (RATE_LABEL_LEN - 1)
+
+/*
+ * lattice.rate_enforce_ingest(service text) -> void
+ * Counts one ingest request of the current tenant's service against the
+ * service's budget and the account's ceiling together; raises PT429
+ * rate_limited (with Retry-After) when either refuses.  A missing or empty
+ * name counts as the service "unnamed".
+ */
+PG_FUNCTION_INFO_V1(lattice_rate_enforce_ingest);
+Datum
+lattice_rate_enforce_ingest(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+	char	   *service = PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PlanLimits	plan;
+	RateCell	cells[2];
+	LatticeRateResult r;
+	int			refusing;
+
+	if (!lattice_get_tenant(&tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("lattice.rate_enforce_ingest: no authenticated tenant")));
+	if (!rate_limits_enabled)
+		PG_RETURN_VOID();
+	rate_require_shmem("lattice.rate_enforce_ingest");
+	if (service[0] == '\0')
+		service = "unnamed";
+	if (strlen(service) > RATE_SERVICE_NAME_MAX)
+		service[pg_mbcliplen(service, strlen(service), RATE_SERVICE_NAME_MAX)] = '\0';
+
+	rate_plan_limits(&tenant, &plan);
+	rate_ingest_cells(&tenant, service, &plan, cells);
+	refusing = rate_check_cells(cells, 2, &r);
+	rate_set_last(&r, "ingest");
+	if (!r.allowed)
+		rate_raise_refused(&r, refusing == 0 ? "ingest" : "ingest_account");
+	PG_RETURN_VOID();
+}
+
+/*
+ * lattice_http.rate_state() -> text: this transaction's last count as
+ * "<class> <limit> <remaining> <reset_seconds> <period_seconds>", or NULL.
+ * The shim reads it with every answer and writes the RateLimit headers.
+ */
+PG_FUNCTION_INFO_V1(lattice_rate_state);
+Datum
+lattice_rate_state(PG_FUNCTION_ARGS)
+{
+	char		buf[128];
+
+	if (!last_result_set || last_result.limit <= 0)
+		PG_RETURN_NULL();
+	snprintf(buf, sizeof(buf), "%s " INT64_FORMAT " " INT64_FORMAT " " INT64_FORMAT " " INT64_FORMAT,
+			 last_class ? last_class : "api", last_result.limit, last_result.remaining,
+			 last_result.reset_seconds, last_result.period_seconds);
+	PG_RETURN_TEXT_P(cstring_to_text(buf));
 }
 
 /* The per-class limit of an unauthenticated route. */
@@ -384,7 +524,7 @@ lattice_rate_enforce_address(PG_FUNCTION_ARGS)
 	rate_scoped_key(scope, label, &key);
 	rate_check_key(&key, scope, label, limit, RATE_HOUR_SECONDS,
 				   rate_effective_burst(rate_address_burst, limit), &r);
-	rate_set_last(&r);
+	rate_set_last(&r, "address");
 	if (!r.allowed)
 		rate_raise_refused(&r, scope);
 	PG_RETURN_DATUM(rate_headers_jsonb(&r));
@@ -477,28 +617,61 @@ lattice_rate_enforce_tenant_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(rate_result_datum(fcinfo, &r));
 }
 
+/* The state of one entry now, without counting: remaining, reset, this hour */
+typedef struct RateFigures
+{
+	bool		found;
+	int64		remaining;
+	int64		reset_seconds;
+	int64		used;
+	int64		refused;
+} RateFigures;
+
+/* Reads an entry's figures; the caller holds the lock. */
+static void
+rate_figures_locked(const RateEntry *e, int64 burst, TimestampTz now, int64 hour, RateFigures *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->remaining = burst;
+	if (e == NULL)
+		return;
+	f->found = true;
+	rate_entry_state(e, now, &f->remaining, &f->reset_seconds);
+	if (e->hour == hour)
+	{
+		f->used = e->allowed;
+		f->refused = e->refused;
+	}
+}
+
+static void
+rate_figures(const RateCell *cell, TimestampTz now, int64 hour, RateFigures *f)
+{
+	RateEntry  *e;
+
+	LWLockAcquire(rate_shared->lock, LW_SHARED);
+	e = hash_search(rate_hash, &cell->key, HASH_FIND, NULL);
+	rate_figures_locked(e, Min(Max(cell->burst, 1), cell->limit), now, hour, f);
+	LWLockRelease(rate_shared->lock);
+}
+
 /*
- * lattice.rate_usage() -> lattice.rate_usage: the current tenant's quota and
- * this hour's counts, without counting a request.  NULL without a tenant.
+ * lattice.rate_usage() -> lattice.rate_usage: the current tenant's api
+ * class and this hour's counts, without counting a request.  NULL without
+ * a tenant.
  */
 PG_FUNCTION_INFO_V1(lattice_rate_usage);
 Datum
 lattice_rate_usage(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t	tenant;
-	RateKey		key;
-	RateEntry  *e;
 	TupleDesc	tupdesc;
 	Datum		values[7];
 	bool		nulls[7] = {false};
-	TimestampTz now = rate_now();
 	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
-	int64		limit;
-	int64		burst;
-	int64		remaining;
-	int64		reset = 0;
-	int64		allowed = 0;
-	int64		refused = 0;
+	PlanLimits	plan;
+	RateCell	cell;
+	RateFigures f;
 
 	rate_require_shmem("lattice.rate_usage");
 	if (!lattice_get_tenant(&tenant))
@@ -507,32 +680,166 @@ lattice_rate_usage(PG_FUNCTION_ARGS)
 		elog(ERROR, "lattice.rate_usage: called in a wrong context");
 	tupdesc = BlessTupleDesc(tupdesc);
 
-	limit = rate_plan_limit(&tenant);
-	burst = rate_effective_burst(rate_tenant_burst, limit);
-	remaining = burst;
-	memset(&key, 0, sizeof(key));
-	key.kind = RATE_KIND_TENANT;
-	memcpy(key.id, tenant.data, sizeof(key.id));
+	rate_plan_limits(&tenant, &plan);
+	rate_account_cell(LATTICE_QUOTA_API, &tenant, &plan, &cell);
+	rate_figures(&cell, rate_now(), hour, &f);
+
+	values[0] = Int64GetDatum(cell.limit);
+	values[1] = Int64GetDatum(f.remaining);
+	values[2] = Int64GetDatum(f.reset_seconds);
+	values[3] = Int64GetDatum(RATE_HOUR_SECONDS);
+	values[4] = Int64GetDatum(f.used);
+	values[5] = Int64GetDatum(f.refused);
+	values[6] = TimestampTzGetDatum(hour * USECS_PER_HOUR);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+static void
+usage_push_int(JsonbParseState **state, const char *key, int64 value)
+{
+	JsonbValue	v;
+
+	rate_push_string(state, WJB_KEY, key);
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(value);
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+static void
+usage_push_figures(JsonbParseState **state, const RateCell *cell, const RateFigures *f)
+{
+	usage_push_int(state, "limit", cell->limit);
+	usage_push_int(state, "burst", Min(Max(cell->burst, 1), cell->limit));
+	usage_push_int(state, "period_seconds", cell->period_seconds);
+	usage_push_int(state, "used", f->used);
+	usage_push_int(state, "remaining", f->remaining);
+	usage_push_int(state, "reset_seconds", f->reset_seconds);
+	usage_push_int(state, "refused_this_hour", f->refused);
+}
+
+/* One service's figures, copied under the lock */
+typedef struct ServiceFigures
+{
+	char		name[RATE_LABEL_LEN];
+	RateFigures f;
+} ServiceFigures;
+
+static int
+service_figures_cmp(const void *a, const void *b)
+{
+	return strcmp(((const ServiceFigures *) a)->name, ((const ServiceFigures *) b)->name);
+}
+
+/*
+ * lattice.rate_usage_classes() -> jsonb: the current tenant's three classes
+ * as they stand now (limit, burst, used and refused this hour, remaining,
+ * reset), ingest with one entry per service the table holds.  Counts
+ * nothing.  The services are found by one pass over the table under a
+ * shared lock: a usage page's cost, never a request's.  NULL without a
+ * tenant.
+ */
+PG_FUNCTION_INFO_V1(lattice_rate_usage_classes);
+Datum
+lattice_rate_usage_classes(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+	TimestampTz now = rate_now();
+	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
+	PlanLimits	plan;
+	RateCell	api;
+	RateCell	dashboard;
+	RateCell	ingest[2];
+	RateFigures api_f;
+	RateFigures dash_f;
+	RateFigures account_f;
+	ServiceFigures *services;
+	int			nservices = 0;
+	int			cap;
+	int64		ingest_used = 0;
+	int64		ingest_refused = 0;
+	HASH_SEQ_STATUS seq;
+	RateEntry  *e;
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+
+	rate_require_shmem("lattice.rate_usage_classes");
+	if (!lattice_get_tenant(&tenant))
+		PG_RETURN_NULL();
+	rate_plan_limits(&tenant, &plan);
+	rate_account_cell(LATTICE_QUOTA_API, &tenant, &plan, &api);
+	rate_account_cell(LATTICE_QUOTA_DASHBOARD, &tenant, &plan, &dashboard);
+	rate_ingest_cells(&tenant, "", &plan, ingest);
 
 	LWLockAcquire(rate_shared->lock, LW_SHARED);
-	e = hash_search(rate_hash, &key, HASH_FIND, NULL);
-	if (e)
+	rate_figures_locked(hash_search(rate_hash, &api.key, HASH_FIND, NULL),
+						api.burst, now, hour, &api_f);
+	rate_figures_locked(hash_search(rate_hash, &dashboard.key, HASH_FIND, NULL),
+						dashboard.burst, now, hour, &dash_f);
+	rate_figures_locked(hash_search(rate_hash, &ingest[1].key, HASH_FIND, NULL),
+						Min(ingest[1].burst, ingest[1].limit), now, hour, &account_f);
+	cap = (int) Min(hash_get_num_entries(rate_hash), (long) plan.max_services * 4 + 16);
+	services = palloc(sizeof(ServiceFigures) * Max(cap, 1));
+	hash_seq_init(&seq, rate_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		rate_entry_state(e, now, &remaining, &reset);
-		if (e->hour == hour)
+		if (e->key.kind != RATE_KIND_INGEST || !e->has_tenant ||
+			memcmp(&e->tenant, &tenant, sizeof(tenant)) != 0)
+			continue;
+		if (nservices < cap)
 		{
-			allowed = e->allowed;
-			refused = e->refused;
+			strlcpy(services[nservices].name, e->label, RATE_LABEL_LEN);
+			rate_figures_locked(e, e->burst, now, hour, &services[nservices].f);
+			ingest_used += services[nservices].f.used;
+			ingest_refused += services[nservices].f.refused;
+			nservices++;
 		}
 	}
 	LWLockRelease(rate_shared->lock);
+	qsort(services, nservices, sizeof(ServiceFigures), service_figures_cmp);
 
-	values[0] = Int64GetDatum(limit);
-	values[1] = Int64GetDatum(remaining);
-	values[2] = Int64GetDatum(reset);
-	values[3] = Int64GetDatum(RATE_HOUR_SECONDS);
-	values[4] = Int64GetDatum(allowed);
-	values[5] = Int64GetDatum(refused);
-	values[6] = TimestampTzGetDatum(hour * USECS_PER_HOUR);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+
+	rate_push_string(&state, WJB_KEY, "api");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	rate_push_string(&state, WJB_KEY, "unit");
+	rate_push_string(&state, WJB_VALUE, "account");
+	usage_push_figures(&state, &api, &api_f);
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	rate_push_string(&state, WJB_KEY, "dashboard");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	rate_push_string(&state, WJB_KEY, "unit");
+	rate_push_string(&state, WJB_VALUE, "account");
+	usage_push_figures(&state, &dashboard, &dash_f);
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	rate_push_string(&state, WJB_KEY, "ingest");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	rate_push_string(&state, WJB_KEY, "unit");
+	rate_push_string(&state, WJB_VALUE, "service");
+	usage_push_int(&state, "limit", ingest[0].limit);
+	usage_push_int(&state, "burst", ingest[0].burst);
+	usage_push_int(&state, "period_seconds", ingest[0].period_seconds);
+	usage_push_int(&state, "used", ingest_used);
+	usage_push_int(&state, "refused_this_hour", ingest_refused);
+	usage_push_int(&state, "account_limit", ingest[1].limit);
+	usage_push_int(&state, "account_remaining", account_f.remaining);
+	rate_push_string(&state, WJB_KEY, "services");
+	pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+	for (int i = 0; i < nservices; i++)
+	{
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		rate_push_string(&state, WJB_KEY, "service");
+		rate_push_string(&state, WJB_VALUE, services[i].name);
+		usage_push_int(&state, "used", services[i].f.used);
+		usage_push_int(&state, "remaining", services[i].f.remaining);
+		usage_push_int(&state, "reset_seconds", services[i].f.reset_seconds);
+		usage_push_int(&state, "refused_this_hour", services[i].f.refused);
+		pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	}
+	pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	PG_RETURN_JSONB_P(JsonbValueToJsonb(result));
 }

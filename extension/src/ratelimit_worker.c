@@ -1,8 +1,9 @@
 /*
  * ratelimit_worker.c
  *		Rolls tenants' hourly usage from shared memory into
- *		lattice.usage_hourly: one row write per tenant per interval with
- *		activity, never one per request.
+ *		lattice.usage_hourly: one row per tenant, class and subject (the
+ *		service, for ingest) per interval with activity, never one per
+ *		request.
  *
  * Each entry remembers how much of its hour is already written
  * (flushed_allowed, flushed_refused); a roll-up takes the difference under
@@ -30,6 +31,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -55,16 +57,35 @@ rate_worker_register(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* One (tenant, hour) delta taken from the table for writing. */
+/* One (tenant, class, subject, hour) delta taken from the table for writing. */
 typedef struct UsageDelta
 {
-	pg_uuid_t	user_id;		/* with hour: the key of the written set */
+	RateKey		key;			/* the entry it came from */
+	pg_uuid_t	user_id;
+	const char *klass;			/* a static string of rate_kind_class() */
+	char		subject[RATE_LABEL_LEN];
 	int64		hour;
 	int64		allowed;
 	int64		refused;
 } UsageDelta;
 
-/* Takes every tenant's unwritten usage and marks it written. */
+static void
+rate_delta_of(const RateEntry *e, const char *klass, int64 hour, int64 allowed, int64 refused,
+			  UsageDelta *d)
+{
+	d->key = e->key;
+	d->user_id = e->tenant;
+	d->klass = klass;
+	if (e->key.kind == RATE_KIND_INGEST)
+		strlcpy(d->subject, e->label, sizeof(d->subject));
+	else
+		d->subject[0] = '\0';
+	d->hour = hour;
+	d->allowed = allowed;
+	d->refused = refused;
+}
+
+/* Takes every tenant's unwritten usage of every class and marks it written. */
 static int
 rate_take_deltas(UsageDelta **out)
 {
@@ -80,26 +101,21 @@ rate_take_deltas(UsageDelta **out)
 	hash_seq_init(&seq, rate_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->key.kind != RATE_KIND_TENANT)
+		const char *klass = rate_kind_class(e->key.kind);
+
+		if (klass == NULL || !e->has_tenant)
 			continue;
 		if (e->prev_dirty && n < cap)
 		{
-			memcpy(d[n].user_id.data, e->key.id, sizeof(d[n].user_id.data));
-			d[n].hour = e->prev_hour;
-			d[n].allowed = e->prev_allowed;
-			d[n].refused = e->prev_refused;
+			rate_delta_of(e, klass, e->prev_hour, e->prev_allowed, e->prev_refused, &d[n++]);
 			e->prev_dirty = false;
-			n++;
 		}
 		if ((e->allowed != e->flushed_allowed || e->refused != e->flushed_refused) && n < cap)
 		{
-			memcpy(d[n].user_id.data, e->key.id, sizeof(d[n].user_id.data));
-			d[n].hour = e->hour;
-			d[n].allowed = e->allowed - e->flushed_allowed;
-			d[n].refused = e->refused - e->flushed_refused;
+			rate_delta_of(e, klass, e->hour, e->allowed - e->flushed_allowed,
+						  e->refused - e->flushed_refused, &d[n++]);
 			e->flushed_allowed = e->allowed;
 			e->flushed_refused = e->refused;
-			n++;
 		}
 	}
 	LWLockRelease(rate_shared->lock);
@@ -114,14 +130,10 @@ rate_take_deltas(UsageDelta **out)
 static void
 rate_give_back(const UsageDelta *d)
 {
-	RateKey		key;
 	RateEntry  *e;
 
-	memset(&key, 0, sizeof(key));
-	key.kind = RATE_KIND_TENANT;
-	memcpy(key.id, d->user_id.data, sizeof(key.id));
 	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
-	e = hash_search(rate_hash, &key, HASH_FIND, NULL);
+	e = hash_search(rate_hash, &d->key, HASH_FIND, NULL);
 	if (e && e->hour == d->hour)
 	{
 		e->flushed_allowed -= d->allowed;
@@ -149,77 +161,75 @@ rate_flush_usage(void)
 	UsageDelta *d;
 	int			n = rate_take_deltas(&d);
 	Datum	   *users;
+	Datum	   *classes;
+	Datum	   *subjects;
 	Datum	   *hours;
 	Datum	   *allowed;
 	Datum	   *refused;
-	Oid			argtypes[4] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
-	Datum		args[4];
+	Oid			argtypes[6] = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, INT8ARRAYOID};
+	Datum		args[6];
 	int			ret;
-	HTAB	   *written;
-	HASHCTL		ctl;
-	int64		rows;
 
 	if (n == 0)
 		return 0;
 	users = palloc(sizeof(Datum) * n);
+	classes = palloc(sizeof(Datum) * n);
+	subjects = palloc(sizeof(Datum) * n);
 	hours = palloc(sizeof(Datum) * n);
 	allowed = palloc(sizeof(Datum) * n);
 	refused = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
 		users[i] = UUIDPGetDatum(&d[i].user_id);
+		classes[i] = CStringGetTextDatum(d[i].klass);
+		subjects[i] = CStringGetTextDatum(d[i].subject);
 		hours[i] = TimestampTzGetDatum(d[i].hour * USECS_PER_HOUR);
 		allowed[i] = Int64GetDatum(d[i].allowed);
 		refused[i] = Int64GetDatum(d[i].refused);
 	}
 	args[0] = PointerGetDatum(construct_array(users, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[1] = PointerGetDatum(construct_array(hours, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(allowed, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(refused, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(classes, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(subjects, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(hours, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_array(allowed, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(refused, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	/*
+	 * One statement, one snapshot: writes the deltas whose tenant exists and
+	 * returns the positions of the others.
+	 */
 	ret = SPI_execute_with_args(
-		"INSERT INTO lattice.usage_hourly AS h (user_id, hour, requests, refused)"
-		" SELECT x.user_id, x.hour, x.requests, x.refused"
-		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-		"                  pg_catalog.unnest($3), pg_catalog.unnest($4)) AS x(user_id, hour, requests, refused)"
-		"  WHERE EXISTS (SELECT FROM lattice.users u WHERE u.id OPERATOR(pg_catalog.=) x.user_id)"
-		" ON CONFLICT (user_id, hour) DO UPDATE"
-		"    SET requests = h.requests OPERATOR(pg_catalog.+) excluded.requests,"
-		"        refused = h.refused OPERATOR(pg_catalog.+) excluded.refused,"
-		"        updated_at = pg_catalog.now()"
-		" RETURNING h.user_id, h.hour",
-		4, argtypes, args, NULL, false, 0);
-	if (ret != SPI_OK_INSERT_RETURNING)
+		"WITH x AS ("
+		"  SELECT x.*, EXISTS (SELECT FROM lattice.users u"
+		"                       WHERE u.id OPERATOR(pg_catalog.=) x.user_id) AS known"
+		"    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		"                    pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
+		"         WITH ORDINALITY AS x(user_id, class, subject, hour, requests, refused, i)"
+		"), w AS ("
+		"  INSERT INTO lattice.usage_hourly AS h (user_id, class, subject, hour, requests, refused)"
+		"  SELECT x.user_id, x.class, x.subject, x.hour, x.requests, x.refused FROM x WHERE x.known"
+		"  ON CONFLICT (user_id, class, subject, hour) DO UPDATE"
+		"     SET requests = h.requests OPERATOR(pg_catalog.+) excluded.requests,"
+		"         refused = h.refused OPERATOR(pg_catalog.+) excluded.refused,"
+		"         updated_at = pg_catalog.now()"
+		")"
+		" SELECT x.i FROM x WHERE NOT x.known",
+		6, argtypes, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "lattice usage roll-up: insert failed: %s", SPI_result_code_string(ret));
-	rows = (int64) SPI_processed;
-	if (rows == n)
-		return rows;
 
-	/* some tenants were not visible: give their deltas back */
-	ctl.keysize = offsetof(UsageDelta, allowed);
-	ctl.entrysize = sizeof(UsageDelta);
-	ctl.hcxt = CurrentMemoryContext;
-	written = hash_create("lattice usage written", Max(rows, 16), &ctl,
-						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	/* tenants not visible (not yet committed, or gone): their deltas go back */
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		UsageDelta	k;
 		bool		isnull;
+		int64		i = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+												  1, &isnull));
 
-		memset(&k, 0, sizeof(k));
-		memcpy(&k.user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i],
-													   SPI_tuptable->tupdesc, 1, &isnull)),
-			   sizeof(k.user_id));
-		k.hour = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
-												   SPI_tuptable->tupdesc, 2, &isnull)) / USECS_PER_HOUR;
-		hash_search(written, &k, HASH_ENTER, NULL);
+		if (i >= 1 && i <= n)
+			rate_give_back(&d[i - 1]);
 	}
-	for (int i = 0; i < n; i++)
-	{
-		if (!hash_search(written, &d[i], HASH_FIND, NULL))
-			rate_give_back(&d[i]);
-	}
-	hash_destroy(written);
-	return rows;
+	return n - (int64) SPI_processed;
 }
 
 /* One roll-up in its own transaction, if the database has the extension. */

@@ -184,31 +184,31 @@ SELECT is(pg_temp.err_code('SELECT lattice.session_create(NULL)'), '42501:',
 SELECT lattice.test_set_tenant(NULL);
 SELECT lattice.login(:'a_email', 'alice password', NULL);
 SELECT s.id AS sid, s.token AS stok, s.csrf AS csrf FROM lattice.session_create('{"client_addr": "192.0.2.1"}') s \gset
-SELECT is(lattice.authenticate(jsonb_build_object('session', :'stok', 'method', 'GET')), :'a'::uuid,
+SELECT is(lattice.authenticate(jsonb_build_object('session', :'stok', 'method', 'GET'), 'session'), :'a'::uuid,
           'a session cookie authenticates a GET');
 SELECT is(lattice.current_session_id(), :'sid'::uuid, 'and names its session');
-SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L)', jsonb_build_object('session', :'stok', 'method', 'POST'))),
+SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L, ''session'')', jsonb_build_object('session', :'stok', 'method', 'POST'))),
           'PT403:csrf_failed', 'a POST without the CSRF token is refused');
-SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L)', jsonb_build_object(
+SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L, ''session'')', jsonb_build_object(
               'session', :'stok', 'method', 'POST', 'csrf_cookie', 'forged', 'csrf_header', 'forged'))),
           'PT403:csrf_failed', 'a matching pair not bound to the session is refused');
 SELECT is(lattice.authenticate(jsonb_build_object('session', :'stok', 'method', 'DELETE',
-              'csrf_cookie', :'csrf', 'csrf_header', :'csrf')), :'a'::uuid,
+              'csrf_cookie', :'csrf', 'csrf_header', :'csrf'), 'session'), :'a'::uuid,
           'a DELETE with the CSRF cookie echoed in the header is accepted');
 SELECT lattice.test_set_clock(:'t0'::timestamptz + interval '25 hours');
-SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L)', jsonb_build_object('session', :'stok', 'method', 'GET'))),
+SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L, ''read'')', jsonb_build_object('session', :'stok', 'method', 'GET'))),
           'PT401:session_expired', 'an idle session expires');
 UPDATE lattice.sessions SET revoked_at = now() WHERE id = :'sid';
-SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L)', jsonb_build_object('session', :'stok', 'method', 'GET'))),
+SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L, ''read'')', jsonb_build_object('session', :'stok', 'method', 'GET'))),
           'PT401:invalid_session', 'a revoked session is refused');
-SELECT is(pg_temp.err_code($$ SELECT lattice.authenticate('{"method": "GET"}') $$), 'PT401:missing_credentials',
+SELECT is(pg_temp.err_code($$ SELECT lattice.authenticate('{"method": "GET"}', 'any') $$), 'PT401:missing_credentials',
           'no credential at all');
-SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L, ARRAY[''api_key''])',
+SELECT is(pg_temp.err_code(format('SELECT lattice.authenticate(%L, ''ingest'')',
               jsonb_build_object('bearer', :'tok2'))), 'PT401:credential_not_accepted',
-          'a route may take API keys only');
+          'ingest takes API keys only, never a bearer token');
 SELECT lattice.test_set_clock(:'t0');
 SELECT lattice.test_set_tenant(NULL);
-SELECT is(lattice.authenticate(jsonb_build_object('api_key', :'key1c', 'bearer', 'junk')), :'a'::uuid,
+SELECT is(lattice.authenticate(jsonb_build_object('api_key', :'key1c', 'bearer', 'junk'), 'any'), :'a'::uuid,
           'an API key authenticates (and comes first)');
 SELECT is(lattice.current_user_id(), :'a'::uuid, 'authenticate sets the tenant');
 SELECT is(lattice.current_auth_method(), 'api_key', 'and records how');
