@@ -4,6 +4,7 @@
 #
 #   tests/run.sh               every suite
 #   tests/run.sh pgtap http    only those suites
+#   LATTICE_ONLY=rate_ tests/run.sh http    only the files whose name contains rate_
 #
 # Suites: regress (pg_regress), pgtap (pg_prove), http and browser (node's
 # test runner, tests/http/*.test.mjs and tests/browser/*.test.mjs), and
@@ -66,15 +67,15 @@ run_pgtap() {
 }
 
 run_prove() {  # run_prove SUITE DIR: every DIR/*.sh prints TAP
-    compgen -G "$2/*.sh" >/dev/null || return 0
-    prove -v "$2"/*.sh >"$work/$1.log" 2>&1
+    compgen -G "$2/*${LATTICE_ONLY:-}*.sh" >/dev/null || return 0
+    prove -v "$2"/*${LATTICE_ONLY:-}*.sh >"$work/$1.log" 2>&1
     count_tap "$1" "$work/$1.log"
 }
 
 run_node() {  # run_node SUITE DIR
     local out="$work/$1.log" p f
-    compgen -G "$2/*.test.mjs" >/dev/null || return 0
-    node --test --test-concurrency=1 --test-reporter=tap "$2"/*.test.mjs >"$out" 2>&1
+    compgen -G "$2/*${LATTICE_ONLY:-}*.test.mjs" >/dev/null || return 0
+    node --test --test-concurrency=1 --test-reporter=tap "$2"/*${LATTICE_ONLY:-}*.test.mjs >"$out" 2>&1
     p=$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$out" | tail -1); p=${p:-0}
     f=$(sed -n 's/^# fail \([0-9]*\)/\1/p' "$out" | tail -1); f=${f:-1}
     [ "$f" -gt 0 ] && grep -B2 -A30 '^not ok\|^    not ok\|^        not ok' "$out" | head -200
