@@ -108,33 +108,50 @@ printf '  with check %s tps, without %s tps: overhead %s%%\n' "$req_on" "$req_of
 
 q "DELETE FROM lattice.users WHERE id = '$uid'" >/dev/null
 
-# 6. through the shim: wrk on an authenticated GET /api/v1/auth/me (API key)
-#    with the tenant check on and off (lattice.rate_limits_enabled, a
-#    superuser setting: ALTER SYSTEM + reload reaches the shim's pooled
-#    connections at their next statement), rounds alternating on the shared
-#    machine.  The tenant's plan allows more than wrk can send.
+# 6. through the shim, with the quota check on and off
+#    (lattice.rate_limits_enabled, a superuser setting: ALTER SYSTEM + reload
+#    reaches the shim's pooled connections at their next statement), rounds
+#    alternating on the shared machine; the tenant's plan allows more than
+#    wrk can send.  Two routes: GET /api/v1/auth/me with a key (the api
+#    class: one cell) and POST /api/v1/performance/traces/batch, the plugin's
+#    most frequent request (the ingest class: the service's cell and the
+#    account's ceiling, checked together).
 shim_secs=${RATE_SHIM_SECONDS:-3}
 shim_rounds=${RATE_SHIM_ROUNDS:-5}
 conns=${RATE_SHIM_CONNECTIONS:-16}
 bin=${LATTICE_SHIM_BIN:-shim/lattice-shim}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 key=$(psql -XAtq -v ON_ERROR_STOP=1 <<'SQL'
-INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour) VALUES ('bench', 'Bench', 0, 2000000000)
-    ON CONFLICT (id) DO UPDATE SET rate_limit_per_hour = EXCLUDED.rate_limit_per_hour;
+INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour, ingest_per_service_per_hour)
+     VALUES ('bench', 'Bench', 0, 2000000000, 2000000000)
+    ON CONFLICT (id) DO UPDATE SET rate_limit_per_hour = EXCLUDED.rate_limit_per_hour,
+                                   ingest_per_service_per_hour = EXCLUDED.ingest_per_service_per_hour;
 SELECT lattice.create_user('bench-rate-' || pg_catalog.gen_random_uuid() || '@example.com', 'bench password 123', 'Bench')
     AS uid \gset
 UPDATE lattice.users SET plan_id = 'bench' WHERE id = :'uid';
 SELECT lattice.create_api_key(:'uid', 'bench');
 SQL
 )
+base="http://127.0.0.1:$port"
+fixture() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["body_raw"], end="")' "tests/fixtures/captured/$1"; }
+fixture 001-POST-api_v1_ingest_metadata.json >"$work/metadata.json"
+fixture 003-POST-api_v1_performance_traces_batch.json >"$work/traces.json"
+python3 - "$work/traces.json" "$work/traces.lua" <<'PY'
+import json, sys
+body = open(sys.argv[1]).read()
+open(sys.argv[2], 'w').write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                             'wrk.body = %s\n' % json.dumps(body))
+PY
 LATTICE_SHIM_PORT=$port LATTICE_SHIM_ACCESS_LOG=off LATTICE_SHIM_THREADS=$((conns + 16)) \
     LATTICE_SHIM_PER_ADDRESS_MAX=$((conns + 16)) "$bin" >"$work/shim.log" 2>&1 &
 shim=$!
 trap 'kill $shim 2>/dev/null; wait $shim 2>/dev/null; q "ALTER SYSTEM RESET lattice.rate_limits_enabled" >/dev/null 2>&1;
       q "SELECT pg_reload_conf()" >/dev/null 2>&1; rm -rf "$work";
       q "DROP TABLE IF EXISTS bench_rate_unlogged, bench_rate_logged" >/dev/null 2>&1' EXIT
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/api/v1/health" >/dev/null && break; sleep 0.05; done
-me() { curl -s -D - -o /dev/null -H "X-Lattice-API-Key: $key" "http://127.0.0.1:$port/api/v1/auth/me"; }
+for _ in $(seq 100); do curl -fs "$base/api/v1/health" >/dev/null && break; sleep 0.05; done
+me() { curl -s -D - -o /dev/null -H "X-Lattice-API-Key: $key" "$base/api/v1/auth/me"; }
+curl -s -o /dev/null -H "X-Lattice-API-Key: $key" -H 'Content-Type: application/json' \
+    --data-binary @"$work/metadata.json" "$base/api/v1/ingest/metadata"
 
 # rate_checks on|off: set it, then wait until every pooled connection
 # answers accordingly (RateLimit-Limit is there only when the check ran)
@@ -151,39 +168,41 @@ rate_checks() {
     done
     echo "lattice.rate_limits_enabled = $want did not reach the shim" >&2; return 1
 }
-# wrk -> "req/s non2xx"
-shim_wrk() {
-    wrk -t2 -c"$conns" -d"${shim_secs}s" -H "X-Lattice-API-Key: $key" "http://127.0.0.1:$port/api/v1/auth/me" |
-        awk '/Requests\/sec/ { rps = $2 } /Non-2xx/ { bad = $NF } END { printf "%.0f %d\n", rps, bad }'
-}
-status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Lattice-API-Key: $key" "http://127.0.0.1:$port/api/v1/auth/me")
-if [ "$status" != 200 ]; then
-    echo "shim: GET /api/v1/auth/me answered $status; not measured"; tail -3 "$work/shim.log"
-else
-    wrk -t2 -c"$conns" -d1s -H "X-Lattice-API-Key: $key" "http://127.0.0.1:$port/api/v1/auth/me" >/dev/null  # warm the pool
-    on_all=(); off_all=(); bad=0
+stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "%d %d", v[NR], v[int((NR + 1) / 2)] }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", (b - a) * 100 / b; else print "n/a" }'; }
+
+# compare_shim LABEL STATUS WRK_ARGS...: rounds with the check on and off
+compare_shim() {
+    local label=$1 want=$2 status on_all=() off_all=() bad=0 rps nb r side
+    shift 2
+    status=$(wrk -t1 -c1 -d1s "$@" | awk '/Non-2xx/ { print "bad" }')
+    if [ -n "$status" ]; then echo "shim: $label answered non-$want; not measured"; tail -3 "$work/shim.log"; return; fi
+    wrk -t2 -c"$conns" -d1s "$@" >/dev/null  # warm the pool
     for r in $(seq "$shim_rounds"); do
         # alternate which side goes first, so drift in the machine's load cancels out
         for side in $( [ $((r % 2)) = 1 ] && echo "on off" || echo "off on"); do
             rate_checks "$side" || break 2
-            read -r rps nb < <(shim_wrk)
+            read -r rps nb < <(wrk -t2 -c"$conns" -d"${shim_secs}s" "$@" |
+                awk '/Requests\/sec/ { rps = $2 } /Non-2xx/ { bad = $NF } END { printf "%.0f %d\n", rps, bad }')
             bad=$((bad + nb))
             if [ "$side" = on ]; then on_all+=("$rps"); else off_all+=("$rps"); fi
         done
     done
     rate_checks on
-    stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "%d %d", v[NR], v[int((NR + 1) / 2)] }'; }
     read -r on_best on_med <<<"$(stats "${on_all[@]}")"
     read -r off_best off_med <<<"$(stats "${off_all[@]}")"
-    pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", (b - a) * 100 / b; else print "n/a" }'; }
     echo
-    printf 'through the shim: GET /api/v1/auth/me (API key), wrk %s connections, %s rounds x %ss each way, alternating:\n' \
-        "$conns" "${#on_all[@]}" "$shim_secs"
+    printf 'through the shim: %s, wrk %s connections, %s rounds x %ss each way, alternating:\n' \
+        "$label" "$conns" "${#on_all[@]}" "$shim_secs"
     printf '  rounds, check on : %s req/s\n' "${on_all[*]}"
     printf '  rounds, check off: %s req/s\n' "${off_all[*]}"
     printf '  %-10s %12s %12s %10s\n' "" "check on" "check off" "overhead"
     printf '  %-10s %12s %12s %9s%%\n' "best" "$on_best" "$off_best" "$(pct "$on_best" "$off_best")"
     printf '  %-10s %12s %12s %9s%%\n' "median" "$on_med" "$off_med" "$(pct "$on_med" "$off_med")"
-    echo "  (off skips the check and the seven RateLimit-*/X-RateLimit-* headers it adds to each answer; goal < 3 %)"
     [ "$bad" -eq 0 ] || echo "  WARNING: $bad non-2xx answers during the runs"
-fi
+}
+compare_shim "GET /api/v1/auth/me (API key, class api)" 200 \
+    -H "X-Lattice-API-Key: $key" "$base/api/v1/auth/me"
+compare_shim "POST /api/v1/performance/traces/batch (captured plugin batch, class ingest)" 201 \
+    -s "$work/traces.lua" -H "X-Lattice-API-Key: $key" "$base/api/v1/performance/traces/batch"
+echo "  (off skips the check and the RateLimit-*/X-RateLimit-* headers it adds to each answer; goal < 3 %)"

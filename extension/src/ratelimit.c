@@ -40,7 +40,7 @@
 RateShared *rate_shared = NULL;
 HTAB	   *rate_hash = NULL;
 
-int			rate_table_size = 16384;
+int			rate_table_size = 65536;
 int			rate_tenant_per_hour = 1000;
 int			rate_tenant_burst = 0;
 int			rate_dashboard_burst = 600;
@@ -111,7 +111,7 @@ rate_define_gucs(void)
 	{
 		DefineCustomIntVariable("lattice.rate_table_size",
 								"Keys the shared rate-counter table holds (least recently used evicted beyond).",
-								NULL, &rate_table_size, 16384, 64, 10 * 1000 * 1000,
+								NULL, &rate_table_size, 65536, 64, 10 * 1000 * 1000,
 								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 		DefineCustomStringVariable("lattice.rate_database",
 								   "Database whose lattice.usage_hourly the roll-up worker writes.",
