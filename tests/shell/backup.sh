@@ -48,6 +48,6 @@ check "one active secret of each kind after the restore" "[ '$n' = 2 ]"
 key=$(psql -XAt -d $src -c "SELECT lattice.create_api_key('aaaaaaaa-0000-0000-0000-000000000001', 'before backup')")
 pg_dump -Fc -d $src -f "$dump" 2>/dev/null && dropdb $dst && createdb $dst \
     && PGOPTIONS='-c session_replication_role=replica' pg_restore -d $dst --exit-on-error "$dump" 2>"$dump.err"
-uid=$(psql -XAt -d $dst -c "SELECT lattice.authenticate(jsonb_build_object('api_key', '$key', 'method', 'POST'))" 2>&1 | head -1)
+uid=$(psql -XAt -d $dst -c "SELECT lattice.authenticate(jsonb_build_object('api_key', '$key', 'method', 'POST'), 'any')" 2>&1 | head -1)
 check "an API key issued before the backup verifies after the restore" "[ '$uid' = aaaaaaaa-0000-0000-0000-000000000001 ]"
 rm -f "$dump.err"
