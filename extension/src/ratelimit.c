@@ -212,18 +212,25 @@ rate_ceil_seconds(int64 usecs)
 	return usecs <= 0 ? 0 : (usecs + USECS_PER_SEC - 1) / USECS_PER_SEC;
 }
 
-/* A scoped key: BLAKE2b-128 of scope NUL key, so any key length fits. */
-void
-rate_scoped_key(const char *scope, const char *key, RateKey *out)
+/* A key of the given kind: BLAKE2b-128 of prefix then name */
+static void
+rate_hashed_key(uint32 kind, const void *prefix, size_t prefix_len, const char *name, RateKey *out)
 {
 	crypto_generichash_state st;
 
 	memset(out, 0, sizeof(*out));
-	out->kind = RATE_KIND_SCOPED;
+	out->kind = kind;
 	crypto_generichash_init(&st, NULL, 0, sizeof(out->id));
-	crypto_generichash_update(&st, (const unsigned char *) scope, strlen(scope) + 1);
-	crypto_generichash_update(&st, (const unsigned char *) key, strlen(key));
+	crypto_generichash_update(&st, prefix, prefix_len);
+	crypto_generichash_update(&st, (const unsigned char *) name, strlen(name));
 	crypto_generichash_final(&st, out->id, sizeof(out->id));
+}
+
+/* A scoped key: BLAKE2b-128 of scope NUL key, so any key length fits. */
+void
+rate_scoped_key(const char *scope, const char *key, RateKey *out)
+{
+	rate_hashed_key(RATE_KIND_SCOPED, scope, strlen(scope) + 1, key, out);
 }
 
 /* The key of a tenant's class counter (api, dashboard, ingest ceiling). */
@@ -239,14 +246,7 @@ rate_tenant_key(uint32 kind, const pg_uuid_t *tenant, RateKey *out)
 void
 rate_service_key(const pg_uuid_t *tenant, const char *service, RateKey *out)
 {
-	crypto_generichash_state st;
-
-	memset(out, 0, sizeof(*out));
-	out->kind = RATE_KIND_INGEST;
-	crypto_generichash_init(&st, NULL, 0, sizeof(out->id));
-	crypto_generichash_update(&st, tenant->data, sizeof(tenant->data));
-	crypto_generichash_update(&st, (const unsigned char *) service, strlen(service));
-	crypto_generichash_final(&st, out->id, sizeof(out->id));
+	rate_hashed_key(RATE_KIND_INGEST, tenant->data, sizeof(tenant->data), service, out);
 }
 
 /* The quota class a kind counts, for usage; NULL when it is none. */

@@ -724,6 +724,18 @@ typedef struct ServiceFigures
 	RateFigures f;
 } ServiceFigures;
 
+/* "<class>": {"unit": "account", figures} of an account class */
+static void
+usage_push_account_class(JsonbParseState **state, const RateCell *cell, const RateFigures *f)
+{
+	rate_push_string(state, WJB_KEY, cell->scope);
+	pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+	rate_push_string(state, WJB_KEY, "unit");
+	rate_push_string(state, WJB_VALUE, "account");
+	usage_push_figures(state, cell, f);
+	pushJsonbValue(state, WJB_END_OBJECT, NULL);
+}
+
 static int
 service_figures_cmp(const void *a, const void *b)
 {
@@ -799,19 +811,8 @@ lattice_rate_usage_classes(PG_FUNCTION_ARGS)
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 
-	rate_push_string(&state, WJB_KEY, "api");
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	rate_push_string(&state, WJB_KEY, "unit");
-	rate_push_string(&state, WJB_VALUE, "account");
-	usage_push_figures(&state, &api, &api_f);
-	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-
-	rate_push_string(&state, WJB_KEY, "dashboard");
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	rate_push_string(&state, WJB_KEY, "unit");
-	rate_push_string(&state, WJB_VALUE, "account");
-	usage_push_figures(&state, &dashboard, &dash_f);
-	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	usage_push_account_class(&state, &api, &api_f);
+	usage_push_account_class(&state, &dashboard, &dash_f);
 
 	rate_push_string(&state, WJB_KEY, "ingest");
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
