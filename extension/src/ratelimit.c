@@ -383,11 +383,12 @@ rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
 	TimestampTz now = real_now + (int64) rate_test_clock_offset * USECS_PER_SEC;
 	RateEntry  *entries[RATE_CELLS_MAX];
 	int64		ts[RATE_CELLS_MAX];
-	LatticeRateResult results[RATE_CELLS_MAX];
+	LatticeRateResult results[RATE_CELLS_MAX] = {0};
 	bool		allowed = true;
 	int			answer = 0;
 
-	Assert(ncells >= 1 && ncells <= RATE_CELLS_MAX);
+	if (ncells < 1 || ncells > RATE_CELLS_MAX)
+		elog(ERROR, "lattice rate limits: %d cells in one check", ncells);
 	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < ncells; i++)
 	{
