@@ -78,7 +78,8 @@ export function openStream(shim, { headers = {}, path = '/api/v1/events', timeou
   });
 }
 
-// A new account: { id, cookie, csrf, key } (the key created through the API).
+// A new account: { id, cookie, csrf, key } (the key created through the API,
+// with both scopes: the suites ingest with it and open streams with it).
 export async function tenant(shim, label) {
   const email = `events-${label}-${randomUUID()}@example.com`;
   const r = await request(shim, '/api/v1/auth/signup', {
@@ -90,7 +91,7 @@ export async function tenant(shim, label) {
   const csrf = /lattice_csrf=([^;]+)/.exec(cookie)[1];
   const k = await request(shim, '/api/v1/keys', {
     method: 'POST', headers: { 'Content-Type': 'application/json', Cookie: cookie, 'X-CSRF-Token': csrf },
-    body: JSON.stringify({ name: 'events' }),
+    body: JSON.stringify({ name: 'events', scopes: ['ingest', 'read'] }),
   });
   if (k.status !== 201) throw new Error(`keys: ${k.status} ${k.text}`);
   return { id: r.json.user.id, cookie, csrf, key: k.json.key };

@@ -17,6 +17,7 @@ after(async () => { await shim?.stop(); });
 
 test('PostgreSQL restart: the listener reconnects, streams get a refetch, then changes flow again', async () => {
   const s = await openStream(shim, { headers: { 'X-Lattice-API-Key': a.key } });
+  assert.equal(s.status, 200, s.text);
   await s.waitFor((e) => e.event === 'ready');
   assert.equal(await metric(shim, 'lattice_events_listener_connected'), 1);
   const pid = shim.proc.pid;
@@ -42,18 +43,23 @@ test('PostgreSQL restart: the listener reconnects, streams get a refetch, then c
 
 test('SIGTERM closes every stream at once and the shim stops cleanly', async () => {
   const own = await startShim({ env: { ...EVENTS_ENV, LATTICE_SHIM_SHUTDOWN_TIMEOUT_MS: '30000' } });
-  const streams = await Promise.all([
-    openStream(own, { headers: { 'X-Lattice-API-Key': a.key } }),
-    openStream(own, { headers: { Cookie: a.cookie } }),
-  ]);
-  for (const s of streams) await s.waitFor((e) => e.event === 'ready');
-  const t0 = Date.now();
-  own.proc.kill('SIGTERM');
-  const closedAt = await Promise.all(streams.map((s) => s.ended));
-  const exit = await own.exited;
-  assert.equal(exit.code, 0);
-  // the streams did not hold the drain until shutdown_timeout_ms
-  assert.ok(own.stderr.some((l) => /"stopped"/.test(l)), own.stderr.join('\n'));
-  assert.ok(!own.stderr.some((l) => /still running/.test(l)));
-  console.log(`# streams closed ${Math.max(...closedAt) - t0} ms after SIGTERM; shim exited after ${Date.now() - t0} ms`);
+  try {
+    const streams = await Promise.all([
+      openStream(own, { headers: { 'X-Lattice-API-Key': a.key } }),
+      openStream(own, { headers: { Cookie: a.cookie } }),
+    ]);
+    for (const s of streams) assert.equal(s.status, 200, s.text);
+    for (const s of streams) await s.waitFor((e) => e.event === 'ready');
+    const t0 = Date.now();
+    own.proc.kill('SIGTERM');
+    const closedAt = await Promise.all(streams.map((s) => s.ended));
+    const exit = await own.exited;
+    assert.equal(exit.code, 0);
+    // the streams did not hold the drain until shutdown_timeout_ms
+    assert.ok(own.stderr.some((l) => /"stopped"/.test(l)), own.stderr.join('\n'));
+    assert.ok(!own.stderr.some((l) => /still running/.test(l)));
+    console.log(`# streams closed ${Math.max(...closedAt) - t0} ms after SIGTERM; shim exited after ${Date.now() - t0} ms`);
+  } finally {
+    await own.stop('SIGKILL'); // a failure above must not leave a shim holding the test process
+  }
 });
