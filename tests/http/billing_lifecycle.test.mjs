@@ -29,8 +29,11 @@ async function signup(tag) {
   const a = { id: r.json.user.id, email: r.json.user.email, csrf: c.lattice_csrf,
               cookie: `lattice_session=${c.lattice_session}; lattice_csrf=${c.lattice_csrf}` };
   a.session = { Cookie: a.cookie, 'X-CSRF-Token': a.csrf };
-  const k = await send(shim, 'POST', '/api/v1/keys', { from: FROM, headers: { ...json, ...a.session }, body: '{"name":"plugin"}' });
+  // the plugin's key; read too, since this file also reads with it
+  const k = await send(shim, 'POST', '/api/v1/keys', { from: FROM, headers: { ...json, ...a.session },
+    body: '{"name":"plugin","scopes":["ingest","read"]}' });
   assert.equal(k.status, 201, k.text);
+  assert.deepEqual(k.json.scopes, ['ingest', 'read']);
   a.key = { 'X-Lattice-API-Key': k.json.key };
   a.customer = `cus_life_${a.id.slice(0, 8)}`;
   a.subscription = `sub_life_${a.id.slice(0, 8)}`;

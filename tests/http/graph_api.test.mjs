@@ -148,16 +148,26 @@ test('another tenant\'s ids, malformed ids and no credential', async () => {
   assert.equal(anon.status, 401);
 });
 
-test('an API key works as well as a session', async () => {
-  const k = await request(shim, '/api/v1/keys', {
+test('an API key with the read scope works as well as a session; an ingest-only key may not read', async () => {
+  const create = (body) => request(shim, '/api/v1/keys', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', Cookie: tenants.a.cookie, 'X-CSRF-Token': tenants.a.csrf },
-    body: JSON.stringify({ name: 'graph' }),
+    body: JSON.stringify(body),
   });
+  const k = await create({ name: 'graph', scopes: ['read'] });
   assert.equal(k.status, 201, k.text);
-  const r = await request(shim, `/api/v1/services/${sid('a', 'b')}/impact`, { headers: { 'X-Lattice-API-Key': k.json.key } });
+  assert.deepEqual(k.json.scopes, ['read']);
+  const path = `/api/v1/services/${sid('a', 'b')}/impact`;
+  const r = await request(shim, path, { headers: { 'X-Lattice-API-Key': k.json.key } });
   assert.equal(r.status, 200, r.text);
   assert.deepEqual(r.json.services.map((s) => s.name).sort(), ['a', 'c']);
+  // a key created without scopes is the plugin's: ingest only
+  const plugin = await create({ name: 'plugin' });
+  assert.equal(plugin.status, 201, plugin.text);
+  assert.deepEqual(plugin.json.scopes, ['ingest']);
+  const refused = await request(shim, path, { headers: { 'X-Lattice-API-Key': plugin.json.key } });
+  assertErrorShape(assert, refused, 403, 'insufficient_scope');
+  assert.deepEqual(refused.json.error.details, { required_scope: 'read' });
 });
 
 test('a change is seen at once and NOTIFY lattice_graph says "<user_id>:<version>"', async () => {
