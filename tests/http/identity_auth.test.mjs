@@ -90,6 +90,7 @@ test('the session cookie reads; writes need the CSRF token', async () => {
   assert.equal(me.status, 200);
   assert.equal(me.json.user.id, user);
   assert.equal(me.json.auth.method, 'session');
+  assert.deepEqual(me.json.auth.scopes, ['ingest', 'read'], 'a session may do what either scope allows');
   const noCsrf = await call('POST', '/api/v1/keys', { body: { name: 'x' }, cookies: { lattice_session: session, lattice_csrf: csrf } });
   assert.equal(noCsrf.status, 403);
   assert.equal(code(noCsrf), 'csrf_failed');
@@ -102,14 +103,44 @@ test('keys: created once in full, listed without it', async () => {
   assert.equal(r.status, 201);
   assert.match(r.json.key, /^ltc_[A-Za-z0-9_-]{43}$/);
   assert.equal(r.json.prefix, r.json.key.slice(0, 12));
+  assert.deepEqual(r.json.scopes, ['ingest'], 'a key is the plugin\'s unless asked otherwise');
   key = r.json.key;
   keyId = r.json.id;
-  const list = await call('GET', '/api/v1/keys', { key });
+  const list = await call('GET', '/api/v1/keys', { cookies: { lattice_session: session } });
   assert.equal(list.status, 200);
   assert.equal(list.json.keys.length, 1);
   assert.equal(list.json.keys[0].id, keyId);
+  assert.deepEqual(list.json.keys[0].scopes, ['ingest']);
   assert.equal(list.json.keys[0].key, undefined);
   assert.equal(list.json.keys[0].key_hash, undefined);
+  // keys are managed from a session only: a key cannot list, create or revoke keys
+  for (const [method, path, body] of [['GET', '/api/v1/keys'], ['POST', '/api/v1/keys', { name: 'minted by a key' }],
+                                      ['DELETE', `/api/v1/keys/${keyId}`]]) {
+    const refused = await call(method, path, { key, body });
+    assert.equal(refused.status, 403, `${method} ${path} with a key`);
+    assert.equal(code(refused), 'insufficient_scope');
+    assert.deepEqual(refused.json.error.details, { required_scope: 'session' });
+  }
+  assert.equal(sql(`SELECT count(*) FROM lattice.api_keys WHERE user_id = '${user}'`), '1', 'the key minted nothing');
+  assert.equal(sql(`SELECT revoked_at IS NULL FROM lattice.api_keys WHERE id = '${keyId}'`), 't', 'nor revoked itself');
+});
+
+test('keys: scopes are chosen at creation, and only ingest and read exist', async () => {
+  const auth = { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf };
+  const both = await call('POST', '/api/v1/keys', { body: { name: 'reader', scopes: ['read', 'ingest'] }, ...auth });
+  assert.equal(both.status, 201);
+  assert.deepEqual([...both.json.scopes].sort(), ['ingest', 'read']);
+  const me = await call('GET', '/api/v1/auth/me', { key: both.json.key });
+  assert.equal(me.json.auth.method, 'api_key');
+  assert.deepEqual([...me.json.auth.scopes].sort(), ['ingest', 'read']);
+  for (const scopes of [[], ['admin'], ['ingest', 'billing'], 'read', [1], null]) {
+    const bad = await call('POST', '/api/v1/keys', { body: { name: 'bad', scopes }, ...auth });
+    assert.equal(bad.status, 400, `scopes ${JSON.stringify(scopes)}`);
+    assert.equal(code(bad), 'invalid_scopes', `scopes ${JSON.stringify(scopes)}`);
+  }
+  assert.equal((await call('DELETE', `/api/v1/keys/${both.json.id}`, auth)).status, 204);
+  assert.equal(sql(`SELECT count(*) FROM lattice.api_keys WHERE user_id = '${user}' AND revoked_at IS NULL`), '1',
+    'no refused request created a key');
 });
 
 test('read-only use is kept: GETs stamp the key and slide the session, written by any backend', async () => {
@@ -136,6 +167,18 @@ test('tokens: traded for a key, tampered and alg:none refused', async () => {
   assert.equal(me.json.auth.method, 'bearer');
   const [h, p, s] = t.json.token.split('.');
   const claims = JSON.parse(Buffer.from(p, 'base64url'));
+  assert.equal(claims.scope, 'ingest', 'a token from a key carries the key\'s scopes, no more');
+  assert.deepEqual(me.json.auth.scopes, ['ingest']);
+  // ...so it may not read, and a token never ingests
+  const read = await call('GET', '/api/v1/services', { bearer: t.json.token });
+  assert.equal(read.status, 403);
+  assert.deepEqual(read.json.error.details, { required_scope: 'read' });
+  assert.equal(code(await call('POST', '/api/v1/ingest/metadata', { bearer: t.json.token, body: {} })), 'credential_not_accepted');
+  // a session's token carries both
+  const st = await call('POST', '/api/v1/auth/token', { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf, body: {} });
+  assert.equal(st.status, 200);
+  assert.deepEqual(JSON.parse(Buffer.from(st.json.token.split('.')[1], 'base64url')).scope.split(' ').sort(), ['ingest', 'read']);
+  assert.equal((await call('GET', '/api/v1/services', { bearer: st.json.token })).status, 200);
   const forged = Buffer.from(JSON.stringify({ ...claims, exp: claims.exp + 86400 })).toString('base64url');
   assert.equal(code(await call('GET', '/api/v1/auth/me', { bearer: `${h}.${forged}.${s}` })), 'invalid_token');
   const none = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
@@ -144,9 +187,14 @@ test('tokens: traded for a key, tampered and alg:none refused', async () => {
 });
 
 test('rotation honours the old key until its grace ends', async () => {
-  const r = await call('POST', `/api/v1/keys/${keyId}/rotate`, { key, body: { grace_seconds: 2 } });
+  const refused = await call('POST', `/api/v1/keys/${keyId}/rotate`, { key, body: { grace_seconds: 2 } });
+  assert.equal(refused.status, 403, 'a key cannot rotate itself');
+  assert.deepEqual(refused.json.error.details, { required_scope: 'session' });
+  const r = await call('POST', `/api/v1/keys/${keyId}/rotate`,
+    { cookies: { lattice_session: session, lattice_csrf: csrf }, csrf, body: { grace_seconds: 2 } });
   assert.equal(r.status, 201);
   assert.ok(r.json.old_key_expires_at);
+  assert.deepEqual(r.json.scopes, ['ingest'], 'the new key keeps the old one\'s scopes');
   assert.equal((await call('GET', '/api/v1/auth/me', { key })).status, 200, 'old key in its grace');
   assert.equal((await call('GET', '/api/v1/auth/me', { key: r.json.key })).status, 200, 'new key');
   await new Promise((res) => setTimeout(res, 2500));
@@ -187,9 +235,10 @@ test('no answer carries a password hash or a key hash; the audit trail has it al
     assert.ok(!b.includes('$argon2id'), 'no password hash');
     assert.ok(!b.includes('key_hash') && !b.includes('token_hash') && !b.includes('password_hash'), 'no hash field');
   }
+  sql('SELECT lattice.flush_deferred()');  // refusals roll back; their audit rows wait
   const actions = sql(`SELECT string_agg(DISTINCT action, ',' ORDER BY action) FROM lattice.audit_log WHERE user_id = '${user}'`);
   for (const a of ['user.signup', 'login.success', 'login.failure', 'logout', 'token.issued', 'key.created',
-                   'key.rotated', 'key.revoked', 'session.revoked']) {
+                   'key.rotated', 'key.revoked', 'session.revoked', 'auth.insufficient_scope']) {
     assert.ok(actions.split(',').includes(a), `audit has ${a} (${actions})`);
   }
 });
