@@ -31,8 +31,15 @@ const get = (path, key) => send('GET', path, { headers: { 'X-Lattice-API-Key': k
 function newAccount(tag) {
   const email = `ingest-${tag}-${randomUUID().slice(0, 8)}@example.com`;
   const id = sql(`SELECT lattice.create_user('${email}', 'correct horse battery staple', 'Ingest ${tag}')`);
-  const key = sql(`SELECT lattice.create_api_key('${id}', 'plugin')`);
-  return { id, key };
+  const key = sql(`SELECT lattice.create_api_key('${id}', 'plugin')`);  // ingest and read, as SQL makes them
+  return { id, key, email };
+}
+// A dashboard session of the account: headers for unsafe methods (cookie + CSRF).
+async function sessionOf(a) {
+  const r = await post('/api/v1/auth/login', null, { email: a.email, password: 'correct horse battery staple' });
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  const c = Object.fromEntries(r.headers.getSetCookie().map((x) => x.split(';')[0].split('=')));
+  return { Cookie: `lattice_session=${c.lattice_session}; lattice_csrf=${c.lattice_csrf}`, 'X-CSRF-Token': c.lattice_csrf };
 }
 // Counts rows of a tenant table for one account (as superuser).
 const count = (table, userId, where = 'true') =>
@@ -229,12 +236,20 @@ test('read API: services, one service with route traffic, changes, errors, resol
   const detail = await get(`/api/v1/errors/${gid}`, a.key);
   assert.equal(detail.json.occurrenceCount, 1);
   assert.ok(Array.isArray(detail.json.sampleStack));
-  const resolved = await send('PATCH', `/api/v1/errors/${gid}`, { raw: JSON.stringify({ status: 'resolved' }),
+  // triage is the dashboard's: a key (even with both scopes) may not change an error's status
+  const byKey = await send('PATCH', `/api/v1/errors/${gid}`, { raw: JSON.stringify({ status: 'resolved' }),
     headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': a.key } });
+  assert.equal(byKey.status, 403, JSON.stringify(byKey.json));
+  assert.equal(byKey.json.error.code, 'insufficient_scope');
+  assert.deepEqual(byKey.json.error.details, { required_scope: 'session' });
+  assert.equal((await get(`/api/v1/errors/${gid}`, a.key)).json.status, 'open', 'the refused PATCH changed nothing');
+  const session = await sessionOf(a);
+  const resolved = await send('PATCH', `/api/v1/errors/${gid}`, { raw: JSON.stringify({ status: 'resolved' }),
+    headers: { 'Content-Type': 'application/json', ...session } });
   assert.equal(resolved.status, 200, JSON.stringify(resolved.json));
   assert.equal(resolved.json.status, 'resolved');
   const bad = await send('PATCH', `/api/v1/errors/${gid}`, { raw: JSON.stringify({ status: 'gone' }),
-    headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': a.key } });
+    headers: { 'Content-Type': 'application/json', ...session } });
   assert.equal(bad.status, 400);
   const again = await replay(reqs.find((r) => r.path === '/api/v1/errors/batch'), a.key);
   assert.equal(again.json.results[0].reopened, true);
