@@ -21,6 +21,8 @@ after(async () => { await shim?.stop(); });
 const json = { 'Content-Type': 'application/json' };
 
 test('API1 broken object level authorisation: every endpoint taking an id, with the other tenant\'s id -> 404, nothing changed', async () => {
+  // session: routes that manage the account take a dashboard session only;
+  // B's key and token are refused them by scope (403) before any lookup
   const rows = [
     ['GET', `/api/v1/services/${A.serviceId}`],
     ['GET', `/api/v1/services/${A.serviceId}/changes`],
@@ -28,18 +30,19 @@ test('API1 broken object level authorisation: every endpoint taking an id, with 
     ['GET', `/api/v1/graph/dependencies/${A.serviceId}`],
     ['GET', `/api/v1/graph/dependents/${A.serviceId}`],
     ['GET', `/api/v1/errors/${A.errorId}`],
-    ['PATCH', `/api/v1/errors/${A.errorId}`, JSON.stringify({ status: 'resolved' })],
-    ['POST', `/api/v1/keys/${A.keyId}/rotate`, '{}'],
-    ['DELETE', `/api/v1/keys/${A.keyId}`],
-    ['DELETE', `/api/v1/auth/sessions/${A.sessionId}`],
+    ['PATCH', `/api/v1/errors/${A.errorId}`, JSON.stringify({ status: 'resolved' }), 'session'],
+    ['POST', `/api/v1/keys/${A.keyId}/rotate`, '{}', 'session'],
+    ['DELETE', `/api/v1/keys/${A.keyId}`, undefined, 'session'],
+    ['DELETE', `/api/v1/auth/sessions/${A.sessionId}`, undefined, 'session'],
   ];
   const before = digest();
   const wrong = [];
-  for (const [method, path, body] of rows) {
+  for (const [method, path, body, need] of rows) {
     for (const [kind, headers] of [['api key', B.auth], ['session', B.cookie], ['bearer', { Authorization: `Bearer ${B.token}` }]]) {
       const r = await send(shim, method, path, { body, headers: { ...json, ...headers } });
-      if (r.status === 401 && kind === 'bearer' && method !== 'GET') continue; // bearer tokens may be read-only; still no access
-      if (r.status !== 404 || !isJsonError(r) || r.text.includes(A.id)) wrong.push(`${kind} ${method} ${path}: ${r.status} ${r.text.slice(0, 120)}`);
+      const expected = need === 'session' && kind !== 'session' ? 403 : 404;
+      if (r.status !== expected || !isJsonError(r) || r.text.includes(A.id)) wrong.push(`${kind} ${method} ${path}: ${r.status} ${r.text.slice(0, 120)}`);
+      else if (expected === 403 && r.json.error.details?.required_scope !== 'session') wrong.push(`${kind} ${method} ${path}: ${r.text.slice(0, 120)}`);
     }
   }
   // the graph path between two of A's nodes, asked by B
@@ -107,6 +110,9 @@ test('API3 property level: no hash, secret or other tenant\'s field in any answe
   const paths = ['/api/v1/auth/me', '/api/v1/auth/sessions', '/api/v1/keys', '/api/v1/usage', '/api/v1/services',
     `/api/v1/services/${A.serviceId}`, `/api/v1/services/${A.serviceId}/changes`, '/api/v1/errors', `/api/v1/errors/${A.errorId}`,
     '/api/v1/graph', '/api/v1/performance/metrics', '/api/v1/billing', '/api/v1/billing/invoices'];
+  // a key reads what the read scope allows; the account's own pages (sessions,
+  // keys, billing) answer a key 403 and are read with the session
+  const sessionOnly = new Set(['/api/v1/auth/sessions', '/api/v1/keys', '/api/v1/billing', '/api/v1/billing/invoices']);
   const forbiddenKey = /hash|secret|password|pepper|salt|^key$|token_hash/i;
   const bad = [];
   const walk = (v, where) => {
@@ -114,10 +120,13 @@ test('API3 property level: no hash, secret or other tenant\'s field in any answe
     else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) { if (forbiddenKey.test(k)) bad.push(`${where}.${k}`); walk(x, `${where}.${k}`); }
   };
   for (const p of paths) {
-    const r = await send(shim, 'GET', p, { headers: A.auth });
-    assert.ok(r.status === 200 || r.status === 402 || r.status === 404, `${p}: ${r.status}`);
-    walk(r.json, p);
-    for (const s of [B.id, B.email, B.key, A.key, A.session, B.session, '$argon2']) if (s && r.text.includes(s)) bad.push(`${p} contains ${s.slice(0, 12)}…`);
+    for (const [kind, headers] of [['key', A.auth], ['session', { Cookie: A.cookie.Cookie }]]) {
+      const r = await send(shim, 'GET', p, { headers });
+      if (kind === 'key' && sessionOnly.has(p)) assert.equal(r.status, 403, `${p} with a key: ${r.status}`);
+      else assert.ok(r.status === 200 || r.status === 402 || r.status === 404, `${p} with a ${kind}: ${r.status}`);
+      walk(r.json, p);
+      for (const s of [B.id, B.email, B.key, A.key, A.session, B.session, '$argon2']) if (s && r.text.includes(s)) bad.push(`${p} contains ${s.slice(0, 12)}…`);
+    }
   }
   assert.deepEqual(bad, []);
 
@@ -129,10 +138,11 @@ test('API3 property level: no hash, secret or other tenant\'s field in any answe
   assert.ok(r.status === 200 || r.status === 400, `${r.status}`);
   assert.equal(psql(`SELECT count(*) FROM lattice.services WHERE user_id = '${B.id}'`), before, 'nothing created for B');
   if (r.status === 200) assert.equal(psql(`SELECT user_id FROM lattice.services WHERE id = '${r.json.serviceId}'`), A.id);
-  const p = await send(shim, 'PATCH', `/api/v1/errors/${A.errorId}`, { body: JSON.stringify({ status: 'ignored', user_id: B.id }), headers: { ...json, ...A.auth } });
+  const p = await send(shim, 'PATCH', `/api/v1/errors/${A.errorId}`, { body: JSON.stringify({ status: 'ignored', user_id: B.id }), headers: { ...json, ...A.cookie } });
   assert.ok(p.status === 200 || p.status === 400, `${p.status}`);
   assert.equal(psql(`SELECT user_id FROM lattice.error_groups WHERE id = '${A.errorId}'`), A.id);
-  const k = await send(shim, 'POST', '/api/v1/keys', { body: JSON.stringify({ name: 'owasp', user_id: B.id }), headers: { ...json, ...A.auth } });
+  const k = await send(shim, 'POST', '/api/v1/keys', { body: JSON.stringify({ name: 'owasp', user_id: B.id }), headers: { ...json, ...A.cookie } });
+  assert.equal(k.status, 201, k.text);
   if (k.status === 201 || k.status === 200) assert.equal(psql(`SELECT user_id FROM lattice.api_keys WHERE id = '${k.json.id ?? k.json.key?.id}'`), A.id);
 });
 
@@ -208,6 +218,8 @@ test('API10 unsafe consumption of APIs: forged Stripe webhooks are refused and c
     data: { object: { id: 'sub_x', customer: 'cus_x', status: 'active', metadata: { user_id: A.id } } } });
   const ts = Math.floor(Date.now() / 1000);
   const sig = (secret, t = ts, body = payload) => `t=${t},v1=${createHmac('sha256', secret).update(`${t}.${body}`).digest('hex')}`;
+  // a real secret is configured (run alone, no billing file added one): the forgeries must fail on their own
+  psql(`SELECT lattice.webhook_secret_add('whsec_owasp_${process.pid}_${Date.now()}')`);
   const before = digest();
   const cases = [
     ['no signature', {}],
