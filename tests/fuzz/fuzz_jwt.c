@@ -5,8 +5,11 @@
  * Input: a token.  It is parsed and verified under a fixed key as it is;
  * then, since a fuzzer cannot forge an HMAC, the same header and payload are
  * signed with that key and verified again, so the claims parser and the time
- * checks see every mutation too.  Property: a token verified OK is within
- * its validity window.
+ * checks see every mutation too.  Properties: a token verified OK is within
+ * its validity window, and its scope claim (0.2.0), when it has one, was a
+ * string that fit: NUL-terminated inside JwtToken.scope, at most
+ * JWT_TOKEN_SCOPE_MAX bytes.  The seeds (seeds.py) carry scopes as
+ * lattice.jwt_issue writes them and shapes that must not verify.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,8 +31,11 @@ check(const char *token, size_t len)
 
 	if (jwt_token_parse(token, len, &t) != JWT_TOKEN_OK)
 		return;
-	if (jwt_token_verify(&t, key, NOW, MAX_TTL, SKEW) == JWT_TOKEN_OK &&
-		(strlen(t.sub) != 36 || NOW > t.exp + SKEW || NOW + SKEW < t.iat))
+	if (jwt_token_verify(&t, key, NOW, MAX_TTL, SKEW) != JWT_TOKEN_OK)
+		return;
+	if (strlen(t.sub) != 36 || NOW > t.exp + SKEW || NOW + SKEW < t.iat)
+		abort();
+	if (t.has_scope && memchr(t.scope, '\0', sizeof(t.scope)) == NULL)
 		abort();
 }
 

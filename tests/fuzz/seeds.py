@@ -126,6 +126,14 @@ for i, c in enumerate(captured):
     signing = b64(header) + b"." + b64(payload)
     seeds["fuzz_jwt"].append(signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest()))
 seeds["fuzz_jwt"].append(b64(b'{"alg":"none","kid":"k"}') + b"." + b64(b"{}") + b".")
+# the scope claim of 0.2.0 (space-separated, as lattice.jwt_issue writes it),
+# and the shapes that must not verify: not a string, too long for the token
+for i, scope in enumerate([b'"ingest read"', b'"read"', b'"ingest"', b'""', b'["read"]', b'null', b'"' + b"read " * 14 + b'"']):
+    header = b'{"alg":"HS256","typ":"JWT","kid":"s%d"}' % i
+    payload = (b'{"iss":"lattice","sub":"0b6f2c1e-6d3f-4a59-9d2b-4b1f3c6f8a10","iat":1800000000,"nbf":1800000000,'
+               b'"exp":1800003600,"jti":"scope%d","scope":%s}' % (i, scope))
+    signing = b64(header) + b"." + b64(payload)
+    seeds["fuzz_jwt"].append(signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest()))
 
 for target, items in seeds.items():
     d = os.path.join(out, target)
