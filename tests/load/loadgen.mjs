@@ -1,14 +1,18 @@
 // Simulated plugins for the load and fault suites.
 //
 // Each plugin is one service of one tenant, on its own keep-alive connection
-// from its own loopback address (as real plugins come from their own hosts).
+// from its own loopback address (as real plugins come from their own hosts),
+// with its tenant's ingest-only key (scope ingest, as the onboarding issues);
+// each tenant also has a read-only key (tenant.readKey) for the read API.
+// Ingest counts per service (the service name of the body): each plugin is
+// its own budget, the plan's ingest_per_service_per_hour.
 // It sends what the captured plugin sent (tests/fixtures/captured/): a
 // metadata snapshot every few seconds (each a new version, so every
 // acknowledged one is checkable), trace batches and error batches.  Every
 // answer is counted; verify() then checks the database holds every
 // acknowledged submission, and nothing it was never sent.
 //
-//   const load = new Load({ url, plugins: 200, tenants: 50 });
+//   const load = new Load({ url, plugins: 200, tenants: 50 });   // plan: 'standard'
 //   await load.setup();  load.start();  ...;  await load.stop();
 //   const v = load.verify();   // { ok, checked, missing: [...], phantom: [...] }
 import http from 'node:http';
@@ -30,20 +34,32 @@ const METADATA = captured('ingest_metadata');
 const TRACES = captured('traces_batch').traces;
 const ERRORS = captured('errors_batch').errors;
 
-// Plans sized for the test: 'load' is never exceeded by a well-behaved
-// tenant; 'load-small' is, by the greedy ones.
-export const PLANS = { load: 100000, 'load-small': 20 };
+// Plans, as ingest requests per hour per service (the quota class plugins
+// count in): 'standard' is the real plan, as shipped (3,600 per service,
+// burst lattice.rate_ingest_burst): well-behaved plugins must never meet it;
+// 'load-small' is met by the greedy ones; 'load-fast' (no practical limit) is
+// for the fault suite, whose plugins send faster than any real one to have
+// traffic in flight at each fault.  null: the plan as it is in the database.
+export const PLANS = { standard: null, 'load-fast': 100000000, 'load-small': 20 };
 
-// Creates n tenants on plan (lattice.create_user + create_api_key as superuser).
+// Creates n tenants on plan (lattice.create_user + create_api_key as
+// superuser): each { id, key (scope ingest), readKey (scope read), plan,
+// limit and burst of one service's ingest budget }.
 export function createTenants(n, plan, tag) {
-  psql(`INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour, max_services)
-        VALUES ('${plan}', '${plan}', 0, ${PLANS[plan]}, 1000)
-        ON CONFLICT (id) DO UPDATE SET rate_limit_per_hour = EXCLUDED.rate_limit_per_hour`);
+  if (PLANS[plan] != null)
+    psql(`INSERT INTO lattice.plans (id, name, price_cents, max_services, ingest_per_service_per_hour)
+          VALUES ('${plan}', '${plan}', 0, 1000, ${PLANS[plan]})
+          ON CONFLICT (id) DO UPDATE SET ingest_per_service_per_hour = EXCLUDED.ingest_per_service_per_hour`);
+  const [limit, burst] = psql(`SELECT ingest_per_service_per_hour, LEAST(ingest_per_service_per_hour,
+                                      pg_catalog.current_setting('lattice.rate_ingest_burst')::integer)
+                                 FROM lattice.plans WHERE id = '${plan}'`).split('|').map(Number);
   const rows = psql(`WITH u AS (SELECT g, lattice.create_user('${tag}-' || g || '-' || pg_catalog.gen_random_uuid() || '@example.com',
                                   'correct horse battery staple', '${tag} ' || g) AS id
                           FROM pg_catalog.generate_series(1, ${n}) g)
-                     SELECT u.id || ' ' || lattice.create_api_key(u.id, 'load') FROM u ORDER BY g`);
-  const tenants = rows.split('\n').map((l) => { const [id, key] = l.split(' '); return { id, key, plan, limit: PLANS[plan] }; });
+                     SELECT u.id || ' ' || lattice.create_api_key(u.id, 'load plugin', ARRAY['ingest'])
+                                 || ' ' || lattice.create_api_key(u.id, 'load reader', ARRAY['read'])
+                       FROM u ORDER BY g`);
+  const tenants = rows.split('\n').map((l) => { const [id, key, readKey] = l.split(' '); return { id, key, readKey, plan, limit, burst }; });
   psql(`UPDATE lattice.users SET plan_id = '${plan}' WHERE id IN (${tenants.map((t) => `'${t.id}'`).join(',')})`);
   return tenants;
 }
@@ -63,6 +79,8 @@ class Plugin {
     this.acked = { metadata: [], traces: 0, errors: 0 };
     this.unknown = { metadata: [], traces: 0, errors: 0 };
     this.unknownBatches = { traces: [], errors: [] }; // sizes, for the all-or-nothing check
+    // this service's ingest budget, as the plugin saw it
+    this.quota = { requests: 0, ok: 0, refused: 0, firstAt: 0, firstRefusal: null, scopes: {} };
   }
 
   send(path, body) {
@@ -174,11 +192,13 @@ class Plugin {
 
 export class Load {
   // url: the shim; plugins: how many; tenants: well-behaved tenants (the plugins
-  // are spread over them); greedy: extra tenants with one fast plugin each on
-  // a tiny plan; intervals in ms.
-  constructor({ url, plugins = 200, tenants = 50, greedy = 2, tag = 'load',
+  // are spread over them, each plugin its own service) on plan; greedy: extra
+  // tenants with one fast plugin each on a tiny plan; intervals in ms (the
+  // default, about 2,900 requests an hour per service, is twice the real
+  // plugin's default cadence of 1,452: tests/pgtap/rate_classes.sql).
+  constructor({ url, plugins = 200, tenants = 50, greedy = 2, tag = 'load', plan = 'standard',
                 intervals = { metadata: 5000, traces: 2000, errors: 10000 } }) {
-    Object.assign(this, { url, nplugins: plugins, ntenants: tenants, ngreedy: greedy, tag, intervals });
+    Object.assign(this, { url, nplugins: plugins, ntenants: tenants, ngreedy: greedy, tag, plan, intervals });
     this.stopping = false;
     this.abort = new AbortController();
     setMaxListeners(0, this.abort.signal); // one listener per sleeping plugin loop
@@ -186,14 +206,14 @@ export class Load {
     this.byKind = {};
     this.notes = [];
     this.listeners = [];
-    this.perTenant = new Map();
+    this.classes = {};   // RateLimit-Class of the acknowledged answers
     this.requests = 0;
   }
 
   note(s) { if (this.notes.length < 50) this.notes.push(s); }
 
   async setup() {
-    const good = createTenants(this.ntenants, 'load', `${this.tag}-t`);
+    const good = createTenants(this.ntenants, this.plan, `${this.tag}-t`);
     const greedy = this.ngreedy ? createTenants(this.ngreedy, 'load-small', `${this.tag}-g`) : [];
     this.tenants = [...good, ...greedy];
     this.plugins = [];
@@ -206,7 +226,6 @@ export class Load {
       this.plugins.push(new Plugin(this, i, t, `svc-${k}`, hasNext ? `svc-${k + 1}` : 'edge', false));
     }
     greedy.forEach((t, j) => this.plugins.push(new Plugin(this, this.nplugins + j, t, 'svc-greedy', 'browser', true)));
-    for (const t of this.tenants) this.perTenant.set(t.id, { requests: 0, ok: 0, refused: 0, firstAt: 0, firstRefusal: null });
   }
 
   record(plugin, kind, r) {
@@ -215,14 +234,20 @@ export class Load {
     this.statuses[s] = (this.statuses[s] ?? 0) + 1;
     const k = (this.byKind[kind] ??= {});
     k[s] = (k[s] ?? 0) + 1;
-    const t = this.perTenant.get(plugin.tenant.id);
+    const q = plugin.quota;
     if (r.status !== 0 && r.status !== 503) { // counted by the quota (authenticated)
-      if (!t.firstAt) t.firstAt = r.started;
-      t.requests++;
+      if (!q.firstAt) q.firstAt = r.started;
+      q.requests++;
       if (r.status === 429) {
-        t.refused++;
-        if (!t.firstRefusal) t.firstRefusal = { at: r.started, after: t.ok, retryAfter: r.headers['retry-after'] };
-      } else if (r.status < 300) t.ok++;
+        q.refused++;
+        const scope = r.json?.error?.details?.scope ?? '?';
+        q.scopes[scope] = (q.scopes[scope] ?? 0) + 1;
+        if (!q.firstRefusal) q.firstRefusal = { at: r.started, after: q.ok, retryAfter: r.headers['retry-after'], scope };
+      } else if (r.status < 300) {
+        q.ok++;
+        const c = r.headers['ratelimit-class'] ?? 'none';
+        this.classes[c] = (this.classes[c] ?? 0) + 1;
+      }
     }
     if (r.status >= 500 && r.status !== 503) this.note(`${kind} ${r.status} ${JSON.stringify(r.json ?? r.error).slice(0, 200)}`);
     for (const fn of this.listeners) fn(r, plugin, kind);
@@ -290,21 +315,33 @@ export class Load {
     return { ok: missing.length === 0 && phantom.length === 0, checked, missing, phantom };
   }
 
-  // 429 only where the tenant's quota (GCRA: burst = the hourly limit, then
-  // limit/hour) really ran out: never before `limit` acknowledged requests
-  // plus what refilled since its first request.
+  // 429 only where a service's ingest budget (GCRA: `burst` at once, then
+  // limit/hour) really ran out: never before `burst` acknowledged requests
+  // plus what refilled since its first request, and refused by the service's
+  // own budget (details.scope ingest), not the account's ceiling.
+  // refusedGood: well-behaved plugins that saw any 429.
   rateCheck() {
-    const wrong = [], greedy = [];
-    for (const t of this.tenants) {
-      const s = this.perTenant.get(t.id);
-      if (t.plan === 'load-small') greedy.push({ id: t.id, ...s, limit: t.limit });
+    const wrong = [], greedy = [], refusedGood = [];
+    for (const p of this.plugins) {
+      const s = p.quota, t = p.tenant, name = `${t.id}/${p.service}`;
+      if (p.greedy) greedy.push({ id: t.id, service: p.service, ...s, limit: t.limit, burst: t.burst });
+      else if (s.refused > 0) refusedGood.push(`${name}: ${s.refused} of ${s.requests} refused ${JSON.stringify(s.scopes)}, first after ${s.firstRefusal.after}`);
       if (!s.firstRefusal) continue;
       const refill = ((s.firstRefusal.at - s.firstAt) / 3600e3) * t.limit;
-      if (s.firstRefusal.after < Math.floor(t.limit + refill) - 1) wrong.push(`${t.id}: refused after ${s.firstRefusal.after} (limit ${t.limit})`);
+      if (s.firstRefusal.after < Math.floor(t.burst + refill) - 1) wrong.push(`${name}: refused after ${s.firstRefusal.after} (burst ${t.burst}, limit ${t.limit}/h)`);
       const window = (this.stoppedAt - s.firstAt) / 3600e3;
-      if (s.ok > t.limit + window * t.limit + 2) wrong.push(`${t.id}: ${s.ok} accepted > quota ${t.limit} + ${window * t.limit}`);
+      if (s.ok > t.burst + window * t.limit + 2) wrong.push(`${name}: ${s.ok} accepted > burst ${t.burst} + ${window * t.limit}`);
+      if (Object.keys(s.scopes).some((k) => k !== 'ingest')) wrong.push(`${name}: refused by ${JSON.stringify(s.scopes)}, not its service's budget`);
     }
-    return { wrong, greedy, refusedGood: this.tenants.filter((t) => t.plan !== 'load-small' && this.perTenant.get(t.id).refused > 0).length };
+    return { wrong, greedy, refusedGood };
+  }
+
+  // Requests per hour each well-behaved plugin sent (min, median, max).
+  cadence() {
+    const rates = this.plugins.filter((p) => !p.greedy && p.quota.firstAt)
+      .map((p) => p.quota.requests / ((this.stoppedAt - p.quota.firstAt) / 3600e3)).sort((x, y) => x - y);
+    const at = (f) => Math.round(rates[Math.min(rates.length - 1, Math.floor(f * rates.length))] ?? 0);
+    return { min: at(0), median: at(0.5), max: at(1) };
   }
 }
 
