@@ -101,17 +101,21 @@ test('a full table evicts the least recently used key and refuses no one', () =>
     'the evicted cold key starts again with a full allowance (fail-open)');
 });
 
-test('the worker rolls hourly usage into lattice.usage_hourly', async () => {
+test('the worker rolls hourly usage into lattice.usage_hourly, by class and service', async () => {
   const id = randomUUID();
   psql(env, `INSERT INTO lattice.users (id, email, name) VALUES ('${id}', '${id}@rate.test', 'w')`);
   psql(env, `BEGIN; SELECT lattice.test_set_tenant('${id}');
-             SELECT (lattice.rate_enforce_tenant('${id}')).allowed FROM generate_series(1, 3); COMMIT;`);
+             SELECT (lattice.rate_enforce_tenant('${id}')).allowed FROM generate_series(1, 3);
+             SELECT lattice.rate_enforce_ingest('svc-a') FROM generate_series(1, 2);
+             SELECT lattice.rate_enforce_ingest('svc-b'); COMMIT;`);
+  const want = 'api::3/0,ingest:svc-a:2/0,ingest:svc-b:1/0';
   let got = '';
-  for (let i = 0; i < 40 && got !== '3'; i++) {
+  for (let i = 0; i < 40 && got !== want; i++) {
     await new Promise((r) => setTimeout(r, 250));
-    got = psql(env, `SELECT coalesce(sum(requests), 0) FROM lattice.usage_hourly WHERE user_id = '${id}'`);
+    got = psql(env, `SELECT string_agg(class || ':' || subject || ':' || requests || '/' || refused, ',' ORDER BY class, subject)
+                       FROM lattice.usage_hourly WHERE user_id = '${id}'`);
   }
-  assert.equal(got, '3', 'the worker wrote the 3 requests without being asked');
+  assert.equal(got, want, 'the worker wrote the api requests and each service\'s ingest without being asked');
 });
 
 test('the worker also writes the identity writes a read-only transaction deferred', async () => {
@@ -145,6 +149,8 @@ test('without shared_preload_libraries: CREATE EXTENSION works, counters say wha
     "SELECT lattice.rate_check('s', 'k', 1, 60)",
     `SELECT lattice.rate_enforce_address('{"client_addr":"10.0.0.1"}', 'login')`,
     `SELECT lattice.rate_enforce_tenant('${randomUUID()}')`,
+    `BEGIN; SELECT lattice.test_set_tenant('${randomUUID()}'); SELECT lattice.rate_enforce_ingest('svc'); COMMIT`,
+    `BEGIN; SELECT lattice.test_set_tenant('${randomUUID()}'); SELECT lattice.rate_usage_classes(); COMMIT`,
   ]) {
     const err = psqlError(env, sql, 'nopreload');
     assert.match(err ?? '', /55000/, `${sql} fails with object_not_in_prerequisite_state`);

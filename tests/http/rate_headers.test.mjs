@@ -4,11 +4,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { startShim, rawRequest, psql } from './lib.mjs';
+import { startShim, rawRequest, request, psql } from './lib.mjs';
+import { capturedBody } from '../fixtures/captured.mjs';
 import { createTestFunctions, dropTestFunctions } from './shim_fixtures.mjs';
 
 const FIXED = '/api/v1/_test/echo/1/items/fixed';
-let shim, key;
+let shim, key, email;
 
 before(async () => {
   createTestFunctions();
@@ -22,7 +23,8 @@ before(async () => {
             RETURN ROW(200, CASE WHEN req->'query' ? 'own' THEN '{"RateLimit-Limit": "7", "RateLimit-Remaining": "6"}'
                                  ELSE '{}' END::jsonb, '{"fixed": true}')::lattice.http_response;
         END $$`);
-  const id = psql(`SELECT lattice.create_user('rate-headers-${randomUUID()}@example.com', 'correct horse battery staple', 'R')`);
+  email = `rate-headers-${randomUUID()}@example.com`;
+  const id = psql(`SELECT lattice.create_user('${email}', 'correct horse battery staple', 'R')`);
   key = psql(`SELECT lattice.create_api_key('${id}', 'rate headers')`);
   shim = await startShim();
 });
@@ -76,6 +78,37 @@ test("a function's own RateLimit headers win: none are added or repeated", async
 
 test('an answer that counted nothing has no rate headers', async () => {
   const r = await get('/api/v1/_test/echo/1/items/2');
+  assert.equal(r.status, 200);
+  assert.deepEqual(lines(r).filter(([n]) => n.includes('ratelimit')), []);
+});
+
+test('a session counts in the dashboard class, an ingest request in the ingest class, each with its own limit', async () => {
+  const login = await request(shim, '/api/v1/auth/login', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ email, password: 'correct horse battery staple' }) });
+  assert.equal(login.status, 200, login.text);
+  const cookie = login.headers.getSetCookie().map((c) => c.split(';')[0]).join('; ');
+  const dash = await get('/api/v1/auth/me', `Cookie: ${cookie}\r\n`);
+  assert.equal(dash.status, 200, dash.body);
+  const d = Object.fromEntries(lines(dash));
+  assert.equal(d['ratelimit-class'], 'dashboard');
+  assert.equal(d['ratelimit-policy'], '7200;w=3600', 'the plan\'s dashboard_per_hour');
+  assert.ok(Number(d['ratelimit-remaining']) < 600, 'within the dashboard burst (600)');
+
+  const meta = JSON.parse(capturedBody('ingest_metadata'));
+  meta.service.name = 'rate-headers-svc';
+  const ing = await request(shim, '/api/v1/ingest/metadata', { method: 'POST', body: JSON.stringify(meta),
+    headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': key } });
+  assert.equal(ing.status, 200, ing.text);
+  assert.equal(ing.headers.get('ratelimit-class'), 'ingest');
+  assert.equal(ing.headers.get('ratelimit-policy'), '3600;w=3600', 'the plan\'s ingest_per_service_per_hour');
+  assert.equal(ing.headers.get('ratelimit-remaining'), '119', 'the first of the service\'s burst of 120');
+  // the api class was not spent by either
+  const api = Object.fromEntries(lines(await get('/api/v1/auth/me', `X-Lattice-API-Key: ${key}\r\n`)));
+  assert.equal(api['ratelimit-class'], 'api');
+});
+
+test('an unauthenticated route that counts nothing answers without rate headers', async () => {
+  const r = await rawRequest(shim, 'GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
   assert.equal(r.status, 200);
   assert.deepEqual(lines(r).filter(([n]) => n.includes('ratelimit')), []);
 });

@@ -1,6 +1,8 @@
 // Rate limits through the real shim: RateLimit-* and X-RateLimit-* headers
 // on allowed answers, 429 rate_limited with Retry-After, GET /api/v1/usage,
-// tenants independent.  A plan of 5 requests an hour keeps it short.
+// tenants independent.  A plan of 5 requests an hour keeps it short.  The
+// keys (made in SQL: ingest and read) count in the api class; the other
+// classes (dashboard, ingest) are tests/http/rate_classes.test.mjs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startShim } from './lib.mjs';
@@ -43,6 +45,7 @@ test('an allowed answer carries the RateLimit-* and X-RateLimit-* headers', asyn
   assert.equal(r.headers.get('ratelimit-remaining'), '4');
   assert.equal(r.headers.get('ratelimit-reset'), '720', 'one request of 5/hour is whole again in 720 s');
   assert.equal(r.headers.get('ratelimit-policy'), '5;w=3600');
+  assert.equal(r.headers.get('ratelimit-class'), 'api', 'a key on a read route counts in the api class');
   assert.equal(r.headers.get('x-ratelimit-limit'), '5');
   assert.equal(r.headers.get('x-ratelimit-remaining'), '4');
   const reset = Number(r.headers.get('x-ratelimit-reset'));
@@ -60,6 +63,18 @@ test('GET /api/v1/usage shows the tenant its quota and this hour', async () => {
   assert.equal(r.json.this_hour.requests, 2, 'this request counts too');
   assert.equal(r.json.this_hour.refused, 0);
   assert.ok(Array.isArray(r.json.history));
+  // the same api class under classes, and the classes this key never touched
+  const { api, dashboard, ingest } = r.json.classes;
+  assert.deepEqual(api, { unit: 'account', limit: 5, burst: 5, period_seconds: 3600, used: 2, remaining: 3,
+                          reset_seconds: 1440, refused_this_hour: 0, refused_24h: 0 });
+  assert.equal(dashboard.unit, 'account');
+  assert.equal(dashboard.used, 0);
+  assert.equal(dashboard.limit, 7200, 'the plan\'s dashboard_per_hour (default)');
+  assert.equal(ingest.unit, 'service');
+  assert.equal(ingest.used, 0);
+  assert.equal(ingest.limit, 3600, 'the plan\'s ingest_per_service_per_hour (default)');
+  assert.equal(ingest.account_limit, 3600 * 100, 'per service x max_services');
+  assert.deepEqual(ingest.services, []);
 });
 
 test('the request after the quota gets 429 rate_limited with Retry-After', async () => {
@@ -75,7 +90,9 @@ test('the request after the quota gets 429 rate_limited with Retry-After', async
   assert.equal(r.headers.get('ratelimit-remaining'), '0');
   assert.equal(r.headers.get('ratelimit-limit'), '5');
   assert.equal(r.headers.get('x-ratelimit-remaining'), '0');
-  assert.equal(r.json.error.details.retry_after_seconds, 720);
+  assert.deepEqual(r.json.error.details, { scope: 'api', limit: 5, period_seconds: 3600, remaining: 0,
+                                           reset_seconds: r.json.error.details.reset_seconds, retry_after_seconds: 720 });
+  assert.ok(r.json.error.details.reset_seconds > 3000, `the whole hour's allowance is spent (${r.json.error.details.reset_seconds})`);
 });
 
 test('another tenant is not affected', async () => {
@@ -91,8 +108,10 @@ test('rolled-up hours appear in the usage history', async () => {
   assert.equal(r.status, 200);
   assert.equal(r.json.history.length, 1);
   assert.equal(r.json.history[0].requests, 1, 'the one request rolled up before this one');
-  const rows = sql(`SELECT requests || '/' || refused FROM lattice.usage_hourly WHERE user_id = '${users[0]}'`);
-  assert.equal(rows, '5/1', 'tenant 0: 5 allowed and 1 refused in its hour row');
+  assert.deepEqual(r.json.history[0].classes, { api: { requests: 1, refused: 0 } }, 'all of it in the api class');
+  const rows = sql(`SELECT class || ':' || subject || ':' || requests || '/' || refused FROM lattice.usage_hourly
+                     WHERE user_id = '${users[0]}'`);
+  assert.equal(rows, 'api::5/1', 'tenant 0: 5 allowed and 1 refused in its api hour row');
 });
 
 test('an unauthenticated route is limited per address: 429 rate_limited with Retry-After', async () => {
