@@ -29,7 +29,9 @@ const PLUGINS = 60;
 const shimEnv = { LATTICE_SHIM_THREADS: String(PLUGINS + 16), LATTICE_SHIM_POOL_SIZE: '6', LATTICE_SHIM_ACCESS_LOG: 'off' };
 let shim = await startShim({ env: shimEnv });
 const port = shim.port;
-const load = new Load({ url: shim.url, plugins: PLUGINS, tenants: 15, greedy: 0, tag: 'fault',
+// plan load-fast: these plugins send faster than the real plan's ingest
+// budget allows for long, so that traffic is in flight at every fault
+const load = new Load({ url: shim.url, plugins: PLUGINS, tenants: 15, greedy: 0, tag: 'fault', plan: 'load-fast',
   intervals: { metadata: 3000, traces: 1000, errors: 4000 } });
 await load.setup();
 load.start();
@@ -138,7 +140,7 @@ await sleep(2000);
   const stored = Number(psql(`SELECT count(*) FROM lattice.service_changes c JOIN lattice.services s ON s.id = c.service_id
     WHERE s.user_id = '${p.tenant.id}' AND c.new_value = 'timeout-probe'`));
   ok(stored === 0, 'statement_timeout: the timed-out snapshot wrote nothing');
-  const after = await request(slow, '/api/v1/usage', { headers: { 'X-Lattice-API-Key': p.tenant.key } });
+  const after = await request(slow, '/api/v1/usage', { headers: { 'X-Lattice-API-Key': p.tenant.readKey } });
   ok(after.status === 200, `statement_timeout: the same pooled connection serves the next request (${after.status})`);
   await slow.stop();
 }

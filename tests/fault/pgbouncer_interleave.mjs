@@ -18,7 +18,7 @@ const ok = (cond, name, diag = []) => {
 const viaBouncer = (db, user, sql) => execFileSync('psql', ['-XAtq', '-h', '127.0.0.1', '-p', port, '-U', user, '-d', db, ...sql.flatMap((q) => ['-c', q])],
   { encoding: 'utf8' }).trim().split('\n');
 
-const [a, b] = createTenants(2, 'load', 'bouncer');
+const [a, b] = createTenants(2, 'standard', 'bouncer');
 // each tenant gets a service of its own name, so a leaked answer is visible
 psql(`INSERT INTO lattice.services (user_id, name) VALUES ('${a.id}', 'only-a'), ('${b.id}', 'only-b')`);
 
@@ -35,7 +35,7 @@ for (let i = 0; i < 60; i++) {
       served++;
       if (r.status !== 200 || r.json.user.id !== t.id) wrong.push(`auth/me as ${t.id}: ${r.status} ${r.text.slice(0, 120)}`);
     }));
-    calls.push(request(shim, '/api/v1/services', { headers: { 'X-Lattice-API-Key': t.key } }).then((r) => {
+    calls.push(request(shim, '/api/v1/services', { headers: { 'X-Lattice-API-Key': t.readKey } }).then((r) => {
       served++;
       const text = r.text;
       const mine = t === a ? 'only-a' : 'only-b', theirs = t === a ? 'only-b' : 'only-a';

@@ -48,7 +48,7 @@ async function underValgrind(label, seconds) {
     await sleep(200);
   }
   phase('started');
-  const load = new Load({ url: shim.url, plugins: 12, tenants: 4, greedy: 1, tag: `vg-${label}-${process.pid}`,
+  const load = new Load({ url: shim.url, plugins: 12, tenants: 4, greedy: 1, tag: `vg-${label}-${process.pid}`, plan: 'load-fast',
     intervals: { metadata: 1000, traces: 300, errors: 1500 } });
   await load.setup();
   phase('tenants');
