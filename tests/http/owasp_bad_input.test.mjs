@@ -15,22 +15,24 @@ before(async () => {
 });
 after(async () => { await shim?.stop(); });
 
-// endpoint -> [method, path, credential, a valid body to break]
+// endpoint -> [method, path, credential, a valid body to break]; the
+// credential is one the route takes (keys and triage: the session, with its
+// CSRF header), so the body is what gets refused, not the caller
 function endpoints() {
   const meta = captured('ingest_metadata');
   return [
     ['POST', '/api/v1/auth/signup', {}, '{"email":"x@example.com","password":"a long password 123","name":"X"}'],
     ['POST', '/api/v1/auth/login', {}, `{"email":"${A.email}","password":"${A.password}"}`],
     ['POST', '/api/v1/auth/token', A.auth, '{}'],
-    ['POST', '/api/v1/keys', A.auth, '{"name":"k"}'],
-    ['POST', `/api/v1/keys/${A.keyId}/rotate`, A.auth, '{}'],
+    ['POST', '/api/v1/keys', A.cookie, '{"name":"k"}'],
+    ['POST', `/api/v1/keys/${A.keyId}/rotate`, A.cookie, '{}'],
     ['POST', '/api/v1/ingest/metadata', A.auth, meta],
     ['POST', '/api/v1/performance/traces/batch', A.auth, captured('traces_batch')],
     ['POST', '/api/v1/errors/batch', A.auth, captured('errors_batch')],
     ['POST', '/api/v1/errors', A.auth, JSON.stringify(JSON.parse(captured('errors_batch')).errors[0])],
     ['POST', '/api/v1/breadcrumbs', A.auth, '{"session_id":"s1","breadcrumbs":[{"category":"ui","level":"info","message":"m"}]}'],
     ['POST', '/api/v1/metrics', A.auth, '{"metrics":[]}'],
-    ['PATCH', `/api/v1/errors/${A.errorId}`, A.auth, '{"status":"resolved"}'],
+    ['PATCH', `/api/v1/errors/${A.errorId}`, A.cookie, '{"status":"resolved"}'],
     ['POST', '/api/v1/webhooks/stripe', { 'Stripe-Signature': 't=1,v1=00' }, '{"id":"evt_1","type":"invoice.paid"}'],
   ];
 }
@@ -88,6 +90,9 @@ async function corpus(eps) {
       const r = await send(shim, method, path, { body, headers, from: '127.0.66.9' }).catch((e) => ({ status: 0, text: String(e), headers: {} }));
       sent++;
       if (!(r.status >= 400 && r.status < 500) || !isJsonError(r)) wrong.push(`${method} ${path} ${name}: ${r.status} ${r.text.slice(0, 120)}`);
+      // refused for the body, never for the credential
+      else if (['missing_credentials', 'insufficient_scope', 'csrf_failed', 'credential_not_accepted'].includes(r.json.error.code))
+        wrong.push(`${method} ${path} ${name}: ${r.status} ${r.json.error.code} (the credential was refused)`);
     }
   }
   return { sent, wrong };
