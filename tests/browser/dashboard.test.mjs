@@ -1,5 +1,5 @@
 // The dashboard end to end in a real browser, real shim, real database:
-// sign up -> onboarding creates a key -> a replayed plugin request with it ->
+// sign up -> onboarding creates an ingest key -> a replayed plugin request with it ->
 // the service appears without a reload -> services and detail -> graph nodes
 // and edges -> impact mode -> rotate and revoke a key -> billing states the
 // trial -> usage -> logout, and /dashboard then sends to the login page.
@@ -21,7 +21,7 @@ before(async () => {
 });
 after(async () => { await browser?.close(); shim?.stop(); });
 
-test('sign-up lands on onboarding, which creates a key shown once', async () => {
+test('sign-up lands on onboarding, which creates an ingest key shown once', async () => {
   await page.goto(`${shim.base}/signup`);
   await page.fill('#name', 'Browser Test');
   await page.fill('#email', email);
@@ -30,7 +30,10 @@ test('sign-up lands on onboarding, which creates a key shown once', async () => 
   await page.waitForURL(/\/dashboard\/onboarding$/);
   await page.locator('text=Waiting for your first service').waitFor();
   await page.fill('#key-name', 'browser key');
-  await page.click('button:has-text("Create API key")');
+  const created = page.waitForResponse((r) => r.url().endsWith('/api/v1/keys') && r.request().method() === 'POST');
+  await page.click('button:has-text("Create ingest key")');
+  // the onboarding key may only send: scope ingest
+  assert.deepEqual((await created).request().postDataJSON().scopes, ['ingest']);
   key = (await page.locator('#new-key').innerText()).trim();
   assert.match(key, /^ltc_[A-Za-z0-9_-]{20,}$/);
   // the snippet has the key and this server's endpoint filled in
@@ -102,6 +105,8 @@ test('keys: rotate shows a new key and the old one in its grace; revoke marks it
   await page.goto(`${shim.base}/dashboard/keys`);
   await page.locator('table[aria-label="API keys"]').waitFor();
   const row = page.locator('tr', { hasText: 'browser key' }).first();
+  // the onboarding key was stored with scope ingest alone
+  assert.equal(await row.locator('[data-scopes]').getAttribute('data-scopes'), 'ingest');
   await row.locator('button:has-text("Rotate")').click();
   await page.locator('dialog select#grace').selectOption('3600');
   await page.click('dialog button:has-text("Rotate")');
@@ -110,6 +115,9 @@ test('keys: rotate shows a new key and the old one in its grace; revoke marks it
   assert.match(fresh, /^ltc_/);
   assert.notEqual(fresh, key);
   await page.locator('text=/rotated · works until/').waitFor();
+  // the new key keeps the scopes: every key of that name is ingest-only
+  assert.deepEqual(await page.locator('tr', { hasText: 'browser key' }).locator('[data-scopes]').evaluateAll((els) => els.map((e) => e.dataset.scopes)),
+    ['ingest', 'ingest']);
   // both keys work during the grace period
   assert.equal((await replay(shim.base, '005-POST-api_v1_ingest_metadata.json', key)).status, 200);
   assert.equal((await replay(shim.base, '005-POST-api_v1_ingest_metadata.json', fresh)).status, 200);
@@ -122,7 +130,7 @@ test('keys: rotate shows a new key and the old one in its grace; revoke marks it
   assert.equal((await replay(shim.base, '005-POST-api_v1_ingest_metadata.json', fresh)).status, 401);
 });
 
-test('billing states the 7-day trial; usage shows this hour against the quota', async () => {
+test('billing states the 7-day trial; usage shows the three classes and the service', async () => {
   await page.goto(`${shim.base}/dashboard/billing`);
   await page.locator('#billing-statement').waitFor();
   assert.match(await page.locator('#billing-statement').innerText(), /free trial ends .* 7 days left/i);
@@ -130,10 +138,12 @@ test('billing states the 7-day trial; usage shows this hour against the quota', 
   assert.match(await page.locator('#account-banner').innerText(), /Free trial: 7 days left/);
   await shot(page, 'dashboard-billing');
   await page.click('nav >> text=Usage');
-  await page.locator('[data-usage-used]').waitFor();
-  assert.ok(Number((await page.locator('[data-usage-used]').innerText()).replace(/,/g, '')) > 0);
-  assert.match(await page.locator('main').innerText(), /of 1,000 requests used/);
-  await shot(page, 'dashboard-usage');
+  await page.locator('[data-usage][data-loaded]').waitFor();
+  for (const c of ['api', 'ingest', 'dashboard']) await page.locator(`.usage-class[data-class=${c}]`).waitFor();
+  assert.ok(Number(await page.locator('.usage-class[data-class=ingest] [data-field=used]').getAttribute('data-value')) > 0);
+  assert.ok(Number(await page.locator('.usage-class[data-class=dashboard] [data-field=used]').getAttribute('data-value')) > 0);
+  assert.match(await page.locator('.usage-class[data-class=api]').innerText(), /of 1,000 used this hour/);
+  assert.ok(Number(await page.locator('tr[data-service="capture-demo"] [data-field=used]').getAttribute('data-value')) >= 3);
 });
 
 test('errors can be resolved; changes list the registration', async () => {

@@ -78,12 +78,14 @@ export async function shot(page, name) {
   await page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: false });
 }
 
-// Replays a captured plugin request (tests/fixtures/captured) with our key.
-export async function replay(base, file, key) {
+// Replays a captured plugin request (tests/fixtures/captured) with our key;
+// `service` renames the captured service (capture-demo) in the body.
+export async function replay(base, file, key, service) {
   const c = capturedRequests().find((r) => r.file === file);
+  const body = service ? c.body_raw.replaceAll('"capture-demo"', JSON.stringify(service)) : c.body_raw;
   const res = await fetch(base + c.path, { method: c.method,
-    headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': key, 'X-Lattice-Schema-Version': '1.0.0' }, body: c.body_raw });
-  return { status: res.status, body: await res.text() };
+    headers: { 'Content-Type': 'application/json', 'X-Lattice-API-Key': key, 'X-Lattice-Schema-Version': '1.0.0' }, body });
+  return { status: res.status, headers: res.headers, body: await res.text() };
 }
 
 // Is this API route deployed on the shim?  (404 "no such endpoint" = not yet)
