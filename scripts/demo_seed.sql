@@ -1,11 +1,14 @@
--- make run's demo tenant: an account, an API key and a realistic shop of
+-- make run's demo tenant: an account, two API keys and a realistic shop of
 -- services with the calls between them.  Runs once (skipped when the demo
--- account exists).  Prints "key <api key>" for scripts/run.sh.
+-- account exists).  Prints "key <ingest-only key>" (for plugins) and
+-- "read-key <read-only key>" (for API scripts); scripts/run.sh issues fresh
+-- ones of each at every start and prints those.
 \set ON_ERROR_STOP 1
 SELECT NOT EXISTS (SELECT FROM lattice.users WHERE email = 'demo@lattice.local') AS fresh \gset
 \if :fresh
 SELECT lattice.create_user('demo@lattice.local', 'lattice-demo-password', 'Demo Shop') AS demo_id \gset
-SELECT 'key ' || lattice.create_api_key(:'demo_id', 'demo key') AS line;
+SELECT 'key ' || lattice.create_api_key(:'demo_id', 'demo key', ARRAY['ingest']) AS line;
+SELECT 'read-key ' || lattice.create_api_key(:'demo_id', 'demo read key', ARRAY['read']) AS line;
 
 WITH svc(name, framework, version) AS (VALUES
     ('web-frontend', 'nextjs', '3.4.1'), ('api-gateway', 'express', '2.8.0'),

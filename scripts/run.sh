@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make run: a local Lattice in the working tree.  Starts (or reuses) the
-# cluster in .run/pg with the extension, seeds the demo tenant once, issues a
-# fresh demo API key, and runs the shim on 127.0.0.1:8080 in the foreground.
+# cluster in .run/pg with the extension, seeds the demo tenant once, issues
+# fresh demo API keys (one ingest-only for plugins, one read-only for API
+# scripts), and runs the shim on 127.0.0.1:8080 in the foreground.
 # Ctrl-C stops the shim and the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,9 @@ trap 'exit 0' INT TERM
 psql -XAtq -v ON_ERROR_STOP=1 -f scripts/demo_seed.sql >/dev/null
 demo=$(psql -XAtq -c "SELECT id FROM lattice.users WHERE email = 'demo@lattice.local'")
 psql -XAtq -c "UPDATE lattice.api_keys SET revoked_at = now()
-                WHERE user_id = '$demo' AND name = 'make run' AND revoked_at IS NULL" >/dev/null
-key=$(psql -XAtq -c "SELECT lattice.create_api_key('$demo', 'make run')")
+                WHERE user_id = '$demo' AND name IN ('make run', 'make run (read)') AND revoked_at IS NULL" >/dev/null
+key=$(psql -XAtq -c "SELECT lattice.create_api_key('$demo', 'make run', ARRAY['ingest'])")
+read_key=$(psql -XAtq -c "SELECT lattice.create_api_key('$demo', 'make run (read)', ARRAY['read'])")
 
 export LATTICE_SHIM_LISTEN=127.0.0.1 LATTICE_SHIM_PORT=$port \
        LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=lattice user=lattice_shim" \
@@ -42,11 +44,12 @@ done
 
 cat <<MSG
 
-  Lattice is running at   http://127.0.0.1:$port/
-  Dashboard login         demo@lattice.local / lattice-demo-password
-  Demo API key            $key
-  Plugin setting          apiEndpoint: "http://127.0.0.1:$port/api/v1"
-  PostgreSQL              psql "host=$PGHOST port=$PGPORT dbname=lattice user=postgres"
+  Lattice is running at       http://127.0.0.1:$port/
+  Dashboard login             demo@lattice.local / lattice-demo-password
+  Demo ingest key (plugins)   $key
+  Demo read key (API)         $read_key
+  Plugin setting              apiEndpoint: "http://127.0.0.1:$port/api/v1"
+  PostgreSQL                  psql "host=$PGHOST port=$PGPORT dbname=lattice user=postgres"
 
   Ctrl-C stops it.
 MSG
