@@ -9,6 +9,8 @@ packages=(
     libjson-c-dev libcurl4-openssl-dev libssl-dev zlib1g-dev nodejs npm chromium wrk pgbouncer python3-aiosmtpd
     curl jq openssl valgrind cppcheck clang libclang-rt-14-dev nginx
 )
+# tests/shell/deploy.sh: systemd-analyze (verify, security) checks deploy/systemd/
+packages+=(systemd)
 
 missing=()
 for p in "${packages[@]}"; do

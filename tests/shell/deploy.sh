@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# The deployment artefacts of deploy/ (docs/deploy.md): the systemd units
+# pass systemd-analyze, the sample shim config lists every key of
+# shim/config.c, the PostgreSQL snippet starts a server with the extension,
+# the nginx site passes nginx -t, and then the shim started from the sample
+# config behind nginx started from the site (TLS with a certificate made here,
+# loopback ports, a temporary prefix: nothing under /etc is touched) answers
+# the smoke cases over HTTPS.  TAP output for prove; run by tests/run.sh shell
+# (PGHOST/PGPORT/PGDATABASE: its throwaway cluster).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+shim_bin=${LATTICE_SHIM_BIN:-$root/shim/lattice-shim}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+work=$(mktemp -d "${LATTICE_WORK:-/tmp}/deploy.XXXXXX")
+chmod 0755 "$work"
+nginx_pid='' shim_pid='' pg_dir=''
+
+cleanup() {
+    [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
+    [ -n "$shim_pid" ] && kill -TERM "$shim_pid" 2>/dev/null && wait "$shim_pid" 2>/dev/null
+    [ -n "$pg_dir" ] && [ -f "$pg_dir/data/postmaster.pid" ] &&
+        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+t=0
+ok()     { t=$((t+1)); echo "ok $t - $1"; }
+not_ok() { t=$((t+1)); echo "not ok $t - $1"; shift; for l in "$@"; do printf '%s\n' "$l" | sed 's/^/#   /'; done; }
+# check DESC COMMAND...: ok when the command succeeds; its output is shown on failure
+# (run in this shell, not a subshell: checks wait for and forget the processes started here)
+check() {
+    local desc=$1; shift
+    if "$@" >"$work/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
+}
+
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$(( 20000 + RANDOM % 30000 ))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+echo "1..25"
+
+# ---- systemd units -----------------------------------------------------------
+# verify checks that ExecStart's binary exists: point it at this build.
+units=$work/units
+mkdir -p "$units"
+for u in lattice-shim.service lattice-shim@.service; do
+    sed "s|/usr/local/lib/lattice/lattice-shim|$shim_bin|" "deploy/systemd/$u" >"$units/$u"
+done
+cp "$units/lattice-shim@.service" "$units/lattice-shim@8081.service"
+
+verify() {  # systemd-analyze verify, and any warning (an unknown key) fails too
+    local out
+    out=$(cd "$units" && systemd-analyze verify "./$1" 2>&1) && [ -z "$out" ] || { echo "$out"; return 1; }
+}
+check "systemd-analyze verify lattice-shim.service" verify lattice-shim.service
+check "systemd-analyze verify lattice-shim@8081.service (the template)" verify lattice-shim@8081.service
+
+hardening() {
+    local f=$1 missing=0 line
+    for line in 'User=lattice' 'Group=lattice' 'ProtectSystem=strict' 'ProtectHome=yes' 'PrivateTmp=yes' \
+                'NoNewPrivileges=yes' 'CapabilityBoundingSet=' 'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6' \
+                'SystemCallFilter=@system-service' 'Restart=on-failure' 'KillSignal=SIGTERM' 'Type=exec' \
+                'ExecStart=/usr/local/lib/lattice/lattice-shim --config /etc/lattice/lattice-shim.conf' \
+                'EnvironmentFile=/etc/lattice/lattice-shim.env'; do
+        grep -qxF "$line" "$f" || { echo "$f: no line '$line'"; missing=1; }
+    done
+    grep -qE '^RestartSec=[1-9][0-9]*s$' "$f" || { echo "$f: RestartSec (backoff) missing"; missing=1; }
+    grep -qE '^StartLimitBurst=[0-9]+$' "$f" || { echo "$f: StartLimitBurst missing"; missing=1; }
+    return $missing
+}
+both_hardened() { hardening deploy/systemd/lattice-shim.service && hardening 'deploy/systemd/lattice-shim@.service'; }
+check "both units: dedicated user, ProtectSystem=strict, ProtectHome, PrivateTmp, NoNewPrivileges, no capabilities, AF_UNIX/INET/INET6, @system-service, restart with backoff" \
+    both_hardened
+
+# the drain: SIGTERM, then 2 x shutdown_timeout_ms (requests, then civetweb's
+# stop) + the SMTP timeout (the outbox worker finishes its mail) + margin
+stop_budget() {
+    local drain smtp stop
+    drain=$(sed -n 's/^shutdown_timeout_ms = \([0-9]*\)$/\1/p' deploy/lattice-shim.conf)
+    smtp=$(sed -n 's/^LATTICE_SMTP_TIMEOUT_MS=\([0-9]*\)$/\1/p' deploy/lattice-shim.env)
+    stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)s$/\1/p' deploy/systemd/lattice-shim.service)
+    echo "shutdown_timeout_ms=$drain LATTICE_SMTP_TIMEOUT_MS=$smtp TimeoutStopSec=${stop}s"
+    [ -n "$drain" ] && [ -n "$smtp" ] && [ -n "$stop" ] && [ $((stop * 1000)) -ge $((2 * drain + smtp + 5000)) ] || return 1
+    grep -qx "TimeoutStopSec=${stop}s" 'deploy/systemd/lattice-shim@.service'
+}
+check "TimeoutStopSec covers the SIGTERM drain (2 x shutdown_timeout_ms + SMTP timeout + 5 s)" stop_budget
+
+check "systemd-analyze security --offline: exposure at most 2.0 (OK)" \
+    sh -c "cd '$units' && systemd-analyze security --offline=yes --threshold=20 ./lattice-shim.service >/dev/null"
+
+template_same() {  # the template is the unit plus the port: nothing else may drift
+    diff <(grep -v '^#' deploy/systemd/lattice-shim.service | grep -vE '^(Description|SyslogIdentifier)=') \
+         <(grep -v '^#' 'deploy/systemd/lattice-shim@.service' |
+           grep -vE '^(Description|SyslogIdentifier|Conflicts)=|^Environment=LATTICE_SHIM_PORT=%i$')
+}
+check "lattice-shim@.service = lattice-shim.service + LATTICE_SHIM_PORT=%i" template_same
+
+# ---- the sample shim configuration --------------------------------------------
+conf=deploy/lattice-shim.conf
+# the key table of shim/config.c: STR("listen", ...), INT("port", ...), ...
+mapfile -t known < <(sed -n '/^static const struct key keys\[\] = {/,/^};/p' shim/config.c |
+                     sed -n 's/^ *\(STR\|INT\|LONG\|BOOL\)("\([a-z_]*\)".*/\2/p')
+every_key() {
+    local k missing=0
+    [ ${#known[@]} -ge 30 ] || { echo "only ${#known[@]} keys parsed from shim/config.c"; return 1; }
+    for k in "${known[@]}"; do
+        grep -qE "^$k =" "$conf" || { echo "$conf does not set $k"; missing=1; }
+    done
+    return $missing
+}
+check "the sample config sets every key of shim/config.c (${#known[@]} keys)" every_key
+
+documented() {  # each key: a comment block right above it that states its default; no key config.c lacks
+    awk -v known="${known[*]}" '
+        BEGIN { n = split(known, a, " "); for (i = 1; i <= n; i++) k[a[i]] = 1 }
+        /^#/ { block = block $0 "\n"; next }
+        /^[a-z_]+ =/ { key = $1
+                       if (!(key in k)) { print "unknown key " key; bad = 1 }
+                       if (block !~ /Default/ && !(key in grouped)) { print key ": no comment with its default"; bad = 1 }
+                       if (key ~ /^statement_timeout_/) grouped["statement_timeout_normal_ms"] = grouped["statement_timeout_slow_ms"] = 1
+                       block = ""; next }
+        /^$/ { block = "" }
+        END { exit bad }' "$conf"
+}
+check "every key of the sample is commented with its default, and none is unknown" documented
+
+env_sample() {  # every LATTICE_* variable shim/outbound.c reads is in the env sample; the file is KEY=value
+    local v missing=0
+    for v in $(grep -oE '"LATTICE_[A-Z_]+"' shim/outbound.c | tr -d '"' | sort -u); do
+        grep -qE "^#?$v=|^# $v " deploy/lattice-shim.env || { echo "deploy/lattice-shim.env: no $v"; missing=1; }
+    done
+    if grep -vE '^(#.*)?$' deploy/lattice-shim.env | grep -vE '^[A-Z_]+=("[^"]*"|[^" ]*)$'; then missing=1; fi
+    return $missing
+}
+check "the env sample names every LATTICE_* variable of shim/outbound.c, one KEY=value a line" env_sample
+
+# ---- PostgreSQL: a scratch cluster with the snippet in conf.d ------------------
+pg_dir=$work/pg
+mkdir -p "$pg_dir/data" && chown -R postgres:postgres "$pg_dir" && chmod 0700 "$pg_dir/data"
+pg_port=$(free_port)
+pg_snippet() {
+    runuser -u postgres -- "$PGBIN/initdb" -D "$pg_dir/data" -U postgres -A trust -N -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
+    # Debian's layout: postgresql.conf reads conf.d/
+    runuser -u postgres -- mkdir "$pg_dir/data/conf.d"
+    install -o postgres -m 0644 deploy/postgresql/lattice.conf "$pg_dir/data/conf.d/lattice.conf"
+    echo "include_dir = 'conf.d'" >>"$pg_dir/data/postgresql.conf"
+    # only the port and the socket directory differ from a real server
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 30 \
+        -o "-p $pg_port -k $pg_dir" start >/dev/null || { cat "$pg_dir/log"; return 1; }
+    local q="psql -XAtq -h $pg_dir -p $pg_port -U postgres"
+    $q -d postgres -c 'CREATE DATABASE lattice' && $q -d lattice -c 'CREATE EXTENSION lattice' || return 1
+    local got
+    got=$($q -d lattice -c "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings
+                             WHERE name IN ('shared_preload_libraries', 'lattice.rate_table_size', 'lattice.rate_usage_interval',
+                                            'lattice.rate_database', 'lattice.billing_public_origin', 'listen_addresses')")
+    echo "settings: $got"
+    [ "$got" = "lattice.billing_public_origin=https://lattice.example.com lattice.rate_database=lattice lattice.rate_table_size=65536 lattice.rate_usage_interval=60 listen_addresses= shared_preload_libraries=lattice" ] || return 1
+    # the roll-up worker (it waits one interval before connecting to
+    # lattice.rate_database, so it shows as a process, not yet a session)
+    local pm p n=0
+    pm=$(head -1 "$pg_dir/data/postmaster.pid")
+    for p in /proc/[0-9]*; do
+        grep -qx "PPid:	$pm" "$p/status" 2>/dev/null && tr '\0' ' ' <"$p/cmdline" 2>/dev/null |
+            grep -q 'lattice usage roll-up' && n=$((n + 1))
+    done
+    echo "roll-up worker processes: $n"
+    [ $n = 1 ] && $q -d lattice -c 'SELECT lattice.rate_flush_usage()' >/dev/null
+}
+check "PostgreSQL 15 starts with conf.d/lattice.conf: lattice preloaded, rate settings, roll-up worker running, CREATE EXTENSION" pg_snippet
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1
+
+# ---- nginx ---------------------------------------------------------------------
+ng=$work/nginx
+mkdir -p "$ng/acme"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$ng/privkey.pem" \
+    -out "$ng/fullchain.pem" -days 1 -subj /CN=lattice.example.com \
+    -addext subjectAltName=DNS:lattice.example.com >/dev/null 2>&1
+shim_port=$(free_port); tls_port=$(free_port); http_port=$(free_port)
+while [ "$tls_port" = "$shim_port" ]; do tls_port=$(free_port); done
+while [ "$http_port" = "$shim_port" ] || [ "$http_port" = "$tls_port" ]; do http_port=$(free_port); done
+
+# The site as shipped, but on loopback ports, with this run's certificate.
+site_rewrite() {
+    local site=deploy/nginx/lattice.conf pat
+    for pat in '^    listen 80;$' '^    listen \[::\]:80;$' '^    listen 443 ssl http2;$' '^    listen \[::\]:443 ssl http2;$' \
+               '^    server 127\.0\.0\.1:8080 max_fails=0;$' '/etc/letsencrypt/live/lattice\.example\.com/fullchain\.pem;$' \
+               '/etc/letsencrypt/live/lattice\.example\.com/privkey\.pem;$' 'root /var/www/html;$'; do
+        [ "$(grep -c "$pat" "$site")" -ge 1 ] || { echo "the site has no line matching $pat"; return 1; }
+    done
+    sed -e "s|^    listen 80;\$|    listen 127.0.0.1:$http_port;|" -e '/^    listen \[::\]:/d' \
+        -e "s|^    listen 443 ssl http2;\$|    listen 127.0.0.1:$tls_port ssl http2;|" \
+        -e "s|^    server 127\.0\.0\.1:8080 |    server 127.0.0.1:$shim_port |" \
+        -e "s|/etc/letsencrypt/live/lattice\.example\.com/|$ng/|" -e "s|root /var/www/html;|root $ng/acme;|" \
+        "$site" >"$ng/site.conf"
+    if grep -v '^ *#' "$ng/site.conf" | grep -nE '/etc/|/var/|:8080|443|listen 80'; then return 1; fi
+    cat >"$ng/nginx.conf" <<CONF
+user root;
+worker_processes 1;
+pid $ng/nginx.pid;
+error_log $ng/error.log notice;
+events { worker_connections 256; }
+http {
+    access_log $ng/access.log;
+    client_body_temp_path $ng/client_body;
+    proxy_temp_path $ng/proxy;
+    fastcgi_temp_path $ng/fastcgi;
+    uwsgi_temp_path $ng/uwsgi;
+    scgi_temp_path $ng/scgi;
+    include $ng/site.conf;
+}
+CONF
+}
+nginx_t() { site_rewrite && nginx -t -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf"; }
+check "nginx -t: a config including deploy/nginx/lattice.conf (loopback ports, a self-signed certificate)" nginx_t
+
+# ---- the shim from the sample config, behind nginx ---------------------------------
+# Overridden: the port, the database (this run's cluster) and the web root (this
+# tree's build instead of /usr/local/share/lattice/web).  Everything else is the sample's.
+web=$root/web/dist; [ -d "$web" ] || web=$root/web
+LATTICE_SHIM_PORT=$shim_port LATTICE_SHIM_WEB_ROOT=$web \
+LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim" \
+    "$shim_bin" --config "$conf" >"$work/shim.out" 2>"$work/shim.err" &
+shim_pid=$!
+nginx -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf" -g 'daemon off;' >"$ng/stdout" 2>&1 &
+nginx_pid=$!
+
+# curl to nginx as a client at its own loopback address, with the site's name
+client=127.0.79.$(( $$ % 250 + 1 ))
+https_url="https://lattice.example.com:$tls_port"
+c() { curl -sS --max-time 10 --interface "$client" --resolve "lattice.example.com:$tls_port:127.0.0.1" \
+           --resolve "lattice.example.com:$http_port:127.0.0.1" --cacert "$ng/fullchain.pem" "$@"; }
+
+up=0
+for _ in $(seq 100); do
+    if [ "$(c -o /dev/null -w '%{http_code}' "$https_url/api/v1/health" 2>/dev/null)" = 200 ]; then up=1; break; fi
+    kill -0 "$shim_pid" 2>/dev/null && kill -0 "$nginx_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if [ $up = 1 ]; then ok "the shim starts from deploy/lattice-shim.conf behind nginx: GET /api/v1/health over TLS is 200"
+else not_ok "the shim starts from deploy/lattice-shim.conf behind nginx: GET /api/v1/health over TLS is 200" \
+        "$(tail -5 "$work/shim.err")" "$(tail -5 "$ng/error.log")"; fi
+
+landing() {
+    local h
+    h=$(c -D - -o "$work/index.html" "$https_url/") || return 1
+    echo "$h" | head -1; echo "$h" | grep -qiE '^HTTP/[0-9.]+ 200' && echo "$h" | grep -qi '^content-type: text/html' &&
+        grep -qi '<html' "$work/index.html"
+}
+check "GET / (the landing page) through nginx: 200 text/html" landing
+
+redirect() {
+    local h
+    h=$(c -D - -o /dev/null "http://lattice.example.com:$http_port/pricing?x=1") || return 1
+    echo "$h" | head -3
+    echo "$h" | grep -qE '^HTTP/[0-9.]+ 301' && echo "$h" | grep -qiF "location: https://lattice.example.com/pricing?x=1"
+}
+check "plain HTTP answers a redirect to https" redirect
+
+email="deploy-$$-$RANDOM@example.com"
+jar=$work/cookies
+signup() {
+    local h
+    h=$(c -D - -o "$work/signup.json" -c "$jar" -H 'Content-Type: application/json' \
+          --data "{\"email\":\"$email\",\"password\":\"a fine long deploy password\",\"name\":\"Deploy\"}" \
+          "$https_url/api/v1/auth/signup") || return 1
+    echo "$h" | grep -iE '^(HTTP|set-cookie|strict-transport)'; cat "$work/signup.json"; echo
+    echo "$h" | grep -qE '^HTTP/[0-9.]+ 201' &&
+        echo "$h" | grep -iE '^set-cookie: lattice_session=' | grep -qiE ';\s*Secure' &&
+        echo "$h" | grep -iE '^set-cookie: lattice_csrf=' | grep -qiE ';\s*Secure' &&
+        echo "$h" | grep -qiE '^strict-transport-security: max-age=[0-9]+'
+}
+check "POST /api/v1/auth/signup through nginx: 201, Secure session and CSRF cookies, HSTS" signup
+
+me() {
+    local h
+    h=$(c -D - -o "$work/me.json" -b "$jar" "$https_url/api/v1/auth/me") || return 1
+    echo "$h" | head -1; cat "$work/me.json"; echo
+    echo "$h" | grep -qE '^HTTP/[0-9.]+ 200' && echo "$h" | grep -qiE '^strict-transport-security: max-age=[0-9]+' &&
+        jq -e --arg e "$email" '(.email // .user.email) == $e' "$work/me.json" >/dev/null
+}
+check "GET /api/v1/auth/me with the cookies: 200, the account, HSTS" me
+
+client_seen() {  # trusted_proxies matches nginx: the session and the access log name the client, not nginx
+    local addrs line
+    addrs=$(psql -XAtq -c "SELECT string_agg(DISTINCT host(s.client_addr), ',') FROM lattice.sessions s
+                           JOIN lattice.users u ON u.id = s.user_id WHERE u.email = '$email'")
+    line=$(grep '"/api/v1/auth/me"' "$work/shim.out" | tail -1)
+    echo "sessions: $addrs"; echo "access log: $line"
+    [ "$addrs" = "$client" ] && echo "$line" | jq -e --arg c "$client" '.client == $c and .peer == "127.0.0.1" and .status == 200' >/dev/null
+}
+check "the shim sees the client behind nginx (sessions, access log), nginx as the peer" client_seen
+
+ingest() {
+    local uid key code
+    uid=$(psql -XAtq -c "SELECT id FROM lattice.users WHERE email = '$email'")
+    key=$(psql -XAtq -c "SELECT lattice.create_api_key('$uid', 'deploy', ARRAY['ingest'])") || return 1
+    jq -r .body_raw tests/fixtures/captured/001-POST-api_v1_ingest_metadata.json >"$work/metadata.json"
+    code=$(c -o "$work/ingest.json" -w '%{http_code}' -H "X-Lattice-API-Key: $key" -H 'X-Lattice-Schema-Version: 1.0.0' \
+             -H 'Content-Type: application/json' --data-binary "@$work/metadata.json" "$https_url/api/v1/ingest/metadata")
+    echo "$code $(cat "$work/ingest.json")"
+    { [ "$code" = 200 ] || [ "$code" = 201 ]; } && jq -e '.success == true' "$work/ingest.json" >/dev/null
+}
+check "plugin ingest (POST /api/v1/ingest/metadata) with a key from lattice.create_api_key: 200/201" ingest
+
+events() {  # Server-Sent Events pass unbuffered: the first event arrives while the stream is open
+    c -N --max-time 3 -b "$jar" -o "$work/events.txt" "$https_url/api/v1/events"
+    cat "$work/events.txt"
+    grep -qx 'event: ready' "$work/events.txt"
+}
+check "GET /api/v1/events through nginx: the stream's first event arrives while it is open" events
+
+metrics() {
+    local via direct
+    via=$(c -o /dev/null -w '%{http_code}' "$https_url/metrics")
+    direct=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$shim_port/metrics")
+    echo "through nginx $via, direct $direct"
+    [ "$via" = 404 ] && [ "$direct" = 200 ]
+}
+check "/metrics: 404 through nginx, 200 on the shim's loopback port" metrics
+
+bodies() {  # the shim's body_max below nginx's client_max_body_size: JSON 413 from both
+    local a b
+    head -c 1500000 /dev/zero | tr '\0' 'a' >"$work/big1"
+    head -c 2500000 /dev/zero | tr '\0' 'a' >"$work/big2"
+    a=$(c -o "$work/413a" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "@$work/big1" "$https_url/api/v1/auth/login")
+    b=$(c -o "$work/413b" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "@$work/big2" "$https_url/api/v1/auth/login")
+    echo "1.5 MB: $a $(cat "$work/413a")"; echo "2.5 MB: $b $(cat "$work/413b")"
+    [ "$a" = 413 ] && [ "$b" = 413 ] && jq -e '.error.code == "too_large" and .error.request_id' "$work/413a" >/dev/null &&
+        jq -e '.error.code == "too_large"' "$work/413b" >/dev/null
+}
+check "bodies over body_max: the shim's JSON 413 (1.5 MB), over nginx's limit the same shape (2.5 MB)" bodies
+
+bad_forward() {  # a client's Forwarded header is dropped by nginx, not passed on
+    local code
+    code=$(c -o "$work/fwd.json" -w '%{http_code}' -H 'Forwarded: for=203.0.113.7;proto=http' -b "$jar" "$https_url/api/v1/auth/me")
+    echo "$code $(cat "$work/fwd.json")"
+    [ "$code" = 200 ]
+}
+check "a client's own Forwarded header does not reach the shim (200, not 400 bad_forwarding_header)" bad_forward
+
+# ---- SIGTERM drain, as systemd stops the unit ---------------------------------------
+drain() {
+    local start end rc ms
+    start=$(date +%s%N)
+    kill -TERM "$shim_pid"
+    wait "$shim_pid"; rc=$?
+    end=$(date +%s%N)
+    shim_pid=''
+    ms=$(( (end - start) / 1000000 ))
+    echo "exit status $rc after $ms ms"
+    grep -E 'stopping|stopped' "$work/shim.err"
+    [ $rc = 0 ] && [ $ms -lt 45000 ] && grep -q 'finishing requests in flight' "$work/shim.err" && grep -q '"stopped"' "$work/shim.err"
+}
+check "SIGTERM (KillSignal): the shim drains and exits 0 well inside TimeoutStopSec" drain
+
+after_stop() {  # with the only upstream gone, nginx answers 502, not a hang
+    local code
+    code=$(c -o /dev/null -w '%{http_code}' "$https_url/api/v1/health")
+    echo "$code"; [ "$code" = 502 ]
+}
+check "after the shim stopped, nginx answers 502 at once" after_stop
+
+nginx_stop() {
+    kill -QUIT "$nginx_pid" && wait "$nginx_pid"; local rc=$?
+    nginx_pid=''
+    grep -E '\[(emerg|alert|crit)\]' "$ng/error.log" && return 1
+    return $rc
+}
+check "nginx stops cleanly, no emerg/alert/crit in its error log" nginx_stop
