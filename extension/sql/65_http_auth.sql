@@ -86,11 +86,12 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    rate jsonb := lattice.rate_enforce_address(req, 'signup');
-    b jsonb := lattice.auth_body(body);
+    b jsonb;
     account uuid;
     s record;
 BEGIN
+    PERFORM lattice.rate_enforce_address(req, 'signup');
+    b := lattice.auth_body(body);
     account := lattice.signup_user(lattice.auth_field(b, 'email'), lattice.auth_field(b, 'password'),
                                    lattice.auth_field(b, 'name'), req);
     SELECT * INTO s FROM lattice.session_create(req);
@@ -107,15 +108,15 @@ RETURNS lattice.http_response
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    rate jsonb := lattice.rate_enforce_address(req, 'login');
-    b jsonb := lattice.auth_body(body);
+    b jsonb;
     account uuid;
     s record;
 BEGIN
+    PERFORM lattice.rate_enforce_address(req, 'login');
+    b := lattice.auth_body(body);
     account := lattice.login(lattice.auth_field(b, 'email'), lattice.auth_field(b, 'password'), req);
     IF account IS NULL THEN
-        RETURN lattice.http_error(401, 'invalid_credentials', 'the email or the password is wrong',
-                                  NULL, rate);
+        RETURN lattice.http_error(401, 'invalid_credentials', 'the email or the password is wrong');
     END IF;
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(200, jsonb_build_object('user', lattice.user_json(account)),

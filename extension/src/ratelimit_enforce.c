@@ -102,9 +102,10 @@ rate_set_last(const LatticeRateResult *r, const char *klass)
 /*
  * The rate headers of one answer as (name, value) pairs.  RateLimit-* carry
  * the IETF draft's delta seconds; X-RateLimit-Reset is the Unix time of the
- * reset, as GitHub's clients expect.
+ * reset, as GitHub's clients expect; RateLimit-Class the class of the last
+ * count (always set just before).
  */
-#define RATE_HEADERS_MAX 8
+#define RATE_HEADERS_MAX 9
 
 typedef struct RateHeader
 {
@@ -130,6 +131,8 @@ rate_headers(const LatticeRateResult *r, RateHeader *h)
 	RATE_HEADER("X-RateLimit-Reset", INT64_FORMAT, epoch_reset);
 	if (!r->allowed)
 		RATE_HEADER("Retry-After", INT64_FORMAT, r->retry_after_seconds);
+	if (last_class)
+		RATE_HEADER("RateLimit-Class", "%s", last_class);
 #undef RATE_HEADER
 	Assert(n <= RATE_HEADERS_MAX);
 	return n;

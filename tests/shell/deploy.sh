@@ -44,7 +44,7 @@ free_port() {
     return 1
 }
 
-echo "1..25"
+echo "1..26"
 
 # ---- systemd units -----------------------------------------------------------
 # verify checks that ExecStart's binary exists: point it at this build.
@@ -223,11 +223,15 @@ check "nginx -t: a config including deploy/nginx/lattice.conf (loopback ports, a
 # ---- the shim from the sample config, behind nginx ---------------------------------
 # Overridden: the port, the database (this run's cluster) and the web root (this
 # tree's build instead of /usr/local/share/lattice/web).  Everything else is the sample's.
+# Under strace when it can trace here: the system calls the shim makes are
+# checked against the unit's SystemCallFilter at the end.
 web=$root/web/dist; [ -d "$web" ] || web=$root/web
+tracer=()
+command -v strace >/dev/null && strace -f -qq -o /dev/null true 2>/dev/null && tracer=(strace -f -qq -o "$work/shim.strace")
 LATTICE_SHIM_PORT=$shim_port LATTICE_SHIM_WEB_ROOT=$web \
 LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim" \
-    "$shim_bin" --config "$conf" >"$work/shim.out" 2>"$work/shim.err" &
-shim_pid=$!
+    "${tracer[@]}" "$shim_bin" --config "$conf" >"$work/shim.out" 2>"$work/shim.err" &
+shim_pid=$!    # strace's, when traced: it exits with the shim's status
 nginx -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf" -g 'daemon off;' >"$ng/stdout" 2>&1 &
 nginx_pid=$!
 
@@ -347,9 +351,10 @@ check "a client's own Forwarded header does not reach the shim (200, not 400 bad
 
 # ---- SIGTERM drain, as systemd stops the unit ---------------------------------------
 drain() {
-    local start end rc ms
+    local start end rc ms target=$shim_pid
+    [ ${#tracer[@]} -gt 0 ] && target=$(cat "/proc/$shim_pid/task/$shim_pid/children")
     start=$(date +%s%N)
-    kill -TERM "$shim_pid"
+    kill -TERM $target
     wait "$shim_pid"; rc=$?
     end=$(date +%s%N)
     shim_pid=''
@@ -374,3 +379,26 @@ nginx_stop() {
     return $rc
 }
 check "nginx stops cleanly, no emerg/alert/crit in its error log" nginx_stop
+
+# ---- the system calls of the smoke run against the unit's SystemCallFilter -----------
+syscalls() {
+    local unit=deploy/systemd/lattice-shim.service
+    # every group of systemd's table, nested groups expanded; the unit's allow
+    # lines (SystemCallFilter=...) minus its deny lines (SystemCallFilter=~...)
+    systemd-analyze syscall-filter >"$work/filters" || return 1
+    grep '^SystemCallFilter=' "$unit" >"$work/unit-filters"
+    awk 'FNR == NR { if ($0 ~ /^@/) g = $1; else if (g != "" && $1 != "" && $1 !~ /^#/) m[g] = m[g] " " $1; next }
+         function add(x, set,   n, i, p) { if (x !~ /^@/) { set[x] = 1; return } n = split(m[x], p, " "); for (i = 1; i <= n; i++) add(p[i], set) }
+         FILENAME ~ /unit-filters$/ { v = substr($0, length("SystemCallFilter=") + 1); deny = (v ~ /^~/); sub(/^~/, "", v)
+                                     n = split(v, p, " "); for (i = 1; i <= n; i++) if (deny) add(p[i], no); else add(p[i], yes); next }
+         { if (match($0, /^[0-9]+ +(<\.\.\. )?[a-z0-9_]+[( ]/)) { c = substr($0, RSTART, RLENGTH); sub(/^[0-9]+ +(<\.\.\. )?/, "", c); sub(/[( ]$/, "", c); used[c] = 1 } }
+         END { for (c in used) { n++; if (!(c in yes) || (c in no)) { print "not allowed: " c; bad = 1 } }
+               print n " distinct system calls traced"; if (n < 20) bad = 1; exit bad }' \
+        "$work/filters" "$work/unit-filters" "$work/shim.strace"
+}
+if [ ${#tracer[@]} -gt 0 ]; then
+    check "every system call of the shim in this run is allowed by the unit's SystemCallFilter" syscalls
+    echo "# $(tail -1 "$work/check.out")"
+else
+    ok "every system call of the shim in this run is allowed by the unit's SystemCallFilter # SKIP strace cannot trace here"
+fi
