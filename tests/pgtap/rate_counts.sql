@@ -68,7 +68,8 @@ SELECT results_eq($$SELECT allowed, remaining, reset_seconds FROM lattice.rate_e
 SELECT is(lattice.rate_headers() - 'X-RateLimit-Reset',
           '{"RateLimit-Limit": "1000", "RateLimit-Remaining": "999", "RateLimit-Reset": "4",
             "RateLimit-Policy": "1000;w=3600", "X-RateLimit-Limit": "1000",
-            "X-RateLimit-Remaining": "999"}'::jsonb, 'rate_headers() of an allowed request');
+            "X-RateLimit-Remaining": "999", "RateLimit-Class": "api"}'::jsonb,
+          'rate_headers() of an allowed request, with its class');
 SELECT ok(abs((lattice.rate_headers() ->> 'X-RateLimit-Reset')::bigint
               - (extract(epoch FROM clock_timestamp())::bigint + 4)) <= 1,
           'X-RateLimit-Reset is the Unix time of the reset');
