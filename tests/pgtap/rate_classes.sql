@@ -93,6 +93,8 @@ BEGIN
     END LOOP;
 END $$;
 SELECT * FROM pg_temp.noisy_hour() \gset
+SELECT diag(format('one service at 10x for an hour: %s sent, %s accepted, %s refused',
+                   :noisy_sent, :noisy_sent - :noisy_refused, :noisy_refused));
 SELECT is(:others::bigint, (99 * (720 * 2 + 12))::bigint,
           'the 99 other services at the cadence are never refused while one floods');
 SELECT cmp_ok(:noisy_refused, '>', 0, 'the service at 10x its cadence is slowed with 429s');
