@@ -9,8 +9,9 @@ packages=(
     libjson-c-dev libcurl4-openssl-dev libssl-dev zlib1g-dev nodejs npm chromium wrk pgbouncer python3-aiosmtpd
     curl jq openssl valgrind cppcheck clang libclang-rt-14-dev nginx
 )
-# tests/shell/deploy.sh: systemd-analyze (verify, security) checks deploy/systemd/
-packages+=(systemd)
+# tests/shell/deploy.sh: systemd-analyze (verify, security) checks deploy/systemd/,
+# strace records the shim's system calls for the unit's SystemCallFilter
+packages+=(systemd strace)
 
 missing=()
 for p in "${packages[@]}"; do
