@@ -14,11 +14,12 @@ shim_bin=${LATTICE_SHIM_BIN:-$root/shim/lattice-shim}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 work=$(mktemp -d "${LATTICE_WORK:-/tmp}/deploy.XXXXXX")
 chmod 0755 "$work"
-nginx_pid='' shim_pid='' pg_dir=''
+nginx_pid='' shim_pid='' shim_a='' shim_b='' pg_dir=''
 
 cleanup() {
     [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
-    [ -n "$shim_pid" ] && kill -TERM "$shim_pid" 2>/dev/null && wait "$shim_pid" 2>/dev/null
+    local p
+    for p in "$shim_pid" "$shim_a" "$shim_b"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     [ -n "$pg_dir" ] && [ -f "$pg_dir/data/postmaster.pid" ] &&
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1
     rm -rf "$work"
@@ -44,7 +45,7 @@ free_port() {
     return 1
 }
 
-echo "1..26"
+echo "1..28"
 
 # ---- systemd units -----------------------------------------------------------
 # verify checks that ExecStart's binary exists: point it at this build.
@@ -185,13 +186,16 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$n
 shim_port=$(free_port); tls_port=$(free_port); http_port=$(free_port)
 while [ "$tls_port" = "$shim_port" ]; do tls_port=$(free_port); done
 while [ "$http_port" = "$shim_port" ] || [ "$http_port" = "$tls_port" ]; do http_port=$(free_port); done
+shim_port2=$(free_port)
+while [ "$shim_port2" = "$shim_port" ] || [ "$shim_port2" = "$tls_port" ] || [ "$shim_port2" = "$http_port" ]; do shim_port2=$(free_port); done
 
 # The site as shipped, but on loopback ports, with this run's certificate.
 site_rewrite() {
     local site=deploy/nginx/lattice.conf pat
     for pat in '^    listen 80;$' '^    listen \[::\]:80;$' '^    listen 443 ssl http2;$' '^    listen \[::\]:443 ssl http2;$' \
                '^    server 127\.0\.0\.1:8080 max_fails=0;$' '/etc/letsencrypt/live/lattice\.example\.com/fullchain\.pem;$' \
-               '/etc/letsencrypt/live/lattice\.example\.com/privkey\.pem;$' 'root /var/www/html;$'; do
+               '/etc/letsencrypt/live/lattice\.example\.com/privkey\.pem;$' 'root /var/www/html;$' \
+               '^    #server 127\.0\.0\.1:8081 max_fails=0;$'; do
         [ "$(grep -c "$pat" "$site")" -ge 1 ] || { echo "the site has no line matching $pat"; return 1; }
     done
     sed -e "s|^    listen 80;\$|    listen 127.0.0.1:$http_port;|" -e '/^    listen \[::\]:/d' \
@@ -365,12 +369,70 @@ drain() {
 }
 check "SIGTERM (KillSignal): the shim drains and exits 0 well inside TimeoutStopSec" drain
 
-after_stop() {  # with the only upstream gone, nginx answers 502, not a hang
+# ---- rolling two instances (docs/deploy.md, "No gap: two instances") ------------------
+# Two shims from the sample config, the port set per instance as
+# lattice-shim@.service does; the site's second upstream line enabled with
+# the guide's own sed.  While one instance drains on SIGTERM, every GET
+# through nginx is answered 200 (by the other, when the draining one says 503).
+start_shim() {  # start_shim PORT NAME: the pid in $NAME
+    LATTICE_SHIM_PORT=$1 LATTICE_SHIM_WEB_ROOT=$web \
+    LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim" \
+        "$shim_bin" --config "$conf" >"$work/$2.out" 2>"$work/$2.err" &
+    printf -v "$2" '%s' $!
+}
+roll_setup() {
+    start_shim "$shim_port" shim_a
+    start_shim "$shim_port2" shim_b
+    sed 's/^    #server 127.0.0.1:8081 max_fails=0;/    server 127.0.0.1:8081 max_fails=0;/' deploy/nginx/lattice.conf >"$ng/site2.conf"
+    grep -q '^    server 127.0.0.1:8081 max_fails=0;$' "$ng/site2.conf" || { echo "the guide's sed did not enable 8081"; return 1; }
+    # the same loopback substitutions as before, 8081 -> the second shim
+    diff <(sed "s|^    server 127\.0\.0\.1:8081 |    server 127.0.0.1:$shim_port2 |" "$ng/site2.conf" |
+           sed -e "s|^    listen 80;\$|    listen 127.0.0.1:$http_port;|" -e '/^    listen \[::\]:/d' \
+               -e "s|^    listen 443 ssl http2;\$|    listen 127.0.0.1:$tls_port ssl http2;|" \
+               -e "s|^    server 127\.0\.0\.1:8080 |    server 127.0.0.1:$shim_port |" \
+               -e "s|/etc/letsencrypt/live/lattice\.example\.com/|$ng/|" -e "s|root /var/www/html;|root $ng/acme;|" \
+           | tee "$ng/site.new") "$ng/site.conf"
+    mv "$ng/site.new" "$ng/site.conf"
+    nginx -t -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf" 2>&1 | tail -1 && kill -HUP "$nginx_pid" || return 1
+    local p up
+    for p in "$shim_port" "$shim_port2"; do
+        up=0
+        for _ in $(seq 50); do
+            curl -fsS -o /dev/null "http://127.0.0.1:$p/ready" 2>/dev/null && { up=1; break; }
+            sleep 0.1
+        done
+        [ $up = 1 ] || { echo "the shim on $p is not ready"; return 1; }
+    done
+    sleep 0.5   # nginx's new workers
+    grep -c . "$ng/site.conf" >/dev/null
+}
+check "two instances (ports set as lattice-shim@.service does) behind the site with its second upstream line enabled" roll_setup
+
+roll() {
+    local i rc
+    for i in $(seq 400); do echo "url = \"$https_url/api/v1/auth/me\""; echo 'output = "/dev/null"'; done >"$work/roll.curl"
+    c -K "$work/roll.curl" -b "$jar" -w '%{stderr}%{http_code}\n' 2>"$work/roll.codes" &   # stderr: unbuffered
+    local cpid=$!
+    for _ in $(seq 100); do [ "$(grep -c . "$work/roll.codes")" -ge 50 ] && break; sleep 0.02; done
+    kill -TERM "$shim_a"; local at; at=$(grep -c . "$work/roll.codes")
+    wait "$shim_a"; rc=$?; shim_a=''
+    local stopped; stopped=$(grep -c . "$work/roll.codes")
+    wait "$cpid"
+    echo "SIGTERM after $at answers, instance A gone after $stopped; its exit status $rc; answers: $(sort "$work/roll.codes" | uniq -c | tr '\n' ' ')"
+    grep -h 'stopping\|stopped' "$work/shim_a.err"
+    [ $rc = 0 ] && [ "$at" -lt 400 ] && [ "$(grep -c . "$work/roll.codes")" = 400 ] && ! grep -qv '^200$' "$work/roll.codes" &&
+        grep -q 'finishing requests in flight' "$work/shim_a.err"
+}
+check "SIGTERM to one instance during 400 GETs through nginx: every answer 200, the instance exits 0" roll
+echo "# $(head -1 "$work/check.out")"
+
+after_stop() {  # with every upstream gone, nginx answers 502, not a hang
     local code
+    kill -TERM "$shim_b" && wait "$shim_b"; shim_b=''
     code=$(c -o /dev/null -w '%{http_code}' "$https_url/api/v1/health")
     echo "$code"; [ "$code" = 502 ]
 }
-check "after the shim stopped, nginx answers 502 at once" after_stop
+check "after the shims stopped, nginx answers 502 at once" after_stop
 
 nginx_stop() {
     kill -QUIT "$nginx_pid" && wait "$nginx_pid"; local rc=$?
