@@ -19,7 +19,7 @@ nginx_pid='' shim_pid='' shim_a='' shim_b='' pg_dir=''
 cleanup() {
     [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
     local p
-    for p in "$shim_pid" "$shim_a" "$shim_b"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in "$shim_pid" "$shim_a" "$shim_b" "${smtp_pid:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     [ -n "$pg_dir" ] && [ -f "$pg_dir/data/postmaster.pid" ] &&
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1
     rm -rf "$work"
@@ -45,7 +45,7 @@ free_port() {
     return 1
 }
 
-echo "1..28"
+echo "1..31"
 
 # ---- systemd units -----------------------------------------------------------
 # verify checks that ExecStart's binary exists: point it at this build.
@@ -146,8 +146,11 @@ check "the env sample names every LATTICE_* variable of shim/outbound.c, one KEY
 pg_dir=$work/pg
 mkdir -p "$pg_dir/data" && chown -R postgres:postgres "$pg_dir" && chmod 0700 "$pg_dir/data"
 pg_port=$(free_port)
+q="runuser -u postgres -- psql -XAtq -h $pg_dir -p $pg_port"
 pg_snippet() {
-    runuser -u postgres -- "$PGBIN/initdb" -D "$pg_dir/data" -U postgres -A trust -N -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
+    # authentication as Debian's pg_createcluster sets it up
+    runuser -u postgres -- "$PGBIN/initdb" -D "$pg_dir/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
+        -N -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
     # Debian's layout: postgresql.conf reads conf.d/
     runuser -u postgres -- mkdir "$pg_dir/data/conf.d"
     install -o postgres -m 0644 deploy/postgresql/lattice.conf "$pg_dir/data/conf.d/lattice.conf"
@@ -155,7 +158,6 @@ pg_snippet() {
     # only the port and the socket directory differ from a real server
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 30 \
         -o "-p $pg_port -k $pg_dir" start >/dev/null || { cat "$pg_dir/log"; return 1; }
-    local q="psql -XAtq -h $pg_dir -p $pg_port -U postgres"
     $q -d postgres -c 'CREATE DATABASE lattice' && $q -d lattice -c 'CREATE EXTENSION lattice' || return 1
     local got
     got=$($q -d lattice -c "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings
@@ -175,6 +177,30 @@ pg_snippet() {
     [ $n = 1 ] && $q -d lattice -c 'SELECT lattice.rate_flush_usage()' >/dev/null
 }
 check "PostgreSQL 15 starts with conf.d/lattice.conf: lattice preloaded, rate settings, roll-up worker running, CREATE EXTENSION" pg_snippet
+
+# The guide's login for the shim: its commands, word for word, except that
+# the system user nobody stands in for lattice (no user is created here).
+hba_line='local   lattice         lattice_shim                            peer map=lattice'
+hba_sed="sed -i '/^local[[:space:]]\\+all[[:space:]]\\+all[[:space:]]/i $hba_line'"
+ident_line='lattice         lattice                 lattice_shim'
+role_sql='CREATE ROLE lattice_shim LOGIN IN ROLE lattice_api'
+peer_map() {
+    local cmd
+    for cmd in "$hba_sed" "echo '$ident_line' >>/etc/postgresql/15/main/pg_ident.conf" "$role_sql"; do
+        grep -qF -- "$cmd" docs/deploy.md || { echo "docs/deploy.md no longer says: $cmd"; return 1; }
+    done
+    eval "$hba_sed" '"$pg_dir/data/pg_hba.conf"' || return 1
+    echo "${ident_line/lattice         lattice /lattice         nobody  }" >>"$pg_dir/data/pg_ident.conf"
+    grep '^local' "$pg_dir/data/pg_hba.conf"; tail -1 "$pg_dir/data/pg_ident.conf"
+    $q -d lattice -c "$role_sql" && $q -d postgres -c 'SELECT pg_reload_conf()' >/dev/null || return 1
+    local as_shim="host=$pg_dir port=$pg_port user=lattice_shim"
+    # the mapped user reaches the shim's functions, in database lattice only; nobody else is let in
+    runuser -u nobody -- psql -XAtq "$as_shim dbname=lattice" -c "SELECT current_user, (lattice_http.ready('{}', NULL)).status" | tee "$work/peer.out"
+    grep -qx 'lattice_shim|200' "$work/peer.out" || return 1
+    ! runuser -u nobody -- psql -XAtq "$as_shim dbname=postgres" -c 'SELECT 1' &&
+        ! runuser -u daemon -- psql -XAtq "$as_shim dbname=lattice" -c 'SELECT 1'
+}
+check "the guide's pg_hba.conf line and pg_ident.conf mapping: peer login as lattice_shim, to lattice only, for the mapped user only" peer_map
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1
 
 # ---- nginx ---------------------------------------------------------------------
@@ -224,6 +250,23 @@ CONF
 nginx_t() { site_rewrite && nginx -t -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf"; }
 check "nginx -t: a config including deploy/nginx/lattice.conf (loopback ports, a self-signed certificate)" nginx_t
 
+# Debian's own nginx.conf (a copy: its pid, logs and temporary files moved
+# here) with the site where sites-enabled/ would put it: no directive clashes.
+debian_nginx() {
+    local main=/etc/nginx/nginx.conf
+    [ -r $main ] || { echo "no $main"; return 1; }
+    grep -q '^\s*include /etc/nginx/sites-enabled/\*;' $main || { echo "$main does not include sites-enabled/"; return 1; }
+    sed -e "s|^\(\s*\)include /etc/nginx/sites-enabled/\*;|\1include $ng/site.conf; client_body_temp_path $ng/client_body; proxy_temp_path $ng/proxy; fastcgi_temp_path $ng/fastcgi; uwsgi_temp_path $ng/uwsgi; scgi_temp_path $ng/scgi;|" \
+        -e "s|^pid .*|pid $ng/debian.pid;|" -e "s|^\(\s*\)error_log .*|\1error_log $ng/error.log;|" \
+        -e "s|^\(\s*\)access_log .*|\1access_log $ng/access.log;|" $main >"$ng/debian.conf"
+    nginx -t -p "$ng" -e "$ng/error.log" -c "$ng/debian.conf"
+}
+if [ -r /etc/nginx/nginx.conf ]; then
+    check "nginx -t: Debian's nginx.conf with the site in place of sites-enabled/*" debian_nginx
+else
+    ok "nginx -t: Debian's nginx.conf with the site in place of sites-enabled/* # SKIP no /etc/nginx/nginx.conf"
+fi
+
 # ---- the shim from the sample config, behind nginx ---------------------------------
 # Overridden: the port, the database (this run's cluster) and the web root (this
 # tree's build instead of /usr/local/share/lattice/web).  Everything else is the sample's.
@@ -232,9 +275,27 @@ check "nginx -t: a config including deploy/nginx/lattice.conf (loopback ports, a
 web=$root/web/dist; [ -d "$web" ] || web=$root/web
 tracer=()
 command -v strace >/dev/null && strace -f -qq -o /dev/null true 2>/dev/null && tracer=(strace -f -qq -o "$work/shim.strace")
-LATTICE_SHIM_PORT=$shim_port LATTICE_SHIM_WEB_ROOT=$web \
-LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim" \
-    "${tracer[@]}" "$shim_bin" --config "$conf" >"$work/shim.out" 2>"$work/shim.err" &
+# Its environment: deploy/lattice-shim.env read as systemd's EnvironmentFile=
+# does (KEY=value, quotes removed), then the outbound ends pointed here: the
+# SMTP server is tests/stripe_standin/smtp_sink.py (no TLS, no login), and
+# Stripe an address where nothing listens (no call leaves this machine).
+smtp_port=$(free_port)
+smtp_pid=''
+/usr/bin/python3 tests/stripe_standin/smtp_sink.py "$smtp_port" "$work/smtp.jsonl" >"$work/smtp.log" 2>&1 &
+smtp_pid=$!
+(
+    while IFS= read -r line; do
+        case $line in ''|'#'*) continue ;; esac
+        name=${line%%=*} value=${line#*=}
+        case $value in \"*\") value=${value#\"}; value=${value%\"} ;; esac
+        export "$name=$value"
+    done <deploy/lattice-shim.env
+    export LATTICE_SMTP_URL="smtp://127.0.0.1:$smtp_port" LATTICE_SMTP_TLS=none LATTICE_SMTP_USERNAME= \
+           LATTICE_SMTP_PASSWORD= LATTICE_STRIPE_API_BASE=http://127.0.0.1:9 LATTICE_OUTBOX_POLL_MS=200
+    export LATTICE_SHIM_PORT=$shim_port LATTICE_SHIM_WEB_ROOT=$web \
+           LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim"
+    exec "${tracer[@]}" "$shim_bin" --config "$conf" >"$work/shim.out" 2>"$work/shim.err"
+) &
 shim_pid=$!    # strace's, when traced: it exits with the shim's status
 nginx -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf" -g 'daemon off;' >"$ng/stdout" 2>&1 &
 nginx_pid=$!
@@ -294,6 +355,17 @@ me() {
         jq -e --arg e "$email" '(.email // .user.email) == $e' "$work/me.json" >/dev/null
 }
 check "GET /api/v1/auth/me with the cookies: 200, the account, HSTS" me
+
+welcome_mail() {  # the outbox worker delivers the sign-up's mail with the env sample's sender
+    for _ in $(seq 50); do
+        [ -s "$work/smtp.jsonl" ] && jq -e --arg e "$email" 'select(.rcpt_tos == [$e])' "$work/smtp.jsonl" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    jq -c --arg e "$email" 'select(.rcpt_tos == [$e]) | {mail_from, rcpt_tos, from: (.data | capture("(?m)^From: (?<f>[^\r\n]*)").f)}' "$work/smtp.jsonl"
+    jq -e --arg e "$email" 'select(.rcpt_tos == [$e]) | (.data | test("(?m)^From: Lattice <billing@lattice.example.com>\r?$"))' \
+        "$work/smtp.jsonl" >/dev/null
+}
+check "the welcome mail goes out over SMTP, From as deploy/lattice-shim.env sets it" welcome_mail
 
 client_seen() {  # trusted_proxies matches nginx: the session and the access log name the client, not nginx
     local addrs line
