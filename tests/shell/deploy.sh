@@ -405,17 +405,28 @@ metrics() {
 }
 check "/metrics: 404 through nginx, 200 on the shim's loopback port" metrics
 
-bodies() {  # the shim's body_max below nginx's client_max_body_size: JSON 413 from both
-    local a b
-    head -c 1500000 /dev/zero | tr '\0' 'a' >"$work/big1"
-    head -c 2500000 /dev/zero | tr '\0' 'a' >"$work/big2"
-    a=$(c -o "$work/413a" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "@$work/big1" "$https_url/api/v1/auth/login")
-    b=$(c -o "$work/413b" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "@$work/big2" "$https_url/api/v1/auth/login")
-    echo "1.5 MB: $a $(cat "$work/413a")"; echo "2.5 MB: $b $(cat "$work/413b")"
-    [ "$a" = 413 ] && [ "$b" = 413 ] && jq -e '.error.code == "too_large" and .error.request_id' "$work/413a" >/dev/null &&
-        jq -e '.error.code == "too_large"' "$work/413b" >/dev/null
+bodies() {  # nginx's client_max_body_size = the shim's body_max: at the limit the shim reads it, one byte more nginx refuses
+    local max at over
+    max=$(sed -n 's/^body_max = \([0-9]*\)$/\1/p' "$conf")
+    grep -qx '    client_max_body_size 1m;' "$ng/site.conf" && [ "$max" = 1048576 ] ||
+        { echo "client_max_body_size 1m and body_max = $max are no longer equal"; return 1; }
+    # valid JSON of exactly max bytes: {"email":"x@example.com","pad":"aaa...a"}
+    local head='{"email":"x@example.com","pad":"' tail='"}'
+    { printf '%s' "$head"; head -c $((max - ${#head} - ${#tail})) /dev/zero | tr '\0' a; printf '%s' "$tail"; } >"$work/at"
+    { cat "$work/at"; printf ' '; } >"$work/over"
+    echo "sizes: $(stat -c %s "$work/at") $(stat -c %s "$work/over")"
+    [ "$(stat -c %s "$work/at")" = "$max" ] || return 1
+    for _ in 1 2 3; do
+        at=$(c -o "$work/at.json" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "@$work/at" "$https_url/api/v1/auth/login")
+        over=$(c -D "$work/over.h" -o "$work/over.json" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "@$work/over" "$https_url/api/v1/auth/login")
+        echo "at body_max: $at $(head -c 300 "$work/at.json")"; echo "one byte more: $over $(cat "$work/over.json")"
+        # at the limit the shim reads the body and the login answers (no password: 400 or 401; never 413 or 502)
+        { [ "$at" = 400 ] || [ "$at" = 401 ]; } && jq -e '.error.code != "too_large" and .error.request_id' "$work/at.json" >/dev/null || return 1
+        [ "$over" = 413 ] && jq -e '.error.code == "too_large" and (.error.request_id | test("^[0-9a-f]{32}$"))' "$work/over.json" >/dev/null &&
+            grep -qi '^x-request-id: [0-9a-f]\{32\}' "$work/over.h" || return 1
+    done
 }
-check "bodies over body_max: the shim's JSON 413 (1.5 MB), over nginx's limit the same shape (2.5 MB)" bodies
+check "body size: exactly body_max bytes reach the shim (its login answers), one byte more: nginx's JSON 413 with a request id (3 times)" bodies
 
 bad_forward() {  # a client's Forwarded header is dropped by nginx, not passed on
     local code
