@@ -12,6 +12,8 @@ packages=(
 # tests/shell/deploy.sh: systemd-analyze (verify, security) checks deploy/systemd/,
 # strace records the shim's system calls for the unit's SystemCallFilter
 packages+=(systemd strace)
+# tests/shell/pitr.sh, deploy/pgbackrest/: WAL archiving, base backups, point-in-time restores
+packages+=(pgbackrest)
 
 missing=()
 for p in "${packages[@]}"; do
