@@ -45,7 +45,7 @@ free_port() {
     return 1
 }
 
-echo "1..31"
+echo "1..32"
 
 # ---- systemd units -----------------------------------------------------------
 # verify checks that ExecStart's binary exists: point it at this build.
@@ -457,15 +457,30 @@ check "SIGTERM (KillSignal): the shim drains and exits 0 well inside TimeoutStop
 # lattice-shim@.service does; the site's second upstream line enabled with
 # the guide's own sed.  While one instance drains on SIGTERM, every GET
 # through nginx is answered 200 (by the other, when the draining one says 503).
-start_shim() {  # start_shim PORT NAME: the pid in $NAME
+# The second instance runs confined as the unit confines it, where this
+# machine lets root build that (a mount namespace): user nobody, no
+# capabilities (empty bounding set), no_new_privs, / read-only
+# (ProtectSystem=strict) and a /tmp of its own (PrivateTmp).  It reaches the
+# cluster over TCP: the cluster's socket directory is private to postgres.
+sandbox=()
+if command -v setpriv >/dev/null && command -v unshare >/dev/null &&
+   unshare -m sh -c 'mount --make-rprivate / && mount -o remount,bind,ro /' 2>/dev/null; then
+    private_tmp='mount -t tmpfs -o mode=1777 tmpfs /tmp &&'
+    case "$root/ $shim_bin" in /tmp/*|*" /tmp/"*) private_tmp='' ;; esac   # the tree itself lives in /tmp
+    sandbox=(unshare -m sh -c "mount --make-rprivate / && $private_tmp mount -o remount,bind,ro / &&
+        exec setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs --bounding-set=-all --inh-caps=-all -- \"\$@\"" sandbox)
+fi
+start_shim() {  # start_shim PORT NAME [confined]: the pid in $NAME
+    local host=$PGHOST prefix=()
+    [ "${3:-}" = confined ] && [ ${#sandbox[@]} -gt 0 ] && { host=127.0.0.1; prefix=("${sandbox[@]}"); }
     LATTICE_SHIM_PORT=$1 LATTICE_SHIM_WEB_ROOT=$web \
-    LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim" \
-        "$shim_bin" --config "$conf" >"$work/$2.out" 2>"$work/$2.err" &
+    LATTICE_SHIM_CONNINFO="host=$host port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim" \
+        "${prefix[@]}" "$shim_bin" --config "$conf" >"$work/$2.out" 2>"$work/$2.err" &
     printf -v "$2" '%s' $!
 }
 roll_setup() {
     start_shim "$shim_port" shim_a
-    start_shim "$shim_port2" shim_b
+    start_shim "$shim_port2" shim_b confined
     sed 's/^    #server 127.0.0.1:8081 max_fails=0;/    server 127.0.0.1:8081 max_fails=0;/' deploy/nginx/lattice.conf >"$ng/site2.conf"
     grep -q '^    server 127.0.0.1:8081 max_fails=0;$' "$ng/site2.conf" || { echo "the guide's sed did not enable 8081"; return 1; }
     # the same loopback substitutions as before, 8081 -> the second shim
@@ -490,6 +505,21 @@ roll_setup() {
     grep -c . "$ng/site.conf" >/dev/null
 }
 check "two instances (ports set as lattice-shim@.service does) behind the site with its second upstream line enabled" roll_setup
+
+confined() {  # what the kernel says of instance B
+    local st=/proc/$shim_b/status
+    grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs):' "$st"
+    awk '$5 == "/" || $5 == "/tmp" {print "mount " $5 ": " $6 " " $(NF-2)}' "/proc/$shim_b/mountinfo"
+    grep -qE '^Uid:\s+65534\s+65534\s+65534\s+65534$' "$st" && grep -qx 'CapBnd:	0000000000000000' "$st" &&
+        grep -qx 'CapEff:	0000000000000000' "$st" && grep -qx 'NoNewPrivs:	1' "$st" &&
+        awk '$5 == "/" {print $6}' "/proc/$shim_b/mountinfo" | grep -q '^ro' &&
+        { [ -z "$private_tmp" ] || awk '$5 == "/tmp" {print $(NF-2)}' "/proc/$shim_b/mountinfo" | grep -qx tmpfs; }
+}
+if [ ${#sandbox[@]} -gt 0 ]; then
+    check "instance B serves confined as the unit confines it: user nobody, no capabilities, no_new_privs, / read-only, its own /tmp" confined
+else
+    ok "instance B serves confined as the unit confines it # SKIP no mount namespace for root here"
+fi
 
 roll() {
     local i rc
