@@ -57,6 +57,55 @@ CREATE OR REPLACE FUNCTION lattice.current_scopes()
  STABLE
 AS '$libdir/lattice', $function$lattice_current_scopes$function$;
 
+CREATE OR REPLACE FUNCTION lattice.metrics_figures()
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    outbox jsonb;
+    oldest double precision;
+    events jsonb;
+    classes jsonb;
+    mem record;
+BEGIN
+    SELECT jsonb_object_agg(k.kind, (
+               SELECT jsonb_object_agg(s.state, coalesce(d.n, 0))
+                 FROM unnest(ARRAY['pending', 'running', 'failed']) s(state)
+                 LEFT JOIN (SELECT o.status, count(*) AS n FROM lattice.outbox o
+                             WHERE o.kind = k.kind AND o.status <> 'done'
+                             GROUP BY o.status) d ON d.status = s.state))
+      INTO outbox
+      FROM unnest(ARRAY['stripe', 'email']) k(kind);
+    SELECT coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
+      INTO oldest
+      FROM lattice.outbox o
+     WHERE o.status IN ('pending', 'running');
+    SELECT jsonb_object_agg(x.outcome, coalesce(d.n, 0))
+      INTO events
+      FROM unnest(ARRAY['received', 'applied', 'stale', 'ignored', 'unmatched']) x(outcome)
+      LEFT JOIN (SELECT e.outcome, count(*) AS n FROM lattice.stripe_events e GROUP BY e.outcome) d
+             ON d.outcome = x.outcome;
+    SELECT jsonb_object_agg(t.class, jsonb_build_object('used', t.used, 'refused', t.refused))
+      INTO classes
+      FROM lattice.rate_class_totals() t;
+    SELECT m.table_size, m.entries, m.evictions INTO mem FROM lattice.rate_memory() m;
+    RETURN jsonb_build_object(
+        'outbox', outbox,
+        'outbox_oldest_pending_seconds', round(oldest::numeric, 3),
+        'stripe_events', events,
+        'rate_classes', classes,
+        'rate_table', jsonb_build_object('size', mem.table_size, 'entries', mem.entries,
+                                         'evictions', mem.evictions));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.rate_class_totals(OUT class text, OUT used bigint, OUT refused bigint)
+ RETURNS SETOF record
+ LANGUAGE c
+AS '$libdir/lattice', $function$lattice_rate_class_totals$function$;
+
 CREATE OR REPLACE FUNCTION lattice.rate_enforce_ingest(service text)
  RETURNS void
  LANGUAGE c
@@ -66,6 +115,15 @@ CREATE OR REPLACE FUNCTION lattice.rate_usage_classes()
  RETURNS jsonb
  LANGUAGE c
 AS '$libdir/lattice', $function$lattice_rate_usage_classes$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.metrics_db()
+ RETURNS jsonb
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT lattice.metrics_figures()
+$function$;
 
 CREATE OR REPLACE FUNCTION lattice_http.rate_state()
  RETURNS text
@@ -1418,10 +1476,17 @@ REVOKE ALL ON FUNCTION lattice.create_api_key(uuid,text,text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.create_api_key(uuid,text,text[]) TO lattice_admin;
 REVOKE ALL ON FUNCTION lattice.current_scopes() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.current_scopes() TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.metrics_figures() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.metrics_figures() TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.rate_class_totals() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.rate_class_totals() TO lattice_admin;
 REVOKE ALL ON FUNCTION lattice.rate_enforce_ingest(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.rate_enforce_ingest(text) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.rate_usage_classes() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.rate_usage_classes() TO lattice_app;
+ALTER FUNCTION lattice_http.metrics_db() OWNER TO lattice_app;
+REVOKE ALL ON FUNCTION lattice_http.metrics_db() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice_http.metrics_db() TO lattice_api;
 ALTER FUNCTION lattice_http.rate_state() OWNER TO lattice_app;
 REVOKE ALL ON FUNCTION lattice_http.rate_state() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice_http.rate_state() TO lattice_api;

@@ -208,3 +208,72 @@ lattice_rate_flush_usage(PG_FUNCTION_ARGS)
 	SPI_finish();
 	PG_RETURN_INT64(rows);
 }
+
+/*
+ * lattice.rate_class_totals() -> SETOF (class text, used bigint, refused
+ * bigint): this hour's requests allowed and refused, summed over every key
+ * of each quota class (api, dashboard, ingest per service, address), for
+ * /metrics.  No key, tenant or address leaves the function; without the
+ * shared table every figure is 0.  The ingest ceiling of an account counts
+ * the same requests as its services, so it is not added again.
+ */
+PG_FUNCTION_INFO_V1(lattice_rate_class_totals);
+Datum
+lattice_rate_class_totals(PG_FUNCTION_ARGS)
+{
+	static const char *const classes[] = {"api", "dashboard", "ingest", "address"};
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		used[4] = {0};
+	int64		refused[4] = {0};
+	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (rate_hash)
+	{
+		HASH_SEQ_STATUS seq;
+		RateEntry  *e;
+
+		LWLockAcquire(rate_shared->lock, LW_SHARED);
+		hash_seq_init(&seq, rate_hash);
+		while ((e = hash_seq_search(&seq)) != NULL)
+		{
+			int			c;
+
+			if (e->hour != hour)
+				continue;
+			switch (e->key.kind)
+			{
+				case RATE_KIND_TENANT:
+					c = 0;
+					break;
+				case RATE_KIND_DASHBOARD:
+					c = 1;
+					break;
+				case RATE_KIND_INGEST:
+					c = 2;
+					break;
+				case RATE_KIND_SCOPED:
+					c = strncmp(e->scope, "addr_", 5) == 0 ? 3 : -1;
+					break;
+				default:
+					c = -1;
+			}
+			if (c < 0)
+				continue;
+			used[c] += e->allowed;
+			refused[c] += e->refused;
+		}
+		LWLockRelease(rate_shared->lock);
+	}
+	for (int c = 0; c < 4; c++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false};
+
+		values[0] = CStringGetTextDatum(classes[c]);
+		values[1] = Int64GetDatum(used[c]);
+		values[2] = Int64GetDatum(refused[c]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
