@@ -12,7 +12,7 @@
 # logs, locks and repository live in the temporary directory.
 # TAP output for prove; run by tests/run.sh shell.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 art=$root/deploy/pgbackrest
@@ -30,6 +30,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
 
 # pgBackRest and the clusters' archive/restore commands (children of the
 # postmaster, which inherits this environment) find the test's config,
@@ -165,6 +166,11 @@ step1() {
 }
 check "step 1: two sign-ups, an API key, an ingest" step1
 
+# pgBackRest picks the backup for a time target by its stop time, in whole
+# seconds, strictly before the target: a target in the second the backup
+# ended finds none ("unable to find backup set with stop time less than")
+stop=$(jq -r '.[0].backup[-1].timestamp.stop' "$work/info.json" 2>/dev/null)
+while [[ $stop =~ ^[0-9]+$ ]] && [ "$(date +%s)" -le "$stop" ]; do sleep 0.1; done
 sleep 0.2
 target=$(src_psql -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
 check "step 2: target time $target recorded, restore point pitr_target created, WAL switched" \
@@ -198,6 +204,7 @@ check "the WAL of step 3 is archived (pgbackrest check), then the source stops" 
 # ---- restore to the time --------------------------------------------------------
 # restore DIR TYPE TARGET [OPTION...]: pgbackrest restore into a new data directory,
 # on its own port and socket (the restored postgresql.conf names the source's)
+restored_mb='?'
 restore() {
     local dir=$1 type=$2 target=$3; shift 3
     mkdir -p "$dir/data" && chown -R postgres:postgres "$dir" && chmod 0700 "$dir" "$dir/data" &&
@@ -215,8 +222,9 @@ restore_s=$(elapsed "$t0")
 paused() {
     local s
     for _ in $(seq 300); do
-        s=$(at "$1" q -c "SELECT pg_get_wal_replay_pause_state()" 2>/dev/null)
+        s=$(at "$1" q -c "SELECT CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not in recovery' END" 2>/dev/null)
         [ "$s" = paused ] && return 0
+        [ "$s" = 'not in recovery' ] && break
         sleep 0.1
     done
     echo "replay: ${s:-no answer}"; tail -20 "$1/postgres.log"; return 1
@@ -224,7 +232,9 @@ paused() {
 # Its archive-get (restore_command) and, once promoted, archive-push run with
 # this cluster as pg1 (in production it is the same path as before).
 start_restored() {
-    local port; port=$(free_port) || return 1
+    local port
+    [ -f "$1/data/PG_VERSION" ] || { echo "nothing restored in $1/data"; return 1; }  # (or cluster.sh would initdb)
+    port=$(free_port) || return 1
     PGBACKREST_PG1_PATH=$1/data PGBACKREST_PG1_SOCKET_PATH=$1 PGBACKREST_PG1_PORT=$port \
         scripts/cluster.sh start "$1" "$port" >/dev/null || { tail -20 "$1/postgres.log"; return 1; }
     paused "$1"
