@@ -392,6 +392,7 @@ static void answer_error(struct mg_connection *conn, struct reply *r, const stru
 {
     PGresult *e = call->err;
     const char *state = PQresultErrorField(e, PG_DIAG_SQLSTATE);
+    metrics_statement_error(state);
     const char *msg = PQresultErrorField(e, PG_DIAG_MESSAGE_PRIMARY);
     const char *detail = PQresultErrorField(e, PG_DIAG_MESSAGE_DETAIL);
     char extra[EXTRA_HEADERS_MAX];
@@ -516,6 +517,8 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
     else if (outcome == CALL_ERROR)
         answer_error(conn, r, rt, &call);
     else {
+        if (call.err) /* e.g. 57P01: the server ended the session */
+            metrics_statement_error(PQresultErrorField(call.err, PG_DIAG_SQLSTATE));
         atomic_fetch_add(&m_pool_errors, 1);
         reply_error(r, 503, "unavailable", "the database is unavailable", NULL, "Retry-After: 1\r\n");
     }

@@ -14,6 +14,7 @@
  * with the same Idempotency-Key, on a network error or a 5xx.
  */
 #include "outbound.h"
+#include "shim.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -481,6 +482,8 @@ record(PGconn *conn, long long job_id, const struct outbound_result *res)
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
 	{
 		char		msg[256];
+
+		metrics_statement_error(PQresultErrorField(r, PG_DIAG_SQLSTATE));
 		char	   *p;
 
 		/* one line of the server's message, safe inside a JSON string */
@@ -525,6 +528,7 @@ outbound_run_job(PGconn *conn, long long job_id, struct outbound_answer *answer)
 							   1, NULL, values, NULL, NULL, 0);
 		if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
 		{
+			metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
 			PQclear(claimed);
 			answer_set(answer, 503, "{\"Retry-After\":\"1\"}",
 					   "{\"error\":{\"code\":\"unavailable\",\"message\":\"the database is unavailable\"}}");
@@ -646,6 +650,7 @@ drain_once(PGconn *conn)
 						   1, NULL, values, NULL, NULL, 0);
 	if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
 	{
+		metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
 		PQclear(claimed);
 		return -1;
 	}

@@ -36,6 +36,8 @@ static struct {
 } pool = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 atomic_long m_pool_errors, m_pool_timeouts, m_pool_reconnects;
+/* requests that queued for a connection, and their summed wait (µs) */
+atomic_long m_pool_waits, m_pool_wait_us;
 
 /* The two statements of every request, see dispatch.c. */
 const char *const SQL_TX_RO =
@@ -188,12 +190,15 @@ enum pool_status pool_acquire(struct pooled **out)
             queue_head = &w;
         queue_tail = &w;
         pool.waiting++;
+        double wait_start = now_seconds();
         struct timespec deadline;
         deadline_after(&deadline, cfg.pool_wait_ms);
         while (!w.given)
             if (pthread_cond_timedwait(&w.cv, &pool.mu, &deadline) == ETIMEDOUT)
                 break;
         pool.waiting--;
+        atomic_fetch_add(&m_pool_waits, 1);
+        atomic_fetch_add(&m_pool_wait_us, (long) ((now_seconds() - wait_start) * 1e6));
         if (!w.given) {
             /* unlink ourselves */
             struct waiter **pp = &queue_head, *prev = NULL;

@@ -227,8 +227,11 @@ void static_serve(struct mg_connection *conn, struct reply *r, const char *path)
 int metrics_init(void);
 void metrics_request(int route, int status, double seconds);
 void metrics_serve(struct reply *r);
+/* A PostgreSQL error the shim got back: counted by SQLSTATE class (its first
+   two characters; PTnnn, the extension's HTTP errors, are class PT). */
+void metrics_statement_error(const char *sqlstate);
 extern atomic_long m_connections_open, m_connections_refused, m_pool_errors, m_pool_timeouts,
-    m_pool_reconnects;
+    m_pool_reconnects, m_pool_waits, m_pool_wait_us;
 
 /* ---- log.c ------------------------------------------------------------- */
 
