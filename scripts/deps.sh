@@ -14,6 +14,9 @@ packages=(
 packages+=(systemd strace)
 # tests/shell/pitr.sh, deploy/pgbackrest/: WAL archiving, base backups, point-in-time restores
 packages+=(pgbackrest)
+# tests/shell/promtool.sh, deploy/prometheus/: promtool checks the alert rules and a live /metrics
+# (Debian ships promtool only in the prometheus package; its service is not needed)
+packages+=(prometheus)
 
 missing=()
 for p in "${packages[@]}"; do
