@@ -48,7 +48,7 @@ http {
         server_name localhost;
         ssl_certificate ${dir}/cert.pem;
         ssl_certificate_key ${dir}/key.pem;
-        client_max_body_size 2m;
+        client_max_body_size 1m;
         location / {
             proxy_pass http://127.0.0.1:${shim.port};
             proxy_http_version 1.1;
