@@ -104,6 +104,9 @@ async function trouble() {
   }
 }
 
+// what the next start's scripts/demo_seed.mjs fills in from
+setInterval(() => { state.lastReport = Date.now(); saveState(stateFile, state); }, 15_000);
+
 live.forEach((s, i) => service(s, Math.round((i * FLUSH_MS) / live.length)));
 deploys();
 trouble();

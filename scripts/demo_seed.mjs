@@ -38,10 +38,12 @@ await Promise.all(reporting.map(async (s) => {
   await plugin.metadata(s, 'production', state[s.name].production, added(s, 'production'));
 }));
 
-// 2. the last minutes of traffic, batched as the plugin flushes them (at most
-//    500 traces a request).  The stopped service's calls end 10 minutes ago.
+// 2. the traffic since the demo last reported (make run was stopped) or of
+//    the last LATTICE_DEMO_BACKFILL_MIN minutes, batched as the plugin
+//    flushes it (at most 500 traces a request).  The stopped service's calls
+//    end 10 minutes before now.
 const now = Date.now();
-const from = now - backfillMin * 60_000;
+const from = Math.max(now - backfillMin * 60_000, state.lastReport ?? 0);
 const stoppedAt = now - Math.min(10, backfillMin / 3) * 60_000;
 let nTraces = 0;
 let nErrors = 0;
@@ -60,6 +62,7 @@ await plugin.errors('orders', 'staging', [0, 1, 2].map((i) => ({
   fn: 'sumLines', line: 27, method: 'POST', path: '/orders', at: now - i * 41_000 })));
 nErrors += 3;
 
+state.lastReport = Date.now();
 saveState(stateFile, state);
 const envs = SERVICES.filter((s) => s.staging).length;
 const edges = CALLS.filter(([a, b]) => byName[a] && byName[b]).length;

@@ -85,7 +85,7 @@ export const SERVICES = [
     later: R(`POST /orders/:id/return 44`),
     packages: [['express', '4.21.2', 'direct'], ['pg', '8.13.1', 'direct'], ['kafkajs', '2.2.4', 'direct'],
       ['decimal.js', '10.4.3', 'direct'], ['jest', '29.7.0', 'dev']] },
-  { name: 'payments', framework: 'express', version: '3.0.0', staging: '3.1.0',
+  { name: 'payments', framework: 'express', version: '3.0.0', staging: null,
     routes: R(`POST /payments 210
                GET /payments/:id 9
                POST /refunds 160

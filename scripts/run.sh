@@ -91,9 +91,11 @@ if [ "$demo" != off ]; then
     LATTICE_DEMO_KEY=$key LATTICE_DEMO_READ_KEY=$read_key node scripts/demo_seed.mjs "$base" "$run/demo-state.json" \
         || echo "run.sh: seeding the demo shop failed (above); the server runs on" >&2
 fi
+stopped="
+                              legacy-reports stopped reporting (inactive 15 min after its last report)"
 case "$demo" in
-on)   demo_line="live: traces every 5 s per service, deploys and incidents now and then (DEMO=off: none)" ;;
-seed) demo_line="seeded once, no live traffic (DEMO=seed)" ;;
+on)   demo_line="live: traces every 5 s per service, deploys and incidents now and then (DEMO=off: none)$stopped" ;;
+seed) demo_line="seeded at start, no live traffic (DEMO=seed)$stopped" ;;
 off)  demo_line="off: nothing reported (DEMO=off)" ;;
 esac
 
@@ -105,7 +107,6 @@ cat <<MSG
   Demo read key (API)         $read_key
   Plugin setting              apiEndpoint: "$base/api/v1"
   Demo shop                   $demo_line
-                              legacy-reports stopped reporting (inactive 15 min after its last report)
   Mail                        $mail_line
   Logs                        $shown/access.log (requests), $shown/shim.log (shim), $shown/pg/postgres.log
   PostgreSQL                  psql "host=$PGHOST port=$PGPORT dbname=lattice user=postgres"
