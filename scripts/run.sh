@@ -25,6 +25,9 @@ demo=${LATTICE_DEMO:-${DEMO:-on}}
 case "$demo" in on|seed|off) ;; *) echo "run.sh: LATTICE_DEMO must be on, seed or off (not '$demo')" >&2; exit 2 ;; esac
 shown=$run; [ "${run#"$root"/}" != "$run" ] && shown=${run#"$root"/}   # .run/... when inside the tree
 
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run.sh: port $port is in use (another make run?); LATTICE_PORT=... picks another" >&2; exit 1
+fi
 mkdir -p "$run" "$run/mail"
 chmod 0755 "$run"      # the cluster directory inside must be reachable by postgres
 old_port=$(sed -n 's/.*PGPORT=\([0-9]*\).*/\1/p' "$cluster/env" 2>/dev/null || true)
@@ -66,7 +69,8 @@ if [ -z "${LATTICE_SMTP_URL:-}" ]; then
         mail_line="nowhere: the mail catcher did not start (python3-aiosmtpd?); e-mail stays queued"
     fi
 else
-    mail_line="$LATTICE_SMTP_URL"
+    mail_line="${LATTICE_SMTP_URL%%://*}://${LATTICE_SMTP_URL#*@}"   # never its credentials
+    [ "${LATTICE_SMTP_URL#*@}" = "$LATTICE_SMTP_URL" ] && mail_line=$LATTICE_SMTP_URL
 fi
 export LATTICE_MAIL_FROM=${LATTICE_MAIL_FROM:-Lattice <hello@lattice.local>}
 
@@ -84,7 +88,7 @@ for _ in $(seq 100); do
     kill -0 "$shim_pid" 2>/dev/null || break
     sleep 0.1
 done
-[ -n "$up" ] || { echo "run.sh: the shim did not start (port $port in use? see $shown/shim.log)" >&2; exit 1; }
+[ -n "$up" ] || { echo "run.sh: the shim did not start (see $shown/shim.log)" >&2; exit 1; }
 
 base="http://127.0.0.1:$port"
 if [ "$demo" != off ]; then

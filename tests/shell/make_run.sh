@@ -73,7 +73,7 @@ stop() {
 # ---- the demo on --------------------------------------------------------------
 start on on
 check "run.sh prints its header with the demo ingest key and the demo read key" \
-    "grep -qE 'Demo ingest key \(plugins\) +ltc_' '$out' && [ -n '$read_key' ] || note <'$out'"
+    "grep -qE 'Demo ingest key \(plugins\) +ltc_' '$out' && [ -n '$read_key' ] || { note <'$out'; false; }"
 
 uid=$(q "SELECT id FROM lattice.users WHERE email = 'demo@lattice.local'")
 figures() {
@@ -102,7 +102,7 @@ ingest_ok() { grep "\"route\":\"$1\"" "$log" 2>/dev/null | grep -cE '"status":20
 echo "# access log: $(ingest_ok /api/v1/ingest/metadata) metadata, $(ingest_ok /api/v1/performance/traces/batch) trace batches, $(ingest_ok /api/v1/errors/batch) error batches"
 check "all of it came through the shim: the access log file has the ingest requests" \
     "[ \$(ingest_ok /api/v1/ingest/metadata) -ge $n_svc ] && [ \$(ingest_ok /api/v1/performance/traces/batch) -gt 0 ] && [ \$(ingest_ok /api/v1/errors/batch) -gt 0 ]"
-check "no JSON (access log or shim) lines on the terminal" "! grep -q '^{\|\"request_id\"' '$out' || grep '^{' '$out' | head -3 | note"
+check "no JSON (access log or shim) lines on the terminal" "! grep -q '^{\\|\"request_id\"' '$out' || { grep '^{\\|\"request_id\"' '$out' | head -3 | note; false; }"
 
 before=$(q "SELECT COALESCE(sum(request_count), 0) FROM lattice.route_stats WHERE user_id = '$uid'")
 email="newcomer-$RANDOM$RANDOM@example.com"
@@ -117,7 +117,7 @@ done
 check "a sign-up through the shim (201) delivers its welcome mail as a .eml in the mail folder" \
     "[ '$status' = 201 ] && [ -n '$eml' ] && grep -qi '^Subject:' '$eml'"
 sleep 0.3
-check "the mail catcher prints one line for it" "grep -qE '^mail: .* to $email -> .*/mail/[0-9]{3}\\.eml\$' '$out' || note <'$out'"
+check "the mail catcher prints one line for it" "grep -qE '^mail: .* to $email -> .*/mail/[0-9]{3}\\.eml\$' '$out' || { note <'$out'; false; }"
 
 after=$before
 for _ in $(seq 150); do
