@@ -50,7 +50,7 @@ async function service(s, offset) {
   for (;;) {
     const now = Date.now();
     const inc = incidents.get(s.name);
-    const { traces, errors } = traffic(s.name, last, now, inc && inc.until > now ? inc : null);
+    const { traces, errors } = traffic(s.name, last, now, inc && inc.until > now ? inc : null, 0, added(s, 'production'));
     last = now;
     try {
       if (traces.length) await plugin.traces(s.name, traces.slice(-500));

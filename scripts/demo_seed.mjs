@@ -49,7 +49,7 @@ let nTraces = 0;
 let nErrors = 0;
 await Promise.all(reporting.map(async (s) => {
   const { traces, errors } = traffic(s.name, from, now, null,
-    SERVICES.some((x) => x.stopped && fresh(x)) ? stoppedAt : 0);
+    SERVICES.some((x) => x.stopped && fresh(x)) ? stoppedAt : 0, added(s, 'production'));
   for (let i = 0; i < traces.length; i += 500) await plugin.traces(s.name, traces.slice(i, i + 500));
   for (let i = 0; i < errors.length; i += 500) await plugin.errors(s.name, 'production', errors.slice(i, i + 500));
   nTraces += traces.length;

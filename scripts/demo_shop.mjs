@@ -213,7 +213,7 @@ export function concrete(spec, svc) {
     return String(100 + Math.floor(Math.random() * 99900));
   });
   // the route the path falls under, for its latency
-  const fits = svc.routes.filter(([m, p]) => (!method || m === method)
+  const fits = [...svc.routes, ...svc.later].filter(([m, p]) => (!method || m === method)
     && new RegExp(`^${p.replace(/:\w+/g, '[^/]+')}$`).test(path));
   const route = fits.find(([m]) => m === 'GET') ?? fits[0];
   return { method: method ?? (route ? route[0] : 'GET'), path, median: route ? route[2] : 20 };
@@ -311,13 +311,20 @@ export class Plugin {
 // plugin records (callers from CALLS, browsers for the entry) and the
 // errors of its 5xx answers.  `boost` multiplies latency and adds errors.
 // Calls from a service that stopped reporting are made before stoppedUntil.
-export function traffic(name, from, to, boost = null, stoppedUntil = 0) {
+// `extra` routes ([method, path, ms], added by deploys) get a trickle from
+// the service's busiest caller.
+export function traffic(name, from, to, boost = null, stoppedUntil = 0, extra = []) {
   const svc = byName[name];
   const traces = [];
   const errors = [];
   const inbound = CALLS.filter(([, dst]) => dst === name)
     .map(([src, , rate, err, paths]) => ({ caller: src, rate, err, paths }));
   if (name === ENTRY.service) inbound.push({ caller: null, rate: ENTRY.rate, err: ENTRY.errors, paths: ENTRY.paths });
+  const busiest = inbound.filter((e) => !e.caller || !byName[e.caller].stopped).sort((a, b) => b.rate - a.rate)[0];
+  for (const [m, p] of extra) {
+    inbound.push({ caller: busiest ? busiest.caller : null, rate: 0.05, err: 0.002,
+      paths: [`${m} ${p.replace(/:(\w+)/g, '{$1}')}`] });
+  }
   for (const e of inbound) {
     const end = e.caller && byName[e.caller].stopped ? Math.min(to, stoppedUntil) : to;
     if (end <= from) continue;
