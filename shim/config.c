@@ -153,10 +153,15 @@ static int load_file(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "config: cannot open %s: %s", path, strerror(errno));
         return -1;
     }
-    char line[2048];
+    char line[4096];
     int lineno = 0, rc = 0;
     while (rc == 0 && fgets(line, sizeof(line), f)) {
         lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            snprintf(err, errlen, "config: %s:%d: line longer than %zu bytes", path, lineno, sizeof(line) - 2);
+            rc = -1;
+            break;
+        }
         char *s = trim(line);
         if (*s == '\0' || *s == '#')
             continue;
