@@ -31,24 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-t=0
-ok()     { t=$((t+1)); echo "ok $t - $1"; }
-not_ok() { t=$((t+1)); echo "not ok $t - $1"; shift; for l in "$@"; do printf '%s\n' "$l" | sed 's/^/#   /'; done; }
-# check DESC COMMAND...: ok when the command succeeds; its output is shown on failure
-# (run in this shell, not a subshell: checks wait for and forget the processes started here)
-check() {
-    local desc=$1; shift
-    if "$@" >"$work/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
-}
-
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-    done
-    return 1
-}
+# shellcheck source=tests/shell/lib/tap.bash
+. tests/shell/lib/tap.bash
 
 echo "1..32"
 

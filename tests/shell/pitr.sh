@@ -39,14 +39,8 @@ export PGBACKREST_CONFIG=$work/pgbackrest.conf PGBACKREST_LOG_PATH=$work/log \
        PGBACKREST_LOCK_PATH=$work/lock PGBACKREST_SPOOL_PATH=$work/spool
 pgbr() { runuser -u postgres -- pgbackrest --stanza=lattice "$@"; }
 
-t=0
-ok()     { t=$((t+1)); echo "ok $t - $1"; }
-not_ok() { t=$((t+1)); echo "not ok $t - $1"; shift; for l in "$@"; do printf '%s\n' "$l" | sed 's/^/#   /'; done; }
-# check DESC COMMAND...: ok when the command succeeds; its output is shown on failure
-check() {
-    local desc=$1; shift
-    if "$@" >"$work/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
-}
+# shellcheck source=tests/shell/lib/tap.bash
+. tests/shell/lib/tap.bash
 elapsed() { echo "$(date +%s.%N) $1" | awk '{printf "%.1f", $1 - $2}'; }
 mb() { du -sm "$1" 2>/dev/null | cut -f1; }
 
@@ -79,14 +73,6 @@ schedule() {  # the full backup weekly on Sunday, the differential on the other 
 check "timers: a full backup every Sunday, a differential Monday to Saturday, as postgres" schedule
 
 # ---- the source cluster, archiving ----------------------------------------------
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-    done
-    return 1
-}
 src_port=$(free_port)
 start_source() {
     scripts/cluster.sh start "$src" "$src_port" >/dev/null || return 1

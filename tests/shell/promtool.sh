@@ -17,21 +17,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "1..8"
-t=0
-ok() { t=$((t+1)); echo "ok $t - $1"; }
-not_ok() { t=$((t+1)); echo "not ok $t - $1"; [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/# /'; }
-check() {  # check DESCRIPTION COMMAND...: ok when the command succeeds, its output as diagnostics when not
-    local desc=$1; shift
-    if "$@" >"$work/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
-}
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-    done
-    return 1
-}
+# shellcheck source=tests/shell/lib/tap.bash
+. tests/shell/lib/tap.bash
 
 check "promtool is installed (Debian package prometheus, scripts/deps.sh)" command -v promtool
 check "promtool check rules deploy/prometheus/lattice-rules.yml" promtool check rules deploy/prometheus/lattice-rules.yml
