@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shim's cost over the database's own limit (issue 3), on loopback:
+# The shim's cost over the database's own limit, on loopback:
 #   (a) GET /api/v1/health                       wrk, no database
 #   (b) GET /api/v1/auth/me with an API key      wrk, one SQL function (one indexed lookup)
 #   (c) the same SQL function                    pgbench -M prepared, same client concurrency

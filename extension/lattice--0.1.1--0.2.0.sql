@@ -70,18 +70,20 @@ DECLARE
     classes jsonb;
     mem record;
 BEGIN
-    SELECT jsonb_object_agg(k.kind, (
-               SELECT jsonb_object_agg(s.state, coalesce(d.n, 0))
-                 FROM unnest(ARRAY['pending', 'running', 'failed']) s(state)
-                 LEFT JOIN (SELECT o.status, count(*) AS n FROM lattice.outbox o
-                             WHERE o.kind = k.kind AND o.status <> 'done'
-                             GROUP BY o.status) d ON d.status = s.state))
-      INTO outbox
-      FROM unnest(ARRAY['stripe', 'email']) k(kind);
-    SELECT coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
-      INTO oldest
-      FROM lattice.outbox o
-     WHERE o.status IN ('pending', 'running');
+    -- one pass over the jobs not done
+    WITH open_jobs AS (
+        SELECT o.kind, o.status, count(*) AS n, min(o.created_at) AS oldest
+          FROM lattice.outbox o
+         WHERE o.status <> 'done'
+         GROUP BY o.kind, o.status)
+    SELECT (SELECT jsonb_object_agg(k.kind, (
+                SELECT jsonb_object_agg(s.state, coalesce(j.n, 0))
+                  FROM unnest(ARRAY['pending', 'running', 'failed']) s(state)
+                  LEFT JOIN open_jobs j ON j.kind = k.kind AND j.status = s.state))
+              FROM unnest(ARRAY['stripe', 'email']) k(kind)),
+           coalesce(extract(epoch FROM now() - (SELECT min(j.oldest) FROM open_jobs j
+                                                 WHERE j.status IN ('pending', 'running'))), 0)
+      INTO outbox, oldest;
     SELECT jsonb_object_agg(x.outcome, coalesce(d.n, 0))
       INTO events
       FROM unnest(ARRAY['received', 'applied', 'stale', 'ignored', 'unmatched']) x(outcome)

@@ -482,9 +482,9 @@ record(PGconn *conn, long long job_id, const struct outbound_result *res)
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
 	{
 		char		msg[256];
+		char	   *p;
 
 		metrics_statement_error(PQresultErrorField(r, PG_DIAG_SQLSTATE));
-		char	   *p;
 
 		/* one line of the server's message, safe inside a JSON string */
 		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(conn));

@@ -25,7 +25,7 @@ const struct route routes[] = {
     { "GET",  "/metrics",                          NULL,              R_LOCAL_METRICS,T_FAST,  NULL },
     { "GET",  "/ready",                            "ready",           0,              T_FAST,  NULL },
     { "GET",  "/api/v1/usage",                     "usage",           0,              T_FAST,  NULL },
-    /* identity (issue 4): extension/sql/65_http_auth.sql */
+    /* identity: extension/sql/65_http_auth.sql */
     { "POST", "/api/v1/auth/signup",               "auth_signup",     R_JSON,         T_SLOW,   NULL },
     { "POST", "/api/v1/auth/login",                "auth_login",      R_JSON,         T_SLOW,   NULL },
     { "POST", "/api/v1/auth/logout",               "auth_logout",     0,              T_FAST,   NULL },
@@ -38,7 +38,7 @@ const struct route routes[] = {
     { "POST", "/api/v1/keys/{id}/rotate",          "keys_rotate",     R_JSON,         T_FAST,   NULL },
     { "DELETE", "/api/v1/keys/{id}",               "keys_revoke",     0,              T_FAST,   NULL },
 
-    /* graph (issue 7): extension/sql/75_http_graph.sql */
+    /* graph: extension/sql/75_http_graph.sql */
     { "GET",  "/api/v1/graph",                     "graph",           0,              T_NORMAL, NULL },
     { "GET",  "/api/v1/graph/dependencies/{id}",   "graph_dependencies", 0,           T_NORMAL, NULL },
     { "GET",  "/api/v1/graph/dependents/{id}",     "graph_dependents",0,              T_NORMAL, NULL },
@@ -48,7 +48,7 @@ const struct route routes[] = {
     { "GET",  "/api/v1/graph/order",               "graph_order",     0,              T_NORMAL, NULL },
     { "GET",  "/api/v1/graph/diff",                "graph_diff",      0,              T_NORMAL, NULL },
 
-    /* live changes (issue 7): Server-Sent Events, shim/events.c + extension/sql/76_http_events.sql */
+    /* live changes: Server-Sent Events, shim/events.c + extension/sql/76_http_events.sql */
     { "GET",  "/api/v1/events",                    "events_subscribe",R_EVENTS,       T_FAST,   NULL },
 
     /* Billing (docs/http-contract.md, "Outbound routes") */
@@ -60,7 +60,7 @@ const struct route routes[] = {
     { "POST", "/api/v1/billing/resume",            "billing_resume",  R_JSON | R_OUTBOUND, T_NORMAL, NULL },
     { "POST", "/api/v1/webhooks/stripe",           "stripe_webhook",  R_JSON,         T_NORMAL, "stripe-signature" },
 
-    /* Ingest (issue 6): extension/sql/67_http_ingest.sql */
+    /* Ingest: extension/sql/67_http_ingest.sql */
     { "POST", "/api/v1/ingest/metadata",           "ingest_metadata", R_JSON,         T_NORMAL, NULL },
     { "POST", "/api/v1/performance/traces/batch",  "ingest_traces",   R_JSON,         T_NORMAL, NULL },
     { "POST", "/api/v1/errors/batch",              "ingest_errors",   R_JSON,         T_NORMAL, NULL },

@@ -1615,18 +1615,20 @@ DECLARE
     classes jsonb;
     mem record;
 BEGIN
-    SELECT jsonb_object_agg(k.kind, (
-               SELECT jsonb_object_agg(s.state, coalesce(d.n, 0))
-                 FROM unnest(ARRAY['pending', 'running', 'failed']) s(state)
-                 LEFT JOIN (SELECT o.status, count(*) AS n FROM lattice.outbox o
-                             WHERE o.kind = k.kind AND o.status <> 'done'
-                             GROUP BY o.status) d ON d.status = s.state))
-      INTO outbox
-      FROM unnest(ARRAY['stripe', 'email']) k(kind);
-    SELECT coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
-      INTO oldest
-      FROM lattice.outbox o
-     WHERE o.status IN ('pending', 'running');
+    -- one pass over the jobs not done
+    WITH open_jobs AS (
+        SELECT o.kind, o.status, count(*) AS n, min(o.created_at) AS oldest
+          FROM lattice.outbox o
+         WHERE o.status <> 'done'
+         GROUP BY o.kind, o.status)
+    SELECT (SELECT jsonb_object_agg(k.kind, (
+                SELECT jsonb_object_agg(s.state, coalesce(j.n, 0))
+                  FROM unnest(ARRAY['pending', 'running', 'failed']) s(state)
+                  LEFT JOIN open_jobs j ON j.kind = k.kind AND j.status = s.state))
+              FROM unnest(ARRAY['stripe', 'email']) k(kind)),
+           coalesce(extract(epoch FROM now() - (SELECT min(j.oldest) FROM open_jobs j
+                                                 WHERE j.status IN ('pending', 'running'))), 0)
+      INTO outbox, oldest;
     SELECT jsonb_object_agg(x.outcome, coalesce(d.n, 0))
       INTO events
       FROM unnest(ARRAY['received', 'applied', 'stale', 'ignored', 'unmatched']) x(outcome)
@@ -1657,7 +1659,7 @@ $$;
 REVOKE ALL ON FUNCTION lattice.rate_class_totals(), lattice.metrics_figures() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.rate_class_totals() TO lattice_admin;
 GRANT EXECUTE ON FUNCTION lattice.metrics_figures() TO lattice_app;
--- Identity routes (issue 4): sign-up, login, logout, me, sessions, token,
+-- Identity routes: sign-up, login, logout, me, sessions, token,
 -- API keys.  Each is one lattice_http function (docs/http-contract.md); the
 -- rules and every credential check are C (src/auth.c, password.c,
 -- session.c, jwt.c, apikey.c).  Cookies: lattice_session (HttpOnly) and
@@ -3285,7 +3287,7 @@ BEGIN
         jsonb_build_object('userId', uid, 'graphVersion', lattice.graph_version()));
 END
 $$;
--- Billing with Stripe (DESIGN.md §7, issue 8).
+-- Billing with Stripe (docs/http-contract.md, "Outbound routes").
 --
 --  * Webhooks: the Stripe-Signature header is verified in C
 --    (src/billing_signature.c) against the active endpoint secrets of

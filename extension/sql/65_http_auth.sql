@@ -1,4 +1,4 @@
--- Identity routes (issue 4): sign-up, login, logout, me, sessions, token,
+-- Identity routes: sign-up, login, logout, me, sessions, token,
 -- API keys.  Each is one lattice_http function (docs/http-contract.md); the
 -- rules and every credential check are C (src/auth.c, password.c,
 -- session.c, jwt.c, apikey.c).  Cookies: lattice_session (HttpOnly) and

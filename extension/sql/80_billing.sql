@@ -1,4 +1,4 @@
--- Billing with Stripe (DESIGN.md §7, issue 8).
+-- Billing with Stripe (docs/http-contract.md, "Outbound routes").
 --
 --  * Webhooks: the Stripe-Signature header is verified in C
 --    (src/billing_signature.c) against the active endpoint secrets of

@@ -77,20 +77,6 @@ key_scopes_of(Datum arr)
 	return scopes;
 }
 
-/* The text[] of scope bits, for the table */
-static Datum
-key_scopes_datum(int scopes)
-{
-	Datum		names[2];
-	int			n = 0;
-
-	if (scopes & LATTICE_SCOPE_INGEST)
-		names[n++] = CStringGetTextDatum("ingest");
-	if (scopes & LATTICE_SCOPE_READ)
-		names[n++] = CStringGetTextDatum("read");
-	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
 /*
  * Verifies a key and returns its account, id and scopes; raises 401 with
  * invalid_api_key, revoked_api_key or expired_api_key.  Use after
@@ -287,7 +273,7 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 		values[7] = UUIDPGetDatum(rotated_from);
 	else
 		nulls[7] = 'n';
-	values[8] = key_scopes_datum(scopes);
+	values[8] = lattice_scopes_array(scopes);
 
 	SPI_connect();
 	if (SPI_execute_with_args("INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"

@@ -156,6 +156,19 @@ lattice_scopes_text(int scopes)
 	return buf.data;
 }
 
+/* The text[] of scope bits (as api_keys.scopes stores them) */
+Datum
+lattice_scopes_array(int scopes)
+{
+	Datum		names[lengthof(scope_names)];
+	int			n = 0;
+
+	for (size_t i = 0; i < lengthof(scope_names); i++)
+		if (scopes & scope_names[i].bit)
+			names[n++] = CStringGetTextDatum(scope_names[i].name);
+	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /* ---- the entry point ---- */
 
 typedef enum AuthNeed
@@ -299,16 +312,9 @@ PG_FUNCTION_INFO_V1(lattice_current_scopes);
 Datum
 lattice_current_scopes(PG_FUNCTION_ARGS)
 {
-	int			scopes = lattice_auth_scopes();
-	Datum		names[lengthof(scope_names)];
-	int			n = 0;
-
 	if (lattice_auth_method() == LATTICE_AUTH_NONE)
 		PG_RETURN_NULL();
-	for (size_t i = 0; i < lengthof(scope_names); i++)
-		if (scopes & scope_names[i].bit)
-			names[n++] = CStringGetTextDatum(scope_names[i].name);
-	PG_RETURN_ARRAYTYPE_P(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+	PG_RETURN_DATUM(lattice_scopes_array(lattice_auth_scopes()));
 }
 
 /* lattice.current_auth_method() -> text: api_key, bearer, session, password or NULL */

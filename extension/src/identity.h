@@ -76,6 +76,7 @@ extern void lattice_password_check_length(const char *password, size_t len);
 extern int	lattice_scopes_from_names(const char *const *names, int n);
 extern int	lattice_scopes_from_text(const char *space_separated);
 extern char *lattice_scopes_text(int scopes);
+extern Datum lattice_scopes_array(int scopes);
 
 /* apikey.c */
 extern void lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id,

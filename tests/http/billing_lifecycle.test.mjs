@@ -1,4 +1,4 @@
-// Billing end to end through the real shim (issue 8): the entitlement an
+// Billing end to end through the real shim: the entitlement an
 // account's ingest sees as its trial ends and Stripe's signed webhooks move
 // its subscription (200 -> 402 read-only -> 200, past_due with a warning),
 // and checkout / cancel / resume as HTTP requests answered through the

@@ -1,4 +1,4 @@
-// The graph over HTTP (issue 7) against a real shim and PostgreSQL: every
+// The graph over HTTP against a real shim and PostgreSQL: every
 // endpoint's answer, filters, bounds, errors, another tenant's ids (404),
 // and the NOTIFY that tells listeners a tenant's graph changed.
 import { test, before, after } from 'node:test';

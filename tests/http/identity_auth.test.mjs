@@ -1,4 +1,4 @@
-// The identity HTTP contract (issue 4) against a real shim and PostgreSQL:
+// The identity HTTP contract against a real shim and PostgreSQL:
 // sign-up, login, logout, me, sessions, token, keys; each 401 cause
 // distinct; cookie attributes; CSRF; revocation at once; rotation grace;
 // tampered / alg:none JWTs; no hash in any answer; audit rows written.

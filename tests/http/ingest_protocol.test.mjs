@@ -1,4 +1,4 @@
-// The plugin protocol end to end (issue 6) through a real shim and
+// The plugin protocol end to end through a real shim and
 // PostgreSQL: every captured request replayed with a real key, the periodic
 // re-send, 401s, the bad-input matrix (400 with paths, nothing written),
 // two environments, tenants, entitlement, and the read API.

@@ -1,4 +1,4 @@
-// The read API as the dashboard uses it (issue 6): an account signed up
+// The read API as the dashboard uses it: an account signed up
 // through the shim, its plugin's captured requests replayed with a key made
 // from the session, then GET /api/v1/performance/metrics exactly as
 // web/src/dashboard/performance.js asks for it (session cookie, service_id,

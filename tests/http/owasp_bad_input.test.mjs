@@ -1,4 +1,4 @@
-// The bad-input corpus (OWASP matrix, issue 10): every endpoint that takes a
+// The bad-input corpus (OWASP matrix): every endpoint that takes a
 // body x a systematic list of malformations (syntax, types, encodings, size,
 // unknown fields, content types, ...).  Every request must get a JSON 4xx
 // and none may change data: a digest of every table before and after.
