@@ -4,12 +4,39 @@ BEGIN;
 SELECT plan(53);
 SET client_min_messages = warning;  -- the bounds below raise NOTICEs by design
 
+-- The test writes services and connections directly, so it does what the
+-- ingest functions do where they add them (no trigger does it): record the
+-- change in lattice.graph_events and move each tenant's graph version.
+-- Added rows happen at their first_seen, removed ones now.  Pass the rows a
+-- DML statement returned, e.g. WITH n AS (INSERT ... RETURNING *)
+-- SELECT pg_temp.record_services('service_added', array_agg(n::lattice.services)) FROM n.
+CREATE FUNCTION pg_temp.record_services(kind text, rows lattice.services[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
+    SELECT r.user_id, CASE kind WHEN 'service_added' THEN r.first_seen ELSE now() END, kind, r.id, r.name, r.environment
+      FROM unnest(rows) r;
+    PERFORM lattice.graph_bump(t) FROM (SELECT DISTINCT r.user_id FROM unnest(rows) r) u(t);
+END
+$$;
+CREATE FUNCTION pg_temp.record_edges(kind text, rows lattice.connections[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
+    SELECT r.user_id, CASE kind WHEN 'edge_added' THEN r.first_seen ELSE now() END, kind,
+           r.source_service_id, r.target_service_id
+      FROM unnest(rows) r;
+    PERFORM lattice.graph_bump(t) FROM (SELECT DISTINCT r.user_id FROM unnest(rows) r) u(t);
+END
+$$;
+
 INSERT INTO lattice.users (id, email, name) VALUES
     ('d0000000-0000-0000-0000-00000000000a', 'graph-a@example.com', 'A'),
     ('d0000000-0000-0000-0000-00000000000b', 'graph-b@example.com', 'B');
 
 --   a -> b -> d -> e (self-call)      x is external, called by nobody yet
 --   a -> c -> d
+WITH n AS (
 INSERT INTO lattice.services (id, user_id, name, is_external, first_seen) VALUES
     ('d0000000-0000-0000-0001-00000000000a', 'd0000000-0000-0000-0000-00000000000a', 'a', false, now() - interval '3 days'),
     ('d0000000-0000-0000-0001-00000000000b', 'd0000000-0000-0000-0000-00000000000a', 'b', false, now() - interval '3 days'),
@@ -17,13 +44,18 @@ INSERT INTO lattice.services (id, user_id, name, is_external, first_seen) VALUES
     ('d0000000-0000-0000-0001-00000000000d', 'd0000000-0000-0000-0000-00000000000a', 'd', false, now() - interval '3 days'),
     ('d0000000-0000-0000-0001-00000000000e', 'd0000000-0000-0000-0000-00000000000a', 'e', false, now() - interval '3 days'),
     ('d0000000-0000-0000-0001-0000000000ff', 'd0000000-0000-0000-0000-00000000000a', 'x', true, now() - interval '3 days'),
-    ('d0000000-0000-0000-0002-00000000000a', 'd0000000-0000-0000-0000-00000000000b', 'y', false, now() - interval '3 days');
+    ('d0000000-0000-0000-0002-00000000000a', 'd0000000-0000-0000-0000-00000000000b', 'y', false, now() - interval '3 days')
+RETURNING *)
+SELECT pg_temp.record_services('service_added', array_agg(n::lattice.services)) FROM n;
+WITH n AS (
 INSERT INTO lattice.connections (user_id, source_service_id, target_service_id, call_count, error_count, total_duration_ms, first_seen)
 SELECT 'd0000000-0000-0000-0000-00000000000a', ('d0000000-0000-0000-0001-0000000000' || s)::uuid,
        ('d0000000-0000-0000-0001-0000000000' || t)::uuid, calls, errs, calls * 2.5, now() - age
   FROM (VALUES ('0a', '0b', 100, 1, interval '2 days'), ('0a', '0c', 10, 0, interval '1 day'),
                ('0b', '0d', 50, 0, interval '1 day'), ('0c', '0d', 500, 0, interval '1 day'),
-               ('0d', '0e', 1000, 10, interval '1 day'), ('0e', '0e', 7, 0, interval '1 day')) v(s, t, calls, errs, age);
+               ('0d', '0e', 1000, 10, interval '1 day'), ('0e', '0e', 7, 0, interval '1 day')) v(s, t, calls, errs, age)
+RETURNING *)
+SELECT pg_temp.record_edges('edge_added', array_agg(n::lattice.connections)) FROM n;
 -- a -> b's durations: 90 fast calls and 10 slow ones
 UPDATE lattice.connections
    SET latency_hist = lattice.hist_of(array_fill(3.0::float8, ARRAY[90]) || array_fill(700.0::float8, ARRAY[10]))
@@ -82,8 +114,11 @@ SELECT is_empty('SELECT * FROM lattice.graph_cycles()', 'no cycles yet');
 -- cache invalidation: each change moves the version and the next answer
 SELECT is((lattice.graph_cache_info()).version, lattice.graph_version(), 'the cached graph has the current version');
 SELECT is((lattice.graph_cache_info()).services, 6, 'the cached graph holds the tenant''s services only');
+WITH n AS (
 INSERT INTO lattice.connections (user_id, source_service_id, target_service_id, call_count)
-VALUES ('d0000000-0000-0000-0000-00000000000a', 'd0000000-0000-0000-0001-00000000000e', 'd0000000-0000-0000-0001-00000000000b', 3);
+VALUES ('d0000000-0000-0000-0000-00000000000a', 'd0000000-0000-0000-0001-00000000000e', 'd0000000-0000-0000-0001-00000000000b', 3)
+RETURNING *)
+SELECT pg_temp.record_edges('edge_added', array_agg(n::lattice.connections)) FROM n;
 SELECT results_eq($$SELECT size, (SELECT array_agg(n ORDER BY n) FROM unnest(names) n) FROM lattice.graph_cycles()$$,
                   $$VALUES (3, ARRAY['b', 'd', 'e'])$$, 'a new call closing a loop shows up as a cycle at once');
 SELECT results_eq($$SELECT layer, name, cycle FROM lattice.graph_order() ORDER BY layer, name$$,
@@ -91,15 +126,20 @@ SELECT results_eq($$SELECT layer, name, cycle FROM lattice.graph_order() ORDER B
                   'order reports the cycle instead of failing');
 SELECT is((lattice.graph_cycles_json()::jsonb) ->> 'count', '1', 'cycles JSON counts it');
 SELECT is((lattice.graph_order_json()::jsonb) ->> 'acyclic', 'false', 'order JSON says the graph is not acyclic');
+WITH d AS (
 DELETE FROM lattice.connections WHERE source_service_id = 'd0000000-0000-0000-0001-00000000000e'
-                                  AND target_service_id = 'd0000000-0000-0000-0001-00000000000b';
+                                  AND target_service_id = 'd0000000-0000-0000-0001-00000000000b'
+RETURNING *)
+SELECT pg_temp.record_edges('edge_removed', array_agg(d::lattice.connections)) FROM d;
 SELECT is_empty('SELECT * FROM lattice.graph_cycles()', 'deleting the call removes the cycle');
 UPDATE lattice.services SET status = 'inactive' WHERE id = 'd0000000-0000-0000-0001-00000000000b';
+SELECT lattice.bump_graph_version();  -- a service's state changed
 SELECT is((SELECT count(*)::int FROM json_array_elements(lattice.graph_json(active_only => true) -> 'nodes')), 5,
           'a state change is seen: active_only leaves the inactive service out');
 SELECT is((SELECT count(*)::int FROM json_array_elements(lattice.graph_json(active_only => true) -> 'edges')), 4,
           'and the calls touching it');
 UPDATE lattice.services SET status = 'active' WHERE id = 'd0000000-0000-0000-0001-00000000000b';
+SELECT lattice.bump_graph_version();  -- a service's state changed
 SELECT is((SELECT (e ->> 'p95_ms')::float8 FROM json_array_elements(lattice.graph_json() -> 'edges') e
             WHERE e ->> 'source' = 'd0000000-0000-0000-0001-00000000000a'
               AND e ->> 'target' = 'd0000000-0000-0000-0001-00000000000b'),
@@ -133,19 +173,28 @@ SET ROLE lattice_app;
 
 -- a rolled-back change, then another that reaches the same version number
 SAVEPOINT before_x;
+WITH n AS (
 INSERT INTO lattice.connections (user_id, source_service_id, target_service_id)
-VALUES ('d0000000-0000-0000-0000-00000000000a', 'd0000000-0000-0000-0001-00000000000a', 'd0000000-0000-0000-0001-0000000000ff');
+VALUES ('d0000000-0000-0000-0000-00000000000a', 'd0000000-0000-0000-0001-00000000000a', 'd0000000-0000-0000-0001-0000000000ff')
+RETURNING *)
+SELECT pg_temp.record_edges('edge_added', array_agg(n::lattice.connections)) FROM n;
 SELECT results_eq($$SELECT name FROM lattice.graph_dependencies('d0000000-0000-0000-0001-00000000000a') ORDER BY name$$,
                   ARRAY['b', 'c', 'x'], 'inside the savepoint the new call is seen');
 ROLLBACK TO SAVEPOINT before_x;
 SELECT results_eq($$SELECT name FROM lattice.graph_dependencies('d0000000-0000-0000-0001-00000000000a') ORDER BY name$$,
                   ARRAY['b', 'c'], 'after the rollback it is gone');
+WITH n AS (
 INSERT INTO lattice.connections (user_id, source_service_id, target_service_id)
-VALUES ('d0000000-0000-0000-0000-00000000000a', 'd0000000-0000-0000-0001-00000000000a', 'd0000000-0000-0000-0001-00000000000e');
+VALUES ('d0000000-0000-0000-0000-00000000000a', 'd0000000-0000-0000-0001-00000000000a', 'd0000000-0000-0000-0001-00000000000e')
+RETURNING *)
+SELECT pg_temp.record_edges('edge_added', array_agg(n::lattice.connections)) FROM n;
 SELECT results_eq($$SELECT name FROM lattice.graph_dependencies('d0000000-0000-0000-0001-00000000000a') ORDER BY name$$,
                   ARRAY['b', 'c', 'e'], 'a later change at the same version number is not mistaken for the rolled-back one');
+WITH d AS (
 DELETE FROM lattice.connections WHERE source_service_id = 'd0000000-0000-0000-0001-00000000000a'
-                                  AND target_service_id = 'd0000000-0000-0000-0001-00000000000e';
+                                  AND target_service_id = 'd0000000-0000-0000-0001-00000000000e'
+RETURNING *)
+SELECT pg_temp.record_edges('edge_removed', array_agg(d::lattice.connections)) FROM d;
 
 -- bounds
 RESET ROLE;  -- the bounds are superuser settings
@@ -220,9 +269,13 @@ RESET ROLE;
 -- history: the graph at a time, and what changed
 SELECT lattice.test_set_tenant('d0000000-0000-0000-0000-00000000000a');
 SET ROLE lattice_app;
-DELETE FROM lattice.services WHERE id = 'd0000000-0000-0000-0001-0000000000ff';
+WITH d AS (DELETE FROM lattice.services WHERE id = 'd0000000-0000-0000-0001-0000000000ff' RETURNING *)
+SELECT pg_temp.record_services('service_removed', array_agg(d::lattice.services)) FROM d;
+WITH d AS (
 DELETE FROM lattice.connections WHERE source_service_id = 'd0000000-0000-0000-0001-00000000000c'
-                                  AND target_service_id = 'd0000000-0000-0000-0001-00000000000d';
+                                  AND target_service_id = 'd0000000-0000-0000-0001-00000000000d'
+RETURNING *)
+SELECT pg_temp.record_edges('edge_removed', array_agg(d::lattice.connections)) FROM d;
 SELECT is((SELECT jsonb_array_length(g -> 'nodes') || '/' || jsonb_array_length(g -> 'edges')
              FROM lattice.graph_at(now() - interval '36 hours') g), '6/1', 'the graph 36 hours ago: six services, one call');
 SELECT is((SELECT jsonb_array_length(g -> 'nodes') || '/' || jsonb_array_length(g -> 'edges')
