@@ -20,7 +20,7 @@ INSERT INTO lattice.plans (id, name, price_cents) VALUES ('standard', 'Lattice',
 
 CREATE TABLE lattice.users (
     id              uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
-    email           text NOT NULL UNIQUE
+    email           text NOT NULL
                     CHECK (email = pg_catalog.lower(email) AND pg_catalog.length(email) <= 254),
     password_hash   text,
     name            text NOT NULL,
@@ -37,27 +37,45 @@ CREATE TABLE lattice.users (
 -- moved to the end of the grace period.  scopes: ingest (the plugin
 -- endpoints) and/or read (the read API); a rotated key keeps its scopes.
 CREATE TABLE lattice.api_keys (
-    id          uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id          uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
     name        text NOT NULL CHECK (pg_catalog.length(name) BETWEEN 1 AND 100),
-    prefix      text NOT NULL UNIQUE,
+    prefix      text NOT NULL,
     key_hash    bytea NOT NULL,
     pepper_kid  text NOT NULL,
-    rotated_from uuid REFERENCES lattice.api_keys ON DELETE SET NULL,
+    rotated_from uuid,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_used   timestamptz,
     expires_at  timestamptz,
     revoked_at  timestamptz,
     scopes      text[] NOT NULL DEFAULT '{ingest}'
-                CHECK (pg_catalog.cardinality(scopes) >= 1 AND scopes <@ '{ingest,read}'::text[])
+                CHECK (pg_catalog.cardinality(scopes) >= 1 AND scopes <@ '{ingest,read}'::text[]),
+    PRIMARY KEY (user_id, id),
+    -- keys are revoked, never deleted one by one (only with their account)
+    FOREIGN KEY (user_id, rotated_from) REFERENCES lattice.api_keys (user_id, id)
 );
-CREATE INDEX ON lattice.api_keys (user_id);
+
+-- Look-ups across tenants, one key each: the address an account signs in
+-- with, and the prefix an API key is found by.  Every other tenant table is
+-- keyed by user_id first; these say which tenant a credential belongs to,
+-- so that the check reads one small row and then only that tenant's rows
+-- (on Citus: reference tables, read on the coordinator; docs/scaling.md).
+-- Their primary keys keep e-mail addresses and key prefixes unique.
+CREATE TABLE lattice.account_emails (
+    email       text PRIMARY KEY,
+    user_id     uuid NOT NULL
+);
+CREATE TABLE lattice.api_key_prefixes (
+    prefix      text PRIMARY KEY,
+    user_id     uuid NOT NULL,
+    key_id      uuid NOT NULL
+);
 
 CREATE TABLE lattice.subscriptions (
-    id                      uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
-    user_id                 uuid NOT NULL UNIQUE REFERENCES lattice.users ON DELETE CASCADE,
-    stripe_customer_id      text UNIQUE,
-    stripe_subscription_id  text UNIQUE,
+    id                      uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    user_id                 uuid PRIMARY KEY REFERENCES lattice.users ON DELETE CASCADE,
+    stripe_customer_id      text,
+    stripe_subscription_id  text,
     status                  text NOT NULL,
     current_period_end      timestamptz,
     created_at              timestamptz NOT NULL DEFAULT pg_catalog.now()

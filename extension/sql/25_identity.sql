@@ -9,11 +9,11 @@
 -- Dashboard sessions: only the token's BLAKE2b-256 is stored.  idle_expires_at
 -- slides with use (at most once a minute), never past expires_at (the cap).
 CREATE TABLE lattice.sessions (
-    id              uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id              uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id         uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
     -- the default (a hash of nothing anyone holds) only matters for rows
     -- not made by session_create: they can never be presented
-    token_hash      bytea NOT NULL UNIQUE
+    token_hash      bytea NOT NULL
                     DEFAULT pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.gen_random_uuid()::text, 'UTF8')),
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -21,9 +21,17 @@ CREATE TABLE lattice.sessions (
     expires_at      timestamptz NOT NULL,
     revoked_at      timestamptz,
     client_addr     inet,
-    user_agent      text
+    user_agent      text,
+    PRIMARY KEY (user_id, id)
 );
-CREATE INDEX ON lattice.sessions (user_id);
+
+-- Which tenant a session token belongs to (a look-up across tenants, as
+-- lattice.api_key_prefixes is for keys); the hash is unique here.
+CREATE TABLE lattice.session_tokens (
+    token_hash  bytea PRIMARY KEY,
+    user_id     uuid NOT NULL,
+    session_id  uuid NOT NULL
+);
 
 -- Server secrets: API-key pepper and JWT signing keys, 256 bits each from
 -- libsodium.  No role but the owner may read this table (nothing is granted,

@@ -11,7 +11,7 @@
 -- service is a caller seen in traces that never registered itself.
 
 CREATE TABLE lattice.services (
-    id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
     name                text NOT NULL,
     environment         text NOT NULL DEFAULT 'production',
@@ -32,7 +32,7 @@ CREATE TABLE lattice.services (
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (user_id, name, environment),
-    UNIQUE (id, user_id)
+    PRIMARY KEY (user_id, id)
 );
 
 -- attrs: the route as the plugin described it (middlewareChain,
@@ -40,7 +40,7 @@ CREATE TABLE lattice.services (
 -- without the ids and timestamps the plugin regenerates.  A route that
 -- disappears from a snapshot keeps its id and gets removed_at.
 CREATE TABLE lattice.routes (
-    id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
     service_id          uuid NOT NULL,
     method              text NOT NULL,
@@ -49,16 +49,15 @@ CREATE TABLE lattice.routes (
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     removed_at          timestamptz,
-    UNIQUE (service_id, method, path),
-    UNIQUE (id, user_id),
-    FOREIGN KEY (service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
+    UNIQUE (user_id, service_id, method, path),
+    PRIMARY KEY (user_id, id),
+    FOREIGN KEY (user_id, service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
-CREATE INDEX ON lattice.routes (user_id);
 
 -- One row per (package, type): the same package listed twice with one type
 -- is folded into one row.
 CREATE TABLE lattice.dependencies (
-    id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
     service_id          uuid NOT NULL,
     package_name        text NOT NULL,
@@ -70,16 +69,16 @@ CREATE TABLE lattice.dependencies (
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     removed_at          timestamptz,
-    UNIQUE (service_id, package_name, dependency_type),
-    FOREIGN KEY (service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
+    PRIMARY KEY (user_id, id),
+    UNIQUE (user_id, service_id, package_name, dependency_type),
+    FOREIGN KEY (user_id, service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
-CREATE INDEX ON lattice.dependencies (user_id);
 
 -- An observed edge source -> target (traces with caller_service), or a
 -- declared one.  error_count counts status >= 500, client_error_count 4xx;
 -- latency_hist is a lattice.hist_* histogram (src/ingest_hist.c).
 CREATE TABLE lattice.connections (
-    id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
     source_service_id   uuid NOT NULL,
     target_service_id   uuid NOT NULL,
@@ -91,9 +90,9 @@ CREATE TABLE lattice.connections (
     latency_hist        bigint[],
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    UNIQUE (source_service_id, target_service_id),
-    FOREIGN KEY (source_service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE,
-    FOREIGN KEY (target_service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
+    PRIMARY KEY (user_id, id),
+    UNIQUE (user_id, source_service_id, target_service_id),
+    FOREIGN KEY (user_id, source_service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE,
+    FOREIGN KEY (user_id, target_service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
-CREATE INDEX ON lattice.connections (user_id);
-CREATE INDEX ON lattice.connections (target_service_id);
+CREATE INDEX ON lattice.connections (user_id, target_service_id);

@@ -71,7 +71,7 @@ $$;
 -- dependency_version_changed, service_registered, service_version_changed,
 -- error_reopened.
 CREATE TABLE lattice.service_changes (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     user_id     uuid NOT NULL,
     service_id  uuid NOT NULL,
     at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -79,10 +79,10 @@ CREATE TABLE lattice.service_changes (
     subject     text,
     old_value   text,
     new_value   text,
-    FOREIGN KEY (service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
+    PRIMARY KEY (user_id, id),
+    FOREIGN KEY (user_id, service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
 CREATE INDEX ON lattice.service_changes (service_id, at DESC, id DESC);
-CREATE INDEX ON lattice.service_changes (user_id);
 
 -- Per-route traffic in time buckets.  (method, path) is the matched route
 -- template, or the normalised raw path (matched = false) when none fits.
@@ -99,15 +99,15 @@ CREATE TABLE lattice.route_stats (
     total_duration_ms   double precision NOT NULL DEFAULT 0,
     max_duration_ms     double precision NOT NULL DEFAULT 0,
     latency_hist        bigint[],
-    PRIMARY KEY (service_id, method, path, bucket),
-    FOREIGN KEY (service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
+    PRIMARY KEY (user_id, service_id, method, path, bucket),
+    FOREIGN KEY (user_id, service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
 CREATE INDEX ON lattice.route_stats (service_id, bucket);
 CREATE INDEX ON lattice.route_stats (user_id, bucket);
 
 -- Errors grouped by fingerprint (type + normalised message + top frame).
 CREATE TABLE lattice.error_groups (
-    id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL,
     service_id          uuid NOT NULL,
     fingerprint         text NOT NULL,
@@ -124,29 +124,30 @@ CREATE TABLE lattice.error_groups (
     reopened_at         timestamptz,
     sample_stack        jsonb,
     sample_context      jsonb,
-    UNIQUE (service_id, fingerprint),
-    UNIQUE (id, user_id),
-    FOREIGN KEY (service_id, user_id) REFERENCES lattice.services (id, user_id) ON DELETE CASCADE
+    UNIQUE (user_id, service_id, fingerprint),
+    PRIMARY KEY (user_id, id),
+    FOREIGN KEY (user_id, service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
 CREATE INDEX ON lattice.error_groups (user_id, last_seen DESC);
 
 -- Recent occurrences, for their session (breadcrumbs) and context.
 CREATE TABLE lattice.error_occurrences (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     user_id     uuid NOT NULL,
     group_id    uuid NOT NULL,
     at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     session_id  text,
     message     text,
     context     jsonb,
-    FOREIGN KEY (group_id, user_id) REFERENCES lattice.error_groups (id, user_id) ON DELETE CASCADE
+    PRIMARY KEY (user_id, id),
+    FOREIGN KEY (user_id, group_id) REFERENCES lattice.error_groups (user_id, id) ON DELETE CASCADE
 );
 CREATE INDEX ON lattice.error_occurrences (group_id, at DESC);
 CREATE INDEX ON lattice.error_occurrences (user_id, at);
 
 -- The browser SDK's trail of a session (no service is named).
 CREATE TABLE lattice.breadcrumbs (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     user_id     uuid NOT NULL,
     session_id  text NOT NULL,
     category    text NOT NULL,
@@ -154,7 +155,8 @@ CREATE TABLE lattice.breadcrumbs (
     message     text NOT NULL,
     data        jsonb,
     at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    received_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    received_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (user_id, id)
 );
 CREATE INDEX ON lattice.breadcrumbs (user_id, session_id, at);
 CREATE INDEX ON lattice.breadcrumbs (user_id, received_at);
@@ -328,6 +330,8 @@ BEGIN
             sid := old.id;
         ELSE
             is_new := true;
+            INSERT INTO lattice.graph_events (user_id, kind, service_id, name, environment)
+            VALUES (uid, 'service_added', sid, chk.name, env);
         END IF;
     ELSE
         sid := old.id;
@@ -352,7 +356,7 @@ BEGIN
         instance_id = chk.instance_id,
         snapshot_hash = chk.hash,
         last_seen = pg_catalog.now()
-     WHERE s.id = sid;
+     WHERE s.user_id = uid AND s.id = sid;
 
     IF is_new OR old.is_external THEN
         INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, new_value)
@@ -364,6 +368,7 @@ BEGIN
             VALUES (uid, sid, 'service_version_changed', chk.name, old.version, svc ->> 'version');
         END IF;
         changed_state := old.version IS DISTINCT FROM svc ->> 'version'
+            OR old.status IS DISTINCT FROM 'active'
             OR old.language IS DISTINCT FROM svc ->> 'language'
             OR old.framework IS DISTINCT FROM svc ->> 'framework'
             OR old.runtime IS DISTINCT FROM svc ->> 'runtime'
@@ -539,12 +544,17 @@ BEGIN
         SELECT DISTINCT r.caller, r.environment FROM pg_catalog.unnest(batch) r
          WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
     )
-    INSERT INTO lattice.services (user_id, name, environment, is_external, status)
-    SELECT uid, c.caller, c.environment, true, 'external'
-      FROM callers c
-     WHERE NOT EXISTS (SELECT FROM lattice.services s WHERE s.user_id = uid AND s.name = c.caller)
-     ORDER BY c.caller, c.environment
-    ON CONFLICT (user_id, name, environment) DO NOTHING;
+    , added AS (
+        INSERT INTO lattice.services (user_id, name, environment, is_external, status)
+        SELECT uid, c.caller, c.environment, true, 'external'
+          FROM callers c
+         WHERE NOT EXISTS (SELECT FROM lattice.services s WHERE s.user_id = uid AND s.name = c.caller)
+         ORDER BY c.caller, c.environment
+        ON CONFLICT (user_id, name, environment) DO NOTHING
+        RETURNING id, name, environment, first_seen
+    )
+    INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
+    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a;
     GET DIAGNOSTICS new_nodes = ROW_COUNT;
 
     -- Route buckets (ordered, so concurrent batches lock rows in one order).
@@ -562,7 +572,7 @@ BEGIN
          WHERE r.service_id IS NOT NULL
          GROUP BY r.service_id, r.method, r.path, pg_catalog.date_bin(width, r.at, timestamptz '2000-01-01')
          ORDER BY 2, 3, 4, 5
-        ON CONFLICT (service_id, method, path, bucket) DO UPDATE SET
+        ON CONFLICT (user_id, service_id, method, path, bucket) DO UPDATE SET
             request_count = s.request_count + EXCLUDED.request_count,
             error_count = s.error_count + EXCLUDED.error_count,
             client_error_count = s.client_error_count + EXCLUDED.client_error_count,
@@ -600,7 +610,7 @@ BEGIN
           FROM src
          WHERE src.source IS NOT NULL AND src.source <> src.target
          ORDER BY src.source, src.target
-        ON CONFLICT (source_service_id, target_service_id) DO UPDATE SET
+        ON CONFLICT (user_id, source_service_id, target_service_id) DO UPDATE SET
             call_count = k.call_count + EXCLUDED.call_count,
             error_count = k.error_count + EXCLUDED.error_count,
             client_error_count = k.client_error_count + EXCLUDED.client_error_count,
@@ -608,13 +618,17 @@ BEGIN
             latency_hist = lattice.hist_add(k.latency_hist, EXCLUDED.latency_hist),
             first_seen = LEAST(k.first_seen, EXCLUDED.first_seen),
             last_seen = GREATEST(k.last_seen, EXCLUDED.last_seen)
-        RETURNING (xmax = 0) AS inserted
+        RETURNING (xmax = 0) AS inserted, k.source_service_id, k.target_service_id, k.first_seen
+    ), added AS (
+        INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
+        SELECT uid, up.first_seen, 'edge_added', up.source_service_id, up.target_service_id
+          FROM up WHERE up.inserted
     )
     SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_edges FROM up;
 
     -- A service sending traces is alive; written at most once a minute.
     UPDATE lattice.services s SET last_seen = pg_catalog.now()
-     WHERE s.id IN (SELECT r.service_id FROM pg_catalog.unnest(batch) r)
+     WHERE s.user_id = uid AND s.id IN (SELECT r.service_id FROM pg_catalog.unnest(batch) r)
        AND s.last_seen < pg_catalog.now() - interval '1 minute';
 
     IF new_nodes > 0 OR new_edges > 0 THEN
@@ -777,6 +791,7 @@ DECLARE
     frame text;
     fp text;
     at timestamptz;
+    received timestamptz := pg_catalog.now();
     g record;
     prev_status text;
     results jsonb := '[]';
@@ -804,14 +819,14 @@ BEGIN
         END IF;
 
         SELECT x.status INTO prev_status FROM lattice.error_groups x
-         WHERE x.service_id = sid AND x.fingerprint = fp FOR UPDATE;
+         WHERE x.user_id = uid AND x.service_id = sid AND x.fingerprint = fp FOR UPDATE;
 
         INSERT INTO lattice.error_groups AS x
             (user_id, service_id, fingerprint, environment, error_type, message, top_frame,
              occurrence_count, first_seen, last_seen, sample_stack, sample_context)
         VALUES (uid, sid, fp, env, e ->> 'error_type', msg, frame, 1, at, at,
                 e -> 'stack_trace', lattice.scrub_json(e -> 'context'))
-        ON CONFLICT (service_id, fingerprint) DO UPDATE SET
+        ON CONFLICT (user_id, service_id, fingerprint) DO UPDATE SET
             occurrence_count = x.occurrence_count + 1,
             first_seen = LEAST(x.first_seen, EXCLUDED.first_seen),
             last_seen = GREATEST(x.last_seen, EXCLUDED.last_seen),
@@ -821,7 +836,7 @@ BEGIN
             sample_context = EXCLUDED.sample_context,
             status = CASE WHEN x.status = 'resolved' THEN 'open' ELSE x.status END,
             resolved_at = CASE WHEN x.status = 'resolved' THEN NULL ELSE x.resolved_at END,
-            reopened_at = CASE WHEN x.status = 'resolved' THEN pg_catalog.now() ELSE x.reopened_at END,
+            reopened_at = CASE WHEN x.status = 'resolved' THEN received ELSE x.reopened_at END,
             reopened_count = x.reopened_count + CASE WHEN x.status = 'resolved' THEN 1 ELSE 0 END
         RETURNING x.id, (x.xmax = 0) AS is_new, x.occurrence_count, x.status, x.error_type,
                   COALESCE(prev_status = 'resolved', false) AS reopened

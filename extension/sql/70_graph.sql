@@ -16,10 +16,10 @@ CREATE TABLE lattice.graph_versions (
 
 -- What appeared and disappeared, and when: services (by id, with the name and
 -- environment they had) and connections (by source and target).  Written by
--- the triggers below; read by graph_services_at / graph_edges_at / graph_diff.
+-- the ingest functions; read by graph_services_at / graph_edges_at / graph_diff.
 -- kind: service_added, service_removed, edge_added, edge_removed.
 CREATE TABLE lattice.graph_events (
-    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                  bigint GENERATED ALWAYS AS IDENTITY,
     user_id             uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
     at                  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     kind                text NOT NULL,
@@ -27,7 +27,8 @@ CREATE TABLE lattice.graph_events (
     name                text,
     environment         text,
     source_service_id   uuid,
-    target_service_id   uuid
+    target_service_id   uuid,
+    PRIMARY KEY (user_id, id)
 );
 CREATE INDEX ON lattice.graph_events (user_id, at);
 SELECT pg_catalog.pg_extension_config_dump(
@@ -43,8 +44,9 @@ AS $$
 DECLARE
     v bigint;
 BEGIN
-    INSERT INTO lattice.graph_versions AS g (user_id, version) VALUES (tenant, 1)
-    ON CONFLICT (user_id) DO UPDATE SET version = g.version + 1, changed_at = pg_catalog.now()
+    INSERT INTO lattice.graph_versions AS g (user_id, version, changed_at)
+    VALUES (tenant, 1, pg_catalog.now())
+    ON CONFLICT (user_id) DO UPDATE SET version = g.version + 1, changed_at = EXCLUDED.changed_at
     RETURNING g.version INTO v;
     PERFORM pg_catalog.pg_notify('lattice_graph', tenant::text || ':' || v::text);
     RETURN v;
@@ -52,8 +54,9 @@ END
 $$;
 
 -- For ingest: the current tenant's topology or a service's state changed.
--- (Inserts and deletes of services and connections, and changes of a
--- service's state columns, bump through the triggers below already.)
+-- The ingest functions call it, and write graph_events, where they add
+-- services and connections: no trigger does it for them (distributed tables
+-- on Citus take none).
 CREATE FUNCTION lattice.bump_graph_version() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -76,126 +79,6 @@ AS $$
     SELECT COALESCE((SELECT version FROM lattice.graph_versions
                       WHERE user_id = lattice.current_user_id()), 0)
 $$;
-
--- Triggers: statement-level with transition tables, so a bulk insert costs
--- one bump per tenant, not one per row.
-CREATE FUNCTION lattice.graph_services_inserted() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    t uuid;
-BEGIN
-    INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
-    SELECT n.user_id, n.first_seen, 'service_added', n.id, n.name, n.environment FROM new_rows n;
-    FOR t IN SELECT DISTINCT n.user_id FROM new_rows n LOOP
-        PERFORM lattice.graph_bump(t);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION lattice.graph_services_deleted() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    t uuid;
-BEGIN
-    -- a tenant being deleted takes its history with it: nothing to record
-    INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
-    SELECT o.user_id, pg_catalog.now(), 'service_removed', o.id, o.name, o.environment
-      FROM old_rows o WHERE EXISTS (SELECT FROM lattice.users u WHERE u.id = o.user_id);
-    FOR t IN SELECT DISTINCT o.user_id FROM old_rows o
-              WHERE EXISTS (SELECT FROM lattice.users u WHERE u.id = o.user_id) LOOP
-        PERFORM lattice.graph_bump(t);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION lattice.graph_service_changed() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM lattice.graph_bump(NEW.user_id);
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION lattice.graph_connections_inserted() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    t uuid;
-BEGIN
-    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
-    SELECT n.user_id, n.first_seen, 'edge_added', n.source_service_id, n.target_service_id FROM new_rows n;
-    FOR t IN SELECT DISTINCT n.user_id FROM new_rows n LOOP
-        PERFORM lattice.graph_bump(t);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION lattice.graph_connections_deleted() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    t uuid;
-BEGIN
-    -- a tenant being deleted takes its history with it: nothing to record
-    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
-    SELECT o.user_id, pg_catalog.now(), 'edge_removed', o.source_service_id, o.target_service_id
-      FROM old_rows o WHERE EXISTS (SELECT FROM lattice.users u WHERE u.id = o.user_id);
-    FOR t IN SELECT DISTINCT o.user_id FROM old_rows o
-              WHERE EXISTS (SELECT FROM lattice.users u WHERE u.id = o.user_id) LOOP
-        PERFORM lattice.graph_bump(t);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION lattice.graph_connection_moved() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO lattice.graph_events (user_id, kind, source_service_id, target_service_id)
-    VALUES (OLD.user_id, 'edge_removed', OLD.source_service_id, OLD.target_service_id),
-           (NEW.user_id, 'edge_added', NEW.source_service_id, NEW.target_service_id);
-    PERFORM lattice.graph_bump(NEW.user_id);
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER graph_services_inserted AFTER INSERT ON lattice.services
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION lattice.graph_services_inserted();
-CREATE TRIGGER graph_services_deleted AFTER DELETE ON lattice.services
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION lattice.graph_services_deleted();
-CREATE TRIGGER graph_service_changed AFTER UPDATE ON lattice.services
-    FOR EACH ROW
-    WHEN (OLD.name IS DISTINCT FROM NEW.name OR OLD.environment IS DISTINCT FROM NEW.environment
-          OR OLD.status IS DISTINCT FROM NEW.status OR OLD.is_external IS DISTINCT FROM NEW.is_external
-          OR OLD.version IS DISTINCT FROM NEW.version OR OLD.framework IS DISTINCT FROM NEW.framework
-          OR OLD.language IS DISTINCT FROM NEW.language)
-    EXECUTE FUNCTION lattice.graph_service_changed();
-CREATE TRIGGER graph_connections_inserted AFTER INSERT ON lattice.connections
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION lattice.graph_connections_inserted();
-CREATE TRIGGER graph_connections_deleted AFTER DELETE ON lattice.connections
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION lattice.graph_connections_deleted();
-CREATE TRIGGER graph_connection_moved AFTER UPDATE ON lattice.connections
-    FOR EACH ROW
-    WHEN (OLD.source_service_id IS DISTINCT FROM NEW.source_service_id
-          OR OLD.target_service_id IS DISTINCT FROM NEW.target_service_id)
-    EXECUTE FUNCTION lattice.graph_connection_moved();
 
 -- Traversal (C, src/graph_traverse.c).  Ids of another tenant's services are
 -- not in the tenant's graph: they give "service not found" (404 over HTTP).

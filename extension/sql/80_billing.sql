@@ -69,17 +69,19 @@ ALTER TABLE lattice.subscriptions
     ADD COLUMN IF NOT EXISTS updated_at           timestamptz NOT NULL DEFAULT pg_catalog.now();
 
 -- The Stripe customer of an account, created on first checkout and reused.
+-- Also the look-up from a webhook's customer to the account, across tenants
+-- (on Citus a reference table, as lattice.account_emails is).
 CREATE TABLE lattice.billing_customers (
-    user_id             uuid PRIMARY KEY REFERENCES lattice.users ON DELETE CASCADE,
+    user_id             uuid PRIMARY KEY,
     stripe_customer_id  text NOT NULL UNIQUE,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
 -- Invoices as the webhooks report them; the read API never calls Stripe.
 CREATE TABLE lattice.invoices (
-    id                  uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id             uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
-    stripe_invoice_id   text NOT NULL UNIQUE,
+    stripe_invoice_id   text NOT NULL,
     stripe_subscription_id text,
     number              text,
     amount_due          bigint,
@@ -91,7 +93,9 @@ CREATE TABLE lattice.invoices (
     period_start        timestamptz,
     period_end          timestamptz,
     created             timestamptz,
-    state_at            timestamptz NOT NULL
+    state_at            timestamptz NOT NULL,
+    PRIMARY KEY (user_id, id),
+    UNIQUE (user_id, stripe_invoice_id)
 );
 CREATE INDEX ON lattice.invoices (user_id, created DESC);
 
@@ -113,7 +117,7 @@ CREATE TABLE lattice.stripe_events (
     created         timestamptz NOT NULL,
     livemode        boolean NOT NULL DEFAULT false,
     customer        text,
-    account_id      uuid REFERENCES lattice.users ON DELETE SET NULL,
+    account_id      uuid,
     payload         jsonb NOT NULL,
     received_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     applied_at      timestamptz,
@@ -130,7 +134,7 @@ REVOKE ALL ON lattice.stripe_events FROM PUBLIC;
 -- lattice_worker.* and the API through the enqueue functions below.
 CREATE TABLE lattice.outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    account_id      uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
+    account_id      uuid NOT NULL,
     kind            text NOT NULL CHECK (kind IN ('stripe', 'email')),
     purpose         text NOT NULL,
     interactive     boolean NOT NULL DEFAULT false,
@@ -338,19 +342,19 @@ BEGIN
 END
 $$;
 
--- Welcome mail at sign-up, whichever function creates the account.
-CREATE FUNCTION lattice.billing_welcome_trigger() RETURNS trigger
+-- Welcome mail at sign-up: called by the C function that creates accounts.
+CREATE FUNCTION lattice.billing_welcome(account uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    ends timestamptz;
 BEGIN
-    PERFORM lattice.outbox_email(NEW.id, 'welcome',
-        pg_catalog.jsonb_build_object('trial_ends', to_char(NEW.trial_ends_at AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
-    RETURN NULL;
+    SELECT u.trial_ends_at INTO STRICT ends FROM lattice.users u WHERE u.id = account;
+    PERFORM lattice.outbox_email(account, 'welcome',
+        pg_catalog.jsonb_build_object('trial_ends', to_char(ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
 END
 $$;
-CREATE TRIGGER billing_welcome AFTER INSERT ON lattice.users
-    FOR EACH ROW EXECUTE FUNCTION lattice.billing_welcome_trigger();
 
 -- Entitlement -------------------------------------------------------------------
 
@@ -631,7 +635,7 @@ BEGIN
             inv ->> 'hosted_invoice_url', inv ->> 'invoice_pdf',
             lattice.stripe_time(inv -> 'period_start'), lattice.stripe_time(inv -> 'period_end'),
             lattice.stripe_time(inv -> 'created'), at)
-    ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+    ON CONFLICT (user_id, stripe_invoice_id) DO UPDATE SET
         number = EXCLUDED.number, amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
         currency = EXCLUDED.currency, status = EXCLUDED.status,
         hosted_invoice_url = EXCLUDED.hosted_invoice_url, invoice_pdf = EXCLUDED.invoice_pdf,

@@ -57,7 +57,18 @@ DROP POLICY tenant_update ON lattice.audit_log;
 DROP POLICY tenant_delete ON lattice.audit_log;
 DROP POLICY tenant_insert ON lattice.audit_log;
 CREATE POLICY audit_insert ON lattice.audit_log FOR INSERT
-    WITH CHECK (user_id IS NULL OR user_id = lattice.current_user_id());
+    WITH CHECK (user_id = lattice.current_user_id());
+-- Events no tenant is known for: lattice_app adds them and reads none.
+REVOKE ALL ON lattice.audit_unattributed FROM PUBLIC;
+GRANT INSERT ON lattice.audit_unattributed TO lattice_app;
+GRANT SELECT ON lattice.audit_unattributed TO lattice_admin;
+SELECT pg_catalog.pg_extension_config_dump('lattice.audit_unattributed', '');
+
+-- The look-ups across tenants are read and written by the identity
+-- functions (SECURITY DEFINER) only: the API role gets nothing of them,
+-- even for its own tenant.
+REVOKE ALL ON lattice.account_emails, lattice.api_key_prefixes, lattice.session_tokens
+    FROM PUBLIC, lattice_app, lattice_admin;
 
 -- Reference data every role reads.
 GRANT SELECT ON lattice.plans TO lattice_app, lattice_admin;

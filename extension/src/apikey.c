@@ -86,13 +86,15 @@ void
 lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_uuid_t *key_id,
 							int *scopes)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr prefix_plan = NULL;
+	static SPIPlanPtr key_plan = NULL;
 	static SPIPlanPtr touch_plan = NULL;
 	size_t		len = strlen(key);
 	uint8		pepper[LATTICE_SECRET_BYTES];
 	uint8		computed[KEY_HASH_BYTES];
 	char		prefix[KEY_PREFIX_LEN + 1];
-	Datum		values[1];
+	char	   *kid = NULL;
+	bytea	   *stored = NULL;
 	bool		found = false;
 	bool		matches = false;
 	bool		revoked = false;
@@ -105,45 +107,53 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	memcpy(prefix, key, KEY_PREFIX_LEN);
 	prefix[KEY_PREFIX_LEN] = '\0';
 
+	/*
+	 * The prefix names the account and the key; the key's row is then read
+	 * by (account, id), so only that tenant's rows are touched, and the
+	 * pepper separately, so it never travels to where the key's row is.
+	 */
 	SPI_connect();
-	if (plan == NULL)
-	{
-		plan = SPI_prepare("SELECT k.id, k.user_id, k.key_hash, k.revoked_at, k.expires_at,"
-						   "       k.last_used, s.secret, k.scopes"
-						   "  FROM lattice.api_keys k"
-						   "  JOIN lattice.secrets s ON s.kind = 'pepper' AND s.kid = k.pepper_kid"
-						   " WHERE k.prefix = $1", 1, (Oid[]) {TEXTOID});
-		if (plan == NULL)
-			elog(ERROR, "lattice: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-	}
-	values[0] = CStringGetTextDatum(prefix);
-	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	lattice_spi_prepare_kept(&prefix_plan,
+							 "SELECT user_id, key_id FROM lattice.api_key_prefixes WHERE prefix = $1",
+							 1, (Oid[]) {TEXTOID});
+	if (SPI_execute_plan(prefix_plan, (Datum[]) {CStringGetTextDatum(prefix)}, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: API key lookup failed");
 	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		memcpy(key_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+			   sizeof(pg_uuid_t));
+		lattice_spi_prepare_kept(&key_plan,
+								 "SELECT key_hash, revoked_at, expires_at, last_used, pepper_kid, scopes"
+								 "  FROM lattice.api_keys WHERE user_id = $1 AND id = $2",
+								 2, (Oid[]) {UUIDOID, UUIDOID});
+		if (SPI_execute_plan(key_plan, (Datum[]) {UUIDPGetDatum(user_id), UUIDPGetDatum(key_id)},
+							 NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "lattice: API key lookup failed");
+		found = SPI_processed == 1;
+	}
+	if (found)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		bytea	   *stored;
-		bytea	   *secret;
 		Datum		d;
 
-		found = true;
-		*scopes = key_scopes_of(SPI_getbinval(tup, desc, 8, &isnull));
-		memcpy(key_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
-		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)), sizeof(pg_uuid_t));
-		stored = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
-		d = SPI_getbinval(tup, desc, 4, &isnull);
+		stored = DatumGetByteaPCopy(SPI_getbinval(tup, desc, 1, &isnull));
+		d = SPI_getbinval(tup, desc, 2, &isnull);
 		revoked = !isnull && DatumGetTimestampTz(d) <= now;
-		d = SPI_getbinval(tup, desc, 5, &isnull);
+		d = SPI_getbinval(tup, desc, 3, &isnull);
 		expired = !isnull && DatumGetTimestampTz(d) <= now;
-		d = SPI_getbinval(tup, desc, 6, &isnull);
+		d = SPI_getbinval(tup, desc, 4, &isnull);
 		stale = isnull || DatumGetTimestampTz(d) < now - USECS_PER_MINUTE;
-		secret = DatumGetByteaPP(SPI_getbinval(tup, desc, 7, &isnull));
-		if (VARSIZE_ANY_EXHDR(secret) != LATTICE_SECRET_BYTES)
-			elog(ERROR, "lattice: pepper has the wrong size");
-		memcpy(pepper, VARDATA_ANY(secret), LATTICE_SECRET_BYTES);
+		kid = SPI_getvalue(tup, desc, 5);
+		*scopes = key_scopes_of(SPI_getbinval(tup, desc, 6, &isnull));
+	}
+	if (found && lattice_secret_get("pepper", kid, pepper, NULL))
+	{
 		key_hash(key, len, pepper, computed);
 		matches = VARSIZE_ANY_EXHDR(stored) == KEY_HASH_BYTES &&
 			sodium_memcmp(computed, VARDATA_ANY(stored), KEY_HASH_BYTES) == 0;
@@ -159,20 +169,16 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	if (found && matches && !revoked && !expired && stale)
 	{
 		if (lattice_xact_read_only())
-			lattice_defer_touch("api_key", key_id);
+			lattice_defer_touch("api_key", user_id, key_id);
 		else
 		{
-			if (touch_plan == NULL)
-			{
-				touch_plan = SPI_prepare("UPDATE lattice.api_keys SET last_used = $2"
-										 " WHERE id = (SELECT id FROM lattice.api_keys WHERE id = $1"
-										 "             FOR UPDATE SKIP LOCKED)",
-										 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
-				if (touch_plan == NULL)
-					elog(ERROR, "lattice: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-				SPI_keepplan(touch_plan);
-			}
-			if (SPI_execute_plan(touch_plan, (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(now)},
+			lattice_spi_prepare_kept(&touch_plan,
+									 "UPDATE lattice.api_keys SET last_used = $2"
+									 " WHERE user_id = $3 AND id = (SELECT id FROM lattice.api_keys"
+									 "   WHERE user_id = $3 AND id = $1 FOR UPDATE SKIP LOCKED)",
+									 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID});
+			if (SPI_execute_plan(touch_plan, (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(now),
+													   UUIDPGetDatum(user_id)},
 								 NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "lattice: API key touch failed");
 		}
@@ -285,6 +291,11 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 		elog(ERROR, "lattice: API key insert failed");
 	memcpy(&out->id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												 &isnull)), sizeof(pg_uuid_t));
+	if (SPI_execute_with_args("INSERT INTO lattice.api_key_prefixes (prefix, user_id, key_id)"
+							  " VALUES ($1, $2, $3)", 3, (Oid[]) {TEXTOID, UUIDOID, UUIDOID},
+							  (Datum[]) {values[2], values[0], UUIDPGetDatum(&out->id)},
+							  NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "lattice: API key insert failed");
 	SPI_finish();
 	out->created_at = now;
 }
@@ -424,9 +435,10 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 		if (!isnull && DatumGetTimestampTz(d) < old_expires)
 			old_expires = DatumGetTimestampTz(d);
 	}
-	if (SPI_execute_with_args("UPDATE lattice.api_keys SET expires_at = $2 WHERE id = $1", 2,
-							  (Oid[]) {UUIDOID, TIMESTAMPTZOID},
-							  (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(old_expires)},
+	if (SPI_execute_with_args("UPDATE lattice.api_keys SET expires_at = $2 WHERE user_id = $3 AND id = $1", 3,
+							  (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID},
+							  (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(old_expires),
+							  UUIDPGetDatum(&tenant)},
 							  NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.api_key_rotate: update failed");
 	SPI_finish();

@@ -45,6 +45,7 @@ typedef struct Deferred
 	int			claimed_by;		/* pid of the writer, 0 when waiting */
 	Oid			dbid;			/* written only by a backend of this database */
 	pg_uuid_t	id;				/* key or session; audit: the account */
+	pg_uuid_t	owner;			/* touch: the account of the key or session */
 	TimestampTz at;
 	char		action[48];
 	char		target[40];
@@ -183,7 +184,7 @@ address_valid(const char *addr)
 }
 
 void
-lattice_defer_touch(const char *what, const pg_uuid_t *id)
+lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id)
 {
 	char		kind = strcmp(what, "session") == 0 ? 's' : 'k';
 	TimestampTz now = lattice_clock_now();
@@ -207,6 +208,7 @@ lattice_defer_touch(const char *what, const pg_uuid_t *id)
 		d->kind = kind;
 		d->dbid = MyDatabaseId;
 		d->id = *id;
+		d->owner = *owner;
 		d->has_id = true;
 	}
 	if (d && d->at < now)
@@ -263,24 +265,34 @@ write_one(const Deferred *d)
 	v[0] = UUIDPGetDatum(&d->id);
 	v[1] = TimestampTzGetDatum(d->at);
 	if (d->kind == 'k')
+	{
+		v[2] = UUIDPGetDatum(&d->owner);
 		return SPI_execute_with_args("UPDATE lattice.api_keys SET last_used = $2"
-									 " WHERE id = $1 AND (last_used IS NULL OR last_used < $2)",
-									 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID}, v, NULL, false, 0);
+									 " WHERE user_id = $3 AND id = $1"
+									 "   AND (last_used IS NULL OR last_used < $2)",
+									 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID}, v, NULL, false, 0);
+	}
 	if (d->kind == 's')
 	{
 		v[2] = Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS);
+		v[3] = UUIDPGetDatum(&d->owner);
 		return SPI_execute_with_args("UPDATE lattice.sessions SET last_seen_at = $2,"
 									 "   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
-									 " WHERE id = $1 AND last_seen_at < $2 AND revoked_at IS NULL"
-									 "   AND idle_expires_at > $2",
-									 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID}, v, NULL, false, 0);
+									 " WHERE user_id = $4 AND id = $1 AND last_seen_at < $2"
+									 "   AND revoked_at IS NULL AND idle_expires_at > $2",
+									 4, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID, UUIDOID}, v, NULL, false, 0);
 	}
-	if (!d->has_id)
-		nulls[0] = 'n';
 	v[2] = CStringGetTextDatum(d->action);
 	v[3] = CStringGetTextDatum(d->target);
 	v[4] = CStringGetTextDatum(d->client_addr);
 	v[5] = CStringGetTextDatum(d->request_id);
+	if (!d->has_id)
+		return SPI_execute_with_args("INSERT INTO lattice.audit_unattributed"
+									 " (at, action, target, client_addr, request_id, details)"
+									 " VALUES ($1, $2, NULLIF($3, ''), CAST(NULLIF($4, '') AS inet),"
+									 "         NULLIF($5, ''), '{\"deferred\": true}')",
+									 5, (Oid[]) {TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+									 v + 1, NULL, false, 0);
 	return SPI_execute_with_args("INSERT INTO lattice.audit_log"
 								 " (user_id, at, action, target, client_addr, request_id, details)"
 								 " VALUES ($1, $2, $3, NULLIF($4, ''), CAST(NULLIF($5, '') AS inet),"

@@ -103,7 +103,7 @@ extern void lattice_auth_note(LatticeAuthMethod method, const pg_uuid_t *credent
 extern LatticeAuthMethod lattice_auth_method(void);
 extern int	lattice_auth_scopes(void);
 /* deferred.c: writes a transaction cannot make itself */
-extern void lattice_defer_touch(const char *what, const pg_uuid_t *id);
+extern void lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);
 extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id,
 								const char *target, Jsonb *req);
 

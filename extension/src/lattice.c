@@ -31,6 +31,7 @@ _PG_init(void)
 	lattice_preloaded = process_shared_preload_libraries_in_progress;
 
 	lattice_tenant_init();
+	lattice_tenant_token_init();
 	lattice_rate_init();
 	lattice_deferred_init();
 	lattice_billing_init();

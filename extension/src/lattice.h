@@ -18,6 +18,17 @@ extern void lattice_set_tenant(const pg_uuid_t *user_id);
 extern bool lattice_get_tenant(pg_uuid_t *user_id);
 extern void lattice_clear_tenant(void);
 
+/* tenant_token.c: the tenant handed to the workers of a Citus cluster */
+extern void lattice_tenant_token_init(void);
+extern void lattice_tenant_token_issue(const pg_uuid_t *tenant);
+extern bool lattice_tenant_token_verify(pg_uuid_t *tenant);
+extern void lattice_tenant_token_forget(void);
+
+/* secrets.c: an SPI plan prepared once per backend (needs executor/spi.h) */
+struct _SPI_plan;
+extern struct _SPI_plan *lattice_spi_prepare_kept(struct _SPI_plan **cache, const char *sql,
+												  int nargs, Oid *types);
+
 /* http.c: raise an error the shim turns into an HTTP answer (PTnnn SQLSTATE) */
 extern void lattice_raise_http(int status, const char *code, const char *message,
 							   const char *details_json, const char *headers_json) pg_attribute_noreturn();

@@ -191,7 +191,7 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	char	   *name;
 	char	   *hash;
 	text	   *pw;
-	Datum		values[4];
+	Datum		values[6];
 	bool		isnull;
 
 	if (PG_ARGISNULL(0) || (email = normalise_email(PG_GETARG_TEXT_PP(0))) == NULL)
@@ -207,7 +207,7 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 
 	SPI_connect();
 	values[0] = CStringGetTextDatum(email);
-	if (SPI_execute_with_args("SELECT 1 FROM lattice.users WHERE email = $1", 1,
+	if (SPI_execute_with_args("SELECT 1 FROM lattice.account_emails WHERE email = $1", 1,
 							  (Oid[]) {TEXTOID}, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: account lookup failed");
 	if (SPI_processed > 0)
@@ -217,15 +217,33 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	values[1] = CStringGetTextDatum(hash);
 	values[2] = CStringGetTextDatum(name);
 	values[3] = TimestampTzGetDatum(lattice_clock_now());
-	if (SPI_execute_with_args("INSERT INTO lattice.users (email, password_hash, name, trial_ends_at,"
-							  " created_at, updated_at)"
-							  " SELECT $1, $2, $3, $4 + pg_catalog.make_interval(days => p.trial_days), $4, $4"
-							  " FROM lattice.plans p WHERE p.id = 'standard' RETURNING id",
-							  4, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID},
-							  values, NULL, false, 1) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "lattice: account insert failed");
+	if (SPI_execute_with_args("SELECT pg_catalog.gen_random_uuid(),"
+							  "       $1 + pg_catalog.make_interval(days => p.trial_days)"
+							  "  FROM lattice.plans p WHERE p.id = 'standard'", 1,
+							  (Oid[]) {TIMESTAMPTZOID}, values + 3, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "lattice: the standard plan is missing");
 	memcpy(user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												&isnull)), sizeof(pg_uuid_t));
+	values[4] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	values[5] = UUIDPGetDatum(user_id);
+
+	/* the address's row first: its primary key settles a concurrent sign-up */
+	if (SPI_execute_with_args("INSERT INTO lattice.account_emails (email, user_id) VALUES ($1, $2)"
+							  " ON CONFLICT (email) DO NOTHING", 2, (Oid[]) {TEXTOID, UUIDOID},
+							  (Datum[]) {values[0], values[5]}, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "lattice: account insert failed");
+	if (SPI_processed != 1)
+		lattice_raise_http(409, "email_taken", "an account with this email exists", NULL, NULL);
+	if (SPI_execute_with_args("INSERT INTO lattice.users (id, email, password_hash, name, trial_ends_at,"
+							  " created_at, updated_at) VALUES ($6, $1, $2, $3, $5, $4, $4)",
+							  6, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID},
+							  values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "lattice: account insert failed");
+	/* the welcome e-mail, through the outbox like every other */
+	if (SPI_execute_with_args("SELECT lattice.billing_welcome($1)", 1, (Oid[]) {UUIDOID},
+							  values + 5, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "lattice: welcome e-mail failed");
 	SPI_finish();
 	*email_out = email;
 	*name_out = name;
@@ -326,9 +344,18 @@ lattice_login(PG_FUNCTION_ARGS)
 	{
 		SPI_connect();
 		values[0] = CStringGetTextDatum(email);
-		if (SPI_execute_with_args("SELECT id, password_hash FROM lattice.users WHERE email = $1", 1,
+		if (SPI_execute_with_args("SELECT user_id FROM lattice.account_emails WHERE email = $1", 1,
 								  (Oid[]) {TEXTOID}, values, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "lattice.login: account lookup failed");
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+
+			values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			if (SPI_execute_with_args("SELECT id, password_hash FROM lattice.users WHERE id = $1", 1,
+									  (Oid[]) {UUIDOID}, values + 1, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "lattice.login: account lookup failed");
+		}
 		if (SPI_processed == 1)
 		{
 			bool		isnull;

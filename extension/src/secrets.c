@@ -138,8 +138,9 @@ lattice_req_bool(Jsonb *req, const char *key)
 	return v.type == jbvBool && v.val.boolean;
 }
 
-static SPIPlanPtr
-prepare_kept(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
+/* Prepares sql once per backend and keeps the plan */
+SPIPlanPtr
+lattice_spi_prepare_kept(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
 {
 	if (*cache == NULL)
 	{
@@ -192,7 +193,7 @@ lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
 		nulls[4] = 'n';
 
 	SPI_connect();
-	prepare_kept(&plan, "SELECT lattice.audit($1, $2, $3, $4, $5)", 5, types);
+	lattice_spi_prepare_kept(&plan, "SELECT lattice.audit($1, $2, $3, $4, $5)", 5, types);
 	if (SPI_execute_plan(plan, values, nulls, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: audit insert failed");
 	SPI_finish();
@@ -217,14 +218,14 @@ lattice_secret_get(const char *kind, const char *kid,
 	SPI_connect();
 	values[0] = CStringGetTextDatum(kind);
 	if (kid == NULL)
-		plan = prepare_kept(&active_plan,
+		plan = lattice_spi_prepare_kept(&active_plan,
 							"SELECT kid, secret FROM lattice.secrets"
 							" WHERE kind = $1 AND retired_at IS NULL"
 							" ORDER BY created_at DESC LIMIT 1", 1, types);
 	else
 	{
 		values[1] = CStringGetTextDatum(kid);
-		plan = prepare_kept(&kid_plan,
+		plan = lattice_spi_prepare_kept(&kid_plan,
 							"SELECT kid, secret FROM lattice.secrets"
 							" WHERE kind = $1 AND kid = $2", 2, types);
 	}
@@ -269,7 +270,7 @@ lattice_jwt_key_usable(const char *kid, uint8 secret[LATTICE_SECRET_BYTES])
 	SPI_connect();
 	values[0] = CStringGetTextDatum(kid);
 	values[1] = TimestampTzGetDatum(oldest);
-	prepare_kept(&plan,
+	lattice_spi_prepare_kept(&plan,
 				 "SELECT secret FROM lattice.secrets"
 				 " WHERE kind = 'jwt' AND kid = $1"
 				 " AND (retired_at IS NULL OR retired_at > $2)", 2, types);

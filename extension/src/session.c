@@ -92,10 +92,10 @@ void
 lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 							pg_uuid_t *session_id)
 {
+	static SPIPlanPtr lookup_plan = NULL;
 	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr touch_plan = NULL;
 	TimestampTz now = lattice_clock_now();
-	Datum		value;
 	bool		found = false;
 	bool		revoked = false;
 	bool		expired = false;
@@ -104,32 +104,42 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 	if (!token_well_formed(token, strlen(token)))
 		lattice_raise_http(401, "invalid_session", "the session is not valid", NULL, NULL);
 
+	/* the token's hash names the account and the session; then that row */
 	SPI_connect();
-	if (plan == NULL)
-	{
-		plan = SPI_prepare("SELECT id, user_id, revoked_at, idle_expires_at, expires_at, last_seen_at"
-						   "  FROM lattice.sessions WHERE token_hash = $1", 1, (Oid[]) {BYTEAOID});
-		if (plan == NULL)
-			elog(ERROR, "lattice: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-	}
-	value = PointerGetDatum(token_hash(token));
-	if (SPI_execute_plan(plan, &value, NULL, true, 1) != SPI_OK_SELECT)
+	lattice_spi_prepare_kept(&lookup_plan,
+							 "SELECT user_id, session_id FROM lattice.session_tokens WHERE token_hash = $1",
+							 1, (Oid[]) {BYTEAOID});
+	if (SPI_execute_plan(lookup_plan, (Datum[]) {PointerGetDatum(token_hash(token))}, NULL, true, 1)
+		!= SPI_OK_SELECT)
 		elog(ERROR, "lattice: session lookup failed");
 	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		memcpy(session_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+			   sizeof(pg_uuid_t));
+		lattice_spi_prepare_kept(&plan,
+								 "SELECT revoked_at, idle_expires_at, expires_at, last_seen_at"
+								 "  FROM lattice.sessions WHERE user_id = $1 AND id = $2",
+								 2, (Oid[]) {UUIDOID, UUIDOID});
+		if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(user_id), UUIDPGetDatum(session_id)},
+							 NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "lattice: session lookup failed");
+		found = SPI_processed == 1;
+	}
+	if (found)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 
-		found = true;
-		memcpy(session_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
-		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)), sizeof(pg_uuid_t));
-		SPI_getbinval(tup, desc, 3, &isnull);
+		SPI_getbinval(tup, desc, 1, &isnull);
 		revoked = !isnull;
-		expired = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull)) <= now ||
-			DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)) <= now;
-		stale = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull)) < now - USECS_PER_MINUTE;
+		expired = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull)) <= now ||
+			DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull)) <= now;
+		stale = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull)) < now - USECS_PER_MINUTE;
 	}
 	if (!found || revoked)
 		lattice_raise_http(401, "invalid_session", "the session is not valid", NULL, NULL);
@@ -151,23 +161,18 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 	if (stale)
 	{
 		if (lattice_xact_read_only())
-			lattice_defer_touch("session", session_id);
+			lattice_defer_touch("session", user_id, session_id);
 		else
 		{
-			if (touch_plan == NULL)
-			{
-				touch_plan = SPI_prepare("UPDATE lattice.sessions SET last_seen_at = $2,"
-										 "   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
-										 " WHERE id = (SELECT id FROM lattice.sessions WHERE id = $1"
-										 "             FOR UPDATE SKIP LOCKED)",
-										 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID});
-				if (touch_plan == NULL)
-					elog(ERROR, "lattice: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-				SPI_keepplan(touch_plan);
-			}
+			lattice_spi_prepare_kept(&touch_plan,
+									 "UPDATE lattice.sessions SET last_seen_at = $2,"
+									 "   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
+									 " WHERE user_id = $4 AND id = (SELECT id FROM lattice.sessions"
+									 "   WHERE user_id = $4 AND id = $1 FOR UPDATE SKIP LOCKED)",
+									 4, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID, UUIDOID});
 			if (SPI_execute_plan(touch_plan,
 								 (Datum[]) {UUIDPGetDatum(session_id), TimestampTzGetDatum(now),
-								 Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS)},
+								 Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS), UUIDPGetDatum(user_id)},
 								 NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "lattice: session touch failed");
 		}
@@ -240,6 +245,11 @@ lattice_session_create(PG_FUNCTION_ARGS)
 		elog(ERROR, "lattice.session_create: insert failed");
 	memcpy(&id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 		   sizeof(pg_uuid_t));
+	if (SPI_execute_with_args("INSERT INTO lattice.session_tokens (token_hash, user_id, session_id)"
+							  " VALUES ($1, $2, $3)", 3, (Oid[]) {BYTEAOID, UUIDOID, UUIDOID},
+							  (Datum[]) {values[1], values[0], UUIDPGetDatum(&id)},
+							  NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "lattice.session_create: insert failed");
 	SPI_finish();
 	lattice_auth_note(LATTICE_AUTH_PASSWORD, &id);
 

@@ -21,6 +21,7 @@
 static pg_uuid_t tenant_id;
 static bool tenant_set = false;
 static int	tenant_nest_level = 0;	/* subtransaction level that set it */
+static bool tenant_from_token = false;	/* a worker's: see tenant_token.c */
 
 static void
 tenant_xact_callback(XactEvent event, void *arg)
@@ -59,8 +60,8 @@ lattice_tenant_init(void)
  * Sets the tenant for the rest of the transaction.  Only callable from C:
  * callers must have verified a credential (or be the audited admin switch).
  */
-void
-lattice_set_tenant(const pg_uuid_t *user_id)
+static void
+tenant_assign(const pg_uuid_t *user_id, bool from_token)
 {
 	if (!IsTransactionState())
 		ereport(ERROR,
@@ -68,7 +69,19 @@ lattice_set_tenant(const pg_uuid_t *user_id)
 				 errmsg("lattice: a tenant can only be set inside a transaction")));
 	memcpy(&tenant_id, user_id, sizeof(pg_uuid_t));
 	tenant_set = true;
+	tenant_from_token = from_token;
 	tenant_nest_level = GetCurrentTransactionNestLevel();
+}
+
+/*
+ * Also hands the tenant to the workers of a Citus cluster, for this
+ * transaction (nothing on a single node).
+ */
+void
+lattice_set_tenant(const pg_uuid_t *user_id)
+{
+	tenant_assign(user_id, false);
+	lattice_tenant_token_issue(user_id);
 }
 
 bool
@@ -84,19 +97,31 @@ lattice_clear_tenant(void)
 {
 	memset(&tenant_id, 0, sizeof(tenant_id));
 	tenant_set = false;
+	tenant_from_token = false;
 	tenant_nest_level = 0;
+	lattice_tenant_token_forget();
 }
 
 /*
  * lattice.current_user_id() -> uuid, NULL without an authenticated tenant.
  * NULL makes every policy comparison false: no rows visible, none writable.
+ * On a Citus worker the tenant comes from the coordinator's token, verified
+ * each time the token changes (tenant_token.c).
  */
 PG_FUNCTION_INFO_V1(lattice_current_user_id);
 Datum
 lattice_current_user_id(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *result;
+	pg_uuid_t	from_token;
 
+	if (!tenant_set || tenant_from_token)
+	{
+		if (lattice_tenant_token_verify(&from_token))
+			tenant_assign(&from_token, true);
+		else if (tenant_from_token)
+			lattice_clear_tenant();
+	}
 	if (!tenant_set)
 		PG_RETURN_NULL();
 	result = palloc(sizeof(pg_uuid_t));

@@ -4,11 +4,11 @@
 BEGIN;
 SELECT plan(25);
 
-CREATE TEMP TABLE ctx AS SELECT gen_random_uuid() AS a;
+CREATE TEMP TABLE ctx AS
+SELECT lattice.create_user('ob-' || gen_random_uuid() || '@example.com', 'grace password 1', 'Grace') AS a;
 GRANT SELECT ON ctx TO PUBLIC;
 CREATE TEMP TABLE seen (k text PRIMARY KEY, v text);
 GRANT ALL ON seen TO PUBLIC;
-INSERT INTO lattice.users (id, email, name) SELECT a, 'ob-' || a || '@example.com', 'Grace' FROM ctx;
 CREATE ROLE lattice_test_shim LOGIN IN ROLE lattice_api;
 
 SELECT is((SELECT count(*) FROM lattice.outbox, ctx WHERE account_id = a AND purpose = 'email.welcome'

@@ -173,7 +173,7 @@ SELECT isnt(split_part(:'tok2', '.', 1), split_part(:'tok', '.', 1), 'new tokens
 SELECT lattice.test_set_clock(:'t0'::timestamptz + interval '3631 seconds');
 SELECT is(pg_temp.err_code(format('SELECT lattice.jwt_verify(%L)', :'tok')), 'PT401:invalid_token',
           'the retired key stops verifying once its tokens are all expired');
-SELECT is((SELECT count(*)::int FROM lattice.audit_log WHERE action = 'secret.rotated' AND at >= now()), 1,
+SELECT is((SELECT count(*)::int FROM lattice.audit_unattributed WHERE action = 'secret.rotated' AND at >= now()), 1,
           'secret rotation is audited');
 
 -- ---- sessions, CSRF and authenticate() ----

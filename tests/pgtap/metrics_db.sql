@@ -28,7 +28,7 @@ SELECT is((SELECT array_agg(x ORDER BY x) FROM m, jsonb_object_keys(v) x WHERE m
           'the figures: outbox, oldest pending, Stripe events, rate classes, rate table');
 
 -- a tenant, its welcome mail and one more job ten minutes old
-INSERT INTO lattice.users (id, email, name) SELECT a, 'metrics-' || a || '@example.com', 'Ada' FROM ctx;
+UPDATE ctx SET a = lattice.create_user('metrics-' || a || '@example.com', 'ada password 12', 'Ada');
 INSERT INTO lattice.outbox (account_id, kind, purpose, mail_to, mail_subject, mail_text, mail_html, created_at)
 SELECT a, 'email', 'test.metrics', 'metrics-' || a || '@example.com', 's', 't', 'h', now() - interval '10 minutes'
   FROM ctx;

@@ -31,7 +31,7 @@ LANGUAGE sql AS $$
         WHEN typ = 'interval'::regtype THEN $i$'1 hour'$i$
         WHEN typ = 'jsonb'::regtype THEN $j$'{}'::jsonb$j$
         WHEN typ = 'json'::regtype THEN $j$'{}'::json$j$
-        WHEN typ = 'bytea'::regtype THEN $b$'\x00'::bytea$b$
+        WHEN typ = 'bytea'::regtype THEN 'decode(md5(random()::text), ''hex'')'
         WHEN typ = 'inet'::regtype THEN $n$'127.0.0.1'::inet$n$
         WHEN typ::text LIKE '%[]' THEN quote_literal('{}') || '::' || typ::text
         ELSE 'NULL' END

@@ -27,15 +27,16 @@ SELECT is_empty($$
      WHERE c.relnamespace = 'lattice'::regnamespace AND c.relkind IN ('r', 'p')
        AND c.oid NOT IN (SELECT rel FROM tenant_tables)
        AND c.relname NOT IN ('plans', 'secrets', 'jwt_keys', 'webhook_secrets',
-                             'stripe_events', 'outbox', 'graph_versions_global')
+                             'stripe_events', 'outbox', 'graph_versions_global',
+                             'audit_unattributed', 'cluster_key')
 $$, 'every table without user_id is a known non-tenant table');
 
 SELECT is_empty($$
     SELECT t.name FROM tenant_tables t
-     WHERE t.name NOT IN ('users', 'audit_log')
+     WHERE t.name <> 'users'
        AND NOT EXISTS (SELECT FROM pg_attribute a
                         WHERE a.attrelid = t.rel AND a.attname = 'user_id' AND a.attnotnull)
-$$, 'every tenant table has user_id NOT NULL (audit_log may record unknown users)');
+$$, 'every tenant table has user_id NOT NULL');
 
 SELECT is_empty($$
     SELECT t.name FROM tenant_tables t
