@@ -1,0 +1,948 @@
+-- lattice 0.2.0 -> 0.3.0: every tenant key led by user_id, look-up tables for
+-- e-mail, key prefix and session token, audit events without a tenant apart,
+-- no triggers on tenant tables
+\echo Use "ALTER EXTENSION lattice UPDATE TO '0.3.0'" to load this file. \quit
+
+-- The graph triggers and the welcome-mail trigger go: the ingest functions
+-- record graph events and bump the version themselves, and the C function
+-- that creates accounts calls lattice.billing_welcome(uuid).  (Their trigger
+-- functions are dropped with the other removed functions below.)
+DROP TRIGGER graph_services_inserted ON lattice.services;
+DROP TRIGGER graph_services_deleted ON lattice.services;
+DROP TRIGGER graph_service_changed ON lattice.services;
+DROP TRIGGER graph_connections_inserted ON lattice.connections;
+DROP TRIGGER graph_connections_deleted ON lattice.connections;
+DROP TRIGGER graph_connection_moved ON lattice.connections;
+DROP TRIGGER billing_welcome ON lattice.users;
+
+-- Foreign keys on the old keys come off first; they go back on the new keys
+-- once those exist.  billing_customers, stripe_events and outbox no longer
+-- reference users at all.
+ALTER TABLE lattice.routes DROP CONSTRAINT routes_service_id_user_id_fkey;
+ALTER TABLE lattice.dependencies DROP CONSTRAINT dependencies_service_id_user_id_fkey;
+ALTER TABLE lattice.connections
+    DROP CONSTRAINT connections_source_service_id_user_id_fkey,
+    DROP CONSTRAINT connections_target_service_id_user_id_fkey;
+ALTER TABLE lattice.service_changes DROP CONSTRAINT service_changes_service_id_user_id_fkey;
+ALTER TABLE lattice.route_stats DROP CONSTRAINT route_stats_service_id_user_id_fkey;
+ALTER TABLE lattice.error_occurrences DROP CONSTRAINT error_occurrences_group_id_user_id_fkey;
+ALTER TABLE lattice.error_groups DROP CONSTRAINT error_groups_service_id_user_id_fkey;
+ALTER TABLE lattice.api_keys DROP CONSTRAINT api_keys_rotated_from_fkey;
+ALTER TABLE lattice.billing_customers DROP CONSTRAINT billing_customers_user_id_fkey;
+ALTER TABLE lattice.stripe_events DROP CONSTRAINT stripe_events_account_id_fkey;
+ALTER TABLE lattice.outbox DROP CONSTRAINT outbox_account_id_fkey;
+
+-- Primary keys (user_id, id); unique constraints with user_id in front; the
+-- indexes on user_id alone that the new primary keys cover are dropped.
+ALTER TABLE lattice.services
+    DROP CONSTRAINT services_id_user_id_key,
+    DROP CONSTRAINT services_pkey,
+    ADD CONSTRAINT services_pkey PRIMARY KEY (user_id, id);
+
+ALTER TABLE lattice.routes
+    DROP CONSTRAINT routes_id_user_id_key,
+    DROP CONSTRAINT routes_service_id_method_path_key,
+    DROP CONSTRAINT routes_pkey,
+    ADD CONSTRAINT routes_user_id_service_id_method_path_key UNIQUE (user_id, service_id, method, path),
+    ADD CONSTRAINT routes_pkey PRIMARY KEY (user_id, id);
+DROP INDEX lattice.routes_user_id_idx;
+
+ALTER TABLE lattice.dependencies
+    DROP CONSTRAINT dependencies_service_id_package_name_dependency_type_key,
+    DROP CONSTRAINT dependencies_pkey,
+    ADD CONSTRAINT dependencies_pkey PRIMARY KEY (user_id, id),
+    ADD CONSTRAINT dependencies_user_id_service_id_package_name_dependency_typ_key
+        UNIQUE (user_id, service_id, package_name, dependency_type);
+DROP INDEX lattice.dependencies_user_id_idx;
+
+ALTER TABLE lattice.connections
+    DROP CONSTRAINT connections_source_service_id_target_service_id_key,
+    DROP CONSTRAINT connections_pkey,
+    ADD CONSTRAINT connections_pkey PRIMARY KEY (user_id, id),
+    ADD CONSTRAINT connections_user_id_source_service_id_target_service_id_key
+        UNIQUE (user_id, source_service_id, target_service_id);
+DROP INDEX lattice.connections_user_id_idx;
+DROP INDEX lattice.connections_target_service_id_idx;
+CREATE INDEX connections_user_id_target_service_id_idx ON lattice.connections (user_id, target_service_id);
+
+ALTER TABLE lattice.service_changes
+    DROP CONSTRAINT service_changes_pkey,
+    ADD CONSTRAINT service_changes_pkey PRIMARY KEY (user_id, id);
+DROP INDEX lattice.service_changes_user_id_idx;
+
+ALTER TABLE lattice.route_stats
+    DROP CONSTRAINT route_stats_pkey,
+    ADD CONSTRAINT route_stats_pkey PRIMARY KEY (user_id, service_id, method, path, bucket);
+
+ALTER TABLE lattice.error_groups
+    DROP CONSTRAINT error_groups_service_id_fingerprint_key,
+    DROP CONSTRAINT error_groups_id_user_id_key,
+    DROP CONSTRAINT error_groups_pkey,
+    ADD CONSTRAINT error_groups_user_id_service_id_fingerprint_key UNIQUE (user_id, service_id, fingerprint),
+    ADD CONSTRAINT error_groups_pkey PRIMARY KEY (user_id, id);
+
+ALTER TABLE lattice.error_occurrences
+    DROP CONSTRAINT error_occurrences_pkey,
+    ADD CONSTRAINT error_occurrences_pkey PRIMARY KEY (user_id, id);
+
+ALTER TABLE lattice.breadcrumbs
+    DROP CONSTRAINT breadcrumbs_pkey,
+    ADD CONSTRAINT breadcrumbs_pkey PRIMARY KEY (user_id, id);
+
+ALTER TABLE lattice.graph_events
+    DROP CONSTRAINT graph_events_pkey,
+    ADD CONSTRAINT graph_events_pkey PRIMARY KEY (user_id, id);
+
+-- Credentials: their uniqueness moves to the look-up tables below.
+ALTER TABLE lattice.users DROP CONSTRAINT users_email_key;
+
+ALTER TABLE lattice.api_keys
+    DROP CONSTRAINT api_keys_prefix_key,
+    DROP CONSTRAINT api_keys_pkey,
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (user_id, id);
+DROP INDEX lattice.api_keys_user_id_idx;
+
+ALTER TABLE lattice.sessions
+    DROP CONSTRAINT sessions_token_hash_key,
+    DROP CONSTRAINT sessions_pkey,
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (user_id, id);
+DROP INDEX lattice.sessions_user_id_idx;
+
+-- Billing: one subscription per account, keyed by it; Stripe's ids are
+-- looked up within the account.
+ALTER TABLE lattice.subscriptions
+    DROP CONSTRAINT subscriptions_stripe_customer_id_key,
+    DROP CONSTRAINT subscriptions_stripe_subscription_id_key,
+    DROP CONSTRAINT subscriptions_user_id_key,
+    DROP CONSTRAINT subscriptions_pkey,
+    ADD CONSTRAINT subscriptions_pkey PRIMARY KEY (user_id);
+
+ALTER TABLE lattice.invoices
+    DROP CONSTRAINT invoices_stripe_invoice_id_key,
+    DROP CONSTRAINT invoices_pkey,
+    ADD CONSTRAINT invoices_pkey PRIMARY KEY (user_id, id),
+    ADD CONSTRAINT invoices_user_id_stripe_invoice_id_key UNIQUE (user_id, stripe_invoice_id);
+
+-- Foreign keys between tenant tables, (user_id, x) -> parent (user_id, id).
+ALTER TABLE lattice.routes
+    ADD CONSTRAINT routes_user_id_service_id_fkey FOREIGN KEY (user_id, service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE;
+ALTER TABLE lattice.dependencies
+    ADD CONSTRAINT dependencies_user_id_service_id_fkey FOREIGN KEY (user_id, service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE;
+ALTER TABLE lattice.connections
+    ADD CONSTRAINT connections_user_id_source_service_id_fkey FOREIGN KEY (user_id, source_service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE,
+    ADD CONSTRAINT connections_user_id_target_service_id_fkey FOREIGN KEY (user_id, target_service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE;
+ALTER TABLE lattice.service_changes
+    ADD CONSTRAINT service_changes_user_id_service_id_fkey FOREIGN KEY (user_id, service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE;
+ALTER TABLE lattice.route_stats
+    ADD CONSTRAINT route_stats_user_id_service_id_fkey FOREIGN KEY (user_id, service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE;
+ALTER TABLE lattice.error_groups
+    ADD CONSTRAINT error_groups_user_id_service_id_fkey FOREIGN KEY (user_id, service_id)
+        REFERENCES lattice.services (user_id, id) ON DELETE CASCADE;
+ALTER TABLE lattice.error_occurrences
+    ADD CONSTRAINT error_occurrences_user_id_group_id_fkey FOREIGN KEY (user_id, group_id)
+        REFERENCES lattice.error_groups (user_id, id) ON DELETE CASCADE;
+-- keys are revoked, never deleted one by one (only with their account)
+ALTER TABLE lattice.api_keys
+    ADD CONSTRAINT api_keys_user_id_rotated_from_fkey FOREIGN KEY (user_id, rotated_from)
+        REFERENCES lattice.api_keys (user_id, id);
+
+-- Look-ups across tenants, filled from the rows there are: the address an
+-- account signs in with, the prefix an API key is found by, the hash of a
+-- session token.  Their primary keys keep each unique.
+CREATE TABLE lattice.account_emails (
+    email       text PRIMARY KEY,
+    user_id     uuid NOT NULL
+);
+CREATE TABLE lattice.api_key_prefixes (
+    prefix      text PRIMARY KEY,
+    user_id     uuid NOT NULL,
+    key_id      uuid NOT NULL
+);
+CREATE TABLE lattice.session_tokens (
+    token_hash  bytea PRIMARY KEY,
+    user_id     uuid NOT NULL,
+    session_id  uuid NOT NULL
+);
+INSERT INTO lattice.account_emails (email, user_id)
+SELECT u.email, u.id FROM lattice.users u;
+INSERT INTO lattice.api_key_prefixes (prefix, user_id, key_id)
+SELECT k.prefix, k.user_id, k.id FROM lattice.api_keys k;
+INSERT INTO lattice.session_tokens (token_hash, user_id, session_id)
+SELECT s.token_hash, s.user_id, s.id FROM lattice.sessions s;
+
+-- As 90_security.sql leaves every table with a user_id column: RLS enabled
+-- and forced, the four tenant policies; then the look-ups are taken from
+-- every role but the owner (the identity functions read and write them).
+DO $security$
+DECLARE
+    t regclass;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['lattice.account_emails', 'lattice.api_key_prefixes',
+                             'lattice.session_tokens']::regclass[] LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_select ON %s FOR SELECT USING (user_id = lattice.current_user_id())', t);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_insert ON %s FOR INSERT WITH CHECK (user_id = lattice.current_user_id())', t);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_update ON %s FOR UPDATE USING (user_id = lattice.current_user_id()) WITH CHECK (user_id = lattice.current_user_id())', t);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY tenant_delete ON %s FOR DELETE USING (user_id = lattice.current_user_id())', t);
+        EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO lattice_app', t);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO lattice_admin', t);
+        PERFORM pg_catalog.pg_extension_config_dump(t, '');
+    END LOOP;
+END
+$security$;
+REVOKE ALL ON lattice.account_emails, lattice.api_key_prefixes, lattice.session_tokens
+    FROM PUBLIC, lattice_app, lattice_admin;
+
+-- Audit events no tenant is known for move to their own table (the
+-- operator's); every row left in audit_log has a tenant.  The rows keep
+-- their ids, and the new table's identity continues after them.
+CREATE TABLE lattice.audit_unattributed (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    actor       text NOT NULL DEFAULT SESSION_USER,
+    action      text NOT NULL,
+    target      text,
+    client_addr inet,
+    request_id  text,
+    details     jsonb
+);
+CREATE INDEX audit_unattributed_at_idx ON lattice.audit_unattributed (at);
+WITH moved AS (
+    DELETE FROM lattice.audit_log a WHERE a.user_id IS NULL
+    RETURNING a.id, a.at, a.actor, a.action, a.target, a.client_addr, a.request_id, a.details
+)
+INSERT INTO lattice.audit_unattributed (id, at, actor, action, target, client_addr, request_id, details)
+OVERRIDING SYSTEM VALUE
+SELECT m.id, m.at, m.actor, m.action, m.target, m.client_addr, m.request_id, m.details
+  FROM moved m ORDER BY m.id;
+SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('lattice.audit_unattributed', 'id'),
+                         max(u.id))
+  FROM lattice.audit_unattributed u HAVING max(u.id) IS NOT NULL;
+REVOKE ALL ON lattice.audit_unattributed FROM PUBLIC;
+GRANT INSERT ON lattice.audit_unattributed TO lattice_app;
+GRANT SELECT ON lattice.audit_unattributed TO lattice_admin;
+SELECT pg_catalog.pg_extension_config_dump('lattice.audit_unattributed', '');
+
+ALTER TABLE lattice.audit_log
+    ALTER COLUMN user_id SET NOT NULL,
+    DROP CONSTRAINT audit_log_pkey,
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (user_id, id);
+ALTER POLICY audit_insert ON lattice.audit_log
+    WITH CHECK (user_id = lattice.current_user_id());
+
+-- The key tenant tokens are signed with on Citus (src/tenant_token.c):
+-- read by the extension owner only, empty on a single node.
+CREATE TABLE lattice.cluster_key (
+    key         bytea NOT NULL CHECK (pg_catalog.length(key) = 32),
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE UNIQUE INDEX cluster_key_one_row ON lattice.cluster_key ((true));
+REVOKE ALL ON lattice.cluster_key FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('lattice.cluster_key', '');
+
+-- Functions: dropped, then every new or changed definition.
+DROP FUNCTION lattice.billing_welcome_trigger();
+DROP FUNCTION lattice.graph_connection_moved();
+DROP FUNCTION lattice.graph_connections_deleted();
+DROP FUNCTION lattice.graph_connections_inserted();
+DROP FUNCTION lattice.graph_service_changed();
+DROP FUNCTION lattice.graph_services_deleted();
+DROP FUNCTION lattice.graph_services_inserted();
+
+CREATE OR REPLACE FUNCTION lattice.billing_welcome(account uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    ends timestamptz;
+BEGIN
+    SELECT u.trial_ends_at INTO STRICT ends FROM lattice.users u WHERE u.id = account;
+    PERFORM lattice.outbox_email(account, 'welcome',
+        pg_catalog.jsonb_build_object('trial_ends', to_char(ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.cluster_key_generate()
+ RETURNS bytea
+ LANGUAGE c
+ STRICT
+AS '$libdir/lattice', $function$lattice_cluster_key_generate$function$;
+
+CREATE OR REPLACE FUNCTION lattice.cluster_setup(shard_count integer DEFAULT NULL::integer)
+ RETURNS TABLE(rel regclass, kind text)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    t record;
+    fks text[] := '{}';
+    fk record;
+    k bytea;
+    w record;
+    cmd text;
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'lattice.cluster_setup: permission denied'
+            USING ERRCODE = 'insufficient_privilege', DETAIL = 'Only a superuser sets up a cluster.';
+    END IF;
+    IF pg_catalog.to_regproc('pg_catalog.citus_is_coordinator') IS NULL THEN
+        RAISE EXCEPTION 'lattice.cluster_setup: Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RAISE EXCEPTION 'lattice.cluster_setup: run it on the coordinator'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'lattice.users'::regclass) THEN
+        RAISE EXCEPTION 'lattice.cluster_setup: the tables are distributed already'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_dist_node n WHERE n.noderole = 'primary' AND n.groupid <> 0) THEN
+        RAISE EXCEPTION 'lattice.cluster_setup: no workers; add them with citus_add_node first'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+
+    -- the key: this node's, or a new one
+    SELECT c.key INTO k FROM lattice.cluster_key c;
+    IF k IS NULL THEN
+        k := lattice.cluster_key_generate();
+        INSERT INTO lattice.cluster_key (key) VALUES (k);
+    END IF;
+
+    FOR w IN SELECT n.nodename, n.nodeport FROM pg_dist_node n
+              WHERE n.noderole = 'primary' AND n.groupid <> 0 AND n.hasmetadata LOOP
+        PERFORM pg_catalog.stop_metadata_sync_to_node(w.nodename, w.nodeport);
+    END LOOP;
+    FOR cmd IN SELECT unnest(ARRAY[
+            'DELETE FROM lattice.cluster_key',
+            pg_catalog.format('INSERT INTO lattice.cluster_key (key) VALUES (%L)', k),
+            'DELETE FROM lattice.secrets',
+            'DELETE FROM lattice.plans',
+            -- role DDL is the coordinator's to propagate, unless told otherwise
+            'DO $d$BEGIN SET LOCAL citus.enable_ddl_propagation TO off;'
+            ' ALTER ROLE lattice_app LOGIN; ALTER ROLE lattice_app SET track_activities = off; END$d$']) LOOP
+        IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers(cmd) r WHERE NOT r.success) THEN
+            RAISE EXCEPTION 'lattice.cluster_setup: a worker refused: %', cmd
+                USING ERRCODE = 'connection_failure';
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers('SELECT count(*) FROM lattice.cluster_key') r
+                WHERE NOT r.success OR r.result <> '1') THEN
+        RAISE EXCEPTION 'lattice.cluster_setup: a worker did not take the cluster key'
+            USING ERRCODE = 'connection_failure';
+    END IF;
+
+    -- foreign keys come off while the tables move, and go back after
+    SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
+    IF shard_count IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.shard_count', shard_count::text, true);
+    END IF;
+    FOR fk IN SELECT c.conrelid::regclass AS tbl, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def
+                FROM pg_constraint c
+               WHERE c.contype = 'f' AND c.connamespace = 'lattice'::regnamespace LOOP
+        fks := fks || pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', fk.tbl, fk.conname, fk.def);
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', fk.tbl, fk.conname);
+    END LOOP;
+
+    FOR t IN SELECT * FROM lattice.cluster_tables() c WHERE c.kind <> 'local' LOOP
+        IF t.kind = 'reference' THEN
+            PERFORM pg_catalog.create_reference_table(t.rel);
+        ELSIF t.rel = 'lattice.users'::regclass THEN
+            PERFORM pg_catalog.create_distributed_table(t.rel, t.dist_column, colocate_with => 'none');
+        ELSE
+            PERFORM pg_catalog.create_distributed_table(t.rel, t.dist_column, colocate_with => 'lattice.users');
+        END IF;
+        -- rows that were here before now live in the shards
+        PERFORM pg_catalog.truncate_local_data_after_distributing_table(t.rel);
+        rel := t.rel;
+        kind := t.kind;
+        RETURN NEXT;
+    END LOOP;
+
+    FOR i IN 1 .. pg_catalog.cardinality(fks) LOOP
+        EXECUTE fks[i];
+    END LOOP;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.cluster_tables(OUT rel regclass, OUT kind text, OUT dist_column text)
+ RETURNS SETOF record
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT t.rel, t.kind, CASE WHEN t.kind = 'distributed' THEN t.dist_column END
+      FROM (
+    SELECT c.oid::regclass AS rel,
+           CASE WHEN c.relname IN ('plans', 'account_emails', 'api_key_prefixes', 'session_tokens',
+                                   'billing_customers', 'stripe_events', 'webhook_secrets')
+                THEN 'reference'
+                WHEN c.relname = 'users' OR EXISTS (
+                     SELECT FROM pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attname = 'user_id' AND NOT a.attisdropped)
+                THEN 'distributed'
+                ELSE 'local' END AS kind,
+           CASE WHEN c.relname = 'users' THEN 'id' ELSE 'user_id' END AS dist_column,
+           c.relname
+      FROM pg_class c
+     WHERE c.relnamespace = 'lattice'::regnamespace AND c.relkind IN ('r', 'p')) t
+     ORDER BY t.relname <> 'users', t.relname
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.audit(action text, target text DEFAULT NULL::text, details jsonb DEFAULT NULL::jsonb, req jsonb DEFAULT NULL::jsonb, user_id uuid DEFAULT lattice.current_user_id())
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF audit.user_id IS NULL THEN
+        INSERT INTO lattice.audit_unattributed (action, target, client_addr, request_id, details)
+        VALUES (audit.action, audit.target,
+                CAST(req ->> 'client_addr' AS inet), req ->> 'request_id', audit.details);
+    ELSE
+        INSERT INTO lattice.audit_log (user_id, action, target, client_addr, request_id, details)
+        VALUES (audit.user_id, audit.action, audit.target,
+                CAST(req ->> 'client_addr' AS inet), req ->> 'request_id', audit.details);
+    END IF;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.graph_bump(tenant uuid)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    v bigint;
+BEGIN
+    INSERT INTO lattice.graph_versions AS g (user_id, version, changed_at)
+    VALUES (tenant, 1, pg_catalog.now())
+    ON CONFLICT (user_id) DO UPDATE SET version = g.version + 1, changed_at = EXCLUDED.changed_at
+    RETURNING g.version INTO v;
+    PERFORM pg_catalog.pg_notify('lattice_graph', tenant::text || ':' || v::text);
+    RETURN v;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.ingest_error_items(items jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.ingest_tenant();
+    e jsonb;
+    i integer;
+    sid uuid;
+    env text;
+    msg text;
+    frame text;
+    fp text;
+    at timestamptz;
+    received timestamptz := pg_catalog.now();
+    g record;
+    prev_status text;
+    results jsonb := '[]';
+    failures jsonb := '[]';
+BEGIN
+    FOR e, i IN SELECT x.e, (x.o - 1)::integer FROM pg_catalog.jsonb_array_elements(items) WITH ORDINALITY AS x(e, o)
+    LOOP
+        env := e ->> 'environment';
+        SELECT s.id INTO sid FROM lattice.services s
+         WHERE s.user_id = uid AND s.name = e ->> 'service_id' AND NOT s.is_external
+         ORDER BY (s.environment = env) DESC, s.last_seen DESC
+         LIMIT 1;
+        IF sid IS NULL THEN
+            failures := failures || pg_catalog.jsonb_build_object('index', i,
+                'error', pg_catalog.jsonb_build_object('code', 'unknown_service',
+                    'message', 'no service of this name has submitted metadata'));
+            CONTINUE;
+        END IF;
+        msg := lattice.scrub_text(e ->> 'message');
+        frame := lattice.error_top_frame(e -> 'stack_trace');
+        fp := lattice.error_fingerprint(e ->> 'error_type', msg, frame);
+        at := COALESCE((e ->> 'timestamp')::timestamptz, pg_catalog.now());
+        IF at > pg_catalog.now() + interval '5 minutes' THEN
+            at := pg_catalog.now();
+        END IF;
+
+        SELECT x.status INTO prev_status FROM lattice.error_groups x
+         WHERE x.user_id = uid AND x.service_id = sid AND x.fingerprint = fp FOR UPDATE;
+
+        INSERT INTO lattice.error_groups AS x
+            (user_id, service_id, fingerprint, environment, error_type, message, top_frame,
+             occurrence_count, first_seen, last_seen, sample_stack, sample_context)
+        VALUES (uid, sid, fp, env, e ->> 'error_type', msg, frame, 1, at, at,
+                e -> 'stack_trace', lattice.scrub_json(e -> 'context'))
+        ON CONFLICT (user_id, service_id, fingerprint) DO UPDATE SET
+            occurrence_count = x.occurrence_count + 1,
+            first_seen = LEAST(x.first_seen, EXCLUDED.first_seen),
+            last_seen = GREATEST(x.last_seen, EXCLUDED.last_seen),
+            message = EXCLUDED.message,
+            environment = EXCLUDED.environment,
+            sample_stack = EXCLUDED.sample_stack,
+            sample_context = EXCLUDED.sample_context,
+            status = CASE WHEN x.status = 'resolved' THEN 'open' ELSE x.status END,
+            resolved_at = CASE WHEN x.status = 'resolved' THEN NULL ELSE x.resolved_at END,
+            reopened_at = CASE WHEN x.status = 'resolved' THEN received ELSE x.reopened_at END,
+            reopened_count = x.reopened_count + CASE WHEN x.status = 'resolved' THEN 1 ELSE 0 END
+        RETURNING x.id, (x.xmax = 0) AS is_new, x.occurrence_count, x.status, x.error_type,
+                  COALESCE(prev_status = 'resolved', false) AS reopened
+        INTO g;
+
+        INSERT INTO lattice.error_occurrences (user_id, group_id, at, session_id, message, context)
+        VALUES (uid, g.id, at, e ->> 'session_id', msg, lattice.scrub_json(e -> 'context'));
+
+        IF g.reopened THEN
+            INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, new_value)
+            VALUES (uid, sid, 'error_reopened', g.error_type, pg_catalog.left(msg, 200));
+        END IF;
+
+        results := results || pg_catalog.jsonb_build_object('index', i, 'id', g.id, 'fingerprint', fp,
+            'is_new', g.is_new, 'occurrence_count', g.occurrence_count, 'status', g.status,
+            'reopened', g.reopened);
+    END LOOP;
+
+    IF pg_catalog.random() < 0.01 THEN
+        PERFORM lattice.ingest_prune(uid);
+    END IF;
+
+    RETURN pg_catalog.jsonb_build_object(
+        'success', pg_catalog.jsonb_array_length(failures) = 0,
+        'processed', pg_catalog.jsonb_array_length(results),
+        'failed', pg_catalog.jsonb_array_length(failures),
+        'results', results)
+        || CASE WHEN pg_catalog.jsonb_array_length(failures) > 0
+                THEN pg_catalog.jsonb_build_object('failures', failures) ELSE '{}'::jsonb END;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.ingest_metadata(body text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.ingest_tenant();
+    chk record;
+    env text;
+    sid uuid;
+    doc jsonb;
+    svc jsonb;
+    old lattice.services;
+    is_new boolean := false;
+    changed_state boolean := false;
+BEGIN
+    SELECT * INTO chk FROM lattice.ingest_check_metadata(body);
+    PERFORM lattice.rate_enforce_ingest(chk.name);
+    env := COALESCE(chk.environment, 'production');
+
+    -- The periodic re-send: nothing changed but the volatile fields, which
+    -- the digest checked; the rest equals a snapshot that passed validation.
+    IF chk.volatile_ok THEN
+        UPDATE lattice.services s
+           SET last_seen = pg_catalog.now(), instance_id = chk.instance_id
+         WHERE s.user_id = uid AND s.name = chk.name AND s.environment = env
+           AND s.snapshot_hash = chk.hash AND NOT s.is_external
+        RETURNING s.id INTO sid;
+    END IF;
+    IF sid IS NOT NULL THEN
+        RETURN pg_catalog.jsonb_build_object('success', true, 'serviceId', sid, 'unchanged', true,
+                                             'routesProcessed', chk.routes,
+                                             'dependenciesProcessed', chk.dependencies);
+    END IF;
+
+    PERFORM lattice.ingest_check('metadata', body);
+    doc := body::jsonb;
+    svc := doc -> 'service';
+
+    SELECT s.* INTO old FROM lattice.services s
+     WHERE s.user_id = uid AND s.name = chk.name AND s.environment = env FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM lattice.check_service_limit(uid);
+        INSERT INTO lattice.services (user_id, name, environment)
+        VALUES (uid, chk.name, env)
+        ON CONFLICT (user_id, name, environment) DO NOTHING
+        RETURNING id INTO sid;
+        IF sid IS NULL THEN  -- registered concurrently: take that row
+            SELECT s.* INTO STRICT old FROM lattice.services s
+             WHERE s.user_id = uid AND s.name = chk.name AND s.environment = env FOR UPDATE;
+            sid := old.id;
+        ELSE
+            is_new := true;
+            INSERT INTO lattice.graph_events (user_id, kind, service_id, name, environment)
+            VALUES (uid, 'service_added', sid, chk.name, env);
+        END IF;
+    ELSE
+        sid := old.id;
+        IF old.is_external THEN
+            PERFORM lattice.check_service_limit(uid);
+        END IF;
+    END IF;
+
+    UPDATE lattice.services s SET
+        version = svc ->> 'version',
+        language = svc ->> 'language',
+        framework = svc ->> 'framework',
+        runtime = svc ->> 'runtime',
+        description = svc ->> 'description',
+        repository = svc ->> 'repository',
+        health_check_url = svc ->> 'healthCheckUrl',
+        deployment_type = svc ->> 'deploymentType',
+        discovered_by = svc -> 'discoveredBy',
+        metadata = svc -> 'metadata',
+        status = 'active',
+        is_external = false,
+        instance_id = chk.instance_id,
+        snapshot_hash = chk.hash,
+        last_seen = pg_catalog.now()
+     WHERE s.user_id = uid AND s.id = sid;
+
+    IF is_new OR old.is_external THEN
+        INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, new_value)
+        VALUES (uid, sid, 'service_registered', chk.name || ' (' || env || ')', svc ->> 'version');
+        changed_state := true;
+    ELSE
+        IF old.version IS DISTINCT FROM svc ->> 'version' THEN
+            INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, old_value, new_value)
+            VALUES (uid, sid, 'service_version_changed', chk.name, old.version, svc ->> 'version');
+        END IF;
+        changed_state := old.version IS DISTINCT FROM svc ->> 'version'
+            OR old.status IS DISTINCT FROM 'active'
+            OR old.language IS DISTINCT FROM svc ->> 'language'
+            OR old.framework IS DISTINCT FROM svc ->> 'framework'
+            OR old.runtime IS DISTINCT FROM svc ->> 'runtime'
+            OR old.deployment_type IS DISTINCT FROM svc ->> 'deploymentType';
+    END IF;
+
+    -- Routes: (method, path) is the identity; the last duplicate wins.
+    WITH inc AS (
+        SELECT DISTINCT ON (r ->> 'method', r ->> 'path')
+               r ->> 'method' AS method, r ->> 'path' AS path,
+               r - '{id,serviceId,firstSeen,lastSeen,method,path}'::text[] AS attrs
+          FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'routes', '[]')) WITH ORDINALITY AS e(r, o)
+         ORDER BY r ->> 'method', r ->> 'path', o DESC
+    ), cur AS (
+        SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r WHERE r.service_id = sid
+    ), diff AS (
+        SELECT cur.id, COALESCE(inc.method, cur.method) AS method, COALESCE(inc.path, cur.path) AS path,
+               inc.attrs,
+               CASE WHEN cur.id IS NULL THEN 'added'
+                    WHEN inc.method IS NULL THEN CASE WHEN cur.removed_at IS NULL THEN 'removed' END
+                    WHEN cur.removed_at IS NOT NULL THEN 'readded'
+                    WHEN cur.attrs IS DISTINCT FROM inc.attrs THEN 'updated' END AS kind
+          FROM inc FULL JOIN cur ON cur.method = inc.method AND cur.path = inc.path
+    ), ins AS (
+        INSERT INTO lattice.routes (user_id, service_id, method, path, attrs)
+        SELECT uid, sid, d.method, d.path, d.attrs FROM diff d WHERE d.kind = 'added'
+    ), upd AS (
+        UPDATE lattice.routes r SET attrs = d.attrs, removed_at = NULL, last_seen = pg_catalog.now()
+          FROM diff d WHERE r.id = d.id AND d.kind IN ('readded', 'updated')
+    ), rem AS (
+        UPDATE lattice.routes r SET removed_at = pg_catalog.now()
+          FROM diff d WHERE r.id = d.id AND d.kind = 'removed'
+    )
+    INSERT INTO lattice.service_changes (user_id, service_id, kind, subject)
+    SELECT uid, sid, CASE d.kind WHEN 'removed' THEN 'route_removed' ELSE 'route_added' END,
+           d.method || ' ' || d.path
+      FROM diff d
+     WHERE d.kind IN ('added', 'readded', 'removed') AND NOT is_new
+     ORDER BY d.kind, d.method, d.path;
+
+    -- Dependencies: (package, type) is the identity; duplicates are folded.
+    WITH inc AS (
+        SELECT DISTINCT ON (x ->> 'packageName', x ->> 'dependencyType')
+               x ->> 'packageName' AS package_name, x ->> 'dependencyType' AS dependency_type,
+               x ->> 'version' AS version, x ->> 'versionRange' AS version_range, x ->> 'scope' AS scope,
+               x - '{id,serviceId,firstSeen,lastSeen,packageName,dependencyType,version,versionRange,scope}'::text[] AS attrs
+          FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'dependencies', '[]')) WITH ORDINALITY AS e(x, o)
+         ORDER BY x ->> 'packageName', x ->> 'dependencyType', o DESC
+    ), cur AS (
+        SELECT d.id, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs, d.removed_at
+          FROM lattice.dependencies d WHERE d.service_id = sid
+    ), diff AS (
+        SELECT cur.id, COALESCE(inc.package_name, cur.package_name) AS package_name,
+               COALESCE(inc.dependency_type, cur.dependency_type) AS dependency_type,
+               cur.version AS old_version, inc.version, inc.version_range, inc.scope, inc.attrs,
+               CASE WHEN cur.id IS NULL THEN 'added'
+                    WHEN inc.package_name IS NULL THEN CASE WHEN cur.removed_at IS NULL THEN 'removed' END
+                    WHEN cur.removed_at IS NOT NULL THEN 'readded'
+                    WHEN cur.version IS DISTINCT FROM inc.version THEN 'version'
+                    WHEN (cur.version_range, cur.scope, cur.attrs) IS DISTINCT FROM
+                         (inc.version_range, inc.scope, inc.attrs) THEN 'updated' END AS kind
+          FROM inc FULL JOIN cur ON cur.package_name = inc.package_name AND cur.dependency_type = inc.dependency_type
+    ), ins AS (
+        INSERT INTO lattice.dependencies (user_id, service_id, package_name, dependency_type, version,
+                                          version_range, scope, attrs)
+        SELECT uid, sid, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs
+          FROM diff d WHERE d.kind = 'added'
+    ), upd AS (
+        UPDATE lattice.dependencies x
+           SET version = d.version, version_range = d.version_range, scope = d.scope, attrs = d.attrs,
+               removed_at = NULL, last_seen = pg_catalog.now()
+          FROM diff d WHERE x.id = d.id AND d.kind IN ('readded', 'version', 'updated')
+    ), rem AS (
+        UPDATE lattice.dependencies x SET removed_at = pg_catalog.now()
+          FROM diff d WHERE x.id = d.id AND d.kind = 'removed'
+    )
+    INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, old_value, new_value)
+    SELECT uid, sid,
+           CASE d.kind WHEN 'removed' THEN 'dependency_removed'
+                       WHEN 'version' THEN 'dependency_version_changed'
+                       ELSE 'dependency_added' END,
+           d.package_name || CASE WHEN d.dependency_type = 'direct' THEN '' ELSE ' (' || d.dependency_type || ')' END,
+           CASE WHEN d.kind IN ('version', 'removed') THEN d.old_version END,
+           CASE WHEN d.kind <> 'removed' THEN d.version END
+      FROM diff d
+     WHERE d.kind IN ('added', 'readded', 'removed', 'version') AND NOT is_new
+     ORDER BY d.kind, d.package_name, d.dependency_type;
+
+    IF changed_state THEN
+        PERFORM lattice.ingest_graph_changed();
+    END IF;
+
+    RETURN pg_catalog.jsonb_build_object('success', true, 'serviceId', sid,
+                                         'routesProcessed', chk.routes,
+                                         'dependenciesProcessed', chk.dependencies);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.ingest_trace_doc(doc jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.ingest_tenant();
+    batch lattice.ingest_trace[];
+    keep interval := lattice.ingest_setting('retention');
+    width interval := lattice.ingest_bucket_width();
+    new_nodes bigint := 0;
+    new_edges bigint := 0;
+    new_buckets bigint := 0;
+    results jsonb;
+    failures jsonb;
+BEGIN
+    WITH t AS (
+        SELECT (o - 1)::integer AS idx, e ->> 'service_id' AS sname,
+               COALESCE(e ->> 'method', NULLIF(pg_catalog.split_part(e ->> 'operation_name', ' ', 1), '')) AS method,
+               e ->> 'path' AS path, e ->> 'operation_name' AS operation,
+               (e ->> 'duration_ms')::double precision AS d, (e ->> 'status_code')::integer AS sc,
+               NULLIF(e ->> 'caller_service', '') AS caller,
+               COALESCE((e ->> 'start_time')::timestamptz, (e ->> 'timestamp')::timestamptz) AS at
+          FROM pg_catalog.jsonb_array_elements(doc -> 'traces') WITH ORDINALITY AS x(e, o)
+    ), svc AS (
+        SELECT DISTINCT ON (s.name) s.id, s.name, s.environment
+          FROM lattice.services s
+         WHERE s.user_id = uid AND NOT s.is_external AND s.name IN (SELECT t.sname FROM t)
+         ORDER BY s.name, s.last_seen DESC
+    ), tpl AS (
+        SELECT r.service_id, pg_catalog.array_agg(r.method || ' ' || r.path ORDER BY r.method, r.path) AS arr
+          FROM lattice.routes r
+         WHERE r.service_id IN (SELECT svc.id FROM svc) AND r.removed_at IS NULL
+         GROUP BY r.service_id
+    )
+    SELECT pg_catalog.array_agg(ROW(t.idx, svc.id, svc.environment, k.method, k.path, k.matched, t.d, t.sc, t.caller,
+                                    CASE WHEN t.at IS NULL OR t.at > pg_catalog.now() + interval '5 minutes'
+                                              OR t.at < pg_catalog.now() - keep
+                                         THEN pg_catalog.now() ELSE t.at END)::lattice.ingest_trace
+                                ORDER BY t.idx)
+      INTO batch
+      FROM t
+      LEFT JOIN svc ON svc.name = t.sname
+      LEFT JOIN tpl ON tpl.service_id = svc.id
+      CROSS JOIN LATERAL (SELECT lattice.ingest_match_route(tpl.arr, t.method, t.path) AS pos) m
+      CROSS JOIN LATERAL (
+          SELECT CASE WHEN m.pos IS NOT NULL THEN pg_catalog.split_part(tpl.arr[m.pos], ' ', 1)
+                      ELSE COALESCE(t.method, '-') END AS method,
+                 CASE WHEN m.pos IS NOT NULL
+                      THEN pg_catalog.substr(tpl.arr[m.pos], pg_catalog.strpos(tpl.arr[m.pos], ' ') + 1)
+                      WHEN t.path IS NOT NULL THEN lattice.ingest_normalise_path(t.path)
+                      ELSE COALESCE(t.operation, '-') END AS path,
+                 m.pos IS NOT NULL AS matched) k;
+
+    -- Callers that are no known service become external nodes.
+    WITH callers AS (
+        SELECT DISTINCT r.caller, r.environment FROM pg_catalog.unnest(batch) r
+         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
+    )
+    , added AS (
+        INSERT INTO lattice.services (user_id, name, environment, is_external, status)
+        SELECT uid, c.caller, c.environment, true, 'external'
+          FROM callers c
+         WHERE NOT EXISTS (SELECT FROM lattice.services s WHERE s.user_id = uid AND s.name = c.caller)
+         ORDER BY c.caller, c.environment
+        ON CONFLICT (user_id, name, environment) DO NOTHING
+        RETURNING id, name, environment, first_seen
+    )
+    INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
+    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a;
+    GET DIAGNOSTICS new_nodes = ROW_COUNT;
+
+    -- Route buckets (ordered, so concurrent batches lock rows in one order).
+    WITH up AS (
+        INSERT INTO lattice.route_stats AS s
+            (user_id, service_id, method, path, bucket, matched, request_count, error_count,
+             client_error_count, total_duration_ms, max_duration_ms, latency_hist)
+        SELECT uid, r.service_id, r.method, r.path, pg_catalog.date_bin(width, r.at, timestamptz '2000-01-01'),
+               pg_catalog.bool_or(r.matched), pg_catalog.count(*),
+               pg_catalog.count(*) FILTER (WHERE r.status >= 500),
+               pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499),
+               pg_catalog.sum(r.duration_ms), pg_catalog.max(r.duration_ms),
+               lattice.hist_of(pg_catalog.array_agg(r.duration_ms))
+          FROM pg_catalog.unnest(batch) r
+         WHERE r.service_id IS NOT NULL
+         GROUP BY r.service_id, r.method, r.path, pg_catalog.date_bin(width, r.at, timestamptz '2000-01-01')
+         ORDER BY 2, 3, 4, 5
+        ON CONFLICT (user_id, service_id, method, path, bucket) DO UPDATE SET
+            request_count = s.request_count + EXCLUDED.request_count,
+            error_count = s.error_count + EXCLUDED.error_count,
+            client_error_count = s.client_error_count + EXCLUDED.client_error_count,
+            total_duration_ms = s.total_duration_ms + EXCLUDED.total_duration_ms,
+            max_duration_ms = GREATEST(s.max_duration_ms, EXCLUDED.max_duration_ms),
+            latency_hist = lattice.hist_add(s.latency_hist, EXCLUDED.latency_hist)
+        RETURNING (xmax = 0) AS inserted
+    )
+    SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_buckets FROM up;
+
+    -- Edges caller -> service.  The caller is looked up by name, preferring
+    -- the callee's environment and registered services.
+    WITH calls AS (
+        SELECT r.service_id AS target, r.caller, r.environment,
+               pg_catalog.count(*) AS n,
+               pg_catalog.count(*) FILTER (WHERE r.status >= 500) AS e5,
+               pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499) AS e4,
+               pg_catalog.sum(r.duration_ms) AS total,
+               lattice.hist_of(pg_catalog.array_agg(r.duration_ms)) AS h,
+               pg_catalog.min(r.at) AS first, pg_catalog.max(r.at) AS last
+          FROM pg_catalog.unnest(batch) r
+         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
+         GROUP BY r.service_id, r.caller, r.environment
+    ), src AS (
+        SELECT c.*, (SELECT s.id FROM lattice.services s
+                      WHERE s.user_id = uid AND s.name = c.caller
+                      ORDER BY (s.environment = c.environment) DESC, s.is_external, s.last_seen DESC
+                      LIMIT 1) AS source
+          FROM calls c
+    ), up AS (
+        INSERT INTO lattice.connections AS k
+            (user_id, source_service_id, target_service_id, call_count, error_count, client_error_count,
+             total_duration_ms, latency_hist, first_seen, last_seen)
+        SELECT uid, src.source, src.target, src.n, src.e5, src.e4, src.total, src.h, src.first, src.last
+          FROM src
+         WHERE src.source IS NOT NULL AND src.source <> src.target
+         ORDER BY src.source, src.target
+        ON CONFLICT (user_id, source_service_id, target_service_id) DO UPDATE SET
+            call_count = k.call_count + EXCLUDED.call_count,
+            error_count = k.error_count + EXCLUDED.error_count,
+            client_error_count = k.client_error_count + EXCLUDED.client_error_count,
+            total_duration_ms = k.total_duration_ms + EXCLUDED.total_duration_ms,
+            latency_hist = lattice.hist_add(k.latency_hist, EXCLUDED.latency_hist),
+            first_seen = LEAST(k.first_seen, EXCLUDED.first_seen),
+            last_seen = GREATEST(k.last_seen, EXCLUDED.last_seen)
+        RETURNING (xmax = 0) AS inserted, k.source_service_id, k.target_service_id, k.first_seen
+    ), added AS (
+        INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
+        SELECT uid, up.first_seen, 'edge_added', up.source_service_id, up.target_service_id
+          FROM up WHERE up.inserted
+    )
+    SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_edges FROM up;
+
+    -- A service sending traces is alive; written at most once a minute.
+    UPDATE lattice.services s SET last_seen = pg_catalog.now()
+     WHERE s.user_id = uid AND s.id IN (SELECT r.service_id FROM pg_catalog.unnest(batch) r)
+       AND s.last_seen < pg_catalog.now() - interval '1 minute';
+
+    IF new_nodes > 0 OR new_edges > 0 THEN
+        PERFORM lattice.ingest_graph_changed();
+    END IF;
+    IF new_buckets > 0 THEN
+        PERFORM lattice.ingest_prune(uid);
+    END IF;
+
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'index', r.idx, 'serviceId', r.service_id,
+               'route', CASE WHEN r.matched THEN r.method || ' ' || r.path END) ORDER BY r.idx)
+               FILTER (WHERE r.service_id IS NOT NULL), '[]'),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'index', r.idx,
+               'error', pg_catalog.jsonb_build_object('code', 'unknown_service',
+                   'message', 'no service of this name has submitted metadata')) ORDER BY r.idx)
+               FILTER (WHERE r.service_id IS NULL)
+      INTO results, failures
+      FROM pg_catalog.unnest(batch) r;
+
+    RETURN pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'success', failures IS NULL,
+        'processed', pg_catalog.jsonb_array_length(results),
+        'failed', COALESCE(pg_catalog.jsonb_array_length(failures), 0),
+        'results', results,
+        'failures', failures));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.stripe_apply_invoice(account uuid, inv jsonb, at timestamp with time zone, event_type text, event_id text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    applied boolean;
+    pay_state text := CASE event_type WHEN 'invoice.paid' THEN 'paid'
+                                      WHEN 'invoice.payment_succeeded' THEN 'paid'
+                                      WHEN 'invoice.payment_failed' THEN 'failed' END;
+BEGIN
+    IF inv ->> 'id' IS NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO lattice.invoices AS i
+        (user_id, stripe_invoice_id, stripe_subscription_id, number, amount_due, amount_paid, currency, status,
+         hosted_invoice_url, invoice_pdf, period_start, period_end, created, state_at)
+    VALUES (account, inv ->> 'id', inv ->> 'subscription', inv ->> 'number',
+            (inv ->> 'amount_due')::bigint, (inv ->> 'amount_paid')::bigint, inv ->> 'currency', inv ->> 'status',
+            inv ->> 'hosted_invoice_url', inv ->> 'invoice_pdf',
+            lattice.stripe_time(inv -> 'period_start'), lattice.stripe_time(inv -> 'period_end'),
+            lattice.stripe_time(inv -> 'created'), at)
+    ON CONFLICT (user_id, stripe_invoice_id) DO UPDATE SET
+        number = EXCLUDED.number, amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+        currency = EXCLUDED.currency, status = EXCLUDED.status,
+        hosted_invoice_url = EXCLUDED.hosted_invoice_url, invoice_pdf = EXCLUDED.invoice_pdf,
+        period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+        created = EXCLUDED.created, state_at = EXCLUDED.state_at
+    WHERE i.user_id = EXCLUDED.user_id AND i.state_at <= EXCLUDED.state_at;
+    GET DIAGNOSTICS applied = ROW_COUNT;
+
+    IF pay_state IS NOT NULL THEN
+        UPDATE lattice.subscriptions s
+           SET payment_state = pay_state, payment_state_at = at, updated_at = pg_catalog.now()
+         WHERE s.user_id = account
+           AND (s.payment_state_at IS NULL OR s.payment_state_at <= at)
+           AND (inv ->> 'subscription' IS NULL OR s.stripe_subscription_id IS NULL
+                OR s.stripe_subscription_id = inv ->> 'subscription');
+        PERFORM lattice.audit('billing.' || CASE pay_state WHEN 'paid' THEN 'payment_succeeded'
+                                                           ELSE 'payment_failed' END,
+                              inv ->> 'id',
+                              pg_catalog.jsonb_build_object('amount_due', inv -> 'amount_due',
+                                                            'currency', inv -> 'currency', 'event', event_id),
+                              NULL, account);
+    END IF;
+    RETURN applied;
+END
+$function$;
+REVOKE ALL ON FUNCTION lattice.billing_welcome(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.cluster_key_generate() FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.cluster_setup(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.cluster_tables() FROM PUBLIC;
