@@ -7,10 +7,11 @@
 #   make test-asan   the HTTP suite against an ASan + UBSan shim
 #   make valgrind    the shim under valgrind with simulated plugins
 #   make bench-load  200 simulated plugins for 10 minutes (tests/load/)
+#   make test-citus  the Citus suite: coordinator + 2 workers (builds Citus from vendor/ if missing)
 
 EXT_MAKE = $(MAKE) -C extension with_llvm=no
 
-.PHONY: all deps extension install shim web run test bench bench-load installcheck clean
+.PHONY: all deps extension install shim web run test test-citus bench bench-load installcheck clean
 
 all: extension shim web
 
@@ -34,6 +35,10 @@ run: deps install shim web
 
 test: deps install shim web
 	tests/run.sh
+
+test-citus: deps install
+	scripts/citus.sh
+	tests/run.sh citus
 
 bench: deps install shim
 	bench/run.sh

@@ -8,13 +8,15 @@
 #
 # Suites: regress (pg_regress), pgtap (pg_prove), http and browser (node's
 # test runner, tests/http/*.test.mjs and tests/browser/*.test.mjs), and
-# shell, fuzz, load, fault (prove; each tests/<suite>/*.sh prints TAP).
+# shell, fuzz, load, fault (prove; each tests/<suite>/*.sh prints TAP), and
+# citus (tests/citus/run.sh: its own coordinator + 2 workers; skipped, with
+# one line saying so, where Citus is not installed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap shell http browser fuzz load fault)
+[ ${#suites[@]} -gt 0 ] || suites=(regress pgtap shell http browser fuzz load fault citus)
 
 work=$(mktemp -d /tmp/lattice-test.XXXXXX)
 chmod 0755 "$work"
@@ -82,6 +84,15 @@ run_node() {  # run_node SUITE DIR
     count "$1" "$p" "$f"
 }
 
+run_citus() {
+    if [ ! -f "$(pg_config --pkglibdir)/citus.so" ]; then
+        echo "citus: skipped (Citus not installed)"
+        return 0
+    fi
+    tests/citus/run.sh >"$work/citus.log" 2>&1
+    count_tap citus "$work/citus.log"
+}
+
 for s in "${suites[@]}"; do
     case "$s" in
     regress) run_regress ;;
@@ -90,6 +101,7 @@ for s in "${suites[@]}"; do
              run_prove "$s" "tests/$s" ;;
     http)    run_node http tests/http ;;
     browser) run_node browser tests/browser ;;
+    citus)   run_citus ;;
     *)       echo "unknown suite $s"; count "$s" 0 1 ;;
     esac
 done

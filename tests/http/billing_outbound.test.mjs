@@ -53,9 +53,12 @@ async function runJob(job) {
 }
 const drain = (ms = 1500) => execFileSync(probe, ['drain', String(ms)], { encoding: 'utf8', env: env(), stdio: ['ignore', 'pipe', 'ignore'] });
 
+// an account as sign-up leaves it: the row, its address's look-up and the welcome mail
 function newUser() {
   const id = randomUUID();
-  sql(`INSERT INTO lattice.users (id, email, name) VALUES ('${id}', 'bill-${id}@example.com', 'Billing ${id.slice(0, 4)}')`);
+  sql(`INSERT INTO lattice.users (id, email, name) VALUES ('${id}', 'bill-${id}@example.com', 'Billing ${id.slice(0, 4)}');
+       INSERT INTO lattice.account_emails (email, user_id) VALUES ('bill-${id}@example.com', '${id}');
+       SELECT lattice.billing_welcome('${id}');`);
   return id;
 }
 // calls a billing action the way lattice_http does: as lattice_app, with the tenant set

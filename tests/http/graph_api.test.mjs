@@ -41,7 +41,15 @@ before(async () => {
     SELECT s.user_id, s.id, t.id, v.calls, v.errors, now() - interval '1 day'
       FROM (VALUES ('a', 'b', 100, 5), ('b', 'c', 50, 0), ('c', 'a', 5, 0), ('c', 'd', 200, 20)) v(s, t, calls, errors)
       JOIN lattice.services s ON s.user_id = '${tenants.a.id}' AND s.name = v.s
-      JOIN lattice.services t ON t.user_id = s.user_id AND t.name = v.t;`);
+      JOIN lattice.services t ON t.user_id = s.user_id AND t.name = v.t;
+    -- what the ingest functions record when they add services and calls
+    INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
+    SELECT user_id, first_seen, 'service_added', id, name, environment FROM lattice.services
+     WHERE user_id IN ('${tenants.a.id}', '${tenants.b.id}');
+    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
+    SELECT user_id, first_seen, 'edge_added', source_service_id, target_service_id FROM lattice.connections
+     WHERE user_id = '${tenants.a.id}';
+    SELECT lattice.graph_bump('${tenants.a.id}'), lattice.graph_bump('${tenants.b.id}');`);
   for (const who of ['a', 'b']) {
     tenants[who].services = Object.fromEntries(psql(
       `SELECT name || '=' || id FROM lattice.services WHERE user_id = '${tenants[who].id}'`)
@@ -179,7 +187,8 @@ test('a change is seen at once and NOTIFY lattice_graph says "<user_id>:<version
   const done = new Promise((resolve) => listener.on('exit', resolve));
   await new Promise((r) => setTimeout(r, 400));
   psql(`INSERT INTO lattice.connections (user_id, source_service_id, target_service_id, call_count)
-        VALUES ('${tenants.a.id}', '${sid('a', 'd')}', '${sid('a', 'a')}', 1)`);
+        VALUES ('${tenants.a.id}', '${sid('a', 'd')}', '${sid('a', 'a')}', 1);
+        SELECT lattice.graph_bump('${tenants.a.id}')`);
   const version = psql(`SELECT version FROM lattice.graph_versions WHERE user_id = '${tenants.a.id}'`);
   await done;
   assert.match(out, new RegExp(`lattice_graph.*${tenants.a.id}:${version}`));

@@ -66,7 +66,7 @@ export async function tenant(shim, tag) {
 // audited), usage roll-ups, last-used / last-seen stamps, and the delivery
 // state of outbox jobs (the shim's worker retries them in the background;
 // their rows themselves are compared).
-const VOLATILE = new Set(['lattice.audit_log', 'lattice.usage_hourly']);
+const VOLATILE = new Set(['lattice.audit_log', 'lattice.audit_unattributed', 'lattice.usage_hourly']);
 const VOLATILE_COLUMNS = ['last_used', 'last_seen_at', 'updated_at'];
 const OUTBOX_DELIVERY = ['status', 'attempts', 'next_attempt_at', 'locked_until', 'last_error', 'response_status', 'response', 'done_at'];
 export function digest() {

@@ -66,8 +66,10 @@ END $$;
 CREATE TEMP TABLE ids AS SELECT gen_random_uuid() AS a, gen_random_uuid() AS b;
 GRANT SELECT ON ids TO lattice_app;
 
--- Seed one row per tenant per table, as superuser with FK triggers off.
-SET session_replication_role = replica;
+-- Seed one row per tenant per table, as superuser with FK triggers off
+-- (on Citus the setting travels to the workers' shards too).
+SET LOCAL citus.propagate_set_commands = 'local';
+SET LOCAL session_replication_role = replica;
 DO $$
 DECLARE t record; a uuid; b uuid;
 BEGIN
