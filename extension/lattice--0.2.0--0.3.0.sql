@@ -251,27 +251,49 @@ CREATE UNIQUE INDEX cluster_key_one_row ON lattice.cluster_key ((true));
 REVOKE ALL ON lattice.cluster_key FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('lattice.cluster_key', '');
 
+
+-- Tenant tables' identity sequences: on Citus the coordinator draws their
+-- values as the caller, so lattice_app uses them (as 90_security.sql grants).
+GRANT USAGE ON SEQUENCE lattice.service_changes_id_seq, lattice.error_occurrences_id_seq,
+    lattice.breadcrumbs_id_seq, lattice.audit_log_id_seq, lattice.graph_events_id_seq TO lattice_app;
+
 -- Functions: dropped, then every new or changed definition.
+DROP FUNCTION lattice.api_key_json(lattice.api_keys,timestamp with time zone);
 DROP FUNCTION lattice.billing_welcome_trigger();
+DROP FUNCTION lattice.error_group_json(lattice.error_groups,text);
 DROP FUNCTION lattice.graph_connection_moved();
 DROP FUNCTION lattice.graph_connections_deleted();
 DROP FUNCTION lattice.graph_connections_inserted();
 DROP FUNCTION lattice.graph_service_changed();
 DROP FUNCTION lattice.graph_services_deleted();
 DROP FUNCTION lattice.graph_services_inserted();
+DROP FUNCTION lattice.outbox_email(uuid,text,jsonb);
+DROP FUNCTION lattice.service_json(lattice.services);
 
-CREATE OR REPLACE FUNCTION lattice.billing_welcome(account uuid)
+CREATE OR REPLACE FUNCTION lattice.api_key_json(k anyelement, now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT jsonb_build_object(
+        'id', k.id, 'name', k.name, 'prefix', k.prefix, 'created_at', k.created_at,
+        'last_used', date_trunc('minute', k.last_used), 'expires_at', k.expires_at,
+        'revoked_at', k.revoked_at, 'rotated_from', k.rotated_from, 'scopes', to_jsonb(k.scopes),
+        'status', CASE WHEN k.revoked_at IS NOT NULL THEN 'revoked'
+                       WHEN k.expires_at <= now THEN 'expired'
+                       ELSE 'active' END)
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.billing_welcome(account uuid, email text, name text, trial_ends timestamp with time zone)
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-DECLARE
-    ends timestamptz;
 BEGIN
-    SELECT u.trial_ends_at INTO STRICT ends FROM lattice.users u WHERE u.id = account;
     PERFORM lattice.outbox_email(account, 'welcome',
-        pg_catalog.jsonb_build_object('trial_ends', to_char(ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
+        pg_catalog.jsonb_build_object('trial_ends', to_char(trial_ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')),
+        email, name);
 END
 $function$;
 
@@ -402,6 +424,65 @@ AS $function$
      ORDER BY t.relname <> 'users', t.relname
 $function$;
 
+CREATE OR REPLACE FUNCTION lattice.error_group_json(g anyelement, service_name text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT pg_catalog.jsonb_build_object(
+        'id', g.id, 'serviceId', g.service_id, 'serviceName', service_name,
+        'environment', g.environment, 'fingerprint', g.fingerprint,
+        'errorType', g.error_type, 'message', g.message, 'topFrame', g.top_frame,
+        'status', g.status, 'occurrenceCount', g.occurrence_count,
+        'reopenedCount', g.reopened_count, 'firstSeen', g.first_seen, 'lastSeen', g.last_seen,
+        'resolvedAt', g.resolved_at, 'reopenedAt', g.reopened_at)
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.outbox_email(account uuid, template text, data jsonb DEFAULT '{}'::jsonb, to_email text DEFAULT NULL::text, to_name text DEFAULT NULL::text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    u record;
+    m record;
+    new_id bigint;
+BEGIN
+    -- the caller may know the address (sign-up, before its row is readable here)
+    IF to_email IS NOT NULL THEN
+        SELECT to_email AS email, to_name AS name INTO u;
+    ELSE
+        SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    m := lattice.billing_email_content(template, u.name,
+                                       COALESCE(data, '{}') || pg_catalog.jsonb_build_object('origin', lattice.billing_public_origin()));
+    INSERT INTO lattice.outbox (account_id, kind, purpose, mail_to, mail_subject, mail_text, mail_html, context)
+    VALUES (account, 'email', 'email.' || template, u.email, m.subject, m.text_body, m.html_body,
+            pg_catalog.jsonb_build_object('template', template))
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.service_json(s anyelement)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'id', s.id, 'name', s.name, 'environment', s.environment, 'version', s.version,
+        'language', s.language, 'framework', s.framework, 'runtime', s.runtime,
+        'description', s.description, 'repository', s.repository,
+        'healthCheckUrl', s.health_check_url, 'deploymentType', s.deployment_type,
+        'status', lattice.service_liveness(s.last_seen, s.is_external),
+        'isExternal', s.is_external, 'discoveredBy', s.discovered_by, 'metadata', s.metadata,
+        'firstSeen', s.first_seen, 'lastSeen', s.last_seen))
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.audit(action text, target text DEFAULT NULL::text, details jsonb DEFAULT NULL::jsonb, req jsonb DEFAULT NULL::jsonb, user_id uuid DEFAULT lattice.current_user_id())
  RETURNS void
  LANGUAGE plpgsql
@@ -420,6 +501,64 @@ BEGIN
 END
 $function$;
 
+CREATE OR REPLACE FUNCTION lattice.billing_invoices(user_id uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    RETURN (SELECT pg_catalog.jsonb_build_object('invoices', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', i.stripe_invoice_id, 'number', i.number, 'amount_due', i.amount_due,
+               'amount_paid', i.amount_paid, 'currency', i.currency, 'status', i.status,
+               'hosted_invoice_url', i.hosted_invoice_url, 'invoice_pdf', i.invoice_pdf,
+               'period_start', i.period_start, 'period_end', i.period_end, 'date', i.created)
+               ORDER BY i.created DESC, i.stripe_invoice_id), '[]'::jsonb))
+      FROM lattice.invoices i
+     WHERE i.user_id = billing_invoices.user_id);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.error_detail_json(gid uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    g lattice.error_groups;
+    svc_name text;
+    last_session text;
+    last_at timestamptz;
+    uid uuid := lattice.current_user_id();
+BEGIN
+    SELECT x.* INTO g FROM lattice.error_groups x WHERE x.user_id = uid AND x.id = gid;
+    IF NOT FOUND THEN
+        PERFORM lattice.raise_http(404, 'not_found', 'no such error');
+    END IF;
+    SELECT s.name INTO svc_name FROM lattice.services s WHERE s.user_id = uid AND s.id = g.service_id;
+    SELECT o.session_id, o.at INTO last_session, last_at FROM lattice.error_occurrences o
+     WHERE o.user_id = uid AND o.group_id = g.id AND o.session_id IS NOT NULL ORDER BY o.at DESC LIMIT 1;
+    RETURN lattice.error_group_json(g, svc_name) || pg_catalog.jsonb_build_object(
+        'sampleStack', g.sample_stack,
+        'sampleContext', g.sample_context,
+        'occurrences', COALESCE((
+            SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                       'at', o.at, 'sessionId', o.session_id, 'message', o.message, 'context', o.context))
+                       ORDER BY o.at DESC, o.id DESC)
+              FROM (SELECT * FROM lattice.error_occurrences o WHERE o.user_id = uid AND o.group_id = g.id
+                     ORDER BY o.at DESC, o.id DESC LIMIT 20) o), '[]'),
+        'breadcrumbs', COALESCE((
+            SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                       'sessionId', b.session_id, 'category', b.category, 'level', b.level,
+                       'message', b.message, 'data', b.data, 'timestamp', b.at)) ORDER BY b.at, b.id)
+              FROM (SELECT * FROM lattice.breadcrumbs b
+                     WHERE b.user_id = g.user_id AND b.session_id = last_session
+                       AND b.at <= last_at + interval '1 minute'
+                     ORDER BY b.at DESC, b.id DESC LIMIT 100) b), '[]'));
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.graph_bump(tenant uuid)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -434,6 +573,73 @@ BEGIN
     RETURNING g.version INTO v;
     PERFORM pg_catalog.pg_notify('lattice_graph', tenant::text || ':' || v::text);
     RETURN v;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.graph_edges_at(at timestamp with time zone)
+ RETURNS TABLE(source_service_id uuid, target_service_id uuid)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    tenant uuid := lattice.current_user_id();
+BEGIN
+    RETURN QUERY
+    SELECT c.source_service_id, c.target_service_id
+      FROM (SELECT DISTINCT ON (e.source_service_id, e.target_service_id)
+                   e.source_service_id, e.target_service_id, e.kind
+              FROM lattice.graph_events e
+             WHERE e.user_id = tenant AND e.at <= graph_edges_at.at
+               AND e.kind IN ('edge_added', 'edge_removed')
+             ORDER BY e.source_service_id, e.target_service_id, e.at DESC, e.id DESC) c
+     WHERE c.kind = 'edge_added';
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.graph_services_at(at timestamp with time zone)
+ RETURNS TABLE(service_id uuid, name text, environment text)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    tenant uuid := lattice.current_user_id();
+BEGIN
+    RETURN QUERY
+    SELECT s.service_id, s.name, s.environment
+      FROM (SELECT DISTINCT ON (e.service_id) e.service_id, e.kind, e.name, e.environment
+              FROM lattice.graph_events e
+             WHERE e.user_id = tenant AND e.at <= graph_services_at.at
+               AND e.kind IN ('service_added', 'service_removed')
+             ORDER BY e.service_id, e.at DESC, e.id DESC) s
+     WHERE s.kind = 'service_added';
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.ingest_breadcrumbs(body text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.ingest_tenant();
+    n bigint;
+BEGIN
+    PERFORM lattice.ingest_check('breadcrumbs', body);
+    PERFORM lattice.rate_enforce_ingest('browser');
+    INSERT INTO lattice.breadcrumbs (user_id, session_id, category, level, message, data, at)
+    SELECT uid, b ->> 'session_id', b ->> 'category', b ->> 'level', lattice.scrub_text(b ->> 'message'),
+           lattice.scrub_json(b -> 'data'),
+           LEAST(COALESCE((b ->> 'timestamp')::timestamptz, pg_catalog.now()), pg_catalog.now() + interval '5 minutes')
+      FROM pg_catalog.jsonb_array_elements(body::jsonb -> 'breadcrumbs') WITH ORDINALITY AS x(b, o)
+     ORDER BY o
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF pg_catalog.random() < 0.01 THEN
+        PERFORM lattice.ingest_prune(uid);
+    END IF;
+    RETURN pg_catalog.jsonb_build_object('success', true, 'stored', n);
 END
 $function$;
 
@@ -636,7 +842,8 @@ BEGIN
           FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'routes', '[]')) WITH ORDINALITY AS e(r, o)
          ORDER BY r ->> 'method', r ->> 'path', o DESC
     ), cur AS (
-        SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r WHERE r.service_id = sid
+        SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r
+         WHERE r.user_id = uid AND r.service_id = sid
     ), diff AS (
         SELECT cur.id, COALESCE(inc.method, cur.method) AS method, COALESCE(inc.path, cur.path) AS path,
                inc.attrs,
@@ -648,19 +855,21 @@ BEGIN
     ), ins AS (
         INSERT INTO lattice.routes (user_id, service_id, method, path, attrs)
         SELECT uid, sid, d.method, d.path, d.attrs FROM diff d WHERE d.kind = 'added'
+        ON CONFLICT DO NOTHING
     ), upd AS (
         UPDATE lattice.routes r SET attrs = d.attrs, removed_at = NULL, last_seen = pg_catalog.now()
-          FROM diff d WHERE r.id = d.id AND d.kind IN ('readded', 'updated')
+          FROM diff d WHERE r.user_id = uid AND r.id = d.id AND d.kind IN ('readded', 'updated')
     ), rem AS (
         UPDATE lattice.routes r SET removed_at = pg_catalog.now()
-          FROM diff d WHERE r.id = d.id AND d.kind = 'removed'
+          FROM diff d WHERE r.user_id = uid AND r.id = d.id AND d.kind = 'removed'
     )
     INSERT INTO lattice.service_changes (user_id, service_id, kind, subject)
     SELECT uid, sid, CASE d.kind WHEN 'removed' THEN 'route_removed' ELSE 'route_added' END,
            d.method || ' ' || d.path
       FROM diff d
      WHERE d.kind IN ('added', 'readded', 'removed') AND NOT is_new
-     ORDER BY d.kind, d.method, d.path;
+     ORDER BY d.kind, d.method, d.path
+    ON CONFLICT DO NOTHING;
 
     -- Dependencies: (package, type) is the identity; duplicates are folded.
     WITH inc AS (
@@ -672,7 +881,7 @@ BEGIN
          ORDER BY x ->> 'packageName', x ->> 'dependencyType', o DESC
     ), cur AS (
         SELECT d.id, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs, d.removed_at
-          FROM lattice.dependencies d WHERE d.service_id = sid
+          FROM lattice.dependencies d WHERE d.user_id = uid AND d.service_id = sid
     ), diff AS (
         SELECT cur.id, COALESCE(inc.package_name, cur.package_name) AS package_name,
                COALESCE(inc.dependency_type, cur.dependency_type) AS dependency_type,
@@ -689,14 +898,15 @@ BEGIN
                                           version_range, scope, attrs)
         SELECT uid, sid, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs
           FROM diff d WHERE d.kind = 'added'
+        ON CONFLICT DO NOTHING
     ), upd AS (
         UPDATE lattice.dependencies x
            SET version = d.version, version_range = d.version_range, scope = d.scope, attrs = d.attrs,
                removed_at = NULL, last_seen = pg_catalog.now()
-          FROM diff d WHERE x.id = d.id AND d.kind IN ('readded', 'version', 'updated')
+          FROM diff d WHERE x.user_id = uid AND x.id = d.id AND d.kind IN ('readded', 'version', 'updated')
     ), rem AS (
         UPDATE lattice.dependencies x SET removed_at = pg_catalog.now()
-          FROM diff d WHERE x.id = d.id AND d.kind = 'removed'
+          FROM diff d WHERE x.user_id = uid AND x.id = d.id AND d.kind = 'removed'
     )
     INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, old_value, new_value)
     SELECT uid, sid,
@@ -708,7 +918,8 @@ BEGIN
            CASE WHEN d.kind <> 'removed' THEN d.version END
       FROM diff d
      WHERE d.kind IN ('added', 'readded', 'removed', 'version') AND NOT is_new
-     ORDER BY d.kind, d.package_name, d.dependency_type;
+     ORDER BY d.kind, d.package_name, d.dependency_type
+    ON CONFLICT DO NOTHING;
 
     IF changed_state THEN
         PERFORM lattice.ingest_graph_changed();
@@ -717,6 +928,20 @@ BEGIN
     RETURN pg_catalog.jsonb_build_object('success', true, 'serviceId', sid,
                                          'routesProcessed', chk.routes,
                                          'dependenciesProcessed', chk.dependencies);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.ingest_prune(user_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    before timestamptz := pg_catalog.now() - lattice.ingest_setting('retention');
+BEGIN
+    DELETE FROM lattice.route_stats s WHERE s.user_id = ingest_prune.user_id AND s.bucket < before;
+    DELETE FROM lattice.error_occurrences o WHERE o.user_id = ingest_prune.user_id AND o.at < before;
+    DELETE FROM lattice.breadcrumbs b WHERE b.user_id = ingest_prune.user_id AND b.received_at < before;
 END
 $function$;
 
@@ -752,7 +977,7 @@ BEGIN
     ), tpl AS (
         SELECT r.service_id, pg_catalog.array_agg(r.method || ' ' || r.path ORDER BY r.method, r.path) AS arr
           FROM lattice.routes r
-         WHERE r.service_id IN (SELECT svc.id FROM svc) AND r.removed_at IS NULL
+         WHERE r.user_id = uid AND r.service_id IN (SELECT svc.id FROM svc) AND r.removed_at IS NULL
          GROUP BY r.service_id
     )
     SELECT pg_catalog.array_agg(ROW(t.idx, svc.id, svc.environment, k.method, k.path, k.matched, t.d, t.sc, t.caller,
@@ -789,7 +1014,8 @@ BEGIN
         RETURNING id, name, environment, first_seen
     )
     INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
-    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a;
+    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a
+    ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS new_nodes = ROW_COUNT;
 
     -- Route buckets (ordered, so concurrent batches lock rows in one order).
@@ -858,6 +1084,7 @@ BEGIN
         INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
         SELECT uid, up.first_seen, 'edge_added', up.source_service_id, up.target_service_id
           FROM up WHERE up.inserted
+        ON CONFLICT DO NOTHING
     )
     SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_edges FROM up;
 
@@ -942,7 +1169,547 @@ BEGIN
     RETURN applied;
 END
 $function$;
-REVOKE ALL ON FUNCTION lattice.billing_welcome(uuid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION lattice.user_json(user_id uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    RETURN (SELECT jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name)
+              FROM lattice.users u WHERE u.id = user_json.user_id);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.auth_logout(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    sid uuid := lattice.current_session_id();
+    at timestamptz := lattice.clock_now();
+BEGIN
+    IF sid IS NOT NULL THEN
+        UPDATE lattice.sessions SET revoked_at = at
+         WHERE user_id = account AND id = sid AND revoked_at IS NULL;
+        PERFORM lattice.audit('logout', sid::text, NULL, req, account);
+    END IF;
+    RETURN lattice.auth_answer(204, NULL, lattice.session_cookies(NULL, NULL, 0, req));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.auth_me(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'any');
+    -- this backend's request state, read here: a query's expressions may run
+    -- on a Citus worker, which has none
+    auth jsonb := jsonb_build_object('method', lattice.current_auth_method(),
+                                     'scopes', to_jsonb(lattice.current_scopes()));
+BEGIN
+    RETURN lattice.auth_answer(200, (
+        SELECT jsonb_build_object(
+                   'user', jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name,
+                                              'plan', u.plan_id, 'trial_ends_at', u.trial_ends_at,
+                                              'created_at', u.created_at),
+                   'auth', auth)
+          FROM lattice.users u WHERE u.id = account));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.auth_session_revoke(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    sid uuid := lattice.auth_uuid_param(req, 'id');
+    found_id uuid;
+    at timestamptz := lattice.clock_now();
+BEGIN
+    UPDATE lattice.sessions SET revoked_at = at
+     WHERE user_id = account AND id = sid AND revoked_at IS NULL
+    RETURNING id INTO found_id;
+    IF found_id IS NULL THEN
+        PERFORM lattice.raise_http(404, 'not_found', 'no such session');
+    END IF;
+    PERFORM lattice.audit('session.revoked', sid::text, NULL, req, account);
+    IF sid = lattice.current_session_id() THEN
+        RETURN lattice.auth_answer(204, NULL, lattice.session_cookies(NULL, NULL, 0, req));
+    END IF;
+    RETURN lattice.auth_answer(204, NULL);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.auth_sessions(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    now timestamptz := lattice.clock_now();
+    mine uuid := lattice.current_session_id();  -- read here, as in auth_me
+BEGIN
+    RETURN lattice.auth_answer(200, jsonb_build_object('sessions', coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'id', s.id, 'created_at', s.created_at,
+                   'last_seen_at', date_trunc('minute', s.last_seen_at),
+                   'expires_at', least(s.idle_expires_at, s.expires_at),
+                   'client_addr', host(s.client_addr), 'user_agent', s.user_agent,
+                   'current', s.id IS NOT DISTINCT FROM mine)
+                 ORDER BY s.created_at DESC)
+          FROM lattice.sessions s
+         WHERE s.user_id = account AND s.revoked_at IS NULL
+           AND least(s.idle_expires_at, s.expires_at) > now), '[]')));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.error_update(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.authenticate(req, 'session');
+    gid uuid := lattice.ingest_param_uuid(req, 'id');
+    doc jsonb;
+    new_status text;
+    changed_at timestamptz := pg_catalog.now();
+BEGIN
+    BEGIN
+        doc := body::jsonb;
+    EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+        doc := NULL;
+    END;
+    new_status := CASE WHEN pg_catalog.jsonb_typeof(doc) = 'object' THEN doc ->> 'status' END;
+    IF new_status IS NULL OR new_status NOT IN ('open', 'resolved', 'ignored') THEN
+        PERFORM lattice.raise_http(400, 'validation_failed', 'the request body is invalid',
+            '[{"path": "status", "message": "must be one of open, resolved, ignored"}]');
+    END IF;
+    UPDATE lattice.error_groups g
+       SET status = new_status,
+           resolved_at = CASE WHEN new_status = 'resolved' THEN changed_at END
+     WHERE g.id = gid AND g.user_id = uid;
+    IF NOT FOUND THEN
+        PERFORM lattice.raise_http(404, 'not_found', 'no such error');
+    END IF;
+    RETURN lattice.http_json(200, lattice.error_detail_json(gid));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.errors_list(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.authenticate(req, 'read');
+    q jsonb := COALESCE(req -> 'query', '{}');
+    lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 200);
+    page integer := lattice.ingest_query_int(req, 'page', 1, 1, 1000000);
+    svc uuid;
+    pattern text := '%' || pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+                        COALESCE(q ->> 'search', ''), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    total bigint;
+    items jsonb;
+BEGIN
+    IF q ->> 'service_id' IS NOT NULL THEN
+        svc := lattice.ingest_param_uuid(pg_catalog.jsonb_build_object('params',
+                   pg_catalog.jsonb_build_object('id', q ->> 'service_id')), 'id');
+    END IF;
+    IF q ->> 'status' IS NOT NULL AND q ->> 'status' NOT IN ('open', 'resolved', 'ignored') THEN
+        PERFORM lattice.raise_http(400, 'invalid_query', 'status must be open, resolved or ignored',
+            '[{"path": "query.status", "message": "must be one of open, resolved, ignored"}]');
+    END IF;
+    WITH f AS (
+        SELECT g, s.name AS service_name
+          FROM lattice.error_groups g JOIN lattice.services s ON s.user_id = g.user_id AND s.id = g.service_id
+         WHERE g.user_id = uid
+           AND (svc IS NULL OR g.service_id = svc)
+           AND (q ->> 'status' IS NULL OR g.status = q ->> 'status')
+           AND (q ->> 'environment' IS NULL OR g.environment = q ->> 'environment')
+           AND (q ->> 'search' IS NULL OR g.message ILIKE pattern OR g.error_type ILIKE pattern)
+    ), page_rows AS (
+        SELECT * FROM f ORDER BY (f.g).last_seen DESC, (f.g).id LIMIT lim OFFSET (page - 1) * lim
+    )
+    SELECT (SELECT pg_catalog.count(*) FROM f),
+           COALESCE(pg_catalog.jsonb_agg(lattice.error_group_json(p.g, p.service_name)
+                                         ORDER BY (p.g).last_seen DESC, (p.g).id), '[]')
+      INTO total, items
+      FROM page_rows p;
+    RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
+        'errors', items, 'total', total, 'page', page, 'limit', lim));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.keys_create(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    b jsonb := lattice.auth_body(body);
+    expires timestamptz;
+    scopes text[] := '{ingest}';
+    k record;
+BEGIN
+    IF b ? 'scopes' THEN
+        IF jsonb_typeof(b -> 'scopes') <> 'array'
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(b -> 'scopes') e WHERE jsonb_typeof(e) <> 'string') THEN
+            PERFORM lattice.raise_http(400, 'invalid_scopes', 'scopes must be an array of scope names',
+                                       jsonb_build_array(jsonb_build_object(
+                                           'path', 'scopes', 'message', 'must be an array of strings')));
+        END IF;
+        scopes := ARRAY(SELECT jsonb_array_elements_text(b -> 'scopes'));
+    END IF;
+    IF lattice.auth_field(b, 'expires_at') IS NOT NULL THEN
+        BEGIN
+            expires := (b ->> 'expires_at')::timestamptz;
+        EXCEPTION WHEN others THEN
+            PERFORM lattice.raise_http(400, 'invalid_expiry', 'expires_at must be an ISO 8601 time');
+        END;
+    END IF;
+    SELECT * INTO k FROM lattice.api_key_create(account, lattice.auth_field(b, 'name'), expires, req, scopes);
+    RETURN lattice.auth_answer(201, jsonb_build_object(
+        'id', k.id, 'name', (SELECT a.name FROM lattice.api_keys a WHERE a.user_id = account AND a.id = k.id),
+        'key', k.key, 'prefix', k.prefix,
+        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.user_id = account AND a.id = k.id),
+        'created_at', k.created_at, 'expires_at', expires),
+        jsonb_build_object('Location', '/api/v1/keys/' || k.id));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.keys_list(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    now timestamptz := lattice.clock_now();
+BEGIN
+    RETURN lattice.auth_answer(200, jsonb_build_object('keys', coalesce((
+        SELECT jsonb_agg(lattice.api_key_json(k, now) ORDER BY k.created_at, k.id)
+          FROM lattice.api_keys k WHERE k.user_id = account), '[]')));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.keys_revoke(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    kid uuid := lattice.auth_uuid_param(req, 'id');
+    was_revoked timestamptz;
+    at timestamptz := lattice.clock_now();
+BEGIN
+    SELECT revoked_at INTO was_revoked FROM lattice.api_keys
+     WHERE user_id = account AND id = kid FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM lattice.raise_http(404, 'not_found', 'no such key');
+    END IF;
+    IF was_revoked IS NULL THEN
+        UPDATE lattice.api_keys SET revoked_at = at WHERE user_id = account AND id = kid;
+        PERFORM lattice.audit('key.revoked', kid::text, NULL, req, account);
+    END IF;
+    RETURN lattice.auth_answer(204, NULL);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.keys_rotate(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    account uuid := lattice.authenticate(req, 'session');
+    b jsonb := lattice.auth_body(body);
+    grace integer;
+    k record;
+BEGIN
+    IF b ? 'grace_seconds' THEN
+        IF jsonb_typeof(b -> 'grace_seconds') <> 'number' OR (b ->> 'grace_seconds') !~ '^[0-9]{1,9}$' THEN
+            PERFORM lattice.raise_http(400, 'invalid_grace', 'grace_seconds must be 0 to 2592000');
+        END IF;
+        grace := (b ->> 'grace_seconds')::integer;
+    END IF;
+    SELECT * INTO k FROM lattice.api_key_rotate(lattice.auth_uuid_param(req, 'id'), grace, req);
+    RETURN lattice.auth_answer(201, jsonb_build_object(
+        'id', k.id, 'name', k.name, 'key', k.key, 'prefix', k.prefix,
+        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.user_id = account AND a.id = k.id),
+        'created_at', k.created_at, 'old_key_expires_at', k.old_key_expires_at),
+        jsonb_build_object('Location', '/api/v1/keys/' || k.id));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.service_changes(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.authenticate(req, 'read');
+    sid uuid := lattice.ingest_param_uuid(req, 'id');
+    lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 500);
+    before integer := lattice.ingest_query_int(req, 'before', NULL, 1, 2147483647);
+    want_kind text := NULLIF(req -> 'query' ->> 'kind', '');
+    items jsonb;
+    last_id bigint;
+    n integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM lattice.services s WHERE s.id = sid AND s.user_id = uid) THEN
+        PERFORM lattice.raise_http(404, 'not_found', 'no such service');
+    END IF;
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'id', c.id, 'kind', c.kind, 'subject', c.subject, 'oldValue', c.old_value,
+               'newValue', c.new_value, 'at', c.at)) ORDER BY c.id DESC), '[]'),
+           pg_catalog.min(c.id), pg_catalog.count(*)
+      INTO items, last_id, n
+      FROM (SELECT * FROM lattice.service_changes c
+             WHERE c.user_id = uid AND c.service_id = sid AND (before IS NULL OR c.id < before)
+               AND (want_kind IS NULL OR c.kind = want_kind)
+             ORDER BY c.id DESC LIMIT lim) c;
+    RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
+        'changes', items, 'nextBefore', CASE WHEN n = lim THEN last_id END));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.service_get(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.authenticate(req, 'read');
+    sid uuid := lattice.ingest_param_uuid(req, 'id');
+    hours integer := lattice.ingest_query_int(req, 'window_hours', 24, 1, 24 * 90);
+    since timestamptz := pg_catalog.now() - pg_catalog.make_interval(hours => hours);
+    s lattice.services;
+    result jsonb;
+BEGIN
+    SELECT x.* INTO s FROM lattice.services x WHERE x.id = sid AND x.user_id = uid;
+    IF NOT FOUND THEN
+        PERFORM lattice.raise_http(404, 'not_found', 'no such service');
+    END IF;
+
+    WITH stats AS (
+        SELECT st.method, st.path, pg_catalog.bool_or(st.matched) AS matched,
+               pg_catalog.sum(st.request_count) AS n, pg_catalog.sum(st.error_count) AS e,
+               pg_catalog.sum(st.client_error_count) AS c, pg_catalog.sum(st.total_duration_ms) AS t,
+               lattice.hist_sum(st.latency_hist) AS h
+          FROM lattice.route_stats st
+         WHERE st.user_id = uid AND st.service_id = sid AND st.bucket >= since
+         GROUP BY st.method, st.path
+    )
+    SELECT pg_catalog.jsonb_build_object(
+        'service', lattice.service_json(s),
+        'windowHours', hours,
+        'routes', COALESCE((
+            SELECT pg_catalog.jsonb_agg(r.attrs || pg_catalog.jsonb_build_object(
+                       'id', r.id, 'method', r.method, 'path', r.path,
+                       'firstSeen', r.first_seen, 'lastSeen', r.last_seen,
+                       'stats', lattice.stats_json(st.n, st.e, st.c, st.t, st.h))
+                       ORDER BY r.path, r.method)
+              FROM lattice.routes r LEFT JOIN stats st ON st.method = r.method AND st.path = r.path
+             WHERE r.user_id = uid AND r.service_id = sid AND r.removed_at IS NULL), '[]'),
+        'unmatchedTraffic', COALESCE((
+            SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('method', st.method, 'path', st.path)
+                       || lattice.stats_json(st.n, st.e, st.c, st.t, st.h) ORDER BY st.n DESC, st.path)
+              FROM stats st WHERE NOT st.matched), '[]'),
+        'dependencies', COALESCE((
+            SELECT pg_catalog.jsonb_agg(d.attrs || pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                       'id', d.id, 'packageName', d.package_name, 'version', d.version,
+                       'versionRange', d.version_range, 'dependencyType', d.dependency_type,
+                       'scope', d.scope, 'firstSeen', d.first_seen))
+                       ORDER BY d.package_name, d.dependency_type)
+              FROM lattice.dependencies d WHERE d.user_id = uid AND d.service_id = sid AND d.removed_at IS NULL), '[]'),
+        'connections', pg_catalog.jsonb_build_object(
+            'incoming', COALESCE((
+                SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                           'serviceId', k.source_service_id, 'name', o.name, 'environment', o.environment,
+                           'isExternal', o.is_external, 'firstSeen', k.first_seen, 'lastSeen', k.last_seen)
+                           || lattice.stats_json(k.call_count, k.error_count, k.client_error_count,
+                                                 k.total_duration_ms, k.latency_hist) ORDER BY o.name)
+                  FROM lattice.connections k JOIN lattice.services o ON o.user_id = k.user_id AND o.id = k.source_service_id
+                 WHERE k.user_id = uid AND k.target_service_id = sid), '[]'),
+            'outgoing', COALESCE((
+                SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                           'serviceId', k.target_service_id, 'name', o.name, 'environment', o.environment,
+                           'isExternal', o.is_external, 'firstSeen', k.first_seen, 'lastSeen', k.last_seen)
+                           || lattice.stats_json(k.call_count, k.error_count, k.client_error_count,
+                                                 k.total_duration_ms, k.latency_hist) ORDER BY o.name)
+                  FROM lattice.connections k JOIN lattice.services o ON o.user_id = k.user_id AND o.id = k.target_service_id
+                 WHERE k.user_id = uid AND k.source_service_id = sid), '[]')),
+        'recentChanges', COALESCE((
+            SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                       'id', c.id, 'kind', c.kind, 'subject', c.subject, 'oldValue', c.old_value,
+                       'newValue', c.new_value, 'at', c.at)) ORDER BY c.at DESC, c.id DESC)
+              FROM (SELECT * FROM lattice.service_changes c WHERE c.user_id = uid AND c.service_id = sid
+                     ORDER BY c.at DESC, c.id DESC LIMIT 20) c), '[]'))
+      INTO result;
+    RETURN lattice.http_json(200, result);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.services_list(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    uid uuid := lattice.authenticate(req, 'read');
+    q jsonb := COALESCE(req -> 'query', '{}');
+    lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 200);
+    page integer := lattice.ingest_query_int(req, 'page', 1, 1, 1000000);
+    pattern text := '%' || pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+                        COALESCE(q ->> 'search', ''), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    total bigint;
+    items jsonb;
+BEGIN
+    IF q ->> 'status' IS NOT NULL AND q ->> 'status' NOT IN ('active', 'inactive', 'external') THEN
+        PERFORM lattice.raise_http(400, 'invalid_query', 'status must be active, inactive or external',
+            '[{"path": "query.status", "message": "must be one of active, inactive, external"}]');
+    END IF;
+    WITH f AS (
+        SELECT s FROM lattice.services s
+         WHERE s.user_id = uid
+           AND (q ->> 'environment' IS NULL OR s.environment = q ->> 'environment')
+           AND (q ->> 'framework' IS NULL OR s.framework = q ->> 'framework')
+           AND (q ->> 'search' IS NULL OR s.name ILIKE pattern OR s.description ILIKE pattern)
+           AND (q ->> 'status' IS NULL OR lattice.service_liveness(s.last_seen, s.is_external) = q ->> 'status')
+           AND (COALESCE(q ->> 'include_external', 'false') = 'true' OR q ->> 'status' = 'external'
+                OR NOT s.is_external)
+    ), page_rows AS (
+        SELECT f.s FROM f ORDER BY (f.s).name, (f.s).environment LIMIT lim OFFSET (page - 1) * lim
+    )
+    SELECT (SELECT pg_catalog.count(*) FROM f),
+           COALESCE(pg_catalog.jsonb_agg(lattice.service_json(p.s) || pg_catalog.jsonb_build_object(
+               'routeCount', (SELECT pg_catalog.count(*) FROM lattice.routes r
+                               WHERE r.user_id = uid AND r.service_id = (p.s).id AND r.removed_at IS NULL),
+               'dependencyCount', (SELECT pg_catalog.count(*) FROM lattice.dependencies d
+                                    WHERE d.user_id = uid AND d.service_id = (p.s).id AND d.removed_at IS NULL))
+               ORDER BY (p.s).name, (p.s).environment), '[]')
+      INTO total, items
+      FROM page_rows p;
+    RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
+        'services', items, 'total', total, 'page', page, 'limit', lim));
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice_http.usage(req jsonb, body text)
+ RETURNS lattice.http_response
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    u lattice.rate_usage;
+    live jsonb;
+    this_hour timestamptz := pg_catalog.date_trunc('hour', pg_catalog.now());
+    classes jsonb;
+    history jsonb;
+    account uuid;
+BEGIN
+    account := lattice.authenticate(req, 'read');
+    u := lattice.rate_usage();
+    live := lattice.rate_usage_classes();
+
+    -- refused in the 23 full hours before this one (rolled up) plus this
+    -- hour's live count make the last 24 hours; every service counted this
+    -- hour is listed, and those refused earlier in the 24 hours
+    WITH past AS (
+        SELECT h.class, h.subject, pg_catalog.sum(h.refused)::bigint AS refused
+          FROM lattice.usage_hourly h
+         WHERE h.user_id = account AND h.hour >= this_hour - interval '23 hours' AND h.hour < this_hour
+         GROUP BY h.class, h.subject),
+    past_class AS (
+        SELECT p.class, pg_catalog.sum(p.refused)::bigint AS refused FROM past p GROUP BY p.class),
+    live_services AS (
+        SELECT i ->> 'service' AS name, (i ->> 'used')::bigint AS used,
+               (i ->> 'refused_this_hour')::bigint AS refused, i AS item
+          FROM pg_catalog.jsonb_array_elements(live -> 'ingest' -> 'services') i),
+    services AS (
+        SELECT COALESCE(l.name, p.subject) AS name, COALESCE(l.used, 0) AS used,
+               COALESCE(l.refused, 0) + COALESCE(p.refused, 0) AS refused_24h,
+               COALESCE(l.item, pg_catalog.jsonb_build_object(
+                   'service', p.subject, 'used', 0, 'remaining', live -> 'ingest' -> 'limit',
+                   'reset_seconds', 0, 'refused_this_hour', 0)) AS item
+          FROM live_services l
+          FULL JOIN (SELECT * FROM past WHERE past.class = 'ingest' AND past.refused > 0) p
+            ON p.subject = l.name)
+    SELECT pg_catalog.jsonb_object_agg(k.class, (live -> k.class) || pg_catalog.jsonb_build_object(
+               'refused_24h', (live -> k.class ->> 'refused_this_hour')::bigint + COALESCE(pc.refused, 0))
+               || CASE WHEN k.class = 'ingest' THEN pg_catalog.jsonb_build_object('services', (
+                      SELECT COALESCE(pg_catalog.jsonb_agg(
+                                 s.item || pg_catalog.jsonb_build_object('refused_24h', s.refused_24h)
+                                 ORDER BY s.refused_24h DESC, s.used DESC, s.name), '[]')
+                        FROM services s))
+                  ELSE '{}' END)
+      INTO classes
+      FROM (VALUES ('api'), ('ingest'), ('dashboard')) k(class)
+      LEFT JOIN past_class pc ON pc.class = k.class;
+
+    -- the last 24 rolled-up hours: totals and each class
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'hour', h.hour, 'requests', h.requests, 'refused', h.refused, 'classes', h.classes)
+               ORDER BY h.hour DESC), '[]')
+      INTO history
+      FROM (SELECT c.hour, pg_catalog.sum(c.requests)::bigint AS requests, pg_catalog.sum(c.refused)::bigint AS refused,
+                   pg_catalog.jsonb_object_agg(c.class, pg_catalog.jsonb_build_object(
+                       'requests', c.requests, 'refused', c.refused)) AS classes
+              FROM (SELECT x.hour, x.class, pg_catalog.sum(x.requests)::bigint AS requests,
+                           pg_catalog.sum(x.refused)::bigint AS refused
+                      FROM lattice.usage_hourly x
+                     WHERE x.user_id = account AND x.hour >= this_hour - interval '23 hours'
+                     GROUP BY x.hour, x.class) c
+             GROUP BY c.hour) h;
+
+    RETURN lattice.http_json(200,
+        pg_catalog.jsonb_build_object(
+            'limit', u."limit",
+            'remaining', u.remaining,
+            'reset_seconds', u.reset_seconds,
+            'period_seconds', u.period_seconds,
+            'this_hour', pg_catalog.jsonb_build_object(
+                'start', u.hour_start,
+                'requests', u.used_this_hour,
+                'refused', u.refused_this_hour),
+            'classes', classes,
+            'history', history));
+END
+$function$;
+REVOKE ALL ON FUNCTION lattice.api_key_json(anyelement,timestamp with time zone) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.api_key_json(anyelement,timestamp with time zone) TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.billing_welcome(uuid,text,text,timestamp with time zone) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.cluster_key_generate() FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.cluster_setup(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.cluster_tables() FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.error_group_json(anyelement,text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.error_group_json(anyelement,text) TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.outbox_email(uuid,text,jsonb,text,text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.service_json(anyelement) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.service_json(anyelement) TO lattice_app;

@@ -261,14 +261,16 @@ $$;
 -- retention.  Called by ingest when a new bucket opens, so it runs at most a
 -- few times per bucket width and tenant.
 CREATE FUNCTION lattice.ingest_prune(user_id uuid) RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    DELETE FROM lattice.route_stats s
-     WHERE s.user_id = ingest_prune.user_id AND s.bucket < pg_catalog.now() - lattice.ingest_setting('retention');
-    DELETE FROM lattice.error_occurrences o
-     WHERE o.user_id = ingest_prune.user_id AND o.at < pg_catalog.now() - lattice.ingest_setting('retention');
-    DELETE FROM lattice.breadcrumbs b
-     WHERE b.user_id = ingest_prune.user_id AND b.received_at < pg_catalog.now() - lattice.ingest_setting('retention');
+DECLARE
+    before timestamptz := pg_catalog.now() - lattice.ingest_setting('retention');
+BEGIN
+    DELETE FROM lattice.route_stats s WHERE s.user_id = ingest_prune.user_id AND s.bucket < before;
+    DELETE FROM lattice.error_occurrences o WHERE o.user_id = ingest_prune.user_id AND o.at < before;
+    DELETE FROM lattice.breadcrumbs b WHERE b.user_id = ingest_prune.user_id AND b.received_at < before;
+END
 $$;
 
 -- Metadata --------------------------------------------------------------------
@@ -383,7 +385,8 @@ BEGIN
           FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'routes', '[]')) WITH ORDINALITY AS e(r, o)
          ORDER BY r ->> 'method', r ->> 'path', o DESC
     ), cur AS (
-        SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r WHERE r.service_id = sid
+        SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r
+         WHERE r.user_id = uid AND r.service_id = sid
     ), diff AS (
         SELECT cur.id, COALESCE(inc.method, cur.method) AS method, COALESCE(inc.path, cur.path) AS path,
                inc.attrs,
@@ -395,19 +398,21 @@ BEGIN
     ), ins AS (
         INSERT INTO lattice.routes (user_id, service_id, method, path, attrs)
         SELECT uid, sid, d.method, d.path, d.attrs FROM diff d WHERE d.kind = 'added'
+        ON CONFLICT DO NOTHING
     ), upd AS (
         UPDATE lattice.routes r SET attrs = d.attrs, removed_at = NULL, last_seen = pg_catalog.now()
-          FROM diff d WHERE r.id = d.id AND d.kind IN ('readded', 'updated')
+          FROM diff d WHERE r.user_id = uid AND r.id = d.id AND d.kind IN ('readded', 'updated')
     ), rem AS (
         UPDATE lattice.routes r SET removed_at = pg_catalog.now()
-          FROM diff d WHERE r.id = d.id AND d.kind = 'removed'
+          FROM diff d WHERE r.user_id = uid AND r.id = d.id AND d.kind = 'removed'
     )
     INSERT INTO lattice.service_changes (user_id, service_id, kind, subject)
     SELECT uid, sid, CASE d.kind WHEN 'removed' THEN 'route_removed' ELSE 'route_added' END,
            d.method || ' ' || d.path
       FROM diff d
      WHERE d.kind IN ('added', 'readded', 'removed') AND NOT is_new
-     ORDER BY d.kind, d.method, d.path;
+     ORDER BY d.kind, d.method, d.path
+    ON CONFLICT DO NOTHING;
 
     -- Dependencies: (package, type) is the identity; duplicates are folded.
     WITH inc AS (
@@ -419,7 +424,7 @@ BEGIN
          ORDER BY x ->> 'packageName', x ->> 'dependencyType', o DESC
     ), cur AS (
         SELECT d.id, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs, d.removed_at
-          FROM lattice.dependencies d WHERE d.service_id = sid
+          FROM lattice.dependencies d WHERE d.user_id = uid AND d.service_id = sid
     ), diff AS (
         SELECT cur.id, COALESCE(inc.package_name, cur.package_name) AS package_name,
                COALESCE(inc.dependency_type, cur.dependency_type) AS dependency_type,
@@ -436,14 +441,15 @@ BEGIN
                                           version_range, scope, attrs)
         SELECT uid, sid, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs
           FROM diff d WHERE d.kind = 'added'
+        ON CONFLICT DO NOTHING
     ), upd AS (
         UPDATE lattice.dependencies x
            SET version = d.version, version_range = d.version_range, scope = d.scope, attrs = d.attrs,
                removed_at = NULL, last_seen = pg_catalog.now()
-          FROM diff d WHERE x.id = d.id AND d.kind IN ('readded', 'version', 'updated')
+          FROM diff d WHERE x.user_id = uid AND x.id = d.id AND d.kind IN ('readded', 'version', 'updated')
     ), rem AS (
         UPDATE lattice.dependencies x SET removed_at = pg_catalog.now()
-          FROM diff d WHERE x.id = d.id AND d.kind = 'removed'
+          FROM diff d WHERE x.user_id = uid AND x.id = d.id AND d.kind = 'removed'
     )
     INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, old_value, new_value)
     SELECT uid, sid,
@@ -455,7 +461,8 @@ BEGIN
            CASE WHEN d.kind <> 'removed' THEN d.version END
       FROM diff d
      WHERE d.kind IN ('added', 'readded', 'removed', 'version') AND NOT is_new
-     ORDER BY d.kind, d.package_name, d.dependency_type;
+     ORDER BY d.kind, d.package_name, d.dependency_type
+    ON CONFLICT DO NOTHING;
 
     IF changed_state THEN
         PERFORM lattice.ingest_graph_changed();
@@ -517,7 +524,7 @@ BEGIN
     ), tpl AS (
         SELECT r.service_id, pg_catalog.array_agg(r.method || ' ' || r.path ORDER BY r.method, r.path) AS arr
           FROM lattice.routes r
-         WHERE r.service_id IN (SELECT svc.id FROM svc) AND r.removed_at IS NULL
+         WHERE r.user_id = uid AND r.service_id IN (SELECT svc.id FROM svc) AND r.removed_at IS NULL
          GROUP BY r.service_id
     )
     SELECT pg_catalog.array_agg(ROW(t.idx, svc.id, svc.environment, k.method, k.path, k.matched, t.d, t.sc, t.caller,
@@ -554,7 +561,8 @@ BEGIN
         RETURNING id, name, environment, first_seen
     )
     INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
-    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a;
+    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a
+    ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS new_nodes = ROW_COUNT;
 
     -- Route buckets (ordered, so concurrent batches lock rows in one order).
@@ -623,6 +631,7 @@ BEGIN
         INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
         SELECT uid, up.first_seen, 'edge_added', up.source_service_id, up.target_service_id
           FROM up WHERE up.inserted
+        ON CONFLICT DO NOTHING
     )
     SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_edges FROM up;
 
@@ -926,7 +935,8 @@ BEGIN
            lattice.scrub_json(b -> 'data'),
            LEAST(COALESCE((b ->> 'timestamp')::timestamptz, pg_catalog.now()), pg_catalog.now() + interval '5 minutes')
       FROM pg_catalog.jsonb_array_elements(body::jsonb -> 'breadcrumbs') WITH ORDINALITY AS x(b, o)
-     ORDER BY o;
+     ORDER BY o
+    ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF pg_catalog.random() < 0.01 THEN
         PERFORM lattice.ingest_prune(uid);

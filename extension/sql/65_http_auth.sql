@@ -67,11 +67,16 @@ AS $$
       FROM (SELECT CASE WHEN coalesce((req ->> 'tls')::boolean, false) THEN '; Secure' ELSE '' END AS sfx) s
 $$;
 
+-- PL/pgSQL, like every function with parameters that reads a tenant table:
+-- Citus cannot plan a parameterised SQL-language function's query.
 CREATE FUNCTION lattice.user_json(user_id uuid) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name)
-      FROM lattice.users u WHERE u.id = user_json.user_id
+BEGIN
+    RETURN (SELECT jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name)
+              FROM lattice.users u WHERE u.id = user_json.user_id);
+END
 $$;
 
 -- A JSON answer (the shim adds the quota headers of this request).
@@ -133,10 +138,11 @@ AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     sid uuid := lattice.current_session_id();
+    at timestamptz := lattice.clock_now();
 BEGIN
     IF sid IS NOT NULL THEN
-        UPDATE lattice.sessions SET revoked_at = lattice.clock_now()
-         WHERE id = sid AND revoked_at IS NULL;
+        UPDATE lattice.sessions SET revoked_at = at
+         WHERE user_id = account AND id = sid AND revoked_at IS NULL;
         PERFORM lattice.audit('logout', sid::text, NULL, req, account);
     END IF;
     RETURN lattice.auth_answer(204, NULL, lattice.session_cookies(NULL, NULL, 0, req));
@@ -150,14 +156,17 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'any');
+    -- this backend's request state, read here: a query's expressions may run
+    -- on a Citus worker, which has none
+    auth jsonb := jsonb_build_object('method', lattice.current_auth_method(),
+                                     'scopes', to_jsonb(lattice.current_scopes()));
 BEGIN
     RETURN lattice.auth_answer(200, (
         SELECT jsonb_build_object(
                    'user', jsonb_build_object('id', u.id, 'email', u.email, 'name', u.name,
                                               'plan', u.plan_id, 'trial_ends_at', u.trial_ends_at,
                                               'created_at', u.created_at),
-                   'auth', jsonb_build_object('method', lattice.current_auth_method(),
-                                              'scopes', to_jsonb(lattice.current_scopes())))
+                   'auth', auth)
           FROM lattice.users u WHERE u.id = account));
 END
 $$;
@@ -170,6 +179,7 @@ AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     now timestamptz := lattice.clock_now();
+    mine uuid := lattice.current_session_id();  -- read here, as in auth_me
 BEGIN
     RETURN lattice.auth_answer(200, jsonb_build_object('sessions', coalesce((
         SELECT jsonb_agg(jsonb_build_object(
@@ -177,10 +187,11 @@ BEGIN
                    'last_seen_at', date_trunc('minute', s.last_seen_at),
                    'expires_at', least(s.idle_expires_at, s.expires_at),
                    'client_addr', host(s.client_addr), 'user_agent', s.user_agent,
-                   'current', s.id IS NOT DISTINCT FROM lattice.current_session_id())
+                   'current', s.id IS NOT DISTINCT FROM mine)
                  ORDER BY s.created_at DESC)
           FROM lattice.sessions s
-         WHERE s.revoked_at IS NULL AND least(s.idle_expires_at, s.expires_at) > now), '[]')));
+         WHERE s.user_id = account AND s.revoked_at IS NULL
+           AND least(s.idle_expires_at, s.expires_at) > now), '[]')));
 END
 $$;
 
@@ -193,9 +204,10 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     sid uuid := lattice.auth_uuid_param(req, 'id');
     found_id uuid;
+    at timestamptz := lattice.clock_now();
 BEGIN
-    UPDATE lattice.sessions SET revoked_at = lattice.clock_now()
-     WHERE id = sid AND revoked_at IS NULL
+    UPDATE lattice.sessions SET revoked_at = at
+     WHERE user_id = account AND id = sid AND revoked_at IS NULL
     RETURNING id INTO found_id;
     IF found_id IS NULL THEN
         PERFORM lattice.raise_http(404, 'not_found', 'no such session');
@@ -237,7 +249,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION lattice.api_key_json(k lattice.api_keys, now timestamptz) RETURNS jsonb
+-- k: a row of lattice.api_keys (anyelement: see lattice.service_json)
+CREATE FUNCTION lattice.api_key_json(k anyelement, now timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
     SELECT jsonb_build_object(
@@ -260,7 +273,7 @@ DECLARE
 BEGIN
     RETURN lattice.auth_answer(200, jsonb_build_object('keys', coalesce((
         SELECT jsonb_agg(lattice.api_key_json(k, now) ORDER BY k.created_at, k.id)
-          FROM lattice.api_keys k), '[]')));
+          FROM lattice.api_keys k WHERE k.user_id = account), '[]')));
 END
 $$;
 
@@ -295,9 +308,9 @@ BEGIN
     END IF;
     SELECT * INTO k FROM lattice.api_key_create(account, lattice.auth_field(b, 'name'), expires, req, scopes);
     RETURN lattice.auth_answer(201, jsonb_build_object(
-        'id', k.id, 'name', (SELECT a.name FROM lattice.api_keys a WHERE a.id = k.id),
+        'id', k.id, 'name', (SELECT a.name FROM lattice.api_keys a WHERE a.user_id = account AND a.id = k.id),
         'key', k.key, 'prefix', k.prefix,
-        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.id = k.id),
+        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.user_id = account AND a.id = k.id),
         'created_at', k.created_at, 'expires_at', expires),
         jsonb_build_object('Location', '/api/v1/keys/' || k.id));
 END
@@ -324,7 +337,7 @@ BEGIN
     SELECT * INTO k FROM lattice.api_key_rotate(lattice.auth_uuid_param(req, 'id'), grace, req);
     RETURN lattice.auth_answer(201, jsonb_build_object(
         'id', k.id, 'name', k.name, 'key', k.key, 'prefix', k.prefix,
-        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.id = k.id),
+        'scopes', (SELECT to_jsonb(a.scopes) FROM lattice.api_keys a WHERE a.user_id = account AND a.id = k.id),
         'created_at', k.created_at, 'old_key_expires_at', k.old_key_expires_at),
         jsonb_build_object('Location', '/api/v1/keys/' || k.id));
 END
@@ -339,13 +352,15 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     kid uuid := lattice.auth_uuid_param(req, 'id');
     was_revoked timestamptz;
+    at timestamptz := lattice.clock_now();
 BEGIN
-    SELECT revoked_at INTO was_revoked FROM lattice.api_keys WHERE id = kid FOR UPDATE;
+    SELECT revoked_at INTO was_revoked FROM lattice.api_keys
+     WHERE user_id = account AND id = kid FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM lattice.raise_http(404, 'not_found', 'no such key');
     END IF;
     IF was_revoked IS NULL THEN
-        UPDATE lattice.api_keys SET revoked_at = lattice.clock_now() WHERE id = kid;
+        UPDATE lattice.api_keys SET revoked_at = at WHERE user_id = account AND id = kid;
         PERFORM lattice.audit('key.revoked', kid::text, NULL, req, account);
     END IF;
     RETURN lattice.auth_answer(204, NULL);
@@ -359,5 +374,5 @@ GRANT EXECUTE ON FUNCTION
     lattice.session_cookies(text, text, integer, jsonb),
     lattice.user_json(uuid),
     lattice.auth_answer(integer, jsonb, jsonb),
-    lattice.api_key_json(lattice.api_keys, timestamptz)
+    lattice.api_key_json(anyelement, timestamptz)
     TO lattice_app;

@@ -13,8 +13,9 @@ DECLARE
     this_hour timestamptz := pg_catalog.date_trunc('hour', pg_catalog.now());
     classes jsonb;
     history jsonb;
+    account uuid;
 BEGIN
-    PERFORM lattice.authenticate(req, 'read');
+    account := lattice.authenticate(req, 'read');
     u := lattice.rate_usage();
     live := lattice.rate_usage_classes();
 
@@ -24,7 +25,7 @@ BEGIN
     WITH past AS (
         SELECT h.class, h.subject, pg_catalog.sum(h.refused)::bigint AS refused
           FROM lattice.usage_hourly h
-         WHERE h.hour >= this_hour - interval '23 hours' AND h.hour < this_hour
+         WHERE h.user_id = account AND h.hour >= this_hour - interval '23 hours' AND h.hour < this_hour
          GROUP BY h.class, h.subject),
     past_class AS (
         SELECT p.class, pg_catalog.sum(p.refused)::bigint AS refused FROM past p GROUP BY p.class),
@@ -64,7 +65,7 @@ BEGIN
               FROM (SELECT x.hour, x.class, pg_catalog.sum(x.requests)::bigint AS requests,
                            pg_catalog.sum(x.refused)::bigint AS refused
                       FROM lattice.usage_hourly x
-                     WHERE x.hour >= this_hour - interval '23 hours'
+                     WHERE x.user_id = account AND x.hour >= this_hour - interval '23 hours'
                      GROUP BY x.hour, x.class) c
              GROUP BY c.hour) h;
 

@@ -84,7 +84,10 @@ END
 $$;
 
 -- The API's view of a service.
-CREATE FUNCTION lattice.service_json(s lattice.services) RETURNS jsonb
+-- The row comes as anyelement: on Citus a query's rows are a shard's row
+-- type on the worker that runs it (lattice.services_102008, say), with the
+-- same columns.
+CREATE FUNCTION lattice.service_json(s anyelement) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
     SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
@@ -113,7 +116,8 @@ AS $$
         'p99Ms', pg_catalog.round(lattice.hist_percentile(hist, 0.99)::numeric, 2))
 $$;
 
-CREATE FUNCTION lattice.error_group_json(g lattice.error_groups, service_name text) RETURNS jsonb
+-- g: a row of lattice.error_groups (anyelement: see lattice.service_json)
+CREATE FUNCTION lattice.error_group_json(g anyelement, service_name text) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
     SELECT pg_catalog.jsonb_build_object(
@@ -241,9 +245,9 @@ BEGIN
     SELECT (SELECT pg_catalog.count(*) FROM f),
            COALESCE(pg_catalog.jsonb_agg(lattice.service_json(p.s) || pg_catalog.jsonb_build_object(
                'routeCount', (SELECT pg_catalog.count(*) FROM lattice.routes r
-                               WHERE r.service_id = (p.s).id AND r.removed_at IS NULL),
+                               WHERE r.user_id = uid AND r.service_id = (p.s).id AND r.removed_at IS NULL),
                'dependencyCount', (SELECT pg_catalog.count(*) FROM lattice.dependencies d
-                                    WHERE d.service_id = (p.s).id AND d.removed_at IS NULL))
+                                    WHERE d.user_id = uid AND d.service_id = (p.s).id AND d.removed_at IS NULL))
                ORDER BY (p.s).name, (p.s).environment), '[]')
       INTO total, items
       FROM page_rows p;
@@ -277,7 +281,7 @@ BEGIN
                pg_catalog.sum(st.client_error_count) AS c, pg_catalog.sum(st.total_duration_ms) AS t,
                lattice.hist_sum(st.latency_hist) AS h
           FROM lattice.route_stats st
-         WHERE st.service_id = sid AND st.bucket >= since
+         WHERE st.user_id = uid AND st.service_id = sid AND st.bucket >= since
          GROUP BY st.method, st.path
     )
     SELECT pg_catalog.jsonb_build_object(
@@ -290,7 +294,7 @@ BEGIN
                        'stats', lattice.stats_json(st.n, st.e, st.c, st.t, st.h))
                        ORDER BY r.path, r.method)
               FROM lattice.routes r LEFT JOIN stats st ON st.method = r.method AND st.path = r.path
-             WHERE r.service_id = sid AND r.removed_at IS NULL), '[]'),
+             WHERE r.user_id = uid AND r.service_id = sid AND r.removed_at IS NULL), '[]'),
         'unmatchedTraffic', COALESCE((
             SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('method', st.method, 'path', st.path)
                        || lattice.stats_json(st.n, st.e, st.c, st.t, st.h) ORDER BY st.n DESC, st.path)
@@ -301,7 +305,7 @@ BEGIN
                        'versionRange', d.version_range, 'dependencyType', d.dependency_type,
                        'scope', d.scope, 'firstSeen', d.first_seen))
                        ORDER BY d.package_name, d.dependency_type)
-              FROM lattice.dependencies d WHERE d.service_id = sid AND d.removed_at IS NULL), '[]'),
+              FROM lattice.dependencies d WHERE d.user_id = uid AND d.service_id = sid AND d.removed_at IS NULL), '[]'),
         'connections', pg_catalog.jsonb_build_object(
             'incoming', COALESCE((
                 SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
@@ -309,21 +313,21 @@ BEGIN
                            'isExternal', o.is_external, 'firstSeen', k.first_seen, 'lastSeen', k.last_seen)
                            || lattice.stats_json(k.call_count, k.error_count, k.client_error_count,
                                                  k.total_duration_ms, k.latency_hist) ORDER BY o.name)
-                  FROM lattice.connections k JOIN lattice.services o ON o.id = k.source_service_id
-                 WHERE k.target_service_id = sid), '[]'),
+                  FROM lattice.connections k JOIN lattice.services o ON o.user_id = k.user_id AND o.id = k.source_service_id
+                 WHERE k.user_id = uid AND k.target_service_id = sid), '[]'),
             'outgoing', COALESCE((
                 SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                            'serviceId', k.target_service_id, 'name', o.name, 'environment', o.environment,
                            'isExternal', o.is_external, 'firstSeen', k.first_seen, 'lastSeen', k.last_seen)
                            || lattice.stats_json(k.call_count, k.error_count, k.client_error_count,
                                                  k.total_duration_ms, k.latency_hist) ORDER BY o.name)
-                  FROM lattice.connections k JOIN lattice.services o ON o.id = k.target_service_id
-                 WHERE k.source_service_id = sid), '[]')),
+                  FROM lattice.connections k JOIN lattice.services o ON o.user_id = k.user_id AND o.id = k.target_service_id
+                 WHERE k.user_id = uid AND k.source_service_id = sid), '[]')),
         'recentChanges', COALESCE((
             SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
                        'id', c.id, 'kind', c.kind, 'subject', c.subject, 'oldValue', c.old_value,
                        'newValue', c.new_value, 'at', c.at)) ORDER BY c.at DESC, c.id DESC)
-              FROM (SELECT * FROM lattice.service_changes c WHERE c.service_id = sid
+              FROM (SELECT * FROM lattice.service_changes c WHERE c.user_id = uid AND c.service_id = sid
                      ORDER BY c.at DESC, c.id DESC LIMIT 20) c), '[]'))
       INTO result;
     RETURN lattice.http_json(200, result);
@@ -354,7 +358,7 @@ BEGIN
            pg_catalog.min(c.id), pg_catalog.count(*)
       INTO items, last_id, n
       FROM (SELECT * FROM lattice.service_changes c
-             WHERE c.service_id = sid AND (before IS NULL OR c.id < before)
+             WHERE c.user_id = uid AND c.service_id = sid AND (before IS NULL OR c.id < before)
                AND (want_kind IS NULL OR c.kind = want_kind)
              ORDER BY c.id DESC LIMIT lim) c;
     RETURN lattice.http_json(200, pg_catalog.jsonb_build_object(
@@ -388,7 +392,7 @@ BEGIN
     END IF;
     WITH f AS (
         SELECT g, s.name AS service_name
-          FROM lattice.error_groups g JOIN lattice.services s ON s.id = g.service_id
+          FROM lattice.error_groups g JOIN lattice.services s ON s.user_id = g.user_id AND s.id = g.service_id
          WHERE g.user_id = uid
            AND (svc IS NULL OR g.service_id = svc)
            AND (q ->> 'status' IS NULL OR g.status = q ->> 'status')
@@ -418,14 +422,15 @@ DECLARE
     svc_name text;
     last_session text;
     last_at timestamptz;
+    uid uuid := lattice.current_user_id();
 BEGIN
-    SELECT x.* INTO g FROM lattice.error_groups x WHERE x.id = gid;
+    SELECT x.* INTO g FROM lattice.error_groups x WHERE x.user_id = uid AND x.id = gid;
     IF NOT FOUND THEN
         PERFORM lattice.raise_http(404, 'not_found', 'no such error');
     END IF;
-    SELECT s.name INTO svc_name FROM lattice.services s WHERE s.id = g.service_id;
+    SELECT s.name INTO svc_name FROM lattice.services s WHERE s.user_id = uid AND s.id = g.service_id;
     SELECT o.session_id, o.at INTO last_session, last_at FROM lattice.error_occurrences o
-     WHERE o.group_id = g.id AND o.session_id IS NOT NULL ORDER BY o.at DESC LIMIT 1;
+     WHERE o.user_id = uid AND o.group_id = g.id AND o.session_id IS NOT NULL ORDER BY o.at DESC LIMIT 1;
     RETURN lattice.error_group_json(g, svc_name) || pg_catalog.jsonb_build_object(
         'sampleStack', g.sample_stack,
         'sampleContext', g.sample_context,
@@ -433,7 +438,7 @@ BEGIN
             SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
                        'at', o.at, 'sessionId', o.session_id, 'message', o.message, 'context', o.context))
                        ORDER BY o.at DESC, o.id DESC)
-              FROM (SELECT * FROM lattice.error_occurrences o WHERE o.group_id = g.id
+              FROM (SELECT * FROM lattice.error_occurrences o WHERE o.user_id = uid AND o.group_id = g.id
                      ORDER BY o.at DESC, o.id DESC LIMIT 20) o), '[]'),
         'breadcrumbs', COALESCE((
             SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
@@ -469,6 +474,7 @@ DECLARE
     gid uuid := lattice.ingest_param_uuid(req, 'id');
     doc jsonb;
     new_status text;
+    changed_at timestamptz := pg_catalog.now();
 BEGIN
     BEGIN
         doc := body::jsonb;
@@ -482,7 +488,7 @@ BEGIN
     END IF;
     UPDATE lattice.error_groups g
        SET status = new_status,
-           resolved_at = CASE WHEN new_status = 'resolved' THEN pg_catalog.now() END
+           resolved_at = CASE WHEN new_status = 'resolved' THEN changed_at END
      WHERE g.id = gid AND g.user_id = uid;
     IF NOT FOUND THEN
         PERFORM lattice.raise_http(404, 'not_found', 'no such error');
@@ -584,7 +590,7 @@ GRANT EXECUTE ON FUNCTION
     lattice.ingest_preflight(uuid, jsonb), lattice.ingest_param_uuid(jsonb, text),
     lattice.ingest_query_int(jsonb, text, integer, integer, integer),
     lattice.ingest_query_time(jsonb, text, timestamptz),
-    lattice.service_json(lattice.services),
+    lattice.service_json(anyelement),
     lattice.stats_json(numeric, numeric, numeric, double precision, bigint[]),
-    lattice.error_group_json(lattice.error_groups, text), lattice.error_detail_json(uuid)
+    lattice.error_group_json(anyelement, text), lattice.error_detail_json(uuid)
 TO lattice_app;

@@ -166,31 +166,44 @@ COMMENT ON FUNCTION lattice.graph_cache_info() IS
 
 -- History: the graph as it was at a time, and what changed between two.
 -- The latest event at or before `at` decides whether a thing was there.
+-- (PL/pgSQL: see lattice.user_json.)
 CREATE FUNCTION lattice.graph_services_at(at timestamptz)
 RETURNS TABLE (service_id uuid, name text, environment text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    tenant uuid := lattice.current_user_id();
+BEGIN
+    RETURN QUERY
     SELECT s.service_id, s.name, s.environment
       FROM (SELECT DISTINCT ON (e.service_id) e.service_id, e.kind, e.name, e.environment
               FROM lattice.graph_events e
-             WHERE e.user_id = lattice.current_user_id() AND e.at <= graph_services_at.at
+             WHERE e.user_id = tenant AND e.at <= graph_services_at.at
                AND e.kind IN ('service_added', 'service_removed')
              ORDER BY e.service_id, e.at DESC, e.id DESC) s
-     WHERE s.kind = 'service_added'
+     WHERE s.kind = 'service_added';
+END
 $$;
 
 CREATE FUNCTION lattice.graph_edges_at(at timestamptz)
 RETURNS TABLE (source_service_id uuid, target_service_id uuid)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    tenant uuid := lattice.current_user_id();
+BEGIN
+    RETURN QUERY
     SELECT c.source_service_id, c.target_service_id
       FROM (SELECT DISTINCT ON (e.source_service_id, e.target_service_id)
                    e.source_service_id, e.target_service_id, e.kind
               FROM lattice.graph_events e
-             WHERE e.user_id = lattice.current_user_id() AND e.at <= graph_edges_at.at
+             WHERE e.user_id = tenant AND e.at <= graph_edges_at.at
                AND e.kind IN ('edge_added', 'edge_removed')
              ORDER BY e.source_service_id, e.target_service_id, e.at DESC, e.id DESC) c
-     WHERE c.kind = 'edge_added'
+     WHERE c.kind = 'edge_added';
+END
 $$;
 
 -- {"at", "nodes": [{id, name, environment}], "edges": [{source, target}]}

@@ -318,7 +318,8 @@ END
 $$;
 
 -- Queues one lifecycle e-mail to an account.  Sent by the shim's worker.
-CREATE FUNCTION lattice.outbox_email(account uuid, template text, data jsonb DEFAULT '{}')
+CREATE FUNCTION lattice.outbox_email(account uuid, template text, data jsonb DEFAULT '{}',
+                                     to_email text DEFAULT NULL, to_name text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -328,9 +329,14 @@ DECLARE
     m record;
     new_id bigint;
 BEGIN
-    SELECT email, name INTO u FROM lattice.users WHERE id = account;
-    IF NOT FOUND THEN
-        RETURN NULL;
+    -- the caller may know the address (sign-up, before its row is readable here)
+    IF to_email IS NOT NULL THEN
+        SELECT to_email AS email, to_name AS name INTO u;
+    ELSE
+        SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
     m := lattice.billing_email_content(template, u.name,
                                        COALESCE(data, '{}') || pg_catalog.jsonb_build_object('origin', lattice.billing_public_origin()));
@@ -342,17 +348,17 @@ BEGIN
 END
 $$;
 
--- Welcome mail at sign-up: called by the C function that creates accounts.
-CREATE FUNCTION lattice.billing_welcome(account uuid) RETURNS void
+-- Welcome mail at sign-up: called by the C function that creates accounts,
+-- with what it has just written (the row is the tenant's, not read here).
+CREATE FUNCTION lattice.billing_welcome(account uuid, email text, name text, trial_ends timestamptz)
+RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    ends timestamptz;
 BEGIN
-    SELECT u.trial_ends_at INTO STRICT ends FROM lattice.users u WHERE u.id = account;
     PERFORM lattice.outbox_email(account, 'welcome',
-        pg_catalog.jsonb_build_object('trial_ends', to_char(ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
+        pg_catalog.jsonb_build_object('trial_ends', to_char(trial_ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')),
+        email, name);
 END
 $$;
 
@@ -499,16 +505,19 @@ $$;
 
 -- GET /billing/invoices: as the webhooks recorded them, newest first.
 CREATE FUNCTION lattice.billing_invoices(user_id uuid) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_catalog.jsonb_build_object('invoices', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+BEGIN
+    RETURN (SELECT pg_catalog.jsonb_build_object('invoices', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                'id', i.stripe_invoice_id, 'number', i.number, 'amount_due', i.amount_due,
                'amount_paid', i.amount_paid, 'currency', i.currency, 'status', i.status,
                'hosted_invoice_url', i.hosted_invoice_url, 'invoice_pdf', i.invoice_pdf,
                'period_start', i.period_start, 'period_end', i.period_end, 'date', i.created)
                ORDER BY i.created DESC, i.stripe_invoice_id), '[]'::jsonb))
       FROM lattice.invoices i
-     WHERE i.user_id = billing_invoices.user_id
+     WHERE i.user_id = billing_invoices.user_id);
+END
 $$;
 
 -- Applying webhook events --------------------------------------------------------

@@ -10,6 +10,7 @@ DO $security$
 DECLARE
     t record;
     f record;
+    seq record;
     col text;
 BEGIN
     FOR t IN
@@ -34,6 +35,13 @@ BEGIN
         EXECUTE pg_catalog.format(
             'CREATE POLICY tenant_delete ON %s FOR DELETE USING (%I = lattice.current_user_id())', t.rel, col);
         EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO lattice_app', t.rel);
+        -- identity columns: Citus draws their values on the coordinator, as the caller
+        FOR seq IN SELECT d.objid::regclass AS s FROM pg_catalog.pg_depend d
+                     JOIN pg_catalog.pg_class q ON q.oid = d.objid AND q.relkind = 'S'
+                    WHERE d.refobjid = t.rel AND d.classid = 'pg_class'::regclass AND d.deptype = 'i'
+                      AND d.refclassid = 'pg_class'::regclass LOOP
+            EXECUTE pg_catalog.format('GRANT USAGE ON SEQUENCE %s TO lattice_app', seq.s);
+        END LOOP;
         EXECUTE pg_catalog.format('GRANT SELECT ON %s TO lattice_admin', t.rel);
         PERFORM pg_catalog.pg_extension_config_dump(t.rel, '');
     END LOOP;

@@ -84,11 +84,10 @@ key_scopes_of(Datum arr)
  */
 void
 lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_uuid_t *key_id,
-							int *scopes)
+							int *scopes, bool *stale)
 {
 	static SPIPlanPtr prefix_plan = NULL;
 	static SPIPlanPtr key_plan = NULL;
-	static SPIPlanPtr touch_plan = NULL;
 	size_t		len = strlen(key);
 	uint8		pepper[LATTICE_SECRET_BYTES];
 	uint8		computed[KEY_HASH_BYTES];
@@ -99,9 +98,9 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	bool		matches = false;
 	bool		revoked = false;
 	bool		expired = false;
-	bool		stale = false;
 	TimestampTz now = lattice_clock_now();
 
+	*stale = false;
 	if (!key_well_formed(key, len))
 		lattice_raise_http(401, "invalid_api_key", "the API key is not valid", NULL, NULL);
 	memcpy(prefix, key, KEY_PREFIX_LEN);
@@ -148,7 +147,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 		d = SPI_getbinval(tup, desc, 3, &isnull);
 		expired = !isnull && DatumGetTimestampTz(d) <= now;
 		d = SPI_getbinval(tup, desc, 4, &isnull);
-		stale = isnull || DatumGetTimestampTz(d) < now - USECS_PER_MINUTE;
+		*stale = isnull || DatumGetTimestampTz(d) < now - USECS_PER_MINUTE;
 		kid = SPI_getvalue(tup, desc, 5);
 		*scopes = key_scopes_of(SPI_getbinval(tup, desc, 6, &isnull));
 	}
@@ -166,23 +165,6 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	}
 	sodium_memzero(pepper, sizeof(pepper));
 
-	if (found && matches && !revoked && !expired && stale)
-	{
-		if (lattice_xact_read_only())
-			lattice_defer_touch("api_key", user_id, key_id);
-		else
-		{
-			lattice_spi_prepare_kept(&touch_plan,
-									 "UPDATE lattice.api_keys SET last_used = $2"
-									 " WHERE user_id = $3 AND id = (SELECT id FROM lattice.api_keys"
-									 "   WHERE user_id = $3 AND id = $1 FOR UPDATE SKIP LOCKED)",
-									 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID});
-			if (SPI_execute_plan(touch_plan, (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(now),
-													   UUIDPGetDatum(user_id)},
-								 NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "lattice: API key touch failed");
-		}
-	}
 	SPI_finish();
 
 	if (!found || !matches)
@@ -196,6 +178,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	}
 	if (expired)
 		lattice_raise_http(401, "expired_api_key", "the API key has expired", NULL, NULL);
+	/* the caller records the use (lattice_credential_touch) once the tenant is set */
 }
 
 /* lattice.api_key_verify(key text, req jsonb) -> uuid: the account, or a 401 */
@@ -206,12 +189,16 @@ lattice_api_key_verify(PG_FUNCTION_ARGS)
 	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
 	pg_uuid_t	key_id;
 	int			scopes;
+	bool		stale;
 
 	if (PG_ARGISNULL(0))
 		lattice_raise_http(401, "missing_credentials", "no API key given", NULL, NULL);
+
 	lattice_api_key_verify_cstr(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 								PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), user_id, &key_id,
-								&scopes);
+								&scopes, &stale);
+	if (stale)
+		lattice_credential_touch("api_key", user_id, &key_id);
 	PG_RETURN_UUID_P(user_id);
 }
 
@@ -253,6 +240,7 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	TimestampTz now = lattice_clock_now();
+	LatticeRoleSwitch sw;
 
 	if (!lattice_secret_get("pepper", NULL, pepper, kid))
 		elog(ERROR, "lattice: no active pepper; run lattice.rotate_secret('pepper')");
@@ -281,6 +269,7 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 		nulls[7] = 'n';
 	values[8] = lattice_scopes_array(scopes);
 
+	lattice_as_tenant_role(user_id, &sw);
 	SPI_connect();
 	if (SPI_execute_with_args("INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"
 							  " created_at, expires_at, rotated_from, scopes)"
@@ -291,6 +280,7 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 		elog(ERROR, "lattice: API key insert failed");
 	memcpy(&out->id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												 &isnull)), sizeof(pg_uuid_t));
+	lattice_restore_role(&sw);	/* the look-up is the owner's */
 	if (SPI_execute_with_args("INSERT INTO lattice.api_key_prefixes (prefix, user_id, key_id)"
 							  " VALUES ($1, $2, $3)", 3, (Oid[]) {TEXTOID, UUIDOID, UUIDOID},
 							  (Datum[]) {values[2], values[0], UUIDPGetDatum(&out->id)},
@@ -400,6 +390,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 	bool		isnull;
 	char		details[128];
 	int			scopes;
+	LatticeRoleSwitch sw;
 
 	if (!lattice_get_tenant(&tenant))
 		lattice_raise_http(401, "missing_credentials", "authentication required", NULL, NULL);
@@ -412,6 +403,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 		elog(ERROR, "lattice.api_key_rotate: must return a record");
 
 	old_expires = now + grace * USECS_PER_SEC;
+	lattice_as_tenant_role(&tenant, &sw);
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT name, revoked_at, expires_at, scopes FROM lattice.api_keys"
 							  " WHERE id = $1 AND user_id = $2 FOR UPDATE", 2,
@@ -442,6 +434,7 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 							  NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.api_key_rotate: update failed");
 	SPI_finish();
+	lattice_restore_role(&sw);
 
 	key_insert(&tenant, name, (Datum) 0, true, key_id, scopes, &nk);
 	snprintf(details, sizeof(details), "{\"new_key_id\": \"%s\", \"grace_seconds\": " INT64_FORMAT "}",

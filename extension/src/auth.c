@@ -259,6 +259,7 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 	pg_uuid_t	credential;
 	LatticeAuthMethod method;
 	int			scopes = 0;
+	bool		stale = false;
 	LatticeRateResult rate;
 
 	if (PG_ARGISNULL(1))
@@ -267,7 +268,13 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 				 errmsg("lattice.authenticate: need must not be null")));
 	need = auth_need(PG_GETARG_TEXT_PP(1));
 
-	lattice_deferred_flush();	/* deferred.c: what waits, if this transaction writes */
+	/*
+	 * deferred.c: what waits, if this transaction writes.  Not on Citus,
+	 * where those rows (other tenants') would be written over connections
+	 * of another role than the request's; the roll-up worker writes them.
+	 */
+	if (!lattice_tenant_token_active())
+		lattice_deferred_flush();
 
 	if (need == NEED_INGEST && !api_key && bearer)
 		lattice_raise_http(401, "credential_not_accepted",
@@ -276,7 +283,7 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 
 	if (api_key)
 	{
-		lattice_api_key_verify_cstr(api_key, req, user_id, &credential, &scopes);
+		lattice_api_key_verify_cstr(api_key, req, user_id, &credential, &scopes, &stale);
 		method = LATTICE_AUTH_API_KEY;
 	}
 	else if (bearer)
@@ -286,7 +293,7 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 	}
 	else if (session)
 	{
-		lattice_session_verify_cstr(session, req, user_id, &credential);
+		lattice_session_verify_cstr(session, req, user_id, &credential, &stale);
 		method = LATTICE_AUTH_SESSION;
 	}
 	else
@@ -295,6 +302,9 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 						   NULL, "{\"WWW-Authenticate\": \"Bearer\"}");
 
 	lattice_set_tenant(user_id);
+	if (stale)
+		lattice_credential_touch(method == LATTICE_AUTH_SESSION ? "session" : "api_key", user_id,
+								 &credential);
 	auth_scopes = scopes;
 	lattice_auth_note(method, method == LATTICE_AUTH_BEARER ? NULL : &credential);
 	auth_check_need(need, method, scopes, user_id, req);

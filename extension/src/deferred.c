@@ -220,6 +220,52 @@ lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *i
 	last_at = now;
 }
 
+/*
+ * Records that a key or session was used (the caller found its time a
+ * minute old): at once when this transaction may write -- as the tenant's
+ * role when owner is the tenant (tenant.c says why) -- else queued.  A row
+ * another request is touching right now is skipped, not waited for.
+ */
+void
+lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id)
+{
+	static SPIPlanPtr key_plan = NULL;
+	static SPIPlanPtr session_plan = NULL;
+	bool		session = strcmp(what, "session") == 0;
+	LatticeRoleSwitch sw;
+	Datum		v[4];
+
+	if (lattice_xact_read_only())
+	{
+		lattice_defer_touch(what, owner, id);
+		return;
+	}
+	v[0] = UUIDPGetDatum(id);
+	v[1] = TimestampTzGetDatum(lattice_clock_now());
+	v[2] = UUIDPGetDatum(owner);
+	v[3] = Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS);
+	lattice_as_tenant_role(owner, &sw);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice: SPI_connect failed");
+	if (session)
+		lattice_spi_prepare_kept(&session_plan,
+								 "UPDATE lattice.sessions SET last_seen_at = $2,"
+								 "   idle_expires_at = LEAST($2 + $4 * interval '1 second', expires_at)"
+								 " WHERE user_id = $3 AND id = (SELECT id FROM lattice.sessions"
+								 "   WHERE user_id = $3 AND id = $1 FOR UPDATE SKIP LOCKED)",
+								 4, (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID, INT4OID});
+	else
+		lattice_spi_prepare_kept(&key_plan,
+								 "UPDATE lattice.api_keys SET last_used = $2"
+								 " WHERE user_id = $3 AND id = (SELECT id FROM lattice.api_keys"
+								 "   WHERE user_id = $3 AND id = $1 FOR UPDATE SKIP LOCKED)",
+								 3, (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID});
+	if (SPI_execute_plan(session ? session_plan : key_plan, v, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lattice: recording the use of a credential failed");
+	SPI_finish();
+	lattice_restore_role(&sw);
+}
+
 void
 lattice_defer_audit(const char *action, const pg_uuid_t *user_id, const char *target, Jsonb *req)
 {

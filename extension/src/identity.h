@@ -80,14 +80,14 @@ extern Datum lattice_scopes_array(int scopes);
 
 /* apikey.c */
 extern void lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id,
-										pg_uuid_t *key_id, int *scopes);
+										pg_uuid_t *key_id, int *scopes, bool *stale);
 
 /* jwt.c (the token itself is read by jwt_token.c, jwt_json.c) */
 extern void lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id, int *scopes);
 
 /* session.c */
 extern void lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
-										pg_uuid_t *session_id);
+										pg_uuid_t *session_id, bool *stale);
 
 /* auth.c: what authenticated this transaction; deferred writes */
 typedef enum LatticeAuthMethod
@@ -104,6 +104,7 @@ extern LatticeAuthMethod lattice_auth_method(void);
 extern int	lattice_auth_scopes(void);
 /* deferred.c: writes a transaction cannot make itself */
 extern void lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);
+extern void lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);
 extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id,
 								const char *target, Jsonb *req);
 

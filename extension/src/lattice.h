@@ -18,11 +18,21 @@ extern void lattice_set_tenant(const pg_uuid_t *user_id);
 extern bool lattice_get_tenant(pg_uuid_t *user_id);
 extern void lattice_clear_tenant(void);
 
+typedef struct LatticeRoleSwitch
+{
+	Oid			userid;
+	int			sec_context;
+	bool		switched;
+} LatticeRoleSwitch;
+extern void lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw);
+extern void lattice_restore_role(const LatticeRoleSwitch *sw);
+
 /* tenant_token.c: the tenant handed to the workers of a Citus cluster */
 extern void lattice_tenant_token_init(void);
 extern void lattice_tenant_token_issue(const pg_uuid_t *tenant);
 extern bool lattice_tenant_token_verify(pg_uuid_t *tenant);
 extern void lattice_tenant_token_forget(void);
+extern bool lattice_tenant_token_active(void);
 
 /* secrets.c: an SPI plan prepared once per backend (needs executor/spi.h) */
 struct _SPI_plan;

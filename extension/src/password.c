@@ -181,12 +181,16 @@ lattice_clean_label(text *t, int max_chars, const char *what)
 }
 
 /*
- * Validates and inserts one account as the owner (there is no tenant yet).
- * The trial starts now, as long as the default plan's trial_days.
+ * Validates and inserts one account.  The trial starts now, as long as the
+ * default plan's trial_days.  For a sign-up (becomes_tenant) the new account
+ * is the transaction's tenant from here on and its row is written as the
+ * tenant's role (tenant.c); a DBA's create_user writes as the owner.
  */
 static void
-user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char **name_out)
+user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char **name_out,
+			bool becomes_tenant)
 {
+	LatticeRoleSwitch sw;
 	char	   *email;
 	char	   *name;
 	char	   *hash;
@@ -235,14 +239,20 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 		elog(ERROR, "lattice: account insert failed");
 	if (SPI_processed != 1)
 		lattice_raise_http(409, "email_taken", "an account with this email exists", NULL, NULL);
+	if (becomes_tenant)
+		lattice_set_tenant(user_id);
+	lattice_as_tenant_role(user_id, &sw);
 	if (SPI_execute_with_args("INSERT INTO lattice.users (id, email, password_hash, name, trial_ends_at,"
 							  " created_at, updated_at) VALUES ($6, $1, $2, $3, $5, $4, $4)",
 							  6, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID},
 							  values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice: account insert failed");
+	lattice_restore_role(&sw);
 	/* the welcome e-mail, through the outbox like every other */
-	if (SPI_execute_with_args("SELECT lattice.billing_welcome($1)", 1, (Oid[]) {UUIDOID},
-							  values + 5, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT lattice.billing_welcome($1, $2, $3, $4)", 4,
+							  (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TIMESTAMPTZOID},
+							  (Datum[]) {values[5], values[0], values[2], values[4]}, NULL, false, 0)
+		!= SPI_OK_SELECT)
 		elog(ERROR, "lattice: welcome e-mail failed");
 	SPI_finish();
 	*email_out = email;
@@ -272,7 +282,7 @@ lattice_create_user(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("lattice.create_user: permission denied"),
 				 errdetail("Only superusers and members of lattice_admin may create accounts.")));
-	user_insert(fcinfo, id, &email, &name);
+	user_insert(fcinfo, id, &email, &name, false);
 	lattice_audit("user.created", id, uuid_text(id), NULL, NULL);
 	PG_RETURN_UUID_P(id);
 }
@@ -307,8 +317,7 @@ lattice_signup_user(PG_FUNCTION_ARGS)
 	char	   *name;
 
 	/* the per-address limit of sign-ups is the route's (rate_enforce_address) */
-	user_insert(fcinfo, id, &email, &name);
-	lattice_set_tenant(id);
+	user_insert(fcinfo, id, &email, &name, true);
 	lattice_auth_note(LATTICE_AUTH_PASSWORD, NULL);
 	lattice_audit("user.signup", id, uuid_text(id), NULL, req);
 	PG_RETURN_UUID_P(id);
@@ -380,10 +389,13 @@ lattice_login(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	}
 
+	lattice_set_tenant(id);
 	if (crypto_pwhash_str_needs_rehash(hash, LATTICE_PWHASH_OPSLIMIT, LATTICE_PWHASH_MEMLIMIT) != 0)
 	{
 		char	   *fresh = lattice_password_hash_cstr(pw_s, pw_len);
+		LatticeRoleSwitch sw;
 
+		lattice_as_tenant_role(id, &sw);
 		SPI_connect();
 		values[0] = CStringGetTextDatum(fresh);
 		values[1] = UUIDPGetDatum(id);
@@ -392,8 +404,8 @@ lattice_login(PG_FUNCTION_ARGS)
 								  false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "lattice.login: rehash failed");
 		SPI_finish();
+		lattice_restore_role(&sw);
 	}
-	lattice_set_tenant(id);
 	lattice_auth_note(LATTICE_AUTH_PASSWORD, NULL);
 	lattice_audit("login.success", id, email, NULL, req);
 	PG_RETURN_UUID_P(id);

@@ -233,6 +233,7 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 	Oid			save_userid;
 	int			save_sec;
 	Datum		arg = UUIDPGetDatum(user_id);
+	LatticeRoleSwitch sw;
 
 	rate_plan_defaults(out);
 	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
@@ -241,9 +242,15 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
 	ReleaseSysCache(tup);
 
+	/*
+	 * The tenant's own row is read as its role (tenant.c says why); anyone
+	 * else's as the owner of schema lattice.
+	 */
+	lattice_as_tenant_role(user_id, &sw);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	if (!sw.switched)
+		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice rate limits: SPI_connect failed");
 	if (plan_query == NULL)
@@ -278,6 +285,7 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 	}
 	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec);
+	lattice_restore_role(&sw);
 }
 
 /* The plan limits, reused for lattice.rate_plan_cache_ms per backend. */

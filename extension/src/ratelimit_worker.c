@@ -149,9 +149,14 @@ rate_give_back(const UsageDelta *d)
 	LWLockRelease(rate_shared->lock);
 }
 
+static int
+uuid_order(const void *a, const void *b)
+{
+	return memcmp(a, b, sizeof(pg_uuid_t));
+}
+
 /*
- * Adds every tenant's unwritten usage to lattice.usage_hourly in one
- * statement.  The caller has SPI connected inside a transaction and runs as a
+ * Adds every tenant's unwritten usage to lattice.usage_hourly.  The caller has SPI connected inside a transaction and runs as a
  * role that may write the table (the worker's superuser, or the owner through
  * SECURITY DEFINER).  Returns the rows written.
  */
@@ -170,6 +175,9 @@ rate_flush_usage(void)
 	INT8ARRAYOID, INT8ARRAYOID};
 	Datum		args[6];
 	int			ret;
+	pg_uuid_t  *known;
+	int			nknown;
+	int			kept;
 
 	if (n == 0)
 		return 0;
@@ -196,40 +204,65 @@ rate_flush_usage(void)
 	args[5] = PointerGetDatum(construct_array(refused, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 
 	/*
-	 * One statement, one snapshot: writes the deltas whose tenant exists and
-	 * returns the positions of the others.
+	 * The tenants that exist (a delta of one not yet committed, or gone,
+	 * goes back), then one INSERT of the others.  Two plain statements that
+	 * Citus runs as they are: a look-up by the distribution column, and an
+	 * INSERT ... SELECT whose ON CONFLICT takes its rows to the shards as
+	 * an INSERT.
 	 */
-	ret = SPI_execute_with_args(
-		"WITH x AS ("
-		"  SELECT x.*, EXISTS (SELECT FROM lattice.users u"
-		"                       WHERE u.id OPERATOR(pg_catalog.=) x.user_id) AS known"
-		"    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-		"                    pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
-		"         WITH ORDINALITY AS x(user_id, class, subject, hour, requests, refused, i)"
-		"), w AS ("
-		"  INSERT INTO lattice.usage_hourly AS h (user_id, class, subject, hour, requests, refused)"
-		"  SELECT x.user_id, x.class, x.subject, x.hour, x.requests, x.refused FROM x WHERE x.known"
-		"  ON CONFLICT (user_id, class, subject, hour) DO UPDATE"
-		"     SET requests = h.requests OPERATOR(pg_catalog.+) excluded.requests,"
-		"         refused = h.refused OPERATOR(pg_catalog.+) excluded.refused,"
-		"         updated_at = pg_catalog.now()"
-		")"
-		" SELECT x.i FROM x WHERE NOT x.known",
-		6, argtypes, args, NULL, false, 0);
+	ret = SPI_execute_with_args("SELECT u.id FROM lattice.users u WHERE u.id OPERATOR(pg_catalog.=) ANY ($1)",
+								1, argtypes, args, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "lattice usage roll-up: insert failed: %s", SPI_result_code_string(ret));
-
-	/* tenants not visible (not yet committed, or gone): their deltas go back */
-	for (uint64 r = 0; r < SPI_processed; r++)
+		elog(ERROR, "lattice usage roll-up: reading the accounts failed: %s", SPI_result_code_string(ret));
+	known = palloc(sizeof(pg_uuid_t) * Max(SPI_processed, 1));
+	nknown = (int) SPI_processed;
+	for (int r = 0; r < nknown; r++)
 	{
 		bool		isnull;
-		int64		i = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
-												  1, &isnull));
 
-		if (i >= 1 && i <= n)
-			rate_give_back(&d[i - 1]);
+		memcpy(&known[r], DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
 	}
-	return n - (int64) SPI_processed;
+	qsort(known, nknown, sizeof(pg_uuid_t), uuid_order);
+
+	kept = 0;
+	for (int i = 0; i < n; i++)
+	{
+		if (bsearch(&d[i].user_id, known, nknown, sizeof(pg_uuid_t), uuid_order) == NULL)
+		{
+			rate_give_back(&d[i]);
+			continue;
+		}
+		users[kept] = users[i];
+		classes[kept] = classes[i];
+		subjects[kept] = subjects[i];
+		hours[kept] = hours[i];
+		allowed[kept] = allowed[i];
+		refused[kept] = refused[i];
+		kept++;
+	}
+	if (kept == 0)
+		return 0;
+	args[0] = PointerGetDatum(construct_array(users, kept, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[1] = PointerGetDatum(construct_array(classes, kept, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(subjects, kept, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(hours, kept, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_array(allowed, kept, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(refused, kept, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ret = SPI_execute_with_args(
+		"INSERT INTO lattice.usage_hourly AS h (user_id, class, subject, hour, requests, refused, updated_at)"
+		" SELECT x.user_id, x.class, x.subject, x.hour, x.requests, x.refused, pg_catalog.now()"
+		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		"                   pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
+		"        AS x(user_id, class, subject, hour, requests, refused)"
+		" ON CONFLICT (user_id, class, subject, hour) DO UPDATE"
+		"    SET requests = h.requests OPERATOR(pg_catalog.+) excluded.requests,"
+		"        refused = h.refused OPERATOR(pg_catalog.+) excluded.refused,"
+		"        updated_at = excluded.updated_at",
+		6, argtypes, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "lattice usage roll-up: insert failed: %s", SPI_result_code_string(ret));
+	return kept;
 }
 
 /* One roll-up in its own transaction, if the database has the extension. */

@@ -168,6 +168,7 @@ lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
 	Oid			types[5] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, UUIDOID};
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	LatticeRoleSwitch sw;
 
 	if (lattice_xact_read_only())
 	{
@@ -192,11 +193,14 @@ lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
 	else
 		nulls[4] = 'n';
 
+	/* the tenant's own row, as its role (tenant.c) */
+	lattice_as_tenant_role(user_id, &sw);
 	SPI_connect();
 	lattice_spi_prepare_kept(&plan, "SELECT lattice.audit($1, $2, $3, $4, $5)", 5, types);
 	if (SPI_execute_plan(plan, values, nulls, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: audit insert failed");
 	SPI_finish();
+	lattice_restore_role(&sw);
 }
 
 /*

@@ -90,17 +90,16 @@ equal_ct(const char *a, const char *b)
  */
 void
 lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
-							pg_uuid_t *session_id)
+							pg_uuid_t *session_id, bool *stale)
 {
 	static SPIPlanPtr lookup_plan = NULL;
 	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr touch_plan = NULL;
 	TimestampTz now = lattice_clock_now();
 	bool		found = false;
 	bool		revoked = false;
 	bool		expired = false;
-	bool		stale = false;
 
+	*stale = false;
 	if (!token_well_formed(token, strlen(token)))
 		lattice_raise_http(401, "invalid_session", "the session is not valid", NULL, NULL);
 
@@ -139,7 +138,7 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 		revoked = !isnull;
 		expired = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull)) <= now ||
 			DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull)) <= now;
-		stale = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull)) < now - USECS_PER_MINUTE;
+		*stale = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull)) < now - USECS_PER_MINUTE;
 	}
 	if (!found || revoked)
 		lattice_raise_http(401, "invalid_session", "the session is not valid", NULL, NULL);
@@ -158,25 +157,7 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 							   "a state-changing request needs the X-CSRF-Token header", NULL, NULL);
 	}
 
-	if (stale)
-	{
-		if (lattice_xact_read_only())
-			lattice_defer_touch("session", user_id, session_id);
-		else
-		{
-			lattice_spi_prepare_kept(&touch_plan,
-									 "UPDATE lattice.sessions SET last_seen_at = $2,"
-									 "   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
-									 " WHERE user_id = $4 AND id = (SELECT id FROM lattice.sessions"
-									 "   WHERE user_id = $4 AND id = $1 FOR UPDATE SKIP LOCKED)",
-									 4, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID, UUIDOID});
-			if (SPI_execute_plan(touch_plan,
-								 (Datum[]) {UUIDPGetDatum(session_id), TimestampTzGetDatum(now),
-								 Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS), UUIDPGetDatum(user_id)},
-								 NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "lattice: session touch failed");
-		}
-	}
+	/* the caller records the use (lattice_credential_touch) once the tenant is set */
 	SPI_finish();
 }
 
@@ -207,6 +188,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	bool		isnull;
 	pg_uuid_t	id;
+	LatticeRoleSwitch sw;
 
 	if (!lattice_get_tenant(&tenant) || lattice_auth_method() != LATTICE_AUTH_PASSWORD)
 		ereport(ERROR,
@@ -235,6 +217,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 	else
 		nulls[6] = 'n';
 
+	lattice_as_tenant_role(&tenant, &sw);
 	SPI_connect();
 	if (SPI_execute_with_args("INSERT INTO lattice.sessions (user_id, token_hash, created_at, last_seen_at,"
 							  " idle_expires_at, expires_at, client_addr, user_agent)"
@@ -245,6 +228,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 		elog(ERROR, "lattice.session_create: insert failed");
 	memcpy(&id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 		   sizeof(pg_uuid_t));
+	lattice_restore_role(&sw);	/* the look-up is the owner's */
 	if (SPI_execute_with_args("INSERT INTO lattice.session_tokens (token_hash, user_id, session_id)"
 							  " VALUES ($1, $2, $3)", 3, (Oid[]) {BYTEAOID, UUIDOID, UUIDOID},
 							  (Datum[]) {values[1], values[0], UUIDPGetDatum(&id)},

@@ -14,6 +14,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "commands/user.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -172,4 +173,36 @@ lattice_act_as_tenant_c(PG_FUNCTION_ARGS)
 				 errdetail("Only members of lattice_admin may act as a tenant.")));
 	lattice_set_tenant(PG_GETARG_UUID_P(0));
 	PG_RETURN_VOID();
+}
+
+/*
+ * The C functions are SECURITY DEFINER (the extension owner) so that they
+ * can read secrets and look credentials up across tenants.  Tenant tables
+ * they write -- and read, once the tenant is known -- as lattice_app, the
+ * role the API functions run as, so RLS applies to them as to those.  On
+ * Citus this is also what keeps a request's work on one connection per
+ * worker: a shard written by one role cannot be read by another in the
+ * same transaction.  With no tenant set, or another one, the caller's role
+ * stays (DBA functions, background workers).
+ */
+void
+lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw)
+{
+	static Oid	app_role = InvalidOid;
+
+	GetUserIdAndSecContext(&sw->userid, &sw->sec_context);
+	sw->switched = false;
+	if (user_id == NULL || !tenant_set || memcmp(user_id, &tenant_id, sizeof(pg_uuid_t)) != 0)
+		return;
+	if (!OidIsValid(app_role))
+		app_role = get_role_oid("lattice_app", false);
+	SetUserIdAndSecContext(app_role, sw->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	sw->switched = true;
+}
+
+void
+lattice_restore_role(const LatticeRoleSwitch *sw)
+{
+	if (sw->switched)
+		SetUserIdAndSecContext(sw->userid, sw->sec_context);
 }

@@ -202,6 +202,13 @@ ensure_dist_xid(void)
 	ensure();
 }
 
+/* Whether this node is part of a Citus cluster (has a cluster key) */
+bool
+lattice_tenant_token_active(void)
+{
+	return load_cluster_key(false);
+}
+
 /*
  * On a node with a cluster key: issues the token for tenant in this
  * transaction and sets it with SET LOCAL, which Citus propagates to the
@@ -227,9 +234,16 @@ lattice_tenant_token_issue(const pg_uuid_t *tenant)
 	crypto_auth_hmacsha256(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key);
 	sodium_bin2base64(text, sizeof(text), token, TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 
-	/* the token's alphabet is [A-Za-z0-9_-]: nothing to quote */
-	sql = psprintf("SET LOCAL citus.propagate_set_commands TO 'local';"
-				   "SET LOCAL lattice.tenant_token TO '%s'", text);
+	/*
+	 * Citus propagates a SET LOCAL only inside what it counts as a
+	 * multi-statement transaction; a DO block always is, and its SET LOCAL
+	 * lasts to the end of the transaction.  The token's alphabet is
+	 * [A-Za-z0-9_-]: nothing to quote.
+	 */
+	sql = psprintf("DO $lattice$BEGIN"
+				   " SET LOCAL citus.propagate_set_commands TO 'local';"
+				   " SET LOCAL lattice.tenant_token TO '%s';"
+				   " END$lattice$", text);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice: SPI_connect failed");
 	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)

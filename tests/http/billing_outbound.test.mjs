@@ -58,7 +58,7 @@ function newUser() {
   const id = randomUUID();
   sql(`INSERT INTO lattice.users (id, email, name) VALUES ('${id}', 'bill-${id}@example.com', 'Billing ${id.slice(0, 4)}');
        INSERT INTO lattice.account_emails (email, user_id) VALUES ('bill-${id}@example.com', '${id}');
-       SELECT lattice.billing_welcome('${id}');`);
+       SELECT lattice.billing_welcome(id, email, name, trial_ends_at) FROM lattice.users WHERE id = '${id}';`);
   return id;
 }
 // calls a billing action the way lattice_http does: as lattice_app, with the tenant set
