@@ -748,6 +748,7 @@ DECLARE
     sid uuid;
     doc jsonb;
     svc jsonb;
+    diff jsonb;
     old lattice.services;
     is_new boolean := false;
     changed_state boolean := false;
@@ -834,92 +835,108 @@ BEGIN
             OR old.deployment_type IS DISTINCT FROM svc ->> 'deploymentType';
     END IF;
 
-    -- Routes: (method, path) is the identity; the last duplicate wins.
-    WITH inc AS (
-        SELECT DISTINCT ON (r ->> 'method', r ->> 'path')
-               r ->> 'method' AS method, r ->> 'path' AS path,
-               r - '{id,serviceId,firstSeen,lastSeen,method,path}'::text[] AS attrs
-          FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'routes', '[]')) WITH ORDINALITY AS e(r, o)
-         ORDER BY r ->> 'method', r ->> 'path', o DESC
-    ), cur AS (
-        SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r
-         WHERE r.user_id = uid AND r.service_id = sid
-    ), diff AS (
-        SELECT cur.id, COALESCE(inc.method, cur.method) AS method, COALESCE(inc.path, cur.path) AS path,
-               inc.attrs,
-               CASE WHEN cur.id IS NULL THEN 'added'
-                    WHEN inc.method IS NULL THEN CASE WHEN cur.removed_at IS NULL THEN 'removed' END
-                    WHEN cur.removed_at IS NOT NULL THEN 'readded'
-                    WHEN cur.attrs IS DISTINCT FROM inc.attrs THEN 'updated' END AS kind
-          FROM inc FULL JOIN cur ON cur.method = inc.method AND cur.path = inc.path
-    ), ins AS (
-        INSERT INTO lattice.routes (user_id, service_id, method, path, attrs)
-        SELECT uid, sid, d.method, d.path, d.attrs FROM diff d WHERE d.kind = 'added'
-        ON CONFLICT DO NOTHING
-    ), upd AS (
-        UPDATE lattice.routes r SET attrs = d.attrs, removed_at = NULL, last_seen = pg_catalog.now()
-          FROM diff d WHERE r.user_id = uid AND r.id = d.id AND d.kind IN ('readded', 'updated')
-    ), rem AS (
-        UPDATE lattice.routes r SET removed_at = pg_catalog.now()
-          FROM diff d WHERE r.user_id = uid AND r.id = d.id AND d.kind = 'removed'
-    )
-    INSERT INTO lattice.service_changes (user_id, service_id, kind, subject)
-    SELECT uid, sid, CASE d.kind WHEN 'removed' THEN 'route_removed' ELSE 'route_added' END,
-           d.method || ' ' || d.path
-      FROM diff d
-     WHERE d.kind IN ('added', 'readded', 'removed') AND NOT is_new
-     ORDER BY d.kind, d.method, d.path
+    -- Routes: (method, path) is the identity; the last duplicate wins.  The
+    -- difference is computed once into `diff`, then applied by plain
+    -- statements: on Citus each is one task on the tenant's worker (a CTE
+    -- shared by several statements would be materialised and sent to every
+    -- worker).
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', x.id, 'method', x.method, 'path', x.path, 'attrs', x.attrs, 'kind', x.kind)), '[]')
+      INTO diff
+      FROM (SELECT cur.id, COALESCE(inc.method, cur.method) AS method, COALESCE(inc.path, cur.path) AS path,
+                   inc.attrs,
+                   CASE WHEN cur.id IS NULL THEN 'added'
+                        WHEN inc.method IS NULL THEN CASE WHEN cur.removed_at IS NULL THEN 'removed' END
+                        WHEN cur.removed_at IS NOT NULL THEN 'readded'
+                        WHEN cur.attrs IS DISTINCT FROM inc.attrs THEN 'updated' END AS kind
+              FROM (SELECT DISTINCT ON (r ->> 'method', r ->> 'path')
+                           r ->> 'method' AS method, r ->> 'path' AS path,
+                           r - '{id,serviceId,firstSeen,lastSeen,method,path}'::text[] AS attrs
+                      FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'routes', '[]')) WITH ORDINALITY AS e(r, o)
+                     ORDER BY r ->> 'method', r ->> 'path', o DESC) inc
+              FULL JOIN (SELECT r.id, r.method, r.path, r.attrs, r.removed_at FROM lattice.routes r
+                          WHERE r.user_id = uid AND r.service_id = sid) cur
+                ON cur.method = inc.method AND cur.path = inc.path) x
+     WHERE x.kind IS NOT NULL;
+    INSERT INTO lattice.routes (user_id, service_id, method, path, attrs)
+    SELECT uid, sid, d.method, d.path, d.attrs
+      FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, method text, path text, attrs jsonb, kind text)
+     WHERE d.kind = 'added'
     ON CONFLICT DO NOTHING;
+    UPDATE lattice.routes r SET attrs = d.attrs, removed_at = NULL, last_seen = pg_catalog.now()
+      FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, method text, path text, attrs jsonb, kind text)
+     WHERE r.user_id = uid AND r.id = d.id AND d.kind IN ('readded', 'updated');
+    UPDATE lattice.routes r SET removed_at = pg_catalog.now()
+      FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, method text, path text, attrs jsonb, kind text)
+     WHERE r.user_id = uid AND r.id = d.id AND d.kind = 'removed';
+    IF NOT is_new THEN
+        INSERT INTO lattice.service_changes (user_id, service_id, kind, subject)
+        SELECT uid, sid, CASE d.kind WHEN 'removed' THEN 'route_removed' ELSE 'route_added' END,
+               d.method || ' ' || d.path
+          FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, method text, path text, attrs jsonb, kind text)
+         WHERE d.kind IN ('added', 'readded', 'removed')
+         ORDER BY d.kind, d.method, d.path
+        ON CONFLICT DO NOTHING;
+    END IF;
 
     -- Dependencies: (package, type) is the identity; duplicates are folded.
-    WITH inc AS (
-        SELECT DISTINCT ON (x ->> 'packageName', x ->> 'dependencyType')
-               x ->> 'packageName' AS package_name, x ->> 'dependencyType' AS dependency_type,
-               x ->> 'version' AS version, x ->> 'versionRange' AS version_range, x ->> 'scope' AS scope,
-               x - '{id,serviceId,firstSeen,lastSeen,packageName,dependencyType,version,versionRange,scope}'::text[] AS attrs
-          FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'dependencies', '[]')) WITH ORDINALITY AS e(x, o)
-         ORDER BY x ->> 'packageName', x ->> 'dependencyType', o DESC
-    ), cur AS (
-        SELECT d.id, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs, d.removed_at
-          FROM lattice.dependencies d WHERE d.user_id = uid AND d.service_id = sid
-    ), diff AS (
-        SELECT cur.id, COALESCE(inc.package_name, cur.package_name) AS package_name,
-               COALESCE(inc.dependency_type, cur.dependency_type) AS dependency_type,
-               cur.version AS old_version, inc.version, inc.version_range, inc.scope, inc.attrs,
-               CASE WHEN cur.id IS NULL THEN 'added'
-                    WHEN inc.package_name IS NULL THEN CASE WHEN cur.removed_at IS NULL THEN 'removed' END
-                    WHEN cur.removed_at IS NOT NULL THEN 'readded'
-                    WHEN cur.version IS DISTINCT FROM inc.version THEN 'version'
-                    WHEN (cur.version_range, cur.scope, cur.attrs) IS DISTINCT FROM
-                         (inc.version_range, inc.scope, inc.attrs) THEN 'updated' END AS kind
-          FROM inc FULL JOIN cur ON cur.package_name = inc.package_name AND cur.dependency_type = inc.dependency_type
-    ), ins AS (
-        INSERT INTO lattice.dependencies (user_id, service_id, package_name, dependency_type, version,
-                                          version_range, scope, attrs)
-        SELECT uid, sid, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs
-          FROM diff d WHERE d.kind = 'added'
-        ON CONFLICT DO NOTHING
-    ), upd AS (
-        UPDATE lattice.dependencies x
-           SET version = d.version, version_range = d.version_range, scope = d.scope, attrs = d.attrs,
-               removed_at = NULL, last_seen = pg_catalog.now()
-          FROM diff d WHERE x.user_id = uid AND x.id = d.id AND d.kind IN ('readded', 'version', 'updated')
-    ), rem AS (
-        UPDATE lattice.dependencies x SET removed_at = pg_catalog.now()
-          FROM diff d WHERE x.user_id = uid AND x.id = d.id AND d.kind = 'removed'
-    )
-    INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, old_value, new_value)
-    SELECT uid, sid,
-           CASE d.kind WHEN 'removed' THEN 'dependency_removed'
-                       WHEN 'version' THEN 'dependency_version_changed'
-                       ELSE 'dependency_added' END,
-           d.package_name || CASE WHEN d.dependency_type = 'direct' THEN '' ELSE ' (' || d.dependency_type || ')' END,
-           CASE WHEN d.kind IN ('version', 'removed') THEN d.old_version END,
-           CASE WHEN d.kind <> 'removed' THEN d.version END
-      FROM diff d
-     WHERE d.kind IN ('added', 'readded', 'removed', 'version') AND NOT is_new
-     ORDER BY d.kind, d.package_name, d.dependency_type
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', x.id, 'package_name', x.package_name, 'dependency_type', x.dependency_type,
+               'old_version', x.old_version, 'version', x.version, 'version_range', x.version_range,
+               'scope', x.scope, 'attrs', x.attrs, 'kind', x.kind)), '[]')
+      INTO diff
+      FROM (SELECT cur.id, COALESCE(inc.package_name, cur.package_name) AS package_name,
+                   COALESCE(inc.dependency_type, cur.dependency_type) AS dependency_type,
+                   cur.version AS old_version, inc.version, inc.version_range, inc.scope, inc.attrs,
+                   CASE WHEN cur.id IS NULL THEN 'added'
+                        WHEN inc.package_name IS NULL THEN CASE WHEN cur.removed_at IS NULL THEN 'removed' END
+                        WHEN cur.removed_at IS NOT NULL THEN 'readded'
+                        WHEN cur.version IS DISTINCT FROM inc.version THEN 'version'
+                        WHEN (cur.version_range, cur.scope, cur.attrs) IS DISTINCT FROM
+                             (inc.version_range, inc.scope, inc.attrs) THEN 'updated' END AS kind
+              FROM (SELECT DISTINCT ON (x ->> 'packageName', x ->> 'dependencyType')
+                           x ->> 'packageName' AS package_name, x ->> 'dependencyType' AS dependency_type,
+                           x ->> 'version' AS version, x ->> 'versionRange' AS version_range, x ->> 'scope' AS scope,
+                           x - '{id,serviceId,firstSeen,lastSeen,packageName,dependencyType,version,versionRange,scope}'::text[] AS attrs
+                      FROM pg_catalog.jsonb_array_elements(COALESCE(doc -> 'dependencies', '[]')) WITH ORDINALITY AS e(x, o)
+                     ORDER BY x ->> 'packageName', x ->> 'dependencyType', o DESC) inc
+              FULL JOIN (SELECT d.id, d.package_name, d.dependency_type, d.version, d.version_range, d.scope,
+                                d.attrs, d.removed_at
+                           FROM lattice.dependencies d WHERE d.user_id = uid AND d.service_id = sid) cur
+                ON cur.package_name = inc.package_name AND cur.dependency_type = inc.dependency_type) x
+     WHERE x.kind IS NOT NULL;
+    INSERT INTO lattice.dependencies (user_id, service_id, package_name, dependency_type, version,
+                                      version_range, scope, attrs)
+    SELECT uid, sid, d.package_name, d.dependency_type, d.version, d.version_range, d.scope, d.attrs
+      FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, package_name text, dependency_type text,
+           old_version text, version text, version_range text, scope text, attrs jsonb, kind text)
+     WHERE d.kind = 'added'
     ON CONFLICT DO NOTHING;
+    UPDATE lattice.dependencies x
+       SET version = d.version, version_range = d.version_range, scope = d.scope, attrs = d.attrs,
+           removed_at = NULL, last_seen = pg_catalog.now()
+      FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, package_name text, dependency_type text,
+           old_version text, version text, version_range text, scope text, attrs jsonb, kind text)
+     WHERE x.user_id = uid AND x.id = d.id AND d.kind IN ('readded', 'version', 'updated');
+    UPDATE lattice.dependencies x SET removed_at = pg_catalog.now()
+      FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, package_name text, dependency_type text,
+           old_version text, version text, version_range text, scope text, attrs jsonb, kind text)
+     WHERE x.user_id = uid AND x.id = d.id AND d.kind = 'removed';
+    IF NOT is_new THEN
+        INSERT INTO lattice.service_changes (user_id, service_id, kind, subject, old_value, new_value)
+        SELECT uid, sid,
+               CASE d.kind WHEN 'removed' THEN 'dependency_removed'
+                           WHEN 'version' THEN 'dependency_version_changed'
+                           ELSE 'dependency_added' END,
+               d.package_name || CASE WHEN d.dependency_type = 'direct' THEN '' ELSE ' (' || d.dependency_type || ')' END,
+               CASE WHEN d.kind IN ('version', 'removed') THEN d.old_version END,
+               CASE WHEN d.kind <> 'removed' THEN d.version END
+          FROM pg_catalog.jsonb_to_recordset(diff) AS d(id uuid, package_name text, dependency_type text,
+               old_version text, version text, version_range text, scope text, attrs jsonb, kind text)
+         WHERE d.kind IN ('added', 'readded', 'removed', 'version')
+         ORDER BY d.kind, d.package_name, d.dependency_type
+        ON CONFLICT DO NOTHING;
+    END IF;
 
     IF changed_state THEN
         PERFORM lattice.ingest_graph_changed();
@@ -958,6 +975,8 @@ DECLARE
     new_nodes bigint := 0;
     new_edges bigint := 0;
     new_buckets bigint := 0;
+    known jsonb;
+    edges jsonb;
     results jsonb;
     failures jsonb;
 BEGIN
@@ -999,24 +1018,40 @@ BEGIN
                       ELSE COALESCE(t.operation, '-') END AS path,
                  m.pos IS NOT NULL AS matched) k;
 
+    -- The tenant's services the callers name, read once: the statements
+    -- below then join nothing of the tenant's but what is in variables, so
+    -- on Citus each is one task on the tenant's worker.
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', s.id, 'name', s.name, 'environment', s.environment,
+               'is_external', s.is_external, 'last_seen', s.last_seen)), '[]')
+      INTO known
+      FROM lattice.services s
+     WHERE s.user_id = uid
+       AND s.name = ANY (ARRAY(SELECT DISTINCT r.caller FROM pg_catalog.unnest(batch) r
+                                WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL));
+
     -- Callers that are no known service become external nodes.
-    WITH callers AS (
-        SELECT DISTINCT r.caller, r.environment FROM pg_catalog.unnest(batch) r
-         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
-    )
-    , added AS (
+    WITH added AS (
         INSERT INTO lattice.services (user_id, name, environment, is_external, status)
-        SELECT uid, c.caller, c.environment, true, 'external'
-          FROM callers c
-         WHERE NOT EXISTS (SELECT FROM lattice.services s WHERE s.user_id = uid AND s.name = c.caller)
-         ORDER BY c.caller, c.environment
+        SELECT DISTINCT uid, r.caller, r.environment, true, 'external'
+          FROM pg_catalog.unnest(batch) r
+         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
+           AND NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(known) k WHERE k ->> 'name' = r.caller)
+         ORDER BY r.caller, r.environment
         ON CONFLICT (user_id, name, environment) DO NOTHING
-        RETURNING id, name, environment, first_seen
+        RETURNING id, name, environment, is_external, first_seen, last_seen
     )
+    SELECT known || COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', a.id, 'name', a.name, 'environment', a.environment, 'is_external', a.is_external,
+               'last_seen', a.last_seen, 'first_seen', a.first_seen)), '[]'),
+           pg_catalog.count(*)
+      INTO known, new_nodes
+      FROM added a;
     INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
-    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment FROM added a
+    SELECT uid, a.first_seen, 'service_added', a.id, a.name, a.environment
+      FROM pg_catalog.jsonb_to_recordset(known) AS a(id uuid, name text, environment text, first_seen timestamptz)
+     WHERE a.first_seen IS NOT NULL
     ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS new_nodes = ROW_COUNT;
 
     -- Route buckets (ordered, so concurrent batches lock rows in one order).
     WITH up AS (
@@ -1044,31 +1079,30 @@ BEGIN
     )
     SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_buckets FROM up;
 
-    -- Edges caller -> service.  The caller is looked up by name, preferring
-    -- the callee's environment and registered services.
-    WITH calls AS (
-        SELECT r.service_id AS target, r.caller, r.environment,
-               pg_catalog.count(*) AS n,
-               pg_catalog.count(*) FILTER (WHERE r.status >= 500) AS e5,
-               pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499) AS e4,
-               pg_catalog.sum(r.duration_ms) AS total,
-               lattice.hist_of(pg_catalog.array_agg(r.duration_ms)) AS h,
-               pg_catalog.min(r.at) AS first, pg_catalog.max(r.at) AS last
-          FROM pg_catalog.unnest(batch) r
-         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
-         GROUP BY r.service_id, r.caller, r.environment
-    ), src AS (
-        SELECT c.*, (SELECT s.id FROM lattice.services s
-                      WHERE s.user_id = uid AND s.name = c.caller
-                      ORDER BY (s.environment = c.environment) DESC, s.is_external, s.last_seen DESC
-                      LIMIT 1) AS source
-          FROM calls c
-    ), up AS (
+    -- Edges caller -> service.  The caller is looked up by name (in `known`),
+    -- preferring the callee's environment and registered services.
+    WITH up AS (
         INSERT INTO lattice.connections AS k
             (user_id, source_service_id, target_service_id, call_count, error_count, client_error_count,
              total_duration_ms, latency_hist, first_seen, last_seen)
         SELECT uid, src.source, src.target, src.n, src.e5, src.e4, src.total, src.h, src.first, src.last
-          FROM src
+          FROM (SELECT c.*, (SELECT x.id
+                               FROM pg_catalog.jsonb_to_recordset(known)
+                                    AS x(id uuid, name text, environment text, is_external boolean,
+                                         last_seen timestamptz)
+                              WHERE x.name = c.caller
+                              ORDER BY (x.environment = c.environment) DESC, x.is_external, x.last_seen DESC
+                              LIMIT 1) AS source
+                  FROM (SELECT r.service_id AS target, r.caller, r.environment,
+                               pg_catalog.count(*) AS n,
+                               pg_catalog.count(*) FILTER (WHERE r.status >= 500) AS e5,
+                               pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499) AS e4,
+                               pg_catalog.sum(r.duration_ms) AS total,
+                               lattice.hist_of(pg_catalog.array_agg(r.duration_ms)) AS h,
+                               pg_catalog.min(r.at) AS first, pg_catalog.max(r.at) AS last
+                          FROM pg_catalog.unnest(batch) r
+                         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
+                         GROUP BY r.service_id, r.caller, r.environment) c) src
          WHERE src.source IS NOT NULL AND src.source <> src.target
          ORDER BY src.source, src.target
         ON CONFLICT (user_id, source_service_id, target_service_id) DO UPDATE SET
@@ -1080,13 +1114,17 @@ BEGIN
             first_seen = LEAST(k.first_seen, EXCLUDED.first_seen),
             last_seen = GREATEST(k.last_seen, EXCLUDED.last_seen)
         RETURNING (xmax = 0) AS inserted, k.source_service_id, k.target_service_id, k.first_seen
-    ), added AS (
-        INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
-        SELECT uid, up.first_seen, 'edge_added', up.source_service_id, up.target_service_id
-          FROM up WHERE up.inserted
-        ON CONFLICT DO NOTHING
     )
-    SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_edges FROM up;
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'source', up.source_service_id, 'target', up.target_service_id, 'at', up.first_seen))
+               FILTER (WHERE up.inserted), '[]')
+      INTO edges
+      FROM up;
+    new_edges := pg_catalog.jsonb_array_length(edges);
+    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
+    SELECT uid, e.at, 'edge_added', e.source, e.target
+      FROM pg_catalog.jsonb_to_recordset(edges) AS e(source uuid, target uuid, at timestamptz)
+    ON CONFLICT DO NOTHING;
 
     -- A service sending traces is alive; written at most once a minute.
     UPDATE lattice.services s SET last_seen = pg_catalog.now()

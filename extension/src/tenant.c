@@ -145,7 +145,10 @@ lattice_test_set_tenant(PG_FUNCTION_ARGS)
 				 errmsg("lattice.test_set_tenant: permission denied"),
 				 errdetail("Only superusers may set the tenant directly.")));
 	if (PG_ARGISNULL(0))
+	{
 		lattice_clear_tenant();
+		lattice_tenant_token_issue(NULL);	/* and none on the workers */
+	}
 	else
 		lattice_set_tenant(PG_GETARG_UUID_P(0));
 	PG_RETURN_VOID();

@@ -212,7 +212,8 @@ lattice_tenant_token_active(void)
 /*
  * On a node with a cluster key: issues the token for tenant in this
  * transaction and sets it with SET LOCAL, which Citus propagates to the
- * workers.  Nothing on a single node.
+ * workers; NULL sets an empty token (no tenant from here on).  Nothing on a
+ * single node.
  */
 void
 lattice_tenant_token_issue(const pg_uuid_t *tenant)
@@ -224,15 +225,19 @@ lattice_tenant_token_issue(const pg_uuid_t *tenant)
 
 	if (!load_cluster_key(false))
 		return;
-	ensure_dist_xid();
-	current_dist_xid(&x);
-	if (x.number == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("lattice: no distributed transaction to bind the tenant to")));
-	token_body(token, tenant, &x, GetCurrentTimestamp() + (int64) TOKEN_TTL_SECONDS * USECS_PER_SEC);
-	crypto_auth_hmacsha256(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key);
-	sodium_bin2base64(text, sizeof(text), token, TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	text[0] = '\0';
+	if (tenant != NULL)
+	{
+		ensure_dist_xid();
+		current_dist_xid(&x);
+		if (x.number == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("lattice: no distributed transaction to bind the tenant to")));
+		token_body(token, tenant, &x, GetCurrentTimestamp() + (int64) TOKEN_TTL_SECONDS * USECS_PER_SEC);
+		crypto_auth_hmacsha256(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key);
+		sodium_bin2base64(text, sizeof(text), token, TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	}
 
 	/*
 	 * Citus propagates a SET LOCAL only inside what it counts as a

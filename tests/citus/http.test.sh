@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The HTTP suite's identity, ingest, graph, billing and rate cases through a
 # real shim pointed at the Citus coordinator: the same tests as on one node
-# (tests/http/), each test a TAP line here.  Needs LATTICE_CITUS_DIR.
+# (tests/http/), and a worker going down (worker_down.test.mjs), each test a
+# TAP line here.  Needs LATTICE_CITUS_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091
 . "${LATTICE_CITUS_DIR:?a started cluster}/env"
-export LATTICE_ROOT=$PWD LATTICE_CLUSTER=$LATTICE_CITUS_DIR/coord
+export LATTICE_ROOT=$PWD LATTICE_CLUSTER=$LATTICE_CITUS_DIR/coord LATTICE_CITUS_DIR
 files=(identity_auth authz_matrix ingest_protocol ingest_read_api graph_api billing_webhook
        billing_lifecycle rate_classes rate_headers)
 paths=()
 for f in "${files[@]}"; do paths+=("tests/http/$f.test.mjs"); done
+paths+=(tests/citus/worker_down.test.mjs)
 log=$(mktemp /tmp/lattice-citus-http.XXXXXX)
 trap 'rm -f "$log"' EXIT
 node --test --test-concurrency=1 --test-reporter=tap "${paths[@]}" >"$log" 2>&1

@@ -3,7 +3,11 @@
 -- rows in every tenant table.  Nothing is seen, nothing changes.  Rows are
 -- seeded generically from the catalog (foreign keys off while seeding), so a
 -- new tenant table is covered without touching this file.
-BEGIN;
+--
+-- Seeding, each tenant's part and the clean-up are transactions of their
+-- own: on Citus a transaction reaches a shard as one role only (the
+-- superuser seeds, lattice_app runs the matrix).  tests/citus runs this file
+-- on a coordinator and two workers as it is.
 
 CREATE FUNCTION pg_temp.tenant_tables() RETURNS TABLE (rel regclass, col text)
 LANGUAGE sql AS $$
@@ -68,6 +72,7 @@ GRANT SELECT ON ids TO lattice_app;
 
 -- Seed one row per tenant per table, as superuser with FK triggers off
 -- (on Citus the setting travels to the workers' shards too).
+BEGIN;
 SET LOCAL citus.propagate_set_commands = 'local';
 SET LOCAL session_replication_role = replica;
 DO $$
@@ -79,6 +84,7 @@ BEGIN
         PERFORM pg_temp.seed_row(t.rel, t.col, b);
     END LOOP;
 END $$;
+COMMIT;
 
 CREATE TEMP TABLE before AS
 SELECT t.rel::text AS rel, pg_temp.snapshot(t.rel, t.col, ids.b) AS h
@@ -90,8 +96,9 @@ GRANT INSERT ON matrix TO lattice_app;
 GRANT EXECUTE ON FUNCTION pg_temp.seed_row(regclass, text, uuid), pg_temp.sample(regtype, text, uuid)
     TO lattice_app;
 
+BEGIN;
 SELECT lattice.test_set_tenant(a) FROM ids;
-SET ROLE lattice_app;
+SET LOCAL ROLE lattice_app;
 DO $$
 DECLARE t record; a uuid; b uuid; n bigint; ok boolean; err text;
 BEGIN
@@ -119,7 +126,8 @@ BEGIN
             EXECUTE format('UPDATE %s SET %I = $2 WHERE %I = $1', t.rel, t.col, t.col) USING a, b;
             GET DIAGNOSTICS n = ROW_COUNT;
             INSERT INTO matrix VALUES (t.rel::text, 'move own row to other tenant', n = 0, n::text || ' rows moved');
-        EXCEPTION WHEN insufficient_privilege OR foreign_key_violation OR unique_violation THEN
+        EXCEPTION WHEN insufficient_privilege OR foreign_key_violation OR unique_violation
+                       OR feature_not_supported THEN  -- Citus: a row's distribution value never changes
             INSERT INTO matrix VALUES (t.rel::text, 'move own row to other tenant', true, SQLERRM);
         END;
         -- DELETE: B's rows are not reachable
@@ -139,11 +147,11 @@ BEGIN
         END;
     END LOOP;
 END $$;
-RESET ROLE;
+COMMIT;
 
 -- Without a tenant, nothing at all is visible or writable.
-SELECT lattice.test_set_tenant(NULL);
-SET ROLE lattice_app;
+BEGIN;
+SET LOCAL ROLE lattice_app;
 DO $$
 DECLARE t record; n bigint; a uuid;
 BEGIN
@@ -163,8 +171,7 @@ BEGIN
         END;
     END LOOP;
 END $$;
-RESET ROLE;
-RESET session_replication_role;
+COMMIT;
 
 SELECT plan(5);
 SELECT is((SELECT count(DISTINCT rel) FROM matrix)::int, (SELECT count(*) FROM pg_temp.tenant_tables())::int,
@@ -185,4 +192,17 @@ SELECT results_eq($$ SELECT DISTINCT cell FROM matrix ORDER BY 1 $$,
           'update other tenant'],
     'the matrix ran every command');
 SELECT * FROM finish();
-ROLLBACK;
+
+-- Clean-up: every row of both tenants, keys off as for the seed
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'local';
+SET LOCAL session_replication_role = replica;
+DO $$
+DECLARE t record; a uuid; b uuid;
+BEGIN
+    SELECT ids.a, ids.b INTO a, b FROM ids;
+    FOR t IN SELECT * FROM pg_temp.tenant_tables() LOOP
+        EXECUTE format('DELETE FROM %s WHERE %I IN ($1, $2)', t.rel, t.col) USING a, b;
+    END LOOP;
+END $$;
+COMMIT;
