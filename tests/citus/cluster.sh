@@ -58,7 +58,7 @@ stop_node() {
     as_pg "$PGBIN/pg_ctl" -D "$dir/$1/data" -m "${2:-fast}" -w stop >/dev/null
 }
 
-q() { local n=$1; shift; psql -XAtq -h "$dir/$n" -p "$(port_of "$n")" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+q() { local n=$1; shift; PGOPTIONS="-c client_min_messages=warning" psql -XAtq -h "$dir/$n" -p "$(port_of "$n")" -U postgres -v ON_ERROR_STOP=1 "$@"; }
 
 case "$cmd" in
 start)
