@@ -57,7 +57,7 @@ chmod 0644 "$work"/*.json
 
 # An account on a plan the bench cannot exhaust, its key, its services; a shim.
 setup() {  # setup NAME HOST PORT -> writes $work/NAME.{key,port}
-    local name=$1 host=$2 port=$3 q user key shim_port
+    local name=$1 host=$2 port=$3 user key shim_port
     q() { psql -XAtq -h "$host" -p "$port" -U postgres -d lattice -v ON_ERROR_STOP=1 "$@"; }
     q -c "INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour, max_services,
                                      ingest_per_service_per_hour, dashboard_per_hour)

@@ -17,16 +17,8 @@ dir=$(realpath -m "${2:?cluster directory}")
 
 as_pg() { runuser -u postgres -- "$@"; }
 
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return 0
-        fi
-    done
-    echo "cluster.sh: no free port found" >&2; return 1
-}
+# shellcheck source=lib/free_port.bash
+. "$(dirname "$0")/lib/free_port.bash"
 
 case "$cmd" in
 start)

@@ -16,7 +16,12 @@ CREATE TABLE lattice.plans (
     ingest_per_service_per_hour integer NOT NULL DEFAULT 3600 CHECK (ingest_per_service_per_hour > 0),
     dashboard_per_hour  integer NOT NULL DEFAULT 7200 CHECK (dashboard_per_hour > 0)
 );
-INSERT INTO lattice.plans (id, name, price_cents) VALUES ('standard', 'Lattice', 2500);
+-- Not on a Citus worker, where the coordinator runs this script over its own
+-- connections (named citus_internal): a worker holds shards only, and the
+-- plans are the coordinator's reference table (92_cluster.sql).
+INSERT INTO lattice.plans (id, name, price_cents)
+SELECT 'standard', 'Lattice', 2500
+ WHERE pg_catalog.current_setting('application_name') NOT LIKE 'citus\_internal%';
 
 CREATE TABLE lattice.users (
     id              uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),

@@ -162,7 +162,9 @@ CREATE FUNCTION lattice.flush_deferred() RETURNS integer
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- The first secrets, from libsodium's randomness, at CREATE EXTENSION.
-SELECT lattice.rotate_secret('pepper'), lattice.rotate_secret('jwt');
+-- (none on a Citus worker: see the standard plan in 20_accounts.sql)
+SELECT lattice.rotate_secret('pepper'), lattice.rotate_secret('jwt')
+ WHERE pg_catalog.current_setting('application_name') NOT LIKE 'citus\_internal%';
 
 -- lattice_app runs the lattice_http functions; nothing here hands it a secret.
 -- (90_security.sql revokes PUBLIC's EXECUTE from every function.)

@@ -54,8 +54,9 @@ $$;
 -- lattice (which Citus also runs on the workers) and citus_add_node for
 -- every worker:
 --   * one cluster key, generated here and written to every worker;
---   * the workers keep no secrets or plans of their own: their copies of
---     those tables are emptied (they never sign or read them);
+--   * the workers keep no secrets or plans of their own: the install script
+--     Citus runs there seeds none, and any a worker made when the extension
+--     was created on it by hand are removed (they never sign or read them);
 --   * metadata is not synced to the workers: the coordinator plans every
 --     query, the workers hold shards only (their own copies of the
 --     extension's tables stay empty);

@@ -177,7 +177,7 @@ rate_flush_usage(void)
 	int			ret;
 	pg_uuid_t  *known;
 	int			nknown;
-	int			kept;
+	int			kept = 0;
 
 	if (n == 0)
 		return 0;
@@ -187,21 +187,6 @@ rate_flush_usage(void)
 	hours = palloc(sizeof(Datum) * n);
 	allowed = palloc(sizeof(Datum) * n);
 	refused = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-	{
-		users[i] = UUIDPGetDatum(&d[i].user_id);
-		classes[i] = CStringGetTextDatum(d[i].klass);
-		subjects[i] = CStringGetTextDatum(d[i].subject);
-		hours[i] = TimestampTzGetDatum(d[i].hour * USECS_PER_HOUR);
-		allowed[i] = Int64GetDatum(d[i].allowed);
-		refused[i] = Int64GetDatum(d[i].refused);
-	}
-	args[0] = PointerGetDatum(construct_array(users, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[1] = PointerGetDatum(construct_array(classes, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(subjects, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(hours, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[4] = PointerGetDatum(construct_array(allowed, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_array(refused, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 
 	/*
 	 * The tenants that exist (a delta of one not yet committed, or gone,
@@ -210,12 +195,15 @@ rate_flush_usage(void)
 	 * INSERT ... SELECT whose ON CONFLICT takes its rows to the shards as
 	 * an INSERT.
 	 */
+	for (int i = 0; i < n; i++)
+		users[i] = UUIDPGetDatum(&d[i].user_id);
+	args[0] = PointerGetDatum(construct_array(users, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 	ret = SPI_execute_with_args("SELECT u.id FROM lattice.users u WHERE u.id OPERATOR(pg_catalog.=) ANY ($1)",
 								1, argtypes, args, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "lattice usage roll-up: reading the accounts failed: %s", SPI_result_code_string(ret));
-	known = palloc(sizeof(pg_uuid_t) * Max(SPI_processed, 1));
 	nknown = (int) SPI_processed;
+	known = palloc(sizeof(pg_uuid_t) * Max(nknown, 1));
 	for (int r = 0; r < nknown; r++)
 	{
 		bool		isnull;
@@ -225,7 +213,6 @@ rate_flush_usage(void)
 	}
 	qsort(known, nknown, sizeof(pg_uuid_t), uuid_order);
 
-	kept = 0;
 	for (int i = 0; i < n; i++)
 	{
 		if (bsearch(&d[i].user_id, known, nknown, sizeof(pg_uuid_t), uuid_order) == NULL)
@@ -233,12 +220,12 @@ rate_flush_usage(void)
 			rate_give_back(&d[i]);
 			continue;
 		}
-		users[kept] = users[i];
-		classes[kept] = classes[i];
-		subjects[kept] = subjects[i];
-		hours[kept] = hours[i];
-		allowed[kept] = allowed[i];
-		refused[kept] = refused[i];
+		users[kept] = UUIDPGetDatum(&d[i].user_id);
+		classes[kept] = CStringGetTextDatum(d[i].klass);
+		subjects[kept] = CStringGetTextDatum(d[i].subject);
+		hours[kept] = TimestampTzGetDatum(d[i].hour * USECS_PER_HOUR);
+		allowed[kept] = Int64GetDatum(d[i].allowed);
+		refused[kept] = Int64GetDatum(d[i].refused);
 		kept++;
 	}
 	if (kept == 0)

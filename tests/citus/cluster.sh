@@ -18,16 +18,8 @@ nodes=(coord w1 w2)
 
 as_pg() { runuser -u postgres -- "$@"; }
 
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return 0
-        fi
-    done
-    echo "citus cluster: no free port found" >&2; return 1
-}
+# shellcheck source=../../scripts/lib/free_port.bash
+. "$(dirname "$0")/../../scripts/lib/free_port.bash"
 
 init_node() {
     local n=$1 d="$dir/$1"

@@ -4,7 +4,7 @@
 # (tests/http/), and a worker going down (worker_down.test.mjs), each test a
 # TAP line here.  Needs LATTICE_CITUS_DIR.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 # shellcheck disable=SC1091
 . "${LATTICE_CITUS_DIR:?a started cluster}/env"
 export LATTICE_ROOT=$PWD LATTICE_CLUSTER=$LATTICE_CITUS_DIR/coord LATTICE_CITUS_DIR

@@ -4,13 +4,14 @@
 # workers.  Its results become TAP lines here.  (Spoofing on Citus is
 # tenant_token.test.sh.)  Needs LATTICE_CITUS_DIR.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 # shellcheck disable=SC1091
 . "${LATTICE_CITUS_DIR:?a started cluster}/env"
 psql -XAtq -c 'CREATE EXTENSION IF NOT EXISTS pgtap' >/dev/null 2>&1
 out=$(mktemp /tmp/lattice-citus-pgtap.XXXXXX)
 trap 'rm -f "$out"' EXIT
-for f in tests/pgtap/tenancy_isolation.sql; do
+f=tests/pgtap/tenancy_isolation.sql
+{
     psql -XAtq -v ON_ERROR_STOP=1 -f "$f" >"$out" 2>&1
     rc=$?
     grep -E '^(not )?ok [0-9]+' "$out" | sed "s|^\(not \)\{0,1\}ok [0-9]* - |&${f##*/}: |"
@@ -18,5 +19,5 @@ for f in tests/pgtap/tenancy_isolation.sql; do
         echo "not ok - ${f##*/} ran to its end"
         sed 's/^/# /' "$out" | grep -v '^# ok' | head -30
     fi
-done | awk '/^(not )?ok/ { n++; sub(/^ok [0-9]* -/, "ok " n " -"); sub(/^not ok [0-9]* -/, "not ok " n " -");
+} | awk '/^(not )?ok/ { n++; sub(/^ok [0-9]* -/, "ok " n " -"); sub(/^not ok [0-9]* -/, "not ok " n " -");
                             sub(/^not ok -/, "not ok " n " -") } { print } END { print "1.." n }'

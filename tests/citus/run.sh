@@ -4,7 +4,7 @@
 # installed and the tables distributed (tests/citus/cluster.sh), then every
 # tests/citus/*.test.sh (TAP) against it.  Prints prove's summary.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 dir=$(mktemp -d /tmp/lattice-citus.XXXXXX)
 chmod 0755 "$dir"
 trap 'tests/citus/cluster.sh stop "$dir" >/dev/null 2>&1; rm -rf "$dir"' EXIT

@@ -6,7 +6,7 @@
 # a worker nothing is seen, and a made-up, altered or replayed token is
 # refused.  TAP.  Needs LATTICE_CITUS_DIR (a started cluster).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 work=$(mktemp -d /tmp/lattice-citus-token.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # shellcheck source=../shell/lib/tap.bash

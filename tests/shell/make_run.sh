@@ -24,13 +24,8 @@ t=0
 check() { t=$((t+1)); if eval "$2"; then echo "ok $t - $1"; else echo "not ok $t - $1"; fi; }
 note() { sed 's/^/# /'; }
 
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-}
+# shellcheck source=../../scripts/lib/free_port.bash
+. scripts/lib/free_port.bash
 alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${s#Z}" = "$s" ]; }   # zombies are gone
 descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
 

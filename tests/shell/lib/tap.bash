@@ -9,12 +9,6 @@ check() {
     local desc=$1; shift
     if "$@" >"$work/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
 }
-# a loopback TCP port nothing listens on
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-    done
-    return 1
-}
+# free_port: a loopback TCP port nothing listens on
+# shellcheck source=../../../scripts/lib/free_port.bash
+. "$(dirname "${BASH_SOURCE[0]}")/../../../scripts/lib/free_port.bash"
