@@ -238,8 +238,15 @@ ALTER TABLE lattice.audit_log
     ALTER COLUMN user_id SET NOT NULL,
     DROP CONSTRAINT audit_log_pkey,
     ADD CONSTRAINT audit_log_pkey PRIMARY KEY (user_id, id);
-ALTER POLICY audit_insert ON lattice.audit_log
+ALTER POLICY audit_insert ON lattice.audit_log TO lattice_app
     WITH CHECK (user_id = lattice.current_user_id());
+-- lattice.act_as_tenant writes its audit row as the admin (it is no longer
+-- SECURITY DEFINER): only that event, for the tenant acted as, in their name.
+CREATE POLICY audit_admin_insert ON lattice.audit_log FOR INSERT TO lattice_admin
+    WITH CHECK (user_id = lattice.current_user_id() AND action = 'admin.act_as_tenant'
+                AND actor = SESSION_USER);
+GRANT INSERT ON lattice.audit_log TO lattice_admin;
+GRANT EXECUTE ON FUNCTION lattice.act_as_tenant_c(uuid) TO lattice_admin;
 
 -- The key tenant tokens are signed with on Citus (src/tenant_token.c):
 -- read by the extension owner only, empty on a single node.
@@ -256,6 +263,7 @@ SELECT pg_catalog.pg_extension_config_dump('lattice.cluster_key', '');
 -- values as the caller, so lattice_app uses them (as 90_security.sql grants).
 GRANT USAGE ON SEQUENCE lattice.service_changes_id_seq, lattice.error_occurrences_id_seq,
     lattice.breadcrumbs_id_seq, lattice.audit_log_id_seq, lattice.graph_events_id_seq TO lattice_app;
+GRANT USAGE ON SEQUENCE lattice.audit_log_id_seq TO lattice_admin;  -- lattice.act_as_tenant's row
 
 -- Functions: dropped, then every new or changed definition.
 DROP FUNCTION lattice.api_key_json(lattice.api_keys,timestamp with time zone);
@@ -312,9 +320,6 @@ DECLARE
     t record;
     fks text[] := '{}';
     fk record;
-    k bytea;
-    w record;
-    cmd text;
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         RAISE EXCEPTION 'lattice.cluster_setup: permission denied'
@@ -337,35 +342,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 
-    -- the key: this node's, or a new one
-    SELECT c.key INTO k FROM lattice.cluster_key c;
-    IF k IS NULL THEN
-        k := lattice.cluster_key_generate();
-        INSERT INTO lattice.cluster_key (key) VALUES (k);
-    END IF;
-
-    FOR w IN SELECT n.nodename, n.nodeport FROM pg_dist_node n
-              WHERE n.noderole = 'primary' AND n.groupid <> 0 AND n.hasmetadata LOOP
-        PERFORM pg_catalog.stop_metadata_sync_to_node(w.nodename, w.nodeport);
-    END LOOP;
-    FOR cmd IN SELECT unnest(ARRAY[
-            'DELETE FROM lattice.cluster_key',
-            pg_catalog.format('INSERT INTO lattice.cluster_key (key) VALUES (%L)', k),
-            'DELETE FROM lattice.secrets',
-            'DELETE FROM lattice.plans',
-            -- role DDL is the coordinator's to propagate, unless told otherwise
-            'DO $d$BEGIN SET LOCAL citus.enable_ddl_propagation TO off;'
-            ' ALTER ROLE lattice_app LOGIN; ALTER ROLE lattice_app SET track_activities = off; END$d$']) LOOP
-        IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers(cmd) r WHERE NOT r.success) THEN
-            RAISE EXCEPTION 'lattice.cluster_setup: a worker refused: %', cmd
-                USING ERRCODE = 'connection_failure';
-        END IF;
-    END LOOP;
-    IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers('SELECT count(*) FROM lattice.cluster_key') r
-                WHERE NOT r.success OR r.result <> '1') THEN
-        RAISE EXCEPTION 'lattice.cluster_setup: a worker did not take the cluster key'
-            USING ERRCODE = 'connection_failure';
-    END IF;
+    PERFORM lattice.cluster_sync_workers();
 
     -- foreign keys come off while the tables move, and go back after
     SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
@@ -397,6 +374,54 @@ BEGIN
     FOR i IN 1 .. pg_catalog.cardinality(fks) LOOP
         EXECUTE fks[i];
     END LOOP;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.cluster_sync_workers()
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    k bytea;
+    w record;
+    cmd text;
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'lattice.cluster_sync_workers: permission denied'
+            USING ERRCODE = 'insufficient_privilege', DETAIL = 'Only a superuser sets up a cluster.';
+    END IF;
+    -- the key: this node's, or a new one
+    SELECT c.key INTO k FROM lattice.cluster_key c;
+    IF k IS NULL THEN
+        k := lattice.cluster_key_generate();
+        INSERT INTO lattice.cluster_key (key) VALUES (k);
+    END IF;
+
+    FOR w IN SELECT n.nodename, n.nodeport FROM pg_dist_node n
+              WHERE n.noderole = 'primary' AND n.groupid <> 0 AND n.hasmetadata LOOP
+        PERFORM pg_catalog.stop_metadata_sync_to_node(w.nodename, w.nodeport);
+    END LOOP;
+    FOR cmd IN SELECT unnest(ARRAY[
+            'DELETE FROM lattice.cluster_key',
+            pg_catalog.format('INSERT INTO lattice.cluster_key (key) VALUES (%L)', k),
+            'DELETE FROM lattice.secrets',
+            'DELETE FROM lattice.plans',
+            -- role DDL is the coordinator's to propagate, unless told otherwise
+            'DO $d$BEGIN SET LOCAL citus.enable_ddl_propagation TO off;'
+            ' ALTER ROLE lattice_app LOGIN; ALTER ROLE lattice_app SET track_activities = off; END$d$']) LOOP
+        IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers(cmd) r WHERE NOT r.success) THEN
+            RAISE EXCEPTION 'lattice.cluster_sync_workers: a worker refused: %', cmd
+                USING ERRCODE = 'connection_failure';
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers('SELECT count(*) FROM lattice.cluster_key') r
+                WHERE NOT r.success OR r.result <> '1') THEN
+        RAISE EXCEPTION 'lattice.cluster_sync_workers: a worker did not take the cluster key'
+            USING ERRCODE = 'connection_failure';
+    END IF;
+    RETURN (SELECT pg_catalog.count(*)::integer FROM pg_dist_node n
+             WHERE n.noderole = 'primary' AND n.groupid <> 0);
 END
 $function$;
 
@@ -481,6 +506,23 @@ AS $function$
         'status', lattice.service_liveness(s.last_seen, s.is_external),
         'isExternal', s.is_external, 'discoveredBy', s.discovered_by, 'metadata', s.metadata,
         'firstSeen', s.first_seen, 'lastSeen', s.last_seen))
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.act_as_tenant(user_id uuid, reason text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF reason IS NULL OR pg_catalog.length(pg_catalog.btrim(reason)) = 0 THEN
+        RAISE EXCEPTION 'lattice.act_as_tenant: a reason is required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM lattice.act_as_tenant_c(act_as_tenant.user_id);
+    INSERT INTO lattice.audit_log (user_id, action, target, details)
+    VALUES (act_as_tenant.user_id, 'admin.act_as_tenant', act_as_tenant.user_id::text,
+            pg_catalog.jsonb_build_object('reason', reason));
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.audit(action text, target text DEFAULT NULL::text, details jsonb DEFAULT NULL::jsonb, req jsonb DEFAULT NULL::jsonb, user_id uuid DEFAULT lattice.current_user_id())
@@ -1745,6 +1787,7 @@ GRANT EXECUTE ON FUNCTION lattice.api_key_json(anyelement,timestamp with time zo
 REVOKE ALL ON FUNCTION lattice.billing_welcome(uuid,text,text,timestamp with time zone) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.cluster_key_generate() FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.cluster_setup(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.cluster_sync_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.cluster_tables() FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.error_group_json(anyelement,text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.error_group_json(anyelement,text) TO lattice_app;

@@ -1602,9 +1602,13 @@ END
 $$;
 
 -- lattice_admin acts as one tenant for the rest of the transaction, audited.
+-- It runs as the admin (not SECURITY DEFINER): the audit row is the admin's
+-- own insert, which a policy limits to exactly this event (90_security.sql),
+-- so the admin's reads that follow use the same role -- on Citus a
+-- transaction reaches a shard as one role only.
 CREATE FUNCTION lattice.act_as_tenant(user_id uuid, reason text)
 RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -4726,8 +4730,15 @@ REVOKE UPDATE, DELETE ON lattice.audit_log FROM lattice_app;
 DROP POLICY tenant_update ON lattice.audit_log;
 DROP POLICY tenant_delete ON lattice.audit_log;
 DROP POLICY tenant_insert ON lattice.audit_log;
-CREATE POLICY audit_insert ON lattice.audit_log FOR INSERT
+CREATE POLICY audit_insert ON lattice.audit_log FOR INSERT TO lattice_app
     WITH CHECK (user_id = lattice.current_user_id());
+-- lattice.act_as_tenant's row, written as the admin: only that event, for
+-- the tenant being acted as, under the admin's own name.
+CREATE POLICY audit_admin_insert ON lattice.audit_log FOR INSERT TO lattice_admin
+    WITH CHECK (user_id = lattice.current_user_id() AND action = 'admin.act_as_tenant'
+                AND actor = SESSION_USER);
+GRANT INSERT ON lattice.audit_log TO lattice_admin;
+GRANT USAGE ON SEQUENCE lattice.audit_log_id_seq TO lattice_admin;
 -- Events no tenant is known for: lattice_app adds them and reads none.
 REVOKE ALL ON lattice.audit_unattributed FROM PUBLIC;
 GRANT INSERT ON lattice.audit_unattributed TO lattice_app;
@@ -4755,7 +4766,7 @@ GRANT EXECUTE ON FUNCTION lattice.http_json(integer, jsonb, jsonb),
                           lattice.raise_http(integer, text, text, jsonb, jsonb),
                           lattice.audit(text, text, jsonb, jsonb, uuid)
     TO lattice_app;
-GRANT EXECUTE ON FUNCTION lattice.act_as_tenant(uuid, text) TO lattice_admin;
+GRANT EXECUTE ON FUNCTION lattice.act_as_tenant(uuid, text), lattice.act_as_tenant_c(uuid) TO lattice_admin;
 -- Lattice on Citus: one coordinator that takes every request, and workers
 -- that hold the tenants' rows in shards.  One node stays the default and
 -- needs none of this.  docs/scaling.md has the design and threat model.
@@ -4808,19 +4819,69 @@ AS $$
      ORDER BY t.relname <> 'users', t.relname
 $$;
 
+-- The workers' part of the set-up, also for a worker added later (after
+-- citus_add_node, which runs CREATE EXTENSION there): the cluster key,
+-- no secrets or plans of their own, lattice_app's login, no metadata sync.
+-- Idempotent; superuser only.
+CREATE FUNCTION lattice.cluster_sync_workers() RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k bytea;
+    w record;
+    cmd text;
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'lattice.cluster_sync_workers: permission denied'
+            USING ERRCODE = 'insufficient_privilege', DETAIL = 'Only a superuser sets up a cluster.';
+    END IF;
+    -- the key: this node's, or a new one
+    SELECT c.key INTO k FROM lattice.cluster_key c;
+    IF k IS NULL THEN
+        k := lattice.cluster_key_generate();
+        INSERT INTO lattice.cluster_key (key) VALUES (k);
+    END IF;
+
+    FOR w IN SELECT n.nodename, n.nodeport FROM pg_dist_node n
+              WHERE n.noderole = 'primary' AND n.groupid <> 0 AND n.hasmetadata LOOP
+        PERFORM pg_catalog.stop_metadata_sync_to_node(w.nodename, w.nodeport);
+    END LOOP;
+    FOR cmd IN SELECT unnest(ARRAY[
+            'DELETE FROM lattice.cluster_key',
+            pg_catalog.format('INSERT INTO lattice.cluster_key (key) VALUES (%L)', k),
+            'DELETE FROM lattice.secrets',
+            'DELETE FROM lattice.plans',
+            -- role DDL is the coordinator's to propagate, unless told otherwise
+            'DO $d$BEGIN SET LOCAL citus.enable_ddl_propagation TO off;'
+            ' ALTER ROLE lattice_app LOGIN; ALTER ROLE lattice_app SET track_activities = off; END$d$']) LOOP
+        IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers(cmd) r WHERE NOT r.success) THEN
+            RAISE EXCEPTION 'lattice.cluster_sync_workers: a worker refused: %', cmd
+                USING ERRCODE = 'connection_failure';
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers('SELECT count(*) FROM lattice.cluster_key') r
+                WHERE NOT r.success OR r.result <> '1') THEN
+        RAISE EXCEPTION 'lattice.cluster_sync_workers: a worker did not take the cluster key'
+            USING ERRCODE = 'connection_failure';
+    END IF;
+    RETURN (SELECT pg_catalog.count(*)::integer FROM pg_dist_node n
+             WHERE n.noderole = 'primary' AND n.groupid <> 0);
+END
+$$;
+
 -- Run once on the coordinator, as a superuser, after CREATE EXTENSION
 -- lattice (which Citus also runs on the workers) and citus_add_node for
 -- every worker:
---   * one cluster key, generated here and written to every worker;
---   * the workers keep no secrets or plans of their own: the install script
---     Citus runs there seeds none, and any a worker made when the extension
---     was created on it by hand are removed (they never sign or read them);
---   * metadata is not synced to the workers: the coordinator plans every
---     query, the workers hold shards only (their own copies of the
---     extension's tables stay empty);
---   * lattice_app, the role the API functions run as, may log in on the
---     workers (Citus connects as the current user) and its statements are
---     not shown in pg_stat_activity there, where they carry the token;
+--   * lattice.cluster_sync_workers(): one cluster key, generated here and
+--     written to every worker; the workers keep no secrets or plans of their
+--     own (the install script Citus runs there seeds none; any a worker made
+--     when the extension was created on it by hand are removed); metadata is
+--     not synced to the workers (the coordinator plans every query, the
+--     workers hold shards only); lattice_app, the role the API functions run
+--     as, may log in on the workers (Citus connects as the current user) and
+--     its statements are not shown in pg_stat_activity there, where they
+--     carry the token;
 --   * every table placed as lattice.cluster_tables() says, with the foreign
 --     keys between them put back once both ends are placed.
 CREATE FUNCTION lattice.cluster_setup(shard_count integer DEFAULT NULL)
@@ -4832,9 +4893,6 @@ DECLARE
     t record;
     fks text[] := '{}';
     fk record;
-    k bytea;
-    w record;
-    cmd text;
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         RAISE EXCEPTION 'lattice.cluster_setup: permission denied'
@@ -4857,35 +4915,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 
-    -- the key: this node's, or a new one
-    SELECT c.key INTO k FROM lattice.cluster_key c;
-    IF k IS NULL THEN
-        k := lattice.cluster_key_generate();
-        INSERT INTO lattice.cluster_key (key) VALUES (k);
-    END IF;
-
-    FOR w IN SELECT n.nodename, n.nodeport FROM pg_dist_node n
-              WHERE n.noderole = 'primary' AND n.groupid <> 0 AND n.hasmetadata LOOP
-        PERFORM pg_catalog.stop_metadata_sync_to_node(w.nodename, w.nodeport);
-    END LOOP;
-    FOR cmd IN SELECT unnest(ARRAY[
-            'DELETE FROM lattice.cluster_key',
-            pg_catalog.format('INSERT INTO lattice.cluster_key (key) VALUES (%L)', k),
-            'DELETE FROM lattice.secrets',
-            'DELETE FROM lattice.plans',
-            -- role DDL is the coordinator's to propagate, unless told otherwise
-            'DO $d$BEGIN SET LOCAL citus.enable_ddl_propagation TO off;'
-            ' ALTER ROLE lattice_app LOGIN; ALTER ROLE lattice_app SET track_activities = off; END$d$']) LOOP
-        IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers(cmd) r WHERE NOT r.success) THEN
-            RAISE EXCEPTION 'lattice.cluster_setup: a worker refused: %', cmd
-                USING ERRCODE = 'connection_failure';
-        END IF;
-    END LOOP;
-    IF EXISTS (SELECT FROM pg_catalog.run_command_on_workers('SELECT count(*) FROM lattice.cluster_key') r
-                WHERE NOT r.success OR r.result <> '1') THEN
-        RAISE EXCEPTION 'lattice.cluster_setup: a worker did not take the cluster key'
-            USING ERRCODE = 'connection_failure';
-    END IF;
+    PERFORM lattice.cluster_sync_workers();
 
     -- foreign keys come off while the tables move, and go back after
     SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
@@ -4921,4 +4951,4 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION lattice.cluster_key_generate(), lattice.cluster_tables(),
-                       lattice.cluster_setup(integer) FROM PUBLIC;
+                       lattice.cluster_sync_workers(), lattice.cluster_setup(integer) FROM PUBLIC;

@@ -50,9 +50,13 @@ END
 $$;
 
 -- lattice_admin acts as one tenant for the rest of the transaction, audited.
+-- It runs as the admin (not SECURITY DEFINER): the audit row is the admin's
+-- own insert, which a policy limits to exactly this event (90_security.sql),
+-- so the admin's reads that follow use the same role -- on Citus a
+-- transaction reaches a shard as one role only.
 CREATE FUNCTION lattice.act_as_tenant(user_id uuid, reason text)
 RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

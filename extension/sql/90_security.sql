@@ -64,8 +64,15 @@ REVOKE UPDATE, DELETE ON lattice.audit_log FROM lattice_app;
 DROP POLICY tenant_update ON lattice.audit_log;
 DROP POLICY tenant_delete ON lattice.audit_log;
 DROP POLICY tenant_insert ON lattice.audit_log;
-CREATE POLICY audit_insert ON lattice.audit_log FOR INSERT
+CREATE POLICY audit_insert ON lattice.audit_log FOR INSERT TO lattice_app
     WITH CHECK (user_id = lattice.current_user_id());
+-- lattice.act_as_tenant's row, written as the admin: only that event, for
+-- the tenant being acted as, under the admin's own name.
+CREATE POLICY audit_admin_insert ON lattice.audit_log FOR INSERT TO lattice_admin
+    WITH CHECK (user_id = lattice.current_user_id() AND action = 'admin.act_as_tenant'
+                AND actor = SESSION_USER);
+GRANT INSERT ON lattice.audit_log TO lattice_admin;
+GRANT USAGE ON SEQUENCE lattice.audit_log_id_seq TO lattice_admin;
 -- Events no tenant is known for: lattice_app adds them and reads none.
 REVOKE ALL ON lattice.audit_unattributed FROM PUBLIC;
 GRANT INSERT ON lattice.audit_unattributed TO lattice_app;
@@ -93,4 +100,4 @@ GRANT EXECUTE ON FUNCTION lattice.http_json(integer, jsonb, jsonb),
                           lattice.raise_http(integer, text, text, jsonb, jsonb),
                           lattice.audit(text, text, jsonb, jsonb, uuid)
     TO lattice_app;
-GRANT EXECUTE ON FUNCTION lattice.act_as_tenant(uuid, text) TO lattice_admin;
+GRANT EXECUTE ON FUNCTION lattice.act_as_tenant(uuid, text), lattice.act_as_tenant_c(uuid) TO lattice_admin;

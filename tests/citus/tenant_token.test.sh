@@ -18,7 +18,7 @@ coord() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
 on() { local h=$1 p=$2; shift 2; psql -XAtq -h "$h" -p "$p" -v ON_ERROR_STOP=1 "$@"; }
 workers=("$W1_HOST $W1_PORT" "$W2_HOST $W2_PORT")
 
-echo "1..13"
+echo "1..16"
 
 # placement
 got=$(coord -c "SELECT string_agg(DISTINCT c.kind || '=' || (p.partmethod IS NOT NULL)::text, ',' ORDER BY c.kind || '=' || (p.partmethod IS NOT NULL)::text)
@@ -57,6 +57,16 @@ got=$(as_tenant "$b" "SELECT count(*) FROM lattice.services WHERE user_id = '$a'
 got=$(as_tenant "$b" "UPDATE lattice.services SET name = 'x' WHERE user_id = '$a'" 2>&1; coord -c "SELECT count(*) FROM lattice.services WHERE user_id = '$a' AND name LIKE 'a-%'")
 [ "${got##*$'\n'}" = 3 ] && ok "tenant B cannot change A's rows" || not_ok "B writes A" "$got"
 
+# a DBA acting as a tenant: its audit row and its reads, one role, one transaction
+coord -c "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lattice_test_dba')
+          THEN CREATE ROLE lattice_test_dba LOGIN IN ROLE lattice_admin; END IF; END\$\$"
+got=$(coord -U lattice_test_dba -c "BEGIN" -c "SELECT lattice.act_as_tenant('$a', 'support ticket 7')" \
+            -c "SELECT count(*) FROM lattice.services" -c "COMMIT" 2>&1 | grep -v '^$')
+[ "$got" = 3 ] && ok "a DBA acting as tenant A reads A's services, from every shard" || not_ok "act as tenant" "$got"
+got=$(coord -c "SELECT actor || ' ' || action FROM lattice.audit_log WHERE user_id = '$a' AND action = 'admin.act_as_tenant'")
+[ "$got" = "lattice_test_dba admin.act_as_tenant" ] && ok "and it is audited under the DBA's name" \
+    || not_ok "act as tenant audited" "$got"
+
 # straight on the workers
 total=0
 for w in "${workers[@]}"; do
@@ -84,3 +94,9 @@ altered="${token:0:$i}$c${token:$((i + 1))}"
 check "a replayed token is refused on a worker (another transaction)" refused "$token" "another transaction"
 check "an altered token is refused (the MAC)" refused "$altered" "signature"
 check "a made-up token is refused" refused "not-a-token" "malformed"
+
+# the workers' set-up again (as after adding a worker): the same key, tenants unaffected
+got=$(coord -c "SELECT lattice.cluster_sync_workers()")
+again=$(as_tenant "$a" "SELECT count(*) FROM lattice.services")
+[ "$got" = 2 ] && [ "$again" = 3 ] && ok "cluster_sync_workers() again: 2 workers, tenant A still sees its 3 services" \
+    || not_ok "cluster_sync_workers" "$got / $again"

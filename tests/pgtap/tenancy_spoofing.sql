@@ -2,7 +2,7 @@
 -- cannot reach it; SET ROLE does not change it; only superusers can use the
 -- test setter; lattice_api reaches nothing but lattice_http.
 BEGIN;
-SELECT plan(17);
+SELECT plan(19);
 
 CREATE TEMP TABLE ids AS SELECT gen_random_uuid() AS a, gen_random_uuid() AS b;
 GRANT SELECT ON ids TO PUBLIC;
@@ -55,6 +55,11 @@ SELECT throws_ok($$ SELECT lattice.act_as_tenant(b, '') FROM ids $$, '22023', NU
                  'acting as a tenant needs a reason');
 SELECT lattice.act_as_tenant(b, 'support ticket 42') FROM ids;
 SELECT is((SELECT count(*) FROM lattice.users)::int, 1, 'the admin then sees that tenant''s rows only');
+SELECT throws_ok($$ INSERT INTO lattice.audit_log (user_id, action) SELECT b, 'billing.refund' FROM ids $$,
+                 '42501', NULL, 'the admin may write no other audit event');
+SELECT throws_ok($$ INSERT INTO lattice.audit_log (user_id, action, actor)
+                    SELECT b, 'admin.act_as_tenant', 'someone_else' FROM ids $$,
+                 '42501', NULL, 'nor one under another name');
 RESET SESSION AUTHORIZATION;
 SELECT is((SELECT actor || ':' || action FROM lattice.audit_log WHERE user_id = (SELECT b FROM ids)),
           'lattice_test_dba:admin.act_as_tenant', 'acting as a tenant is audited with the admin''s name');

@@ -45,8 +45,8 @@ SELECT is_empty($$
            IS DISTINCT FROM ARRAY['tenant_delete', 'tenant_insert', 'tenant_select', 'tenant_update']
 $$, 'every tenant table has exactly the four tenant policies');
 
-SELECT policies_are('lattice', 'audit_log', ARRAY['tenant_select', 'audit_insert'],
-                    'audit_log: tenants read their own rows and append only');
+SELECT policies_are('lattice', 'audit_log', ARRAY['tenant_select', 'audit_insert', 'audit_admin_insert'],
+                    'audit_log: tenants read their own rows and append only (an admin only its act_as_tenant row)');
 
 SELECT is_empty($$
     SELECT p.polrelid::regclass::text, p.polname FROM pg_policy p
