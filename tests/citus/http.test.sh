@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.." || exit 1
 # shellcheck disable=SC1091
 . "${LATTICE_CITUS_DIR:?a started cluster}/env"
 export LATTICE_ROOT=$PWD LATTICE_CLUSTER=$LATTICE_CITUS_DIR/coord LATTICE_CITUS_DIR
-files=(identity_auth authz_matrix ingest_protocol ingest_read_api graph_api billing_webhook
+files=(identity_auth authz_matrix ingest_protocol ingest_read_api graph_api billing_webhook owasp_api_top10 owasp_bad_input events_live metrics_ops
        billing_lifecycle rate_classes rate_headers)
 paths=()
 for f in "${files[@]}"; do paths+=("tests/http/$f.test.mjs"); done
