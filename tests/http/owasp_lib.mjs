@@ -7,11 +7,14 @@ import { capturedBody as captured } from '../fixtures/captured.mjs';
 
 export { captured };
 
-// Sends one request; body may be a string or Buffer (sent as is).
+// Sends one request on a connection of its own; body may be a string or
+// Buffer (sent as is).  No keep-alive: between requests the tests block on
+// psql, long enough for the shim to close an idle connection that node's
+// agent would then reuse (ECONNRESET).
 export function send(shim, method, path, { body, headers = {}, from = '127.0.66.1', timeout = 10000 } = {}) {
   const data = body === undefined ? null : Buffer.isBuffer(body) ? body : Buffer.from(body);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: shim.port, path, method, localAddress: from, timeout,
+    const req = http.request({ host: '127.0.0.1', port: shim.port, path, method, localAddress: from, timeout, agent: false,
       headers: { ...(data ? { 'Content-Length': data.length } : {}), ...headers } }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
