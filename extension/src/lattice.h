@@ -26,6 +26,7 @@ typedef struct LatticeRoleSwitch
 } LatticeRoleSwitch;
 extern void lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw);
 extern void lattice_restore_role(const LatticeRoleSwitch *sw);
+extern Oid	lattice_schema_owner(void);
 
 /* tenant_token.c: the tenant handed to the workers of a Citus cluster */
 extern void lattice_tenant_token_init(void);

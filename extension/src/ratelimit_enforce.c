@@ -25,8 +25,6 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -38,7 +36,6 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -227,20 +224,12 @@ rate_plan_defaults(PlanLimits *out)
 static void
 rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 {
-	Oid			nsp = get_namespace_oid("lattice", false);
-	HeapTuple	tup;
-	Oid			owner;
 	Oid			save_userid;
 	int			save_sec;
 	Datum		arg = UUIDPGetDatum(user_id);
 	LatticeRoleSwitch sw;
 
 	rate_plan_defaults(out);
-	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "lattice rate limits: cache lookup failed for namespace %u", nsp);
-	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
-	ReleaseSysCache(tup);
 
 	/*
 	 * The tenant's own row is read as its role (tenant.c says why); anyone
@@ -249,7 +238,7 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 	lattice_as_tenant_role(user_id, &sw);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	if (!sw.switched)
-		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+		SetUserIdAndSecContext(lattice_schema_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice rate limits: SPI_connect failed");

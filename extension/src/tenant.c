@@ -12,12 +12,16 @@
  */
 #include "lattice.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "commands/user.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/syscache.h"
 
 static pg_uuid_t tenant_id;
 static bool tenant_set = false;
@@ -208,4 +212,19 @@ lattice_restore_role(const LatticeRoleSwitch *sw)
 {
 	if (sw->switched)
 		SetUserIdAndSecContext(sw->userid, sw->sec_context);
+}
+
+/* The owner of schema lattice: the role that reads what no API role may */
+Oid
+lattice_schema_owner(void)
+{
+	Oid			nsp = get_namespace_oid("lattice", false);
+	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "lattice: cache lookup failed for namespace %u", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+	return owner;
 }

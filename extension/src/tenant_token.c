@@ -30,14 +30,11 @@
 #include <sodium.h>
 
 #include "access/xact.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_namespace.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #define TOKEN_VERSION		1
@@ -79,16 +76,8 @@ lattice_tenant_token_init(void)
 static void
 as_owner(Oid *save_userid, int *save_sec)
 {
-	HeapTuple	tup = SearchSysCache1(NAMESPACEOID,
-									  ObjectIdGetDatum(get_namespace_oid("lattice", false)));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "lattice: cache lookup failed for schema lattice");
-	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
-	ReleaseSysCache(tup);
 	GetUserIdAndSecContext(save_userid, save_sec);
-	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(lattice_schema_owner(), *save_sec | SECURITY_LOCAL_USERID_CHANGE);
 }
 
 /* Loads the cluster key; false when this node has none (a single node) */
