@@ -99,6 +99,8 @@ BEGIN
     b := lattice.auth_body(body);
     account := lattice.signup_user(lattice.auth_field(b, 'email'), lattice.auth_field(b, 'password'),
                                    lattice.auth_field(b, 'name'), req);
+    PERFORM lattice.account_send_verification(account, u.email, u.name)
+       FROM lattice.users u WHERE u.id = account;
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(201, jsonb_build_object('user', lattice.user_json(account)),
         lattice.session_cookies(s.token, s.csrf,
@@ -106,8 +108,9 @@ BEGIN
 END
 $$;
 
--- POST /api/v1/auth/login {email, password} -> 200 {user} + cookies;
--- 401 invalid_credentials (answered, not raised: the audit row stays).
+-- POST /api/v1/auth/login {email, password, code?} -> 200 {user} + cookies;
+-- 401 invalid_credentials, mfa_required (two-factor on, no code) or
+-- invalid_code (answered, not raised: the audit rows stay).
 CREATE FUNCTION lattice_http.auth_login(req jsonb, body text)
 RETURNS lattice.http_response
 LANGUAGE plpgsql
@@ -116,12 +119,22 @@ DECLARE
     b jsonb;
     account uuid;
     s record;
+    code text;
 BEGIN
     PERFORM lattice.rate_enforce_address(req, 'login');
     b := lattice.auth_body(body);
+    code := lattice.auth_field(b, 'code');
     account := lattice.login(lattice.auth_field(b, 'email'), lattice.auth_field(b, 'password'), req);
     IF account IS NULL THEN
         RETURN lattice.http_error(401, 'invalid_credentials', 'the email or the password is wrong');
+    END IF;
+    IF EXISTS (SELECT FROM lattice.account_mfa m WHERE m.user_id = account AND m.enabled_at IS NOT NULL) THEN
+        IF code IS NULL THEN
+            RETURN lattice.http_error(401, 'mfa_required', 'enter the code of your authenticator app');
+        END IF;
+        IF NOT lattice.account_mfa_verify(code, req) THEN
+            RETURN lattice.http_error(401, 'invalid_code', 'the code is wrong or was already used');
+        END IF;
     END IF;
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(200, jsonb_build_object('user', lattice.user_json(account)),

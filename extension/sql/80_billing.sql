@@ -304,6 +304,73 @@ BEGIN
         lines := ARRAY['Thank you. We received ' || COALESCE(data ->> 'amount', 'your payment')
                        || ' for invoice ' || COALESCE(data ->> 'number', '') || '.',
                        'Invoice: ' || COALESCE(data ->> 'hosted_invoice_url', origin || '/dashboard/billing')];
+    WHEN 'trial_ending_soon' THEN
+        subject := 'Your Lattice trial ends on ' || COALESCE(data ->> 'trial_end', 'soon');
+        lines := ARRAY['Your free Lattice trial ends on ' || COALESCE(data ->> 'trial_end', 'soon') || '.',
+                       'Subscribe before then to keep your services reporting: ' || origin || '/dashboard/billing'];
+    WHEN 'trial_ended' THEN
+        subject := 'Your Lattice trial has ended';
+        lines := ARRAY['Your free Lattice trial has ended, so Lattice no longer accepts data from your services.',
+                       'Your data is kept read-only until ' || COALESCE(data ->> 'kept_until', 'the retention period ends')
+                       || '. Subscribe to continue: ' || origin || '/dashboard/billing'];
+    WHEN 'renewal_reminder' THEN
+        subject := 'Your Lattice subscription renews on ' || COALESCE(data ->> 'renews_on', 'soon');
+        lines := ARRAY['Your Lattice subscription renews on ' || COALESCE(data ->> 'renews_on', 'soon')
+                       || ' for ' || COALESCE(data ->> 'amount', 'the plan price') || '.',
+                       'Nothing to do if you want to continue. To change or cancel it: ' || origin || '/dashboard/billing'];
+    WHEN 'retention_warning' THEN
+        subject := 'Your Lattice data will be removed on ' || COALESCE(data ->> 'kept_until', 'soon');
+        lines := ARRAY['Your Lattice account has no active subscription. Its service data will be removed on '
+                       || COALESCE(data ->> 'kept_until', 'soon') || '.',
+                       'Subscribe before then to keep it, or download a copy: ' || origin || '/dashboard/account'];
+    WHEN 'data_purged' THEN
+        subject := 'Your Lattice service data has been removed';
+        lines := ARRAY['As announced, the service data of your Lattice account has been removed.',
+                       'Your account and invoices remain; you can subscribe again at any time: ' || origin || '/dashboard/billing'];
+    WHEN 'verify_email' THEN
+        subject := 'Confirm your e-mail address for Lattice';
+        lines := ARRAY['Please confirm that this is your address by opening this link (it works for 48 hours):',
+                       COALESCE(data ->> 'link', ''),
+                       'If you did not sign up for Lattice, you can ignore this message.'];
+    WHEN 'email_change_verify' THEN
+        subject := 'Confirm your new e-mail address for Lattice';
+        lines := ARRAY['Open this link to make ' || COALESCE(data ->> 'new_email', 'this address')
+                       || ' the address of your Lattice account (it works for 24 hours):',
+                       COALESCE(data ->> 'link', ''),
+                       'If you did not ask for this, ignore this message: nothing changes.'];
+    WHEN 'email_change_requested' THEN
+        subject := 'A change of your Lattice e-mail address was requested';
+        lines := ARRAY['Someone signed in to your Lattice account asked to change its address to '
+                       || COALESCE(data ->> 'new_email', 'another address') || '.',
+                       'This address stays in use until the new one is confirmed. If it was not you, change your password: '
+                       || origin || '/forgot-password'];
+    WHEN 'email_changed' THEN
+        subject := 'The e-mail address of your Lattice account was changed';
+        lines := ARRAY['The address of your Lattice account is now ' || COALESCE(data ->> 'new_email', 'a new one') || '.',
+                       'If it was not you, contact us by replying to this message.'];
+    WHEN 'password_reset' THEN
+        subject := 'Reset your Lattice password';
+        lines := ARRAY['Open this link to choose a new password (it works for one hour, once):',
+                       COALESCE(data ->> 'link', ''),
+                       'If you did not ask for this, ignore this message: your password stays as it is.'];
+    WHEN 'password_changed' THEN
+        subject := 'Your Lattice password was changed';
+        lines := ARRAY['The password of your Lattice account was just changed, and your other sessions were signed out.',
+                       'If it was not you, reset it now: ' || origin || '/forgot-password'];
+    WHEN 'mfa_enabled' THEN
+        subject := 'Two-factor authentication is on for your Lattice account';
+        lines := ARRAY['Signing in to your Lattice account now needs a code from your authenticator app.',
+                       'Keep your recovery codes somewhere safe. If it was not you, reset your password: '
+                       || origin || '/forgot-password'];
+    WHEN 'mfa_disabled' THEN
+        subject := 'Two-factor authentication is off for your Lattice account';
+        lines := ARRAY['Signing in to your Lattice account no longer needs a code.',
+                       'If it was not you, reset your password now: ' || origin || '/forgot-password'];
+    WHEN 'account_deleted' THEN
+        subject := 'Your Lattice account has been deleted';
+        lines := ARRAY['Your Lattice account and all of its data have been deleted, and any subscription cancelled.',
+                       'Only the invoices are kept, for ' || COALESCE(data ->> 'kept_years', '10')
+                       || ' years, as accounting and tax law require.'];
     ELSE
         RAISE EXCEPTION 'lattice.billing_email_content: unknown template "%"', template
             USING ERRCODE = 'invalid_parameter_value';
@@ -698,7 +765,7 @@ BEGIN
                        'customer.subscription.trial_will_end', 'customer.subscription.paused',
                        'customer.subscription.resumed', 'invoice.paid', 'invoice.payment_succeeded',
                        'invoice.payment_failed', 'invoice.finalized', 'invoice.updated', 'invoice.voided',
-                       'invoice.marked_uncollectible')
+                       'invoice.marked_uncollectible', 'invoice.upcoming')
        OR pg_catalog.jsonb_typeof(obj) IS DISTINCT FROM 'object' THEN
         UPDATE lattice.stripe_events SET outcome = 'ignored', applied_at = pg_catalog.now() WHERE id = event_id;
         RETURN 'ignored';
@@ -736,6 +803,13 @@ BEGIN
                 'price', (SELECT lattice.billing_money(p.price_cents, p.currency)
                             FROM lattice.users u JOIN lattice.plans p ON p.id = u.plan_id WHERE u.id = account)));
         END IF;
+    ELSIF ev.type = 'invoice.upcoming' THEN
+        -- a preview (no id, nothing to store): the reminder before a renewal charge
+        applied := true;
+        PERFORM lattice.outbox_email(account, 'renewal_reminder', pg_catalog.jsonb_build_object(
+            'renews_on', to_char(COALESCE(lattice.stripe_time(obj -> 'next_payment_attempt'),
+                                          lattice.stripe_time(obj -> 'period_end')) AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY'),
+            'amount', lattice.billing_money((obj ->> 'amount_due')::bigint, obj ->> 'currency')));
     ELSE
         applied := lattice.stripe_apply_invoice(account, obj, ev.created, ev.type, event_id);
         IF ev.type IN ('invoice.paid', 'invoice.payment_failed') THEN
@@ -900,7 +974,8 @@ DECLARE
     origin text := lattice.billing_public_origin();
     params jsonb;
 BEGIN
-    SELECT pl.* INTO p FROM lattice.users u JOIN lattice.plans pl ON pl.id = u.plan_id WHERE u.id = account;
+    SELECT pl.*, u.trial_ends_at INTO p FROM lattice.users u JOIN lattice.plans pl ON pl.id = u.plan_id
+     WHERE u.id = account;
     trial_used := EXISTS (SELECT FROM lattice.subscriptions s WHERE s.user_id = account
                            AND (s.trial_start IS NOT NULL OR s.status NOT IN ('incomplete', 'incomplete_expired')));
     params := pg_catalog.jsonb_build_array(
@@ -913,9 +988,12 @@ BEGIN
         pg_catalog.jsonb_build_array('cancel_url', origin || '/dashboard/billing?checkout=canceled'),
         pg_catalog.jsonb_build_array('metadata[user_id]', account::text),
         pg_catalog.jsonb_build_array('subscription_data[metadata][user_id]', account::text));
-    IF NOT trial_used AND p.trial_days > 0 THEN
+    -- The trial is the sign-up's: what is left of it carries over (Stripe
+    -- wants a trial end at least 48 hours ahead), never a second one.
+    IF NOT trial_used AND p.trial_ends_at > lattice.clock_now() + interval '48 hours' THEN
         params := params || pg_catalog.jsonb_build_array(
-            pg_catalog.jsonb_build_array('subscription_data[trial_period_days]', p.trial_days::text));
+            pg_catalog.jsonb_build_array('subscription_data[trial_end]',
+                                         floor(extract(epoch FROM p.trial_ends_at))::bigint::text));
     END IF;
     RETURN params;
 END
@@ -933,10 +1011,14 @@ DECLARE
     customer text;
     job bigint;
 BEGIN
-    SELECT x.id, x.email, x.name, pl.stripe_price_id INTO u
+    SELECT x.id, x.email, x.name, x.email_verified_at, pl.stripe_price_id INTO u
       FROM lattice.users x JOIN lattice.plans pl ON pl.id = x.plan_id WHERE x.id = account;
     IF NOT FOUND THEN
         PERFORM lattice.raise_http(401, 'unauthorized', 'no authenticated account');
+    END IF;
+    IF u.email_verified_at IS NULL THEN
+        PERFORM lattice.raise_http(403, 'email_unverified',
+            'confirm your e-mail address first: receipts and notices go there');
     END IF;
     IF u.stripe_price_id IS NULL THEN
         PERFORM lattice.raise_http(503, 'billing_not_configured', 'the plan has no Stripe price yet');

@@ -59,7 +59,8 @@ END
 $security$;
 
 -- The audit trail is append-only for everyone but the owner: lattice_app
--- may add rows, never change them.  A tenant reads its own rows.
+-- may add rows, never change them, and delete them only with the account
+-- (below).  A tenant reads its own rows.
 REVOKE UPDATE, DELETE ON lattice.audit_log FROM lattice_app;
 DROP POLICY tenant_update ON lattice.audit_log;
 DROP POLICY tenant_delete ON lattice.audit_log;
@@ -72,6 +73,11 @@ CREATE POLICY audit_admin_insert ON lattice.audit_log FOR INSERT TO lattice_admi
     WITH CHECK (user_id = lattice.current_user_id() AND action = 'admin.act_as_tenant'
                 AND actor = SESSION_USER);
 GRANT INSERT ON lattice.audit_log TO lattice_admin;
+-- Deleting the account deletes its trail too, only in the transaction that
+-- proved the deletion (password and second factor, src/account_reauth.c).
+CREATE POLICY audit_account_deleted ON lattice.audit_log FOR DELETE TO lattice_app
+    USING (user_id = lattice.current_user_id() AND lattice.account_deleting());
+GRANT DELETE ON lattice.audit_log TO lattice_app;
 GRANT USAGE ON SEQUENCE lattice.audit_log_id_seq TO lattice_admin;
 -- Events no tenant is known for: lattice_app adds them and reads none.
 REVOKE ALL ON lattice.audit_unattributed FROM PUBLIC;

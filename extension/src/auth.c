@@ -327,7 +327,7 @@ lattice_current_scopes(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(lattice_scopes_array(lattice_auth_scopes()));
 }
 
-/* lattice.current_auth_method() -> text: api_key, bearer, session, password or NULL */
+/* lattice.current_auth_method() -> text: api_key, bearer, session, password, link or NULL */
 PG_FUNCTION_INFO_V1(lattice_current_auth_method);
 Datum
 lattice_current_auth_method(PG_FUNCTION_ARGS)
@@ -342,6 +342,8 @@ lattice_current_auth_method(PG_FUNCTION_ARGS)
 			PG_RETURN_TEXT_P(cstring_to_text("session"));
 		case LATTICE_AUTH_PASSWORD:
 			PG_RETURN_TEXT_P(cstring_to_text("password"));
+		case LATTICE_AUTH_LINK:
+			PG_RETURN_TEXT_P(cstring_to_text("link"));
 		default:
 			PG_RETURN_NULL();
 	}

@@ -17,6 +17,7 @@ static int	billing_webhook_tolerance_seconds = 300;
 static int	billing_webhook_max_bytes = 262144;
 static int	billing_webhook_per_minute = 600;
 static int	billing_retention_days = 365;
+static int	billing_retained_invoice_years = 10;
 static char *billing_public_origin = NULL;
 
 void
@@ -41,6 +42,10 @@ lattice_billing_init(void)
 	DefineCustomIntVariable("lattice.billing_retention_days",
 							"Days a lapsed account's data is kept, read-only.",
 							NULL, &billing_retention_days, 365, 1, 36500,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.billing_retained_invoice_years",
+							"Years the invoices of a deleted account are kept for accounting.",
+							NULL, &billing_retained_invoice_years, 10, 1, 100,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("lattice.billing_public_origin",
 							   "Origin of the dashboard that Stripe sends the browser back to.",
@@ -68,6 +73,8 @@ lattice_billing_setting(PG_FUNCTION_ARGS)
 		PG_RETURN_INT32(billing_webhook_per_minute);
 	if (strcmp(name, "retention_days") == 0)
 		PG_RETURN_INT32(billing_retention_days);
+	if (strcmp(name, "retained_invoice_years") == 0)
+		PG_RETURN_INT32(billing_retained_invoice_years);
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("lattice.billing_setting: unknown setting \"%s\"", name)));

@@ -62,6 +62,7 @@ extern bool lattice_xact_read_only(void);
 extern char *lattice_password_hash_cstr(const char *password, size_t len);
 extern bool lattice_password_verify_cstr(const char *hash, const char *password, size_t len);
 extern void lattice_password_check_length(const char *password, size_t len);
+extern char *lattice_normalise_email(text *t);
 
 /*
  * Scopes of API keys and tokens, as bits.  A session may do everything a
@@ -96,12 +97,16 @@ typedef enum LatticeAuthMethod
 	LATTICE_AUTH_API_KEY,
 	LATTICE_AUTH_BEARER,
 	LATTICE_AUTH_SESSION,
-	LATTICE_AUTH_PASSWORD		/* login or sign-up in this transaction */
+	LATTICE_AUTH_PASSWORD,		/* login or sign-up in this transaction */
+	LATTICE_AUTH_LINK			/* an account link (account_token.c) */
 } LatticeAuthMethod;
 
 extern void lattice_auth_note(LatticeAuthMethod method, const pg_uuid_t *credential_id);
 extern LatticeAuthMethod lattice_auth_method(void);
 extern int	lattice_auth_scopes(void);
+/* account_reauth.c: the second factor a session needs when it is enabled */
+extern void lattice_account_mfa_gate(const pg_uuid_t *user_id);
+
 /* deferred.c: writes a transaction cannot make itself */
 extern void lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);
 extern void lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);

@@ -129,8 +129,8 @@ lattice_password_needs_rehash(PG_FUNCTION_ARGS)
 }
 
 /* Trimmed, lower-cased email; NULL when it is not a plausible address */
-static char *
-normalise_email(text *t)
+char *
+lattice_normalise_email(text *t)
 {
 	const char *s = VARDATA_ANY(t);
 	int			len = VARSIZE_ANY_EXHDR(t);
@@ -155,6 +155,18 @@ normalise_email(text *t)
 	if (p == NULL || p == at + 1 || email[strlen(email) - 1] == '.')
 		return NULL;
 	return email;
+}
+
+/* lattice.email_normalise(email text) -> text: as above, NULL when implausible */
+PG_FUNCTION_INFO_V1(lattice_email_normalise);
+Datum
+lattice_email_normalise(PG_FUNCTION_ARGS)
+{
+	char	   *email = lattice_normalise_email(PG_GETARG_TEXT_PP(0));
+
+	if (email == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(email));
 }
 
 /*
@@ -198,7 +210,7 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	Datum		values[6];
 	bool		isnull;
 
-	if (PG_ARGISNULL(0) || (email = normalise_email(PG_GETARG_TEXT_PP(0))) == NULL)
+	if (PG_ARGISNULL(0) || (email = lattice_normalise_email(PG_GETARG_TEXT_PP(0))) == NULL)
 		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
 	if (PG_ARGISNULL(1))
 		lattice_raise_http(400, "invalid_password", "password must be 10 to 1024 characters",
@@ -336,7 +348,7 @@ Datum
 lattice_login(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
-	char	   *email = PG_ARGISNULL(0) ? NULL : normalise_email(PG_GETARG_TEXT_PP(0));
+	char	   *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
 	text	   *pw = PG_ARGISNULL(1) ? cstring_to_text("") : PG_GETARG_TEXT_PP(1);
 	const char *pw_s = VARDATA_ANY(pw);
 	size_t		pw_len = VARSIZE_ANY_EXHDR(pw);

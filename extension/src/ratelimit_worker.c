@@ -12,7 +12,8 @@
  * start again from zero.  A roll-up that fails loses its deltas (at most one
  * interval of usage); the counters themselves are unaffected.
  *
- * Each roll-up also writes the identity writes that wait (deferred.c).
+ * Each roll-up also writes the identity writes that wait (deferred.c), and
+ * once an hour the worker runs the account lifecycle's tick.
  * The worker is registered when lattice is preloaded and
  * lattice.rate_usage_interval > 0.  It connects to lattice.rate_database
  * and does nothing while that database has no lattice extension.
@@ -274,6 +275,31 @@ rate_worker_cycle(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * The account lifecycle's tick (extension/sql/86_account.sql), once an hour
+ * in a transaction of its own: its notices and purges are not the
+ * roll-up's, and an error in one leaves the other alone.
+ */
+#define LIFECYCLE_INTERVAL_MS (3600 * 1000L)
+
+static void
+lifecycle_cycle(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice lifecycle: SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "lattice lifecycle tick");
+	if (OidIsValid(get_extension_oid("lattice", true)) &&
+		SPI_execute("SELECT lattice.lifecycle_tick()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "lattice lifecycle: the tick failed");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 void
 lattice_rate_worker_main(Datum main_arg)
 {
@@ -299,6 +325,8 @@ lattice_rate_worker_main(Datum main_arg)
 
 	for (;;)
 	{
+		static TimestampTz last_lifecycle = 0;
+
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -306,6 +334,11 @@ lattice_rate_worker_main(Datum main_arg)
 		}
 		if (rate_usage_interval > 0)
 			rate_worker_cycle();
+		if (TimestampDifferenceExceeds(last_lifecycle, GetCurrentTimestamp(), LIFECYCLE_INTERVAL_MS))
+		{
+			lifecycle_cycle();
+			last_lifecycle = GetCurrentTimestamp();
+		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(rate_usage_interval, 1) * 1000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

@@ -204,6 +204,28 @@ lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
 }
 
 /*
+ * lattice.audit_event(action text, target text, details jsonb, req jsonb)
+ * -> void: an audit row of the current tenant that a read-only transaction
+ * (a GET) may also leave: it then waits in the deferred queue.
+ */
+PG_FUNCTION_INFO_V1(lattice_audit_event);
+Datum
+lattice_audit_event(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+
+	if (!lattice_get_tenant(&tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("lattice.audit_event: no authenticated tenant")));
+	lattice_audit(text_to_cstring(PG_GETARG_TEXT_PP(0)), &tenant,
+				  PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
+				  PG_ARGISNULL(2) ? NULL : JsonbToCString(NULL, &PG_GETARG_JSONB_P(2)->root, 0),
+				  PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3));
+	PG_RETURN_VOID();
+}
+
+/*
  * Reads a secret: the active one of a kind (kid NULL) or a given kid, active
  * or retired.  Copies the secret into the caller's buffer (which the caller
  * wipes) and the kid into kid_out when given.  False when there is none.

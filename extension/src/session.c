@@ -166,8 +166,9 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
  *   -> (id uuid, token text, csrf text, expires_at timestamptz)
  *
  * Opens a session for the current tenant, only right after a password
- * proved it in this transaction (login or sign-up): an API key or token
- * cannot be traded for a cookie.
+ * proved it in this transaction (login or sign-up), and its second factor
+ * when it has one on: an API key, a token or a link cannot be traded for a
+ * cookie.
  */
 PG_FUNCTION_INFO_V1(lattice_session_create);
 Datum
@@ -197,6 +198,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 				 errdetail("A session opens only after a password login or sign-up in the same transaction.")));
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.session_create: must return a record");
+	lattice_account_mfa_gate(&tenant);
 
 	token = lattice_random_token(SESSION_TOKEN_BYTES);
 	addr = lattice_req_text(req, "client_addr");

@@ -1,0 +1,378 @@
+/*
+ * account_reauth.c
+ *		Proving again that it is the account holder: the current password
+ *		before a sensitive change, the second factor (a TOTP code or a
+ *		recovery code, account_totp.c) at login and before turning it off or
+ *		deleting the account; and setting a new password.
+ *
+ * Each check is limited per account (shared-memory counters, so they hold
+ * across connections) and every failure is audited.  A passed second factor
+ * is remembered for the rest of the transaction only; session.c asks
+ * lattice_account_mfa_gate() before it opens a session, so no route can open
+ * one for an account with two-factor authentication without the code.
+ * Secrets are read as the owner (these run in SECURITY DEFINER functions),
+ * the account's own rows are written as its role (tenant.c).
+ */
+#include "lattice.h"
+#include "identity.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define REAUTH_LIMIT	10			/* password checks per account per window */
+#define MFA_LIMIT		10			/* second-factor checks per account per window */
+#define REAUTH_WINDOW	900			/* seconds */
+
+static LocalTransactionId mfa_passed_lxid = InvalidLocalTransactionId;
+static pg_uuid_t mfa_passed_user;
+
+/* The tenant, proved by a session or a password in this transaction (or a link) */
+static void
+require_holder(pg_uuid_t *tenant, bool link_ok, const char *fn)
+{
+	LatticeAuthMethod m = lattice_auth_method();
+
+	if (!lattice_get_tenant(tenant) ||
+		!(m == LATTICE_AUTH_SESSION || m == LATTICE_AUTH_PASSWORD || (link_ok && m == LATTICE_AUTH_LINK)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s: permission denied", fn),
+				 errdetail("It acts for an account signed in with a session or a password.")));
+}
+
+static void
+limit_attempts(const char *scope, const pg_uuid_t *tenant, int64 limit)
+{
+	LatticeRateResult r;
+	char	   *key = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(tenant)));
+
+	if (!lattice_rate_check(scope, key, limit, REAUTH_WINDOW, &r))
+		lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL,
+						   psprintf("{\"Retry-After\": \"" INT64_FORMAT "\"}",
+									Max(r.retry_after_seconds, 1)));
+}
+
+/* The account's current password; a wrong one is audited */
+static bool
+password_matches(const pg_uuid_t *tenant, text *pw, Jsonb *req)
+{
+	static SPIPlanPtr plan = NULL;
+	char	   *hash = NULL;
+	bool		ok;
+
+	limit_attempts("reauth_account", tenant, REAUTH_LIMIT);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_prepare_kept(&plan, "SELECT password_hash FROM lattice.users WHERE id = $1",
+							 1, (Oid[]) {UUIDOID});
+	if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(tenant)}, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice: reading the password failed");
+	if (SPI_processed == 1)
+	{
+		hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		if (hash)				/* outlive SPI_finish */
+			hash = strcpy(SPI_palloc(strlen(hash) + 1), hash);
+	}
+	SPI_finish();
+
+	ok = lattice_password_verify_cstr(hash, VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
+	if (!ok)
+		lattice_audit("reauth.failure", tenant, NULL, "{\"reason\": \"wrong_password\"}", req);
+	return ok;
+}
+
+/*
+ * lattice.account_password_check(password text, req jsonb) -> boolean: the
+ * current password of the signed-in account; false (audited) when wrong.
+ */
+PG_FUNCTION_INFO_V1(lattice_account_password_check);
+Datum
+lattice_account_password_check(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+
+	require_holder(&tenant, false, "lattice.account_password_check");
+	PG_RETURN_BOOL(password_matches(&tenant,
+									PG_ARGISNULL(0) ? cstring_to_text("") : PG_GETARG_TEXT_PP(0),
+									PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1)));
+}
+
+/*
+ * lattice.account_password_set(password text) -> void: a new password
+ * (10 to 1024 characters, else 400 invalid_password) for the signed-in
+ * account or the one a reset link named.
+ */
+PG_FUNCTION_INFO_V1(lattice_account_password_set);
+Datum
+lattice_account_password_set(PG_FUNCTION_ARGS)
+{
+	text	   *pw;
+	pg_uuid_t	tenant;
+	char	   *hash;
+	LatticeRoleSwitch sw;
+
+	require_holder(&tenant, true, "lattice.account_password_set");
+	if (PG_ARGISNULL(0))
+		lattice_raise_http(400, "invalid_password", "password must be 10 to 1024 characters",
+						   NULL, NULL);
+	pw = PG_GETARG_TEXT_PP(0);
+	lattice_password_check_length(VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
+	hash = lattice_password_hash_cstr(VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
+
+	lattice_as_tenant_role(&tenant, &sw);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice.account_password_set: SPI_connect failed");
+	if (SPI_execute_with_args("UPDATE lattice.users SET password_hash = $1, updated_at = $2 WHERE id = $3",
+							  3, (Oid[]) {TEXTOID, TIMESTAMPTZOID, UUIDOID},
+							  (Datum[]) {CStringGetTextDatum(hash), TimestampTzGetDatum(lattice_clock_now()),
+							  UUIDPGetDatum(&tenant)}, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_processed != 1)
+		elog(ERROR, "lattice.account_password_set: update failed");
+	SPI_finish();
+	lattice_restore_role(&sw);
+	PG_RETURN_VOID();
+}
+
+/* A six-digit TOTP code (spaces around allowed); anything else may be a recovery code */
+static bool
+looks_like_totp(const char *code)
+{
+	int			digits = 0;
+
+	for (const char *c = code; *c; c++)
+	{
+		if (*c >= '0' && *c <= '9')
+			digits++;
+		else if (*c != ' ')
+			return false;
+	}
+	return digits == 6;
+}
+
+/* The TOTP code against the stored secret; true once its step is recorded */
+static bool
+mfa_totp(const pg_uuid_t *tenant, const char *code)
+{
+	static SPIPlanPtr check_plan = NULL;
+	static SPIPlanPtr step_plan = NULL;
+	bool		isnull;
+	Datum		step;
+	LatticeRoleSwitch sw;
+	bool		ok;
+
+	lattice_spi_prepare_kept(&check_plan,
+							 "SELECT lattice.totp_check(m.sealed, $2, m.last_step, $3)"
+							 "  FROM lattice.account_mfa m WHERE m.user_id = $1",
+							 3, (Oid[]) {UUIDOID, TEXTOID, TIMESTAMPTZOID});
+	if (SPI_execute_plan(check_plan, (Datum[]) {UUIDPGetDatum(tenant), CStringGetTextDatum(code),
+						 TimestampTzGetDatum(lattice_clock_now())}, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice.account_mfa_verify: check failed");
+	if (SPI_processed != 1)
+		return false;
+	step = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return false;
+
+	/* the step is used up: the same code cannot be replayed in its window */
+	lattice_as_tenant_role(tenant, &sw);
+	lattice_spi_prepare_kept(&step_plan,
+							 "UPDATE lattice.account_mfa SET last_step = $2"
+							 " WHERE user_id = $1 AND (last_step IS NULL OR last_step < $2)",
+							 2, (Oid[]) {UUIDOID, INT8OID});
+	if (SPI_execute_plan(step_plan, (Datum[]) {UUIDPGetDatum(tenant), step}, NULL, false, 0)
+		!= SPI_OK_UPDATE)
+		elog(ERROR, "lattice.account_mfa_verify: recording the step failed");
+	ok = SPI_processed == 1;
+	lattice_restore_role(&sw);
+	return ok;
+}
+
+/* A recovery code against the unused ones; true once it is used up */
+static bool
+mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
+{
+	static SPIPlanPtr match_plan = NULL;
+	static SPIPlanPtr use_plan = NULL;
+	bool		isnull;
+	Datum		id;
+	LatticeRoleSwitch sw;
+	bool		ok;
+
+	lattice_spi_prepare_kept(&match_plan,
+							 "SELECT (pg_catalog.array_agg(c.id ORDER BY c.id))"
+							 "         [lattice.recovery_code_match($2, pg_catalog.array_agg(c.code_hash ORDER BY c.id))]"
+							 "  FROM lattice.account_recovery_codes c"
+							 " WHERE c.user_id = $1 AND c.used_at IS NULL",
+							 2, (Oid[]) {UUIDOID, TEXTOID});
+	if (SPI_execute_plan(match_plan, (Datum[]) {UUIDPGetDatum(tenant), CStringGetTextDatum(code)},
+						 NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice.account_mfa_verify: recovery code check failed");
+	if (SPI_processed != 1)
+		return false;
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return false;
+	id = SPI_datumTransfer(id, false, UUID_LEN);
+
+	lattice_as_tenant_role(tenant, &sw);
+	lattice_spi_prepare_kept(&use_plan,
+							 "UPDATE lattice.account_recovery_codes SET used_at = $3"
+							 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
+							 3, (Oid[]) {UUIDOID, UUIDOID, TIMESTAMPTZOID});
+	if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(tenant), id,
+						 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lattice.account_mfa_verify: using the recovery code failed");
+	ok = SPI_processed == 1;
+	lattice_restore_role(&sw);
+	return ok;
+}
+
+/* A second-factor code of the account; true once used up, false (audited) else */
+static bool
+mfa_check(const pg_uuid_t *tenant, const char *code, Jsonb *req)
+{
+	bool		totp = looks_like_totp(code);
+	bool		ok;
+
+	limit_attempts("mfa_account", tenant, MFA_LIMIT);
+	if (strlen(code) > 64)
+		code = "";
+	if (totp)					/* as apps show it: "123 456" */
+	{
+		char	   *digits = palloc0(strlen(code) + 1);
+		char	   *d = digits;
+
+		for (const char *c = code; *c; c++)
+			if (*c != ' ')
+				*d++ = *c;
+		code = digits;
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice: SPI_connect failed");
+	ok = totp ? mfa_totp(tenant, code) : mfa_recovery_code(tenant, code);
+	SPI_finish();
+
+	if (!ok)
+	{
+		lattice_audit("mfa.failure", tenant, NULL,
+					  totp ? "{\"method\": \"totp\"}" : "{\"method\": \"recovery_code\"}", req);
+		return false;
+	}
+	mfa_passed_lxid = MyProc->lxid;
+	mfa_passed_user = *tenant;
+	lattice_audit(totp ? "mfa.verified" : "mfa.recovery_code_used", tenant, NULL, NULL, req);
+	return true;
+}
+
+/*
+ * lattice.account_mfa_verify(code text, req jsonb) -> boolean: a TOTP code
+ * of the account's secret (enabled or being enrolled), each step once, or
+ * one of its unused recovery codes, used up.  False (audited) otherwise.
+ */
+PG_FUNCTION_INFO_V1(lattice_account_mfa_verify);
+Datum
+lattice_account_mfa_verify(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+
+	require_holder(&tenant, false, "lattice.account_mfa_verify");
+	PG_RETURN_BOOL(mfa_check(&tenant, PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0)),
+							 PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1)));
+}
+
+/* Whether the account has two-factor authentication on */
+static bool
+mfa_enabled(const pg_uuid_t *user_id)
+{
+	static SPIPlanPtr plan = NULL;
+	bool		enabled;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_prepare_kept(&plan,
+							 "SELECT 1 FROM lattice.account_mfa WHERE user_id = $1 AND enabled_at IS NOT NULL",
+							 1, (Oid[]) {UUIDOID});
+	if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(user_id)}, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice: reading the second factor failed");
+	enabled = SPI_processed == 1;
+	SPI_finish();
+	return enabled;
+}
+
+static bool
+mfa_passed(const pg_uuid_t *user_id)
+{
+	return mfa_passed_lxid == MyProc->lxid &&
+		memcmp(&mfa_passed_user, user_id, sizeof(pg_uuid_t)) == 0;
+}
+
+/*
+ * Raises 401 mfa_required when the account has two-factor authentication
+ * on and this transaction has not verified a code for it.
+ */
+void
+lattice_account_mfa_gate(const pg_uuid_t *user_id)
+{
+	if (!mfa_passed(user_id) && mfa_enabled(user_id))
+		lattice_raise_http(401, "mfa_required", "this account needs its two-factor code", NULL, NULL);
+}
+
+static LocalTransactionId deleting_lxid = InvalidLocalTransactionId;
+static pg_uuid_t deleting_user;
+
+/*
+ * lattice.account_delete_begin(password text, code text, req jsonb) -> text
+ *
+ * The proof an account deletion needs: a dashboard session, the current
+ * password and, when two-factor authentication is on, a code.  Returns NULL
+ * when proved (lattice.account_deleting() is then true for the rest of the
+ * transaction), else why not: wrong_password, mfa_required or invalid_code
+ * (failures audited).
+ */
+PG_FUNCTION_INFO_V1(lattice_account_delete_begin);
+Datum
+lattice_account_delete_begin(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	pg_uuid_t	tenant;
+
+	require_holder(&tenant, false, "lattice.account_delete_begin");
+	if (lattice_auth_method() != LATTICE_AUTH_SESSION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("lattice.account_delete_begin: permission denied"),
+				 errdetail("An account is deleted from a dashboard session.")));
+	if (!password_matches(&tenant, PG_ARGISNULL(0) ? cstring_to_text("") : PG_GETARG_TEXT_PP(0), req))
+		PG_RETURN_TEXT_P(cstring_to_text("wrong_password"));
+	if (mfa_enabled(&tenant) && !mfa_passed(&tenant))
+	{
+		if (PG_ARGISNULL(1))
+			PG_RETURN_TEXT_P(cstring_to_text("mfa_required"));
+		if (!mfa_check(&tenant, text_to_cstring(PG_GETARG_TEXT_PP(1)), req))
+			PG_RETURN_TEXT_P(cstring_to_text("invalid_code"));
+	}
+	deleting_lxid = MyProc->lxid;
+	deleting_user = tenant;
+	PG_RETURN_NULL();
+}
+
+/*
+ * lattice.account_deleting() -> boolean: this transaction proved, for its
+ * tenant, what deleting the account needs.  The one case in which the API
+ * role may delete the account's audit trail (90_security.sql).
+ */
+PG_FUNCTION_INFO_V1(lattice_account_deleting);
+Datum
+lattice_account_deleting(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+
+	PG_RETURN_BOOL(deleting_lxid == MyProc->lxid && lattice_get_tenant(&tenant) &&
+				   memcmp(&deleting_user, &tenant, sizeof(pg_uuid_t)) == 0);
+}

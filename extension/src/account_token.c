@@ -1,0 +1,343 @@
+/*
+ * account_token.c
+ *		Single-use links of the account lifecycle: e-mail verification,
+ *		password reset and e-mail change (docs/account.md).
+ *
+ * A token is base64url(account id || 32 random bytes).  Only its BLAKE2b-256
+ * is stored, in the account's own rows of lattice.account_tokens, so a claim
+ * reads the pending tokens of one account and purpose (one shard on Citus)
+ * and compares every hash in constant time.  A valid claim makes the account
+ * the transaction's tenant with the method "link": the caller may then do
+ * what the purpose allows, but a link never opens a session (session.c
+ * wants a password).  Issuing a token supersedes the pending ones of the
+ * same purpose, so at most one link of each kind works at a time.
+ */
+#include "lattice.h"
+#include "identity.h"
+
+#include <sodium.h>
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define TOKEN_RANDOM_BYTES	32
+#define TOKEN_RAW_BYTES		(UUID_LEN + TOKEN_RANDOM_BYTES)
+#define TOKEN_HASH_BYTES	32
+#define TOKEN_MAX_LEN		96		/* longer input is refused unread */
+#define TOKEN_PENDING_MAX	8		/* rows a claim compares against */
+
+#define CLAIM_ADDR_LIMIT	30		/* claims per client address per window */
+#define CLAIM_WINDOW		900		/* seconds */
+
+/* The purposes and how long their links work */
+static const struct
+{
+	const char *purpose;
+	int			ttl_seconds;
+}			purposes[] =
+{
+	{"verify_email", 48 * 3600},
+	{"reset_password", 3600},
+	{"change_email", 24 * 3600},
+};
+
+static int
+purpose_ttl(const char *purpose)
+{
+	for (size_t i = 0; i < lengthof(purposes); i++)
+		if (strcmp(purposes[i].purpose, purpose) == 0)
+			return purposes[i].ttl_seconds;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("lattice.account_token: unknown purpose \"%s\"", purpose)));
+	return 0;
+}
+
+static bytea *
+token_hash(const char *token, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + TOKEN_HASH_BYTES);
+
+	SET_VARSIZE(b, VARHDRSZ + TOKEN_HASH_BYTES);
+	crypto_generichash((unsigned char *) VARDATA(b), TOKEN_HASH_BYTES,
+					   (const unsigned char *) token, len, NULL, 0);
+	return b;
+}
+
+/*
+ * lattice.account_token_issue(user_id uuid, purpose text, email text) -> text
+ *
+ * A new link token for the account; its hash is stored with the address it
+ * is about (the one to verify), the older pending tokens of the purpose are
+ * superseded.  Runs as the caller: the API role can only write its own
+ * tenant's rows (row-level security), the owner's functions any.
+ */
+PG_FUNCTION_INFO_V1(lattice_account_token_issue);
+Datum
+lattice_account_token_issue(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *user_id = PG_GETARG_UUID_P(0);
+	char	   *purpose = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	uint8		raw[TOKEN_RAW_BYTES];
+	char	   *token;
+	TimestampTz now = lattice_clock_now();
+	TimestampTz expires = now + (int64) purpose_ttl(purpose) * USECS_PER_SEC;
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	memcpy(raw, user_id->data, UUID_LEN);
+	randombytes_buf(raw + UUID_LEN, TOKEN_RANDOM_BYTES);
+	token = lattice_b64url_encode(raw, sizeof(raw));
+	sodium_memzero(raw, sizeof(raw));
+
+	values[0] = UUIDPGetDatum(user_id);
+	values[1] = CStringGetTextDatum(purpose);
+	values[2] = PointerGetDatum(token_hash(token, strlen(token)));
+	values[3] = PG_ARGISNULL(2) ? (Datum) 0 : PointerGetDatum(PG_GETARG_TEXT_PP(2));
+	if (PG_ARGISNULL(2))
+		nulls[3] = 'n';
+	values[4] = TimestampTzGetDatum(now);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice.account_token_issue: SPI_connect failed");
+	if (SPI_execute_with_args("UPDATE lattice.account_tokens SET used_at = $3"
+							  " WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
+							  3, (Oid[]) {UUIDOID, TEXTOID, TIMESTAMPTZOID},
+							  (Datum[]) {values[0], values[1], values[4]}, NULL, false, 0)
+		!= SPI_OK_UPDATE)
+		elog(ERROR, "lattice.account_token_issue: superseding failed");
+	if (SPI_execute_with_args("INSERT INTO lattice.account_tokens"
+							  " (user_id, purpose, token_hash, email, created_at, expires_at)"
+							  " VALUES ($1, $2, $3, $4, $5, $5 + pg_catalog.make_interval(secs => $6))",
+							  6, (Oid[]) {UUIDOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID},
+							  (Datum[]) {values[0], values[1], values[2], values[3], values[4],
+							  Float8GetDatum((double) (expires - now) / USECS_PER_SEC)},
+							  nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "lattice.account_token_issue: insert failed");
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(token));
+}
+
+static void
+refuse(const char *code, const char *message)
+{
+	lattice_raise_http(400, code, message, NULL, NULL);
+}
+
+/*
+ * lattice.account_token_claim(token text, purposes text[], req jsonb)
+ *   -> (user_id uuid, purpose text, email text)
+ *
+ * Redeems a link: 400 invalid_token when it is malformed, unknown, forged,
+ * used or superseded, 400 token_expired when it is too old, 429
+ * too_many_attempts past the per-address limit.  On success the token is
+ * used up and its account is the transaction's tenant (method "link").
+ */
+PG_FUNCTION_INFO_V1(lattice_account_token_claim);
+Datum
+lattice_account_token_claim(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr pending_plan = NULL;
+	static SPIPlanPtr use_plan = NULL;
+	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	ArrayType  *purposes;
+	char	   *purpose = NULL;
+	text	   *t;
+	char	   *token;
+	size_t		len;
+	uint8		raw[TOKEN_RAW_BYTES];
+	size_t		raw_len = 0;
+	pg_uuid_t	user_id;
+	bytea	   *hash;
+	int			match = -1;
+	bool		expired = false;
+	Datum		match_id = (Datum) 0;
+	char	   *email = NULL;
+	LatticeRateResult r;
+	LatticeRoleSwitch sw;
+	TupleDesc	desc;
+	Datum		out[3];
+	bool		out_nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "lattice.account_token_claim: must return a record");
+	if (PG_ARGISNULL(1))
+		refuse("invalid_token", "the link is not valid");
+	purposes = PG_GETARG_ARRAYTYPE_P(1);
+
+	if (!lattice_rate_check("account_link_addr", lattice_req_text(req, "client_addr"),
+							CLAIM_ADDR_LIMIT, CLAIM_WINDOW, &r))
+		lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL,
+						   psprintf("{\"Retry-After\": \"" INT64_FORMAT "\"}",
+									Max(r.retry_after_seconds, 1)));
+
+	if (PG_ARGISNULL(0))
+		refuse("invalid_token", "the link is not valid");
+	t = PG_GETARG_TEXT_PP(0);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0 || len > TOKEN_MAX_LEN)
+		refuse("invalid_token", "the link is not valid");
+	token = text_to_cstring(t);
+	if (sodium_base642bin(raw, sizeof(raw), token, len, NULL, &raw_len, NULL,
+						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+		raw_len != TOKEN_RAW_BYTES)
+		refuse("invalid_token", "the link is not valid");
+	memcpy(user_id.data, raw, UUID_LEN);
+	sodium_memzero(raw, sizeof(raw));
+	hash = token_hash(token, len);
+
+	/* the account's pending tokens of this purpose, read as the owner */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice.account_token_claim: SPI_connect failed");
+	lattice_spi_prepare_kept(&pending_plan,
+							 "SELECT id, token_hash, expires_at, email, purpose FROM lattice.account_tokens"
+							 " WHERE user_id = $1 AND purpose OPERATOR(pg_catalog.=) ANY ($2) AND used_at IS NULL"
+							 " ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
+							 2, (Oid[]) {UUIDOID, TEXTARRAYOID});
+	if (SPI_execute_plan(pending_plan, (Datum[]) {UUIDPGetDatum(&user_id), PointerGetDatum(purposes)},
+						 NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "lattice.account_token_claim: lookup failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bytea	   *stored = DatumGetByteaPP(SPI_getbinval(tup, td, 2, &isnull));
+
+		/* every row is compared, a match does not end the loop early */
+		if (!isnull && VARSIZE_ANY_EXHDR(stored) == TOKEN_HASH_BYTES &&
+			sodium_memcmp(VARDATA_ANY(stored), VARDATA(hash), TOKEN_HASH_BYTES) == 0)
+		{
+			match = (int) i;
+			match_id = SPI_datumTransfer(SPI_getbinval(tup, td, 1, &isnull), false, UUID_LEN);
+			expired = DatumGetTimestampTz(SPI_getbinval(tup, td, 3, &isnull)) <= lattice_clock_now();
+			email = SPI_getvalue(tup, td, 4);
+			if (email)			/* outlive SPI_finish */
+				email = strcpy(SPI_palloc(strlen(email) + 1), email);
+			purpose = SPI_getvalue(tup, td, 5);
+			purpose = strcpy(SPI_palloc(strlen(purpose) + 1), purpose);
+		}
+	}
+	SPI_finish();
+
+	if (match < 0)
+		refuse("invalid_token", "the link is not valid: it may have been used already or replaced by a newer one");
+	if (expired)
+		refuse("token_expired", "the link has expired: ask for a new one");
+
+	lattice_set_tenant(&user_id);
+	lattice_auth_note(LATTICE_AUTH_LINK, NULL);
+	lattice_as_tenant_role(&user_id, &sw);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice.account_token_claim: SPI_connect failed");
+	lattice_spi_prepare_kept(&use_plan,
+							 "UPDATE lattice.account_tokens SET used_at = $3"
+							 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
+							 3, (Oid[]) {UUIDOID, UUIDOID, TIMESTAMPTZOID});
+	if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(&user_id), match_id,
+						 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lattice.account_token_claim: marking the token used failed");
+	/* a concurrent claim of the same link took it first */
+	if (SPI_processed != 1)
+		refuse("invalid_token", "the link is not valid: it may have been used already or replaced by a newer one");
+	SPI_finish();
+	lattice_restore_role(&sw);
+
+	out[0] = UUIDPGetDatum(&user_id);
+	out[1] = CStringGetTextDatum(purpose);
+	if (email)
+		out[2] = CStringGetTextDatum(email);
+	else
+		out_nulls[2] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, out_nulls)));
+}
+
+#define FORGOT_ADDR_LIMIT	10		/* requests per client address per hour */
+#define FORGOT_EMAIL_LIMIT	3		/* links per address asked for per hour */
+
+/*
+ * lattice.password_forgot(email text, req jsonb) -> void
+ *
+ * Sends a reset link when the address has an account, and does the same
+ * work otherwise, so the answer (and its time) does not tell which.  Past
+ * the per-address limit of the asker it raises 429; past the limit of the
+ * address asked for it quietly sends nothing, so nobody can flood a mailbox.
+ */
+PG_FUNCTION_INFO_V1(lattice_password_forgot);
+Datum
+lattice_password_forgot(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr lookup_plan = NULL;
+	static SPIPlanPtr send_plan = NULL;
+	Jsonb	   *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	char	   *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
+	LatticeRateResult r;
+	bool		known = false;
+	bool		within;
+	Datum		user_id = (Datum) 0;
+
+	if (!lattice_rate_check("forgot_addr", lattice_req_text(req, "client_addr"),
+							FORGOT_ADDR_LIMIT, 3600, &r))
+		lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL,
+						   psprintf("{\"Retry-After\": \"" INT64_FORMAT "\"}",
+									Max(r.retry_after_seconds, 1)));
+	if (email == NULL)
+		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
+	within = lattice_rate_check("forgot_email", email, FORGOT_EMAIL_LIMIT, 3600, &r);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice.password_forgot: SPI_connect failed");
+	lattice_spi_prepare_kept(&lookup_plan,
+							 "SELECT e.user_id FROM lattice.account_emails e WHERE e.email = $1",
+							 1, (Oid[]) {TEXTOID});
+	if (SPI_execute_plan(lookup_plan, (Datum[]) {CStringGetTextDatum(email)}, NULL, true, 1)
+		!= SPI_OK_SELECT)
+		elog(ERROR, "lattice.password_forgot: lookup failed");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		known = true;
+		user_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+									false, UUID_LEN);
+	}
+
+	if (known && within)
+	{
+		/* the token row and the e-mail, as the owner: no tenant is proved here */
+		lattice_spi_prepare_kept(&send_plan,
+								 "SELECT lattice.outbox_email($1, 'password_reset',"
+								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin()"
+								 "    OPERATOR(pg_catalog.||) '/reset-password?token='"
+								 "    OPERATOR(pg_catalog.||) lattice.account_token_issue($1, 'reset_password', $2)))",
+								 2, (Oid[]) {UUIDOID, TEXTOID});
+		if (SPI_execute_plan(send_plan, (Datum[]) {user_id, CStringGetTextDatum(email)}, NULL, false, 1)
+			!= SPI_OK_SELECT)
+			elog(ERROR, "lattice.password_forgot: queuing the e-mail failed");
+	}
+	else
+	{
+		/* the token work of the other branch, thrown away */
+		uint8		raw[TOKEN_RAW_BYTES];
+		char	   *token;
+
+		randombytes_buf(raw, sizeof(raw));
+		token = lattice_b64url_encode(raw, sizeof(raw));
+		sodium_memzero(raw, sizeof(raw));
+		pfree(token_hash(token, strlen(token)));
+	}
+	SPI_finish();
+
+	if (known)
+		lattice_audit(within ? "password.reset_requested" : "password.reset_throttled",
+					  DatumGetUUIDP(user_id), NULL, NULL, req);
+	else
+		lattice_audit("password.reset_requested", NULL, email, "{\"reason\": \"unknown_account\"}", req);
+	PG_RETURN_VOID();
+}
