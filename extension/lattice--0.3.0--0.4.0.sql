@@ -119,12 +119,14 @@ AS '$libdir/lattice', $function$lattice_account_deleting$function$;
 
 CREATE OR REPLACE FUNCTION lattice.account_email_free(email text)
  RETURNS boolean
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-    SELECT lattice.current_user_id() IS NOT NULL
-       AND NOT EXISTS (SELECT FROM lattice.account_emails e WHERE e.email = account_email_free.email)
+BEGIN
+    RETURN lattice.current_user_id() IS NOT NULL
+       AND NOT EXISTS (SELECT FROM lattice.account_emails e WHERE e.email = account_email_free.email);
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.account_email_move(old_email text, new_email text)
@@ -390,6 +392,8 @@ BEGIN
      WHERE t.expires_at < at - interval '7 days' OR t.used_at < at - interval '7 days';
     GET DIAGNOSTICS links = ROW_COUNT;
     DELETE FROM lattice.retained_invoices r WHERE r.keep_until < at;
+    -- sent e-mails and finished calls are kept a month for support, no longer
+    DELETE FROM lattice.outbox o WHERE o.status IN ('done', 'failed') AND o.done_at < at - interval '30 days';
     RETURN jsonb_build_object('trial_ending_soon', trial_soon, 'trial_ended', trial_over,
                               'retention_warnings', warned, 'purged', purged, 'links_removed', links);
 END
@@ -801,7 +805,7 @@ BEGIN
      WHERE user_id = account AND revoked_at IS NULL AND id IS DISTINCT FROM mine;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
-     WHERE user_id = account AND purpose = 'reset_password' AND used_at IS NULL;
+     WHERE user_id = account AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
     PERFORM lattice.outbox_email(account, 'password_changed', '{}');
     PERFORM lattice.audit('password.changed', NULL, jsonb_build_object('sessions_revoked', revoked), req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('changed', true, 'sessions_revoked', revoked));
@@ -916,7 +920,7 @@ BEGIN
     UPDATE lattice.sessions SET revoked_at = at WHERE user_id = c.user_id AND revoked_at IS NULL;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
-     WHERE user_id = c.user_id AND purpose = 'reset_password' AND used_at IS NULL;
+     WHERE user_id = c.user_id AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
     -- the link reached the account's address: it is verified
     UPDATE lattice.users SET email_verified_at = at
      WHERE id = c.user_id AND email_verified_at IS NULL AND email = c.email;
@@ -1125,6 +1129,68 @@ BEGIN
                  || (SELECT string_agg('<p>' || lattice.html_escape(l) || '</p>', '') FROM unnest(lines) AS l)
                  || '<hr><p style="color:#666;font-size:12px">Lattice. ' || lattice.html_escape(footer)
                  || '</p></body></html>';
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.entitlement(user_id uuid)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    u record;
+    s record;
+    grace interval := pg_catalog.make_interval(days => lattice.billing_setting('past_due_grace_days'));
+    kept interval := pg_catalog.make_interval(days => lattice.billing_setting('retention_days'));
+    state text;
+    warning text;
+    grace_ends timestamptz;
+    lapsed_at timestamptz;
+    now timestamptz := lattice.clock_now();
+BEGIN
+    SELECT x.trial_ends_at INTO u FROM lattice.users x WHERE x.id = entitlement.user_id;
+    IF NOT FOUND THEN
+        RETURN pg_catalog.jsonb_build_object('state', 'unknown', 'may_ingest', false, 'read_only', true,
+                                             'status', 'none', 'code', 'subscription_required');
+    END IF;
+    SELECT x.* INTO s FROM lattice.subscriptions x WHERE x.user_id = entitlement.user_id;
+
+    IF s IS NULL OR s.status IN ('incomplete') THEN
+        IF u.trial_ends_at > now THEN
+            state := 'trial';
+        ELSE
+            state := 'read_only';
+            lapsed_at := u.trial_ends_at;
+        END IF;
+    ELSIF s.status IN ('trialing', 'active') THEN
+        state := 'full';
+    ELSIF s.status = 'past_due' THEN
+        grace_ends := COALESCE(s.past_due_since, s.state_at, now) + grace;
+        IF grace_ends > now THEN
+            state := 'grace';
+            warning := 'payment past due: update your payment method before '
+                       || to_char(grace_ends AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                       || ' to keep ingesting';
+        ELSE
+            state := 'read_only';
+            lapsed_at := grace_ends;
+        END IF;
+    ELSE
+        state := 'read_only';
+        lapsed_at := COALESCE(s.ended_at, s.canceled_at, s.state_at);
+    END IF;
+
+    RETURN pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'state', state,
+        'may_ingest', state IN ('trial', 'full', 'grace'),
+        'read_only', state = 'read_only',
+        'status', COALESCE(s.status, CASE WHEN state = 'trial' THEN 'trial' ELSE 'none' END),
+        'trial_ends_at', CASE WHEN s IS NULL OR s.status = 'incomplete' THEN u.trial_ends_at ELSE s.trial_end END,
+        'grace_ends_at', grace_ends,
+        'warning', warning,
+        'code', CASE WHEN state = 'read_only' THEN 'subscription_required' END,
+        'data_kept_until', lapsed_at + kept));
 END
 $function$;
 

@@ -453,6 +453,7 @@ DECLARE
     warning text;
     grace_ends timestamptz;
     lapsed_at timestamptz;
+    now timestamptz := lattice.clock_now();
 BEGIN
     SELECT x.trial_ends_at INTO u FROM lattice.users x WHERE x.id = entitlement.user_id;
     IF NOT FOUND THEN
@@ -462,7 +463,7 @@ BEGIN
     SELECT x.* INTO s FROM lattice.subscriptions x WHERE x.user_id = entitlement.user_id;
 
     IF s IS NULL OR s.status IN ('incomplete') THEN
-        IF u.trial_ends_at > pg_catalog.now() THEN
+        IF u.trial_ends_at > now THEN
             state := 'trial';
         ELSE
             state := 'read_only';
@@ -471,8 +472,8 @@ BEGIN
     ELSIF s.status IN ('trialing', 'active') THEN
         state := 'full';
     ELSIF s.status = 'past_due' THEN
-        grace_ends := COALESCE(s.past_due_since, s.state_at, pg_catalog.now()) + grace;
-        IF grace_ends > pg_catalog.now() THEN
+        grace_ends := COALESCE(s.past_due_since, s.state_at, now) + grace;
+        IF grace_ends > now THEN
             state := 'grace';
             warning := 'payment past due: update your payment method before '
                        || to_char(grace_ends AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
@@ -1207,7 +1208,8 @@ BEGIN
             PERFORM lattice.audit('billing.outbound_failed', j.purpose,
                 pg_catalog.jsonb_build_object('job', job_id, 'status', outbox_complete.response_status, 'error', outbox_complete.error,
                                               'stripe_error', resp #> '{error,type}'),
-                NULL, j.account_id);
+                -- a deleted account's jobs (its cancellation, its last mail) are the operator's
+                NULL, (SELECT u.id FROM lattice.users u WHERE u.id = j.account_id));
         END IF;
         IF j.interactive THEN
             IF outbox_complete.error IS NOT NULL OR outbox_complete.response_status >= 500

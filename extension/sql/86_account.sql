@@ -187,11 +187,13 @@ $$;
 
 -- Whether an address is free for the current tenant to move to.
 CREATE FUNCTION lattice.account_email_free(email text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT lattice.current_user_id() IS NOT NULL
-       AND NOT EXISTS (SELECT FROM lattice.account_emails e WHERE e.email = account_email_free.email)
+BEGIN
+    RETURN lattice.current_user_id() IS NOT NULL
+       AND NOT EXISTS (SELECT FROM lattice.account_emails e WHERE e.email = account_email_free.email);
+END
 $$;
 
 -- Every tenant table and the column naming the tenant, children before
@@ -344,7 +346,7 @@ BEGIN
     UPDATE lattice.sessions SET revoked_at = at WHERE user_id = c.user_id AND revoked_at IS NULL;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
-     WHERE user_id = c.user_id AND purpose = 'reset_password' AND used_at IS NULL;
+     WHERE user_id = c.user_id AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
     -- the link reached the account's address: it is verified
     UPDATE lattice.users SET email_verified_at = at
      WHERE id = c.user_id AND email_verified_at IS NULL AND email = c.email;
@@ -456,7 +458,7 @@ BEGIN
      WHERE user_id = account AND revoked_at IS NULL AND id IS DISTINCT FROM mine;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
-     WHERE user_id = account AND purpose = 'reset_password' AND used_at IS NULL;
+     WHERE user_id = account AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
     PERFORM lattice.outbox_email(account, 'password_changed', '{}');
     PERFORM lattice.audit('password.changed', NULL, jsonb_build_object('sessions_revoked', revoked), req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('changed', true, 'sessions_revoked', revoked));
@@ -767,8 +769,8 @@ $$;
 -- The lifecycle tick --------------------------------------------------------------
 -- Run by the usage worker once an hour (src/ratelimit_worker.c) and by
 -- tests with a pinned clock (lattice.test_set_clock): card-less trial
--- notices, the retention warning and purge of lapsed accounts, and old
--- links removed.  Each notice once, recorded in lattice.account_notices.
+-- notices, the retention warning and purge of lapsed accounts, old links
+-- and finished outbox rows removed.  Each notice once, recorded in lattice.account_notices.
 -- Runs as the owner: it looks at every account.
 CREATE FUNCTION lattice.lifecycle_tick() RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -842,6 +844,8 @@ BEGIN
      WHERE t.expires_at < at - interval '7 days' OR t.used_at < at - interval '7 days';
     GET DIAGNOSTICS links = ROW_COUNT;
     DELETE FROM lattice.retained_invoices r WHERE r.keep_until < at;
+    -- sent e-mails and finished calls are kept a month for support, no longer
+    DELETE FROM lattice.outbox o WHERE o.status IN ('done', 'failed') AND o.done_at < at - interval '30 days';
     RETURN jsonb_build_object('trial_ending_soon', trial_soon, 'trial_ended', trial_over,
                               'retention_warnings', warned, 'purged', purged, 'links_removed', links);
 END

@@ -155,26 +155,39 @@ looks_like_totp(const char *code)
 	return digits == 6;
 }
 
-/* The TOTP code against the stored secret; true once its step is recorded */
+/*
+ * The TOTP code against the stored secret; true once its step is recorded.
+ * The row is read first and checked here: on Citus the row is a worker's,
+ * and only the coordinator holds the pepper that opens the secret.
+ */
 static bool
 mfa_totp(const pg_uuid_t *tenant, const char *code)
 {
-	static SPIPlanPtr check_plan = NULL;
+	static SPIPlanPtr read_plan = NULL;
 	static SPIPlanPtr step_plan = NULL;
 	bool		isnull;
+	bool		last_null;
+	Datum		sealed;
+	Datum		last;
 	Datum		step;
 	LatticeRoleSwitch sw;
 	bool		ok;
 
-	lattice_spi_prepare_kept(&check_plan,
-							 "SELECT lattice.totp_check(m.sealed, $2, m.last_step, $3)"
-							 "  FROM lattice.account_mfa m WHERE m.user_id = $1",
-							 3, (Oid[]) {UUIDOID, TEXTOID, TIMESTAMPTZOID});
-	if (SPI_execute_plan(check_plan, (Datum[]) {UUIDPGetDatum(tenant), CStringGetTextDatum(code),
-						 TimestampTzGetDatum(lattice_clock_now())}, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "lattice.account_mfa_verify: check failed");
+	lattice_spi_prepare_kept(&read_plan,
+							 "SELECT sealed, last_step FROM lattice.account_mfa WHERE user_id = $1",
+							 1, (Oid[]) {UUIDOID});
+	if (SPI_execute_plan(read_plan, (Datum[]) {UUIDPGetDatum(tenant)}, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice.account_mfa_verify: reading the secret failed");
 	if (SPI_processed != 1)
 		return false;
+	sealed = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	last = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &last_null);
+	if (SPI_execute_with_args("SELECT lattice.totp_check($1, $2, $3, $4)", 4,
+							  (Oid[]) {BYTEAOID, TEXTOID, INT8OID, TIMESTAMPTZOID},
+							  (Datum[]) {sealed, CStringGetTextDatum(code), last,
+							  TimestampTzGetDatum(lattice_clock_now())},
+							  last_null ? "  n " : "    ", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lattice.account_mfa_verify: check failed");
 	step = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		return false;

@@ -207,7 +207,7 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	char	   *name;
 	char	   *hash;
 	text	   *pw;
-	Datum		values[6];
+	Datum		values[7];
 	bool		isnull;
 
 	if (PG_ARGISNULL(0) || (email = lattice_normalise_email(PG_GETARG_TEXT_PP(0))) == NULL)
@@ -254,9 +254,12 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	if (becomes_tenant)
 		lattice_set_tenant(user_id);
 	lattice_as_tenant_role(user_id, &sw);
+	/* an address an operator gives counts as verified; a sign-up's is not yet */
+	values[6] = BoolGetDatum(!becomes_tenant);
 	if (SPI_execute_with_args("INSERT INTO lattice.users (id, email, password_hash, name, trial_ends_at,"
-							  " created_at, updated_at) VALUES ($6, $1, $2, $3, $5, $4, $4)",
-							  6, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID},
+							  " created_at, updated_at, email_verified_at)"
+							  " VALUES ($6, $1, $2, $3, $5, $4, $4, CASE WHEN $7 THEN $4 END)",
+							  7, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, BOOLOID},
 							  values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice: account insert failed");
 	lattice_restore_role(&sw);

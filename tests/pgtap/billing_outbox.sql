@@ -2,7 +2,7 @@
 -- shim claims and completes jobs (as lattice_api), chaining, retries with
 -- backoff for e-mail, and that nobody but the worker functions reaches it.
 BEGIN;
-SELECT plan(25);
+SELECT plan(26);
 
 CREATE TEMP TABLE ctx AS
 SELECT lattice.create_user('ob-' || gen_random_uuid() || '@example.com', 'grace password 1', 'Grace') AS a;
@@ -45,9 +45,14 @@ SELECT is((SELECT stripe_customer_id FROM lattice.billing_customers WHERE user_i
 SELECT is((SELECT params FROM lattice.outbox WHERE id = (SELECT v::bigint FROM seen WHERE k = 'job2'))
             @> jsonb_build_array(jsonb_build_array('mode', 'subscription'), jsonb_build_array('customer', 'cus_test_1'),
                                  jsonb_build_array('line_items[0][price]', 'price_test_standard'),
-                                 jsonb_build_array('subscription_data[trial_period_days]', '7'),
+                                 jsonb_build_array('subscription_data[trial_end]',
+                                                   (SELECT floor(extract(epoch FROM u.trial_ends_at))::bigint::text
+                                                      FROM lattice.users u, ctx WHERE u.id = a)),
                                  jsonb_build_array('metadata[user_id]', (SELECT a::text FROM ctx))),
-          true, 'the session has mode, customer, price, 7-day trial and our user id');
+          true, 'the session has mode, customer, price, the rest of the sign-up trial (trial_end) and our user id');
+SELECT is((SELECT count(*) FROM lattice.outbox, jsonb_array_elements(params) p
+            WHERE id = (SELECT v::bigint FROM seen WHERE k = 'job2') AND p ->> 0 = 'subscription_data[trial_period_days]'),
+          0::bigint, 'never a trial of its own (trial_period_days)');
 
 SET LOCAL SESSION AUTHORIZATION lattice_test_shim;
 SELECT is((SELECT path FROM lattice_worker.outbox_claim((SELECT v::bigint FROM seen WHERE k = 'job2'))), '/v1/checkout/sessions',
@@ -67,7 +72,7 @@ RESET ROLE;
 SELECT is((SELECT path FROM lattice.outbox WHERE id = (SELECT v::bigint FROM seen WHERE k = 'job3')), '/v1/checkout/sessions',
           'a known customer is reused');
 SELECT is((SELECT count(*) FROM lattice.outbox, jsonb_array_elements(params) p
-            WHERE id = (SELECT v::bigint FROM seen WHERE k = 'job3') AND p ->> 0 = 'subscription_data[trial_period_days]'),
+            WHERE id = (SELECT v::bigint FROM seen WHERE k = 'job3') AND p ->> 0 LIKE 'subscription_data[trial%'),
           0::bigint, 'no second trial');
 
 -- failure: Stripe down -> 503 to the client, the job failed, audited

@@ -25,6 +25,7 @@ LANGUAGE sql AS $$
     SELECT CASE
         WHEN col IN ('user_id', 'id') AND typ = 'uuid'::regtype THEN quote_literal(owner::text) || '::uuid'
         WHEN col = 'email' THEN quote_literal(gen_random_uuid()::text || '@example.com')
+        WHEN col = 'purpose' THEN quote_literal('verify_email')
         WHEN typ = 'uuid'::regtype THEN 'gen_random_uuid()'
         WHEN typ IN ('text'::regtype, 'character varying'::regtype) THEN quote_literal('seed-' || left(md5(random()::text), 8))
         WHEN typ IN ('integer'::regtype, 'bigint'::regtype, 'smallint'::regtype,

@@ -28,7 +28,7 @@ SELECT is_empty($$
        AND c.oid NOT IN (SELECT rel FROM tenant_tables)
        AND c.relname NOT IN ('plans', 'secrets', 'jwt_keys', 'webhook_secrets',
                              'stripe_events', 'outbox', 'graph_versions_global',
-                             'audit_unattributed', 'cluster_key')
+                             'audit_unattributed', 'cluster_key', 'retained_invoices')
 $$, 'every table without user_id is a known non-tenant table');
 
 SELECT is_empty($$
@@ -45,7 +45,7 @@ SELECT is_empty($$
            IS DISTINCT FROM ARRAY['tenant_delete', 'tenant_insert', 'tenant_select', 'tenant_update']
 $$, 'every tenant table has exactly the four tenant policies');
 
-SELECT policies_are('lattice', 'audit_log', ARRAY['tenant_select', 'audit_insert', 'audit_admin_insert'],
+SELECT policies_are('lattice', 'audit_log', ARRAY['tenant_select', 'audit_insert', 'audit_admin_insert', 'audit_account_deleted'],
                     'audit_log: tenants read their own rows and append only (an admin only its act_as_tenant row)');
 
 SELECT is_empty($$
