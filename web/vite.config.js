@@ -7,11 +7,12 @@ import { resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const pages = ['pricing', 'signup', 'login', 'terms', 'privacy', 'docs', 'dashboard'];
+const pages = ['pricing', 'signup', 'login', 'forgot-password', 'reset-password', 'verify-email',
+  'terms', 'privacy', 'docs', 'dashboard'];
 // Dashboard views get their own copy of dashboard/index.html so that a reload
 // of /dashboard/graph works on any static server, SPA fallback or not.
 export const dashboardViews = ['services', 'service', 'graph', 'changes', 'errors',
-  'performance', 'keys', 'billing', 'usage', 'onboarding'];
+  'performance', 'keys', 'billing', 'usage', 'onboarding', 'account'];
 
 // <!-- @include name --> pulls partials/name.html into a page at build time.
 function partials() {

@@ -4,13 +4,15 @@
 export const API = '/api/v1';
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     const e = (body && body.error) || {};
     super(e.message || `request failed (${status})`);
     this.status = status;
     this.code = e.code || (status === 0 ? 'network' : 'http_' + status);
     this.details = e.details;
     this.requestId = e.request_id;
+    // seconds to wait, from a 429's Retry-After (null when absent)
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -41,14 +43,28 @@ export async function api(method, path, body, { signal } = {}) {
   if (text) {
     try { data = JSON.parse(text); } catch { data = null; }
   }
-  if (!res.ok) throw new ApiError(res.status, data);
+  if (!res.ok) {
+    const ra = Number(res.headers.get('Retry-After'));
+    throw new ApiError(res.status, data, Number.isFinite(ra) && ra > 0 ? ra : null);
+  }
   return data;
 }
 
 export const get = (path, opts) => api('GET', path, undefined, opts);
 export const post = (path, body = {}) => api('POST', path, body);
 export const patch = (path, body = {}) => api('PATCH', path, body);
-export const del = (path) => api('DELETE', path);
+// DELETE with a body only when one is given (DELETE /account {password, code}).
+export const del = (path, body) => api('DELETE', path, body);
+
+// "in 3 minutes" from a 429's Retry-After; '' when the server gave none.
+export function waitText(err) {
+  const s = err && err.retryAfter;
+  if (!s) return '';
+  if (s < 60) return `in ${Math.ceil(s)} second${Math.ceil(s) === 1 ? '' : 's'}`;
+  if (s < 5400) { const m = Math.ceil(s / 60); return `in ${m} minute${m === 1 ? '' : 's'}`; }
+  const hrs = Math.ceil(s / 3600);
+  return `in ${hrs} hour${hrs === 1 ? '' : 's'}`;
+}
 
 // A field of an API object under either naming (ingest speaks camelCase,
 // identity and billing snake_case).

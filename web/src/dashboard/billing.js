@@ -33,17 +33,23 @@ export async function render(root, ctx) {
 
   // Stripe routes answer {url}: we go there (checkout, portal).
   const go = (path, labelText) => h('button.btn', { type: 'button', class: path.endsWith('checkout') ? 'btn-primary' : '', onclick: async (ev) => {
-    ev.currentTarget.disabled = true;
+    const btn = ev.currentTarget;   // null once the handler has awaited
+    btn.disabled = true;
     try {
       const r = await post(path);
       if (r && r.url) location.assign(r.url); else toast('Done');
-    } catch (err) { toast(err.message, 'error'); ev.currentTarget.disabled = false; }
+    } catch (err) {
+      // checkout needs a verified address (docs/account.md): the banner above re-sends the link
+      toast(err.code === 'email_unverified' ? 'Verify your e-mail address first: follow the link we sent, or re-send it from the banner above.' : err.message, 'error');
+      btn.disabled = false;
+    }
   } }, labelText);
 
   const setCancel = (cancel) => h('button.btn', { type: 'button', class: cancel ? 'btn-danger' : '', onclick: async (ev) => {
+    const btn = ev.currentTarget;
     if (cancel && !(await confirmDialog('Cancel your subscription?', `It stays active until ${date(periodEnd)} and is not renewed. You can resume before then.`, 'Cancel subscription', true))) return;
-    ev.currentTarget.disabled = true;
-    try { await post(cancel ? '/billing/cancel' : '/billing/resume'); toast(cancel ? 'Subscription will end at the period end' : 'Subscription resumed'); ctx.refreshBanner?.(); render(root, ctx); } catch (err) { toast(err.message, 'error'); ev.currentTarget.disabled = false; }
+    btn.disabled = true;
+    try { await post(cancel ? '/billing/cancel' : '/billing/resume'); toast(cancel ? 'Subscription will end at the period end' : 'Subscription resumed'); ctx.refreshBanner?.(); render(root, ctx); } catch (err) { toast(err.message, 'error'); btn.disabled = false; }
   } }, cancel ? 'Cancel subscription' : 'Resume subscription');
 
   let statement;

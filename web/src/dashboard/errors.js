@@ -29,8 +29,9 @@ export async function render(root, ctx) {
 
   function row(e) {
     const act = (status, label) => h('button.btn.btn-small', { type: 'button', onclick: async (ev) => {
-      ev.currentTarget.disabled = true;
-      try { await patch(`/errors/${encodeURIComponent(e.id)}`, { status }); toast(`Marked ${status}`); load(); } catch (err) { toast(err.message, 'error'); ev.currentTarget.disabled = false; }
+      const btn = ev.currentTarget;   // null once the handler has awaited
+      btn.disabled = true;
+      try { await patch(`/errors/${encodeURIComponent(e.id)}`, { status }); toast(`Marked ${status}`); load(); } catch (err) { toast(err.message, 'error'); btn.disabled = false; }
     } }, label);
     const st = String(e.status || 'open');
     const sid = pick(e, 'serviceId', 'service_id');

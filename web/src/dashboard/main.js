@@ -1,7 +1,8 @@
 // The dashboard shell: checks the session (no session -> /login), draws the
-// account banner, and routes /dashboard/<view> to a view module.  In-app links
+// account banners (trial / read-only from GET /billing; "verify your e-mail"
+// from GET /account), and routes /dashboard/<view> to a view module.  In-app links
 // use the History API; every view URL is also a real file (see README.md).
-import { get, post, pick, ApiError } from '../api.js';
+import { get, post, pick, ApiError, waitText } from '../api.js';
 import { h, fill } from '../ui.js';
 import { failure } from './common.js';
 import { initCopyButtons } from '../ui.js';
@@ -17,10 +18,11 @@ const views = {
   keys: () => import('./keys.js'),
   billing: () => import('./billing.js'),
   usage: () => import('./usage.js'),
+  account: () => import('./account.js'),
 };
 
 const root = document.getElementById('view');
-const ctx = { user: null, billing: null, navigate };
+const ctx = { user: null, account: null, billing: null, navigate, toLogin };
 let cleanup = null;
 let renderSeq = 0;
 
@@ -135,6 +137,50 @@ export async function refreshBanner() {
 }
 ctx.refreshBanner = refreshBanner;
 
+// GET /account: the account's own state (email_verified, mfa_enabled, …),
+// kept in ctx.account; redraws the verification banner.
+export async function loadAccount() {
+  const r = await get('/account');
+  ctx.account = (r && r.user) || r;
+  drawVerifyBanner();
+  return ctx.account;
+}
+ctx.loadAccount = loadAccount;
+
+// On every view while the address is not verified: a banner with a re-send button.
+function drawVerifyBanner() {
+  const el = document.getElementById('verify-banner');
+  const a = ctx.account;
+  if (!a || a.email_verified !== false) { el.hidden = true; fill(el); return; }
+  const note = h('span.verify-note', { id: 'resend-note', role: 'status' });
+  const btn = h('button.btn.btn-small', { type: 'button', id: 'resend-verify' }, 'Re-send link');
+  btn.addEventListener('click', async () => {
+    btn.disabled = true;
+    note.className = 'verify-note';
+    try {
+      await post('/account/email/verify');
+      note.textContent = `Sent. Check your inbox at ${a.email}; the link works for 48 hours.`;
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) return toLogin('expired');
+      if (err.code === 'already_verified') { loadAccount().catch(() => {}); return; }
+      note.classList.add('bad');
+      note.textContent = err.code === 'too_many_attempts' || err.status === 429
+        ? `A link was sent a moment ago. You can ask for another one ${waitText(err) || 'later'}.`
+        : err.message;
+    } finally {
+      btn.disabled = false;
+    }
+  });
+  fill(el, h('span.verify-text', h('strong', 'Please verify your e-mail address.'), ' ',
+    `We sent a link to ${a.email}. Until you follow it you cannot subscribe.`), btn, note);
+  el.hidden = false;
+}
+
+// The address may have been verified in another tab: check again on return.
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden && ctx.account && ctx.account.email_verified === false) loadAccount().catch(() => {});
+});
+
 async function start() {
   // no readable session half: skip the round trip (and its 401) and log in
   if (!/(?:^|;\s*)lattice_csrf=/.test(document.cookie)) return toLogin();
@@ -151,6 +197,10 @@ async function start() {
   document.body.dataset.state = 'ready';
   initCopyButtons(document);
   refreshBanner();
+  loadAccount().catch((err) => {
+    if (err instanceof ApiError && err.status === 401) toLogin('expired');
+    // else: no banner (the account route is not available)
+  });
   render();
 }
 
