@@ -7,6 +7,8 @@
  *
  *   flags    R_JSON  a body, when sent, must be application/json (else 415)
  *            R_CORS  browsers on cfg.cors_origins may call it (the SDK's)
+ *            R_STREAM  the function returns SETOF rows, read one at a time; a
+ *                    first row with 200 is written as the rows come (chunked)
  *   timeout  T_FAST / T_NORMAL / T_SLOW: statement_timeout_<class>_ms
  *   headers  extra request headers copied into req.headers (lower-case,
  *            comma separated), e.g. "stripe-signature,idempotency-key"
@@ -75,6 +77,22 @@ const struct route routes[] = {
     { "PATCH", "/api/v1/errors/{id}",              "error_update",    R_JSON,         T_NORMAL, NULL },
     { "GET",  "/api/v1/performance/metrics",       "performance_metrics", 0,          T_SLOW,   NULL },
 
+    /* account lifecycle: extension/sql/86_account.sql, docs/account.md */
+    { "POST", "/api/v1/auth/password/forgot",      "auth_password_forgot", R_JSON,    T_NORMAL, NULL },
+    { "POST", "/api/v1/auth/password/reset",       "auth_password_reset",  R_JSON,    T_SLOW,   NULL },
+    { "POST", "/api/v1/auth/email/verify",         "auth_email_verify",    R_JSON,    T_NORMAL, NULL },
+    { "GET",  "/api/v1/account",                   "account_get",     0,              T_FAST,   NULL },
+    { "DELETE", "/api/v1/account",                 "account_delete",  R_JSON,         T_SLOW,   NULL },
+    { "POST", "/api/v1/account/email/verify",      "account_verification_resend", R_JSON, T_NORMAL, NULL },
+    { "POST", "/api/v1/account/password",          "account_password_change", R_JSON, T_SLOW,   NULL },
+    { "POST", "/api/v1/account/email",             "account_email_change", R_JSON,    T_SLOW,   NULL },
+    { "GET",  "/api/v1/account/audit",             "account_audit",   0,              T_NORMAL, NULL },
+    { "POST", "/api/v1/account/2fa/setup",         "account_mfa_setup", R_JSON,       T_SLOW,   NULL },
+    { "POST", "/api/v1/account/2fa/enable",        "account_mfa_enable", R_JSON,      T_NORMAL, NULL },
+    { "POST", "/api/v1/account/2fa/disable",       "account_mfa_disable", R_JSON,     T_SLOW,   NULL },
+    { "POST", "/api/v1/account/2fa/recovery-codes", "account_recovery_codes", R_JSON, T_SLOW,   NULL },
+    { "GET",  "/api/v1/account/export",            "account_export",  R_STREAM,       T_SLOW,   NULL },
+
     /* Test-only lines (test_routes = 1); tests/http creates these functions. */
     { "GET",  "/api/v1/_test/echo/{id}/items/{item}", "_test_echo",   R_TEST,         T_NORMAL, "x-test-one,x-test-two" },
     { "GET",  "/api/v1/_test/echo/{id}/items/fixed",  "_test_fixed",  R_TEST,         T_NORMAL, NULL },
@@ -86,6 +104,7 @@ const struct route routes[] = {
     { "GET",  "/api/v1/_test/write",               "_test_write",     R_TEST,         T_NORMAL, NULL },
     { "POST", "/api/v1/_test/write",               "_test_write",     R_TEST,         T_NORMAL, NULL },
     { "GET",  "/api/v1/_test/missing",             "_test_missing",   R_TEST,         T_NORMAL, NULL },
+    { "GET",  "/api/v1/_test/stream",              "_test_stream",    R_TEST | R_STREAM, T_SLOW, NULL },
 };
 
 const int nroutes = (int) (sizeof(routes) / sizeof(routes[0]));
