@@ -8,6 +8,10 @@
  *   [Parse rN]    the route's statement, the first time on this connection
  *   Execute rN    SELECT status, headers, body, tenant, rate state FROM lattice_http.fn($1, $2)
  *   Sync          commits the implicit transaction, or rolls it back on error
+ *
+ * A streamed route (R_STREAM) runs the same pipeline with its Execute in
+ * single-row mode: the first row decides, and a 200 is then written as the
+ * rows come (stream.c) while the connection stays taken.
  */
 #include "shim.h"
 #include "outbound.h"
@@ -155,7 +159,9 @@ static int read_body(struct mg_connection *conn, struct reply *r, char **out, si
 
 /* ---- the call ---- */
 
-enum call_outcome { CALL_OK, CALL_ERROR, CALL_BROKEN };
+/* CALL_STREAM: the first row of a single-row call is in row, the rest is
+   still to be read from the connection. */
+enum call_outcome { CALL_OK, CALL_ERROR, CALL_BROKEN, CALL_STREAM };
 
 struct call {
     PGresult *row;     /* the function's answer */
@@ -164,7 +170,7 @@ struct call {
 };
 
 static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int timeout_ms,
-                                  const char *req, const char *body, struct call *out)
+                                  const char *req, const char *body, bool single_row, struct call *out)
 {
     PGconn *c = p->conn;
     const struct route *rt = &routes[idx];
@@ -195,6 +201,12 @@ static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int
     const int *stages = prepare ? stages_with_prepare : stages_without;
     int nstages = prepare ? 3 : 2;
     for (int k = 0; k < nstages; k++) {
+        /* the Execute is the command being read now: one row per result
+           (unless an earlier error aborted it: its result is already here) */
+        if (single_row && stages[k] == 2 && PQpipelineStatus(c) != PQ_PIPELINE_ABORTED && !PQsetSingleRowMode(c)) {
+            log_error(NULL, "dispatch: single-row mode refused for lattice_http.%s", rt->function);
+            return CALL_BROKEN;
+        }
         PGresult *res = PQgetResult(c);
         if (!res)
             return CALL_BROKEN;
@@ -210,8 +222,13 @@ static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int
                 PQclear(res);
             if (PQstatus(c) == CONNECTION_BAD)
                 return CALL_BROKEN;
-        } else if (stages[k] == 2 && st == PGRES_TUPLES_OK) {
+        } else if (stages[k] == 2 && st == PGRES_SINGLE_TUPLE) {
             out->row = res;
+            if (prepare)
+                p->prepared[idx] = 1;
+            return CALL_STREAM;
+        } else if (stages[k] == 2 && st == PGRES_TUPLES_OK) {
+            out->row = res; /* single-row mode: no row at all */
         } else
             PQclear(res);
         /* each command's results end with a NULL */
@@ -236,6 +253,24 @@ static void call_clear(struct call *c)
     PQclear(c->row);
     PQclear(c->err);
     c->row = c->err = NULL;
+}
+
+/* A streamed call whose first row is no 200: read to its end, then it is
+   answered like any route's (its first row, or the error that came). */
+static enum call_outcome call_finish(PGconn *c, struct call *out)
+{
+    if (!stream_drain(c, &out->err))
+        return CALL_BROKEN;
+    if (!out->err)
+        return CALL_OK;
+    out->err_stage = 2;
+    return CALL_ERROR;
+}
+
+static bool first_row_streams(const PGresult *row)
+{
+    return PQntuples(row) == 1 && PQnfields(row) == ROW_FIELDS && !PQgetisnull(row, 0, 0) &&
+           atoi(PQgetvalue(row, 0, 0)) == 200;
 }
 
 /* ---- the answer ---- */
@@ -345,6 +380,23 @@ static bool has_rate_headers(json_object *h)
     return false;
 }
 
+/* An answer row's headers, its rate state's RateLimit headers and the CORS
+   headers, as "Name: value\r\n" lines in extra (EXTRA_HEADERS_MAX bytes). */
+static void row_headers(struct mg_connection *conn, const struct reply *r, const struct route *rt, const PGresult *row,
+                        char *extra)
+{
+    size_t elen = 0;
+    extra[0] = '\0';
+    json_object *h = PQgetisnull(row, 0, 1) ? NULL : json_tokener_parse(PQgetvalue(row, 0, 1));
+    headers_from_json(h, extra, &elen, r->request_id);
+    if (!PQgetisnull(row, 0, 4) && !has_rate_headers(h) &&
+        !rate_headers_append(PQgetvalue(row, 0, 4), (int64_t) time(NULL), extra, &elen, EXTRA_HEADERS_MAX))
+        log_error(r->request_id, "dispatch: ignored rate state \"%.64s\" of lattice_http.%s", PQgetvalue(row, 0, 4),
+                  rt->function);
+    json_object_put(h);
+    cors_headers(conn, rt, extra, &elen);
+}
+
 static void answer_row(struct mg_connection *conn, struct reply *r, const struct route *rt, PGresult *row,
                        struct request_log *log)
 {
@@ -367,16 +419,7 @@ static void answer_row(struct mg_connection *conn, struct reply *r, const struct
     }
 
     char extra[EXTRA_HEADERS_MAX];
-    size_t elen = 0;
-    extra[0] = '\0';
-    json_object *h = PQgetisnull(row, 0, 1) ? NULL : json_tokener_parse(PQgetvalue(row, 0, 1));
-    headers_from_json(h, extra, &elen, r->request_id);
-    if (!PQgetisnull(row, 0, 4) && !has_rate_headers(h) &&
-        !rate_headers_append(PQgetvalue(row, 0, 4), (int64_t) time(NULL), extra, &elen, sizeof(extra)))
-        log_error(r->request_id, "dispatch: ignored rate state \"%.64s\" of lattice_http.%s", PQgetvalue(row, 0, 4),
-                  rt->function);
-    json_object_put(h);
-    cors_headers(conn, rt, extra, &elen);
+    row_headers(conn, r, rt, row, extra);
 
     const char *body = PQgetisnull(row, 0, 2) ? NULL : PQgetvalue(row, 0, 2);
     char *patched = status >= 400 && body ? with_request_id(body, r->request_id) : NULL;
@@ -433,6 +476,28 @@ static void answer_error(struct mg_connection *conn, struct reply *r, const stru
     reply_error(r, he.status, he.code, shown, NULL, extra);
 }
 
+/* A streamed route's 200: its first row is in row and the statement still
+   runs on p, which this gives back to the pool. */
+static void answer_stream(struct mg_connection *conn, struct reply *r, const struct route *rt, struct pooled *p,
+                          const PGresult *row, struct request_log *log)
+{
+    if (!PQgetisnull(row, 0, 3))
+        snprintf(log->tenant, sizeof(log->tenant), "%s", PQgetvalue(row, 0, 3));
+    char extra[EXTRA_HEADERS_MAX];
+    row_headers(conn, r, rt, row, extra);
+    if (!stream_serve(r, p->conn, row, extra, rt->function)) {
+        bool down = PQstatus(p->conn) == CONNECTION_BAD;
+        log_error(r->request_id, "dispatch: connection dropped after a stream: %s", PQerrorMessage(p->conn));
+        PQfinish(p->conn);
+        p->conn = NULL;
+        pool_release(p);
+        if (down)
+            pool_drop_idle();
+        return;
+    }
+    pool_release(p);
+}
+
 /* ---- shim-local answers ---- */
 
 static void answer_health(struct reply *r)
@@ -461,6 +526,13 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
         return;
     }
 
+    /* HTTP/1.0 has no chunks: a cut answer would look complete */
+    if ((rt->flags & R_STREAM) && (!ri->http_version || strcmp(ri->http_version, "1.1") != 0)) {
+        r->close = true;
+        reply_error(r, 426, "upgrade_required", "this answer is streamed and needs HTTP/1.1", NULL,
+                    "Upgrade: HTTP/1.1\r\n");
+        return;
+    }
     char *body = NULL;
     size_t body_len = 0;
     if (read_body(conn, r, &body, &body_len) != 0)
@@ -480,6 +552,7 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
 
     struct call call = { 0 };
     enum call_outcome outcome = CALL_BROKEN;
+    struct pooled *streaming = NULL; /* taken until its stream ends */
     for (int attempt = 0; attempt < 2; attempt++) {
         struct pooled *p;
         enum pool_status ps = pool_acquire(&p);
@@ -491,7 +564,14 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
             free(body);
             return;
         }
-        outcome = run_call(p, m->index, read_only, cfg.statement_timeout_ms[rt->timeout], req, body, &call);
+        outcome = run_call(p, m->index, read_only, cfg.statement_timeout_ms[rt->timeout], req, body,
+                           (rt->flags & R_STREAM) != 0, &call);
+        if (outcome == CALL_STREAM && !first_row_streams(call.row))
+            outcome = call_finish(p->conn, &call);
+        if (outcome == CALL_STREAM) {
+            streaming = p;
+            break;
+        }
         if (outcome == CALL_OK && (rt->flags & R_OUTBOUND))
             outbound_follow(p->conn, &call.row); /* after COMMIT, see outbound.h */
         bool nothing_ran = outcome == CALL_BROKEN && (!call.err || call.err_stage == 0) && !call.row;
@@ -512,7 +592,9 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
     free(req);
     free(body);
 
-    if (outcome == CALL_OK)
+    if (outcome == CALL_STREAM)
+        answer_stream(conn, r, rt, streaming, call.row, log);
+    else if (outcome == CALL_OK)
         answer_row(conn, r, rt, call.row, log);
     else if (outcome == CALL_ERROR)
         answer_error(conn, r, rt, &call);

@@ -108,3 +108,11 @@ void log_info(const char *fmt, ...)
     log_line("info", NULL, fmt, ap);
     va_end(ap);
 }
+
+void log_request_info(const char *request_id, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_line("info", request_id, fmt, ap);
+    va_end(ap);
+}

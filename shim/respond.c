@@ -1,6 +1,7 @@
 /*
  * Writing answers: status line, the headers every answer carries (security
- * headers, X-Request-Id, Date, HSTS under TLS) and the body, in one write.
+ * headers, X-Request-Id, Date, HSTS under TLS) and the body, in one write;
+ * or, for a streamed answer, the head alone with chunked framing.
  */
 #include "shim.h"
 
@@ -39,15 +40,15 @@ static bool has_header(const char *lines, const char *name)
     return false;
 }
 
-void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers,
-                const char *body, size_t body_len, bool page)
+/* The status line, the headers every answer carries, extra and the framing
+   line ("Content-Length: n\r\n", "Transfer-Encoding: chunked\r\n" or
+   nothing), ending with the empty line.  The length written, or -1 when it
+   does not fit in cap. */
+static int head_format(char *buf, size_t cap, const struct reply *r, int status, const char *content_type,
+                       const char *extra, bool page, const char *framing)
 {
-    const char *extra = extra_headers ? extra_headers : "";
     bool no_body = status == 204 || status == 304;
-    size_t cap = 1536 + strlen(extra) + strlen(cfg.csp_page) + (r->head || no_body || !body ? 0 : body_len);
-    char *buf = malloc(cap);
-    if (!buf)
-        return;
+    bool typed = content_type && !no_body && !has_header(extra, "Content-Type");
     int n = snprintf(buf, cap,
                      "HTTP/1.1 %d %s\r\n"
                      "Date: %s\r\n"
@@ -58,20 +59,36 @@ void reply_send(struct reply *r, int status, const char *content_type, const cha
                      "Content-Security-Policy: %s\r\n"
                      "%s"
                      "%s"
-                     "%s%s%s",
+                     "%s%s%s%s"
+                     "%s%s\r\n",
                      status, mg_get_response_code_text(r->conn, status), http_date(),
                      r->request_id ? r->request_id : "-",
                      page ? cfg.csp_page : API_CSP,
                      r->tls ? "Strict-Transport-Security: max-age=31536000; includeSubDomains\r\n" : "",
                      has_header(extra, "Cache-Control") ? "" : "Cache-Control: no-store\r\n",
                      r->close ? "Connection: close\r\n" : "",
-                     content_type && !no_body && !has_header(extra, "Content-Type") ? "Content-Type: " : "",
-                     content_type && !no_body && !has_header(extra, "Content-Type") ? content_type : "");
-    if (content_type && !no_body && !has_header(extra, "Content-Type"))
-        n += snprintf(buf + n, cap - (size_t) n, "\r\n");
+                     typed ? "Content-Type: " : "", typed ? content_type : "", typed ? "\r\n" : "",
+                     framing, extra);
+    return n < 0 || (size_t) n >= cap ? -1 : n;
+}
+
+void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers,
+                const char *body, size_t body_len, bool page)
+{
+    const char *extra = extra_headers ? extra_headers : "";
+    bool no_body = status == 204 || status == 304;
+    size_t cap = 1536 + strlen(extra) + strlen(cfg.csp_page) + (r->head || no_body || !body ? 0 : body_len);
+    char *buf = malloc(cap);
+    if (!buf)
+        return;
+    char framing[48] = "";
     if (!no_body)
-        n += snprintf(buf + n, cap - (size_t) n, "Content-Length: %zu\r\n", body_len);
-    n += snprintf(buf + n, cap - (size_t) n, "%s\r\n", extra);
+        snprintf(framing, sizeof(framing), "Content-Length: %zu\r\n", body_len);
+    int n = head_format(buf, cap, r, status, content_type, extra, page, framing);
+    if (n < 0) {
+        free(buf);
+        return;
+    }
     size_t len = (size_t) n;
     if (!r->head && !no_body && body_len && body) { /* body NULL: the caller streams it */
         memcpy(buf + len, body, body_len);
@@ -83,6 +100,23 @@ void reply_send(struct reply *r, int status, const char *content_type, const cha
     free(buf);
     r->status = status;
     r->bytes = r->head || no_body ? 0 : body_len;
+}
+
+bool reply_start_chunked(struct reply *r, int status, const char *content_type, const char *extra_headers)
+{
+    const char *extra = extra_headers ? extra_headers : "";
+    size_t cap = 1536 + strlen(extra);
+    char *buf = malloc(cap);
+    if (!buf)
+        return false;
+    int n = head_format(buf, cap, r, status, content_type, extra, false, "Transfer-Encoding: chunked\r\n");
+    if (r->close)
+        mg_disable_connection_keep_alive(r->conn);
+    bool ok = n > 0 && mg_write(r->conn, buf, (size_t) n) == n;
+    free(buf);
+    r->status = status;
+    r->bytes = 0;
+    return ok;
 }
 
 void reply_error(struct reply *r, int status, const char *code, const char *message,

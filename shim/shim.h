@@ -74,6 +74,7 @@ enum route_flags {
     R_LOCAL_METRICS = 1 << 4,
     R_OUTBOUND = 1 << 5,     /* runs the outbox job its answer names, after COMMIT (outbound.h) */
     R_EVENTS = 1 << 6,       /* a 200 answer becomes a Server-Sent Events stream (events.c) */
+    R_STREAM = 1 << 7,       /* SETOF rows read one by one; a 200 is written as they come (stream.c) */
 };
 
 struct route {
@@ -157,6 +158,9 @@ struct reply {
 /* Writes a complete response.  extra_headers: "Name: value\r\n" lines or NULL. */
 void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers,
                 const char *body, size_t body_len, bool page);
+/* The head of a streamed answer: no Content-Length, Transfer-Encoding:
+   chunked; false when the write failed. */
+bool reply_start_chunked(struct reply *r, int status, const char *content_type, const char *extra_headers);
 /* A JSON error answer in the contract's shape (request_id added). */
 void reply_error(struct reply *r, int status, const char *code, const char *message,
                  const char *details_json, const char *extra_headers);
@@ -170,6 +174,20 @@ struct request_log {
 
 void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m,
                   struct request_log *log);
+
+/* ---- stream.c --------------------------------------------------------- */
+
+/* Reads what is left of a request's pipeline up to its Sync, dropping rows;
+   the first error, when err is not NULL and *err is, goes to *err.  false
+   when the connection broke or the pipeline did not end as it should. */
+bool stream_drain(PGconn *c, PGresult **err);
+/* Writes a 200 as it is read: the head (extra_headers, chunked), the body
+   of first and of every row still to come on c (single-row mode), then the
+   last chunk once the transaction committed.  An error or a client gone
+   cuts the answer (no last chunk, connection closed).  Returns true when c
+   is idle again, false when it must be dropped. */
+bool stream_serve(struct reply *r, PGconn *c, const PGresult *first, const char *extra_headers,
+                  const char *function);
 
 /* ---- events.c ---------------------------------------------------------- */
 
@@ -242,6 +260,8 @@ void log_access(const struct mg_request_info *ri, const char *client, const char
                 int status, size_t bytes, double seconds, const char *tenant);
 void log_error(const char *request_id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* An info line about one request. */
+void log_request_info(const char *request_id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- util.c ------------------------------------------------------------ */
 
