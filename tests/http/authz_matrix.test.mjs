@@ -65,6 +65,24 @@ const TABLE = {
   'POST /api/v1/auth/signup':                  { need: 'none', none: [400, 'invalid_email'], body: () => '{}' },
   'POST /api/v1/auth/login':                   { need: 'none', none: [401, 'invalid_credentials'], body: () => '{}' },
   'POST /api/v1/webhooks/stripe':              { need: 'none', none: [400, 'invalid_signature'], body: () => '{}' },
+  'POST /api/v1/auth/password/forgot':         { need: 'none', none: [400, 'invalid_email'], body: () => '{}' },
+  'POST /api/v1/auth/password/reset':          { need: 'none', none: [400, 'invalid_token'], body: () => '{}' },
+  'POST /api/v1/auth/email/verify':            { need: 'none', none: [400, 'invalid_token'], body: () => '{}' },
+
+  // the account: a wrong password keeps each change from happening
+  'GET /api/v1/account':                       { need: 'session', ok: [200] },
+  'GET /api/v1/account/audit':                 { need: 'session', ok: [200] },
+  'GET /api/v1/account/export':                { need: 'session', ok: [200] },
+  'POST /api/v1/account/email/verify':         { need: 'session', ok: [202, 409, 429], body: () => '{}' },
+  'POST /api/v1/account/password':             { need: 'session', ok: [403],
+                                                 body: () => '{"current_password":"not the password","new_password":"another long password"}' },
+  'POST /api/v1/account/email':                { need: 'session', ok: [403],
+                                                 body: () => '{"email":"authz-new@example.com","password":"not the password"}' },
+  'POST /api/v1/account/2fa/setup':            { need: 'session', ok: [403], body: () => '{"password":"not the password"}' },
+  'POST /api/v1/account/2fa/enable':           { need: 'session', ok: [409], body: () => '{"code":"000000"}' },
+  'POST /api/v1/account/2fa/disable':          { need: 'session', ok: [409], body: () => '{"password":"x","code":"000000"}' },
+  'POST /api/v1/account/2fa/recovery-codes':   { need: 'session', ok: [409], body: () => '{"password":"x","code":"000000"}' },
+  'DELETE /api/v1/account':                    { need: 'session', ok: [403], body: () => '{"password":"not the password"}' },
 
   'GET /api/v1/usage':                         { need: 'read', ok: [200] },
   'POST /api/v1/auth/logout':                  { need: 'session', ok: [204], ownSession: true },
@@ -255,10 +273,11 @@ test('every route of shim/routes.c has an entry in the expectation table, and ev
   for (const [k, v] of Object.entries(TABLE)) assert.ok(['none', 'ingest', 'read', 'session', 'any'].includes(v.need), k);
 });
 
-test('unauthenticated routes (sign-up, login, the Stripe webhook, readiness) answer without a credential', async () => {
+test('unauthenticated routes (sign-up, login, password reset, e-mail links, the Stripe webhook, readiness) answer without a credential', async () => {
   const open = routesOfShim().filter((r) => TABLE[r.key]?.need === 'none');
   assert.deepEqual(open.map((r) => r.key).sort(),
-    ['GET /ready', 'POST /api/v1/auth/login', 'POST /api/v1/auth/signup', 'POST /api/v1/webhooks/stripe']);
+    ['GET /ready', 'POST /api/v1/auth/email/verify', 'POST /api/v1/auth/login', 'POST /api/v1/auth/password/forgot',
+     'POST /api/v1/auth/password/reset', 'POST /api/v1/auth/signup', 'POST /api/v1/webhooks/stripe']);
   for (const r of open) {
     const e = TABLE[r.key];
     const body = e.body?.();

@@ -25,6 +25,8 @@ async function signup(tag) {
   const r = await send(shim, 'POST', '/api/v1/auth/signup', { from: FROM, headers: json,
     body: JSON.stringify({ email: `life-${tag}-${randomUUID().slice(0, 8)}@example.com`, password: 'a fine long password', name: `Life ${tag}` }) });
   assert.equal(r.status, 201, r.text);
+  // checkout needs a verified address (tests/http/account_lifecycle.test.mjs follows the link)
+  psql(`UPDATE lattice.users SET email_verified_at = now() WHERE id = '${r.json.user.id}'`);
   const c = Object.fromEntries([].concat(r.headers['set-cookie']).map((s) => s.split(';')[0].split('=')));
   const a = { id: r.json.user.id, email: r.json.user.email, csrf: c.lattice_csrf,
               cookie: `lattice_session=${c.lattice_session}; lattice_csrf=${c.lattice_csrf}` };
@@ -190,7 +192,9 @@ test('checkout through the shim: customer then Checkout Session, with our key, i
   assert.equal(session.params.client_reference_id, a.id);
   assert.equal(session.params['line_items[0][price]'], 'price_test_standard');
   assert.equal(session.params['line_items[0][quantity]'], '1');
-  assert.equal(session.params['subscription_data[trial_period_days]'], '7');
+  assert.equal(session.params['subscription_data[trial_end]'],
+               psql(`SELECT floor(extract(epoch FROM trial_ends_at))::bigint FROM lattice.users WHERE id = '${a.id}'`));
+  assert.equal(session.params['subscription_data[trial_period_days]'], undefined);
   assert.equal(session.params['subscription_data[metadata][user_id]'], a.id);
   assert.match(session.params.success_url, /\/dashboard\/billing\?checkout=success&session_id=\{CHECKOUT_SESSION_ID\}$/);
   assert.match(session.params.cancel_url, /\/dashboard\/billing\?checkout=canceled$/);
@@ -219,6 +223,7 @@ test('checkout through the shim: customer then Checkout Session, with our key, i
   assert.equal(back.status, 200, back.text);
   assert.deepEqual(stripe.requests.slice(k).map((x) => x.path), ['/v1/checkout/sessions']);
   assert.equal(stripe.requests.at(-1).params['subscription_data[trial_period_days]'], undefined, 'the trial was used');
+  assert.equal(stripe.requests.at(-1).params['subscription_data[trial_end]'], undefined, 'the trial was used');
 });
 
 test('cancel and resume through the shim: the subscription update Stripe receives, and the state kept', async () => {

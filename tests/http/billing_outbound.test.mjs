@@ -56,7 +56,7 @@ const drain = (ms = 1500) => execFileSync(probe, ['drain', String(ms)], { encodi
 // an account as sign-up leaves it: the row, its address's look-up and the welcome mail
 function newUser() {
   const id = randomUUID();
-  sql(`INSERT INTO lattice.users (id, email, name) VALUES ('${id}', 'bill-${id}@example.com', 'Billing ${id.slice(0, 4)}');
+  sql(`INSERT INTO lattice.users (id, email, name, email_verified_at) VALUES ('${id}', 'bill-${id}@example.com', 'Billing ${id.slice(0, 4)}', now());
        INSERT INTO lattice.account_emails (email, user_id) VALUES ('bill-${id}@example.com', '${id}');
        SELECT lattice.billing_welcome(id, email, name, trial_ends_at) FROM lattice.users WHERE id = '${id}';`);
   return id;
@@ -107,7 +107,10 @@ test('checkout: customer then Checkout Session, with key, idempotency and our pa
   assert.equal(session.params.customer, sql(`SELECT stripe_customer_id FROM lattice.billing_customers WHERE user_id = '${user}'`));
   assert.equal(session.params['line_items[0][price]'], 'price_test_standard');
   assert.equal(session.params['line_items[0][quantity]'], '1');
-  assert.equal(session.params['subscription_data[trial_period_days]'], '7');
+  // the rest of the sign-up trial, never a second one
+  assert.equal(session.params['subscription_data[trial_end]'],
+               sql(`SELECT floor(extract(epoch FROM trial_ends_at))::bigint FROM lattice.users WHERE id = '${user}'`));
+  assert.equal(session.params['subscription_data[trial_period_days]'], undefined);
   assert.equal(session.params['subscription_data[metadata][user_id]'], user);
   assert.equal(session.params.client_reference_id, user);
   assert.match(session.params.success_url, /^http:\/\/localhost:8080\/dashboard\/billing\?checkout=success&session_id=\{CHECKOUT_SESSION_ID\}$/);
