@@ -49,13 +49,8 @@ require_holder(pg_uuid_t *tenant, bool link_ok, const char *fn)
 static void
 limit_attempts(const char *scope, const pg_uuid_t *tenant, int64 limit)
 {
-	LatticeRateResult r;
-	char	   *key = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(tenant)));
-
-	if (!lattice_rate_check(scope, key, limit, REAUTH_WINDOW, &r))
-		lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL,
-						   psprintf("{\"Retry-After\": \"" INT64_FORMAT "\"}",
-									Max(r.retry_after_seconds, 1)));
+	lattice_enforce_attempts(scope, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(tenant))),
+							 limit, REAUTH_WINDOW);
 }
 
 /* The account's current password; a wrong one is audited */

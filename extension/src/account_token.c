@@ -159,7 +159,6 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	bool		expired = false;
 	Datum		match_id = (Datum) 0;
 	char	   *email = NULL;
-	LatticeRateResult r;
 	LatticeRoleSwitch sw;
 	TupleDesc	desc;
 	Datum		out[3];
@@ -171,11 +170,8 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 		refuse("invalid_token", "the link is not valid");
 	purposes = PG_GETARG_ARRAYTYPE_P(1);
 
-	if (!lattice_rate_check("account_link_addr", lattice_req_text(req, "client_addr"),
-							CLAIM_ADDR_LIMIT, CLAIM_WINDOW, &r))
-		lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL,
-						   psprintf("{\"Retry-After\": \"" INT64_FORMAT "\"}",
-									Max(r.retry_after_seconds, 1)));
+	lattice_enforce_attempts("account_link_addr", lattice_req_text(req, "client_addr"),
+							 CLAIM_ADDR_LIMIT, CLAIM_WINDOW);
 
 	if (PG_ARGISNULL(0))
 		refuse("invalid_token", "the link is not valid");
@@ -282,11 +278,7 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 	bool		within;
 	Datum		user_id = (Datum) 0;
 
-	if (!lattice_rate_check("forgot_addr", lattice_req_text(req, "client_addr"),
-							FORGOT_ADDR_LIMIT, 3600, &r))
-		lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL,
-						   psprintf("{\"Retry-After\": \"" INT64_FORMAT "\"}",
-									Max(r.retry_after_seconds, 1)));
+	lattice_enforce_attempts("forgot_addr", lattice_req_text(req, "client_addr"), FORGOT_ADDR_LIMIT, 3600);
 	if (email == NULL)
 		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
 	within = lattice_rate_check("forgot_email", email, FORGOT_EMAIL_LIMIT, 3600, &r);

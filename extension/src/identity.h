@@ -63,6 +63,7 @@ extern char *lattice_password_hash_cstr(const char *password, size_t len);
 extern bool lattice_password_verify_cstr(const char *hash, const char *password, size_t len);
 extern void lattice_password_check_length(const char *password, size_t len);
 extern char *lattice_normalise_email(text *t);
+extern void lattice_enforce_attempts(const char *scope, const char *key, int64 limit, int64 period);
 
 /*
  * Scopes of API keys and tokens, as bits.  A session may do everything a

@@ -302,9 +302,12 @@ lattice_create_user(PG_FUNCTION_ARGS)
 	PG_RETURN_UUID_P(id);
 }
 
-/* Raises 429 too_many_attempts when a limit refused */
-static void
-enforce_attempts(const char *scope, const char *key, int64 limit, int64 period)
+/*
+ * Counts one attempt of key at scope; raises 429 too_many_attempts with
+ * Retry-After past limit attempts per period (seconds).  No key, no count.
+ */
+void
+lattice_enforce_attempts(const char *scope, const char *key, int64 limit, int64 period)
 {
 	LatticeRateResult r;
 	char		headers[64];
@@ -360,9 +363,9 @@ lattice_login(PG_FUNCTION_ARGS)
 	bool		ok;
 	Datum		values[2];
 
-	enforce_attempts("login_addr", lattice_req_text(req, "client_addr"),
+	lattice_enforce_attempts("login_addr", lattice_req_text(req, "client_addr"),
 					 LOGIN_ADDR_LIMIT, LOGIN_WINDOW);
-	enforce_attempts("login_email", email, LOGIN_EMAIL_LIMIT, LOGIN_WINDOW);
+	lattice_enforce_attempts("login_email", email, LOGIN_EMAIL_LIMIT, LOGIN_WINDOW);
 
 	if (email != NULL)
 	{
