@@ -711,13 +711,15 @@ AS $function$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     refused lattice.http_response := lattice.account_mfa_reauth(account, lattice.auth_body(body), req);
+    u record;
 BEGIN
     IF refused IS NOT NULL THEN
         RETURN refused;
     END IF;
     DELETE FROM lattice.account_recovery_codes WHERE user_id = account;
     DELETE FROM lattice.account_mfa WHERE user_id = account;
-    PERFORM lattice.outbox_email(account, 'mfa_disabled', '{}');
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+    PERFORM lattice.outbox_email(account, 'mfa_disabled', '{}', u.email, u.name);
     PERFORM lattice.audit('mfa.disabled', NULL, NULL, req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('mfa_enabled', false));
 END
@@ -733,7 +735,9 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     m record;
+    u record;
     codes text[];
+    at timestamptz := lattice.clock_now();
 BEGIN
     SELECT x.enabled_at INTO m FROM lattice.account_mfa x WHERE x.user_id = account;
     IF NOT FOUND THEN
@@ -744,9 +748,10 @@ BEGIN
     IF NOT lattice.account_mfa_verify(lattice.auth_field(b, 'code'), req) THEN
         RETURN lattice.http_error(401, 'invalid_code', 'the code is wrong or was already used');
     END IF;
-    UPDATE lattice.account_mfa SET enabled_at = lattice.clock_now() WHERE user_id = account;
+    UPDATE lattice.account_mfa SET enabled_at = at WHERE user_id = account;
     codes := lattice.account_recovery_codes_renew(account);
-    PERFORM lattice.outbox_email(account, 'mfa_enabled', '{}');
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+    PERFORM lattice.outbox_email(account, 'mfa_enabled', '{}', u.email, u.name);
     PERFORM lattice.audit('mfa.enabled', NULL, NULL, req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('mfa_enabled', true, 'recovery_codes', to_jsonb(codes)));
 END
@@ -796,17 +801,19 @@ DECLARE
     b jsonb := lattice.auth_body(body);
     at timestamptz := lattice.clock_now();
     revoked integer;
+    u record;
 BEGIN
     IF NOT lattice.account_password_check(lattice.auth_field(b, 'current_password'), req) THEN
         RETURN lattice.http_error(403, 'wrong_password', 'the current password is wrong');
     END IF;
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
     PERFORM lattice.account_password_set(lattice.auth_field(b, 'new_password'));
     UPDATE lattice.sessions SET revoked_at = at
      WHERE user_id = account AND revoked_at IS NULL AND id IS DISTINCT FROM mine;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
      WHERE user_id = account AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
-    PERFORM lattice.outbox_email(account, 'password_changed', '{}');
+    PERFORM lattice.outbox_email(account, 'password_changed', '{}', u.email, u.name);
     PERFORM lattice.audit('password.changed', NULL, jsonb_build_object('sessions_revoked', revoked), req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('changed', true, 'sessions_revoked', revoked));
 END
@@ -912,11 +919,13 @@ AS $function$
 DECLARE
     b jsonb := lattice.auth_body(body);
     c record;
+    u record;
     at timestamptz := lattice.clock_now();
     revoked integer;
 BEGIN
     SELECT * INTO c FROM lattice.account_token_claim(lattice.auth_field(b, 'token'), '{reset_password}', req);
     PERFORM lattice.account_password_set(lattice.auth_field(b, 'password'));
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = c.user_id;
     UPDATE lattice.sessions SET revoked_at = at WHERE user_id = c.user_id AND revoked_at IS NULL;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
@@ -924,7 +933,7 @@ BEGIN
     -- the link reached the account's address: it is verified
     UPDATE lattice.users SET email_verified_at = at
      WHERE id = c.user_id AND email_verified_at IS NULL AND email = c.email;
-    PERFORM lattice.outbox_email(c.user_id, 'password_changed', '{}');
+    PERFORM lattice.outbox_email(c.user_id, 'password_changed', '{}', u.email, u.name);
     PERFORM lattice.audit('password.reset', NULL, jsonb_build_object('sessions_revoked', revoked), req, c.user_id);
     RETURN lattice.http_json(200, jsonb_build_object('reset', true));
 END
@@ -1338,13 +1347,16 @@ DECLARE
     b jsonb;
     account uuid;
     s record;
+    u record;
 BEGIN
     PERFORM lattice.rate_enforce_address(req, 'signup');
     b := lattice.auth_body(body);
     account := lattice.signup_user(lattice.auth_field(b, 'email'), lattice.auth_field(b, 'password'),
                                    lattice.auth_field(b, 'name'), req);
-    PERFORM lattice.account_send_verification(account, u.email, u.name)
-       FROM lattice.users u WHERE u.id = account;
+    -- read first: a statement that reads a tenant table runs where its row
+    -- lives on Citus, and the link is written on the coordinator's side
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+    PERFORM lattice.account_send_verification(account, u.email, u.name);
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(201, jsonb_build_object('user', lattice.user_json(account)),
         lattice.session_cookies(s.token, s.csrf,

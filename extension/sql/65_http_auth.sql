@@ -94,13 +94,16 @@ DECLARE
     b jsonb;
     account uuid;
     s record;
+    u record;
 BEGIN
     PERFORM lattice.rate_enforce_address(req, 'signup');
     b := lattice.auth_body(body);
     account := lattice.signup_user(lattice.auth_field(b, 'email'), lattice.auth_field(b, 'password'),
                                    lattice.auth_field(b, 'name'), req);
-    PERFORM lattice.account_send_verification(account, u.email, u.name)
-       FROM lattice.users u WHERE u.id = account;
+    -- read first: a statement that reads a tenant table runs where its row
+    -- lives on Citus, and the link is written on the coordinator's side
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+    PERFORM lattice.account_send_verification(account, u.email, u.name);
     SELECT * INTO s FROM lattice.session_create(req);
     RETURN lattice.http_json(201, jsonb_build_object('user', lattice.user_json(account)),
         lattice.session_cookies(s.token, s.csrf,

@@ -10,8 +10,9 @@
  * is remembered for the rest of the transaction only; session.c asks
  * lattice_account_mfa_gate() before it opens a session, so no route can open
  * one for an account with two-factor authentication without the code.
- * Secrets are read as the owner (these run in SECURITY DEFINER functions),
- * the account's own rows are written as its role (tenant.c).
+ * The account's rows are read and written as its role (tenant.c), as the
+ * rest of the request does: on Citus a transaction reaches a shard as one
+ * role.  The TOTP secret is opened by account_totp.c with the pepper.
  */
 #include "lattice.h"
 #include "identity.h"
@@ -60,8 +61,10 @@ password_matches(const pg_uuid_t *tenant, text *pw, Jsonb *req)
 	static SPIPlanPtr plan = NULL;
 	char	   *hash = NULL;
 	bool		ok;
+	LatticeRoleSwitch sw;
 
 	limit_attempts("reauth_account", tenant, REAUTH_LIMIT);
+	lattice_as_tenant_role(tenant, &sw);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice: SPI_connect failed");
 	lattice_spi_prepare_kept(&plan, "SELECT password_hash FROM lattice.users WHERE id = $1",
@@ -75,6 +78,7 @@ password_matches(const pg_uuid_t *tenant, text *pw, Jsonb *req)
 			hash = strcpy(SPI_palloc(strlen(hash) + 1), hash);
 	}
 	SPI_finish();
+	lattice_restore_role(&sw);
 
 	ok = lattice_password_verify_cstr(hash, VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
 	if (!ok)
@@ -165,8 +169,6 @@ mfa_totp(const pg_uuid_t *tenant, const char *code)
 	Datum		sealed;
 	Datum		last;
 	Datum		step;
-	LatticeRoleSwitch sw;
-	bool		ok;
 
 	lattice_spi_prepare_kept(&read_plan,
 							 "SELECT sealed, last_step FROM lattice.account_mfa WHERE user_id = $1",
@@ -188,7 +190,6 @@ mfa_totp(const pg_uuid_t *tenant, const char *code)
 		return false;
 
 	/* the step is used up: the same code cannot be replayed in its window */
-	lattice_as_tenant_role(tenant, &sw);
 	lattice_spi_prepare_kept(&step_plan,
 							 "UPDATE lattice.account_mfa SET last_step = $2"
 							 " WHERE user_id = $1 AND (last_step IS NULL OR last_step < $2)",
@@ -196,9 +197,7 @@ mfa_totp(const pg_uuid_t *tenant, const char *code)
 	if (SPI_execute_plan(step_plan, (Datum[]) {UUIDPGetDatum(tenant), step}, NULL, false, 0)
 		!= SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_mfa_verify: recording the step failed");
-	ok = SPI_processed == 1;
-	lattice_restore_role(&sw);
-	return ok;
+	return SPI_processed == 1;
 }
 
 /* A recovery code against the unused ones; true once it is used up */
@@ -209,8 +208,6 @@ mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
 	static SPIPlanPtr use_plan = NULL;
 	bool		isnull;
 	Datum		id;
-	LatticeRoleSwitch sw;
-	bool		ok;
 
 	lattice_spi_prepare_kept(&match_plan,
 							 "SELECT (pg_catalog.array_agg(c.id ORDER BY c.id))"
@@ -228,7 +225,6 @@ mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
 		return false;
 	id = SPI_datumTransfer(id, false, UUID_LEN);
 
-	lattice_as_tenant_role(tenant, &sw);
 	lattice_spi_prepare_kept(&use_plan,
 							 "UPDATE lattice.account_recovery_codes SET used_at = $3"
 							 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
@@ -236,9 +232,7 @@ mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
 	if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(tenant), id,
 						 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_mfa_verify: using the recovery code failed");
-	ok = SPI_processed == 1;
-	lattice_restore_role(&sw);
-	return ok;
+	return SPI_processed == 1;
 }
 
 /* A second-factor code of the account; true once used up, false (audited) else */
@@ -247,6 +241,7 @@ mfa_check(const pg_uuid_t *tenant, const char *code, Jsonb *req)
 {
 	bool		totp = looks_like_totp(code);
 	bool		ok;
+	LatticeRoleSwitch sw;
 
 	limit_attempts("mfa_account", tenant, MFA_LIMIT);
 	if (strlen(code) > 64)
@@ -261,10 +256,12 @@ mfa_check(const pg_uuid_t *tenant, const char *code, Jsonb *req)
 				*d++ = *c;
 		code = digits;
 	}
+	lattice_as_tenant_role(tenant, &sw);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice: SPI_connect failed");
 	ok = totp ? mfa_totp(tenant, code) : mfa_recovery_code(tenant, code);
 	SPI_finish();
+	lattice_restore_role(&sw);
 
 	if (!ok)
 	{
@@ -300,7 +297,9 @@ mfa_enabled(const pg_uuid_t *user_id)
 {
 	static SPIPlanPtr plan = NULL;
 	bool		enabled;
+	LatticeRoleSwitch sw;
 
+	lattice_as_tenant_role(user_id, &sw);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice: SPI_connect failed");
 	lattice_spi_prepare_kept(&plan,
@@ -310,6 +309,7 @@ mfa_enabled(const pg_uuid_t *user_id)
 		elog(ERROR, "lattice: reading the second factor failed");
 	enabled = SPI_processed == 1;
 	SPI_finish();
+	lattice_restore_role(&sw);
 	return enabled;
 }
 
@@ -367,13 +367,15 @@ lattice_account_delete_begin(PG_FUNCTION_ARGS)
 	}
 	deleting_lxid = MyProc->lxid;
 	deleting_user = tenant;
+	lattice_tenant_token_issue_as(&tenant, true);	/* for the workers, on Citus */
 	PG_RETURN_NULL();
 }
 
 /*
  * lattice.account_deleting() -> boolean: this transaction proved, for its
- * tenant, what deleting the account needs.  The one case in which the API
- * role may delete the account's audit trail (90_security.sql).
+ * tenant, what deleting the account needs (on a Citus worker: the
+ * coordinator's tenant token vouches for it).  The one case in which the
+ * API role may delete the account's audit trail (90_security.sql).
  */
 PG_FUNCTION_INFO_V1(lattice_account_deleting);
 Datum
@@ -381,6 +383,9 @@ lattice_account_deleting(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t	tenant;
 
-	PG_RETURN_BOOL(deleting_lxid == MyProc->lxid && lattice_get_tenant(&tenant) &&
-				   memcmp(&deleting_user, &tenant, sizeof(pg_uuid_t)) == 0);
+	if (deleting_lxid == MyProc->lxid && lattice_get_tenant(&tenant) &&
+		memcmp(&deleting_user, &tenant, sizeof(pg_uuid_t)) == 0)
+		PG_RETURN_BOOL(true);
+	/* a Citus worker: the coordinator's signed token says so */
+	PG_RETURN_BOOL(lattice_tenant_token_deleting());
 }

@@ -271,6 +271,8 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr lookup_plan = NULL;
 	static SPIPlanPtr send_plan = NULL;
+	static SPIPlanPtr decoy_plan = NULL;
+	static SPIPlanPtr render_plan = NULL;
 	Jsonb	   *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	char	   *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
 	LatticeRateResult r;
@@ -315,13 +317,32 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		/* the token work of the other branch, thrown away */
+		/*
+		 * The other branch's work, thrown away: a token, its hash, the
+		 * message rendered, and the superseding statement against an
+		 * account that does not exist, which on Citus also reaches a worker
+		 * as the real one does.
+		 */
 		uint8		raw[TOKEN_RAW_BYTES];
 		char	   *token;
 
 		randombytes_buf(raw, sizeof(raw));
 		token = lattice_b64url_encode(raw, sizeof(raw));
+		randombytes_buf(raw, UUID_LEN);
+		lattice_spi_prepare_kept(&decoy_plan,
+								 "UPDATE lattice.account_tokens SET used_at = $2"
+								 " WHERE user_id = $1 AND purpose = 'reset_password' AND used_at IS NULL",
+								 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
+		if (SPI_execute_plan(decoy_plan, (Datum[]) {UUIDPGetDatum((pg_uuid_t *) raw),
+							 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "lattice.password_forgot: failed");
 		sodium_memzero(raw, sizeof(raw));
+		lattice_spi_prepare_kept(&render_plan,
+								 "SELECT lattice.billing_email_content('password_reset', NULL,"
+								 "  pg_catalog.jsonb_build_object('link', $1::text, 'origin', lattice.billing_public_origin()))",
+								 1, (Oid[]) {TEXTOID});
+		if (SPI_execute_plan(render_plan, (Datum[]) {CStringGetTextDatum(token)}, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "lattice.password_forgot: failed");
 		pfree(token_hash(token, strlen(token)));
 	}
 	SPI_finish();

@@ -31,6 +31,8 @@ extern Oid	lattice_schema_owner(void);
 /* tenant_token.c: the tenant handed to the workers of a Citus cluster */
 extern void lattice_tenant_token_init(void);
 extern void lattice_tenant_token_issue(const pg_uuid_t *tenant);
+extern void lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting);
+extern bool lattice_tenant_token_deleting(void);
 extern bool lattice_tenant_token_verify(pg_uuid_t *tenant);
 extern void lattice_tenant_token_forget(void);
 extern bool lattice_tenant_token_active(void);

@@ -10,6 +10,8 @@
  *
  *   version | tenant | distributed transaction id | expiry | HMAC-SHA256
  *
+ * (version 2 is version 1 that also vouches for a proved account deletion)
+ *
  * keyed with the cluster key (lattice.cluster_key, one row on every node,
  * readable by the extension owner only), base64url, in the transaction-local
  * setting lattice.tenant_token.  Citus sends the SET LOCAL to every worker
@@ -38,6 +40,7 @@
 #include "utils/timestamp.h"
 
 #define TOKEN_VERSION		1
+#define TOKEN_DELETING		2		/* version 1, and the account's deletion is proved */
 #define TOKEN_BODY_BYTES	(1 + 16 + 4 + 8 + 8 + 8)
 #define TOKEN_BYTES			(TOKEN_BODY_BYTES + crypto_auth_hmacsha256_BYTES)
 #define TOKEN_TTL_SECONDS	60
@@ -57,6 +60,7 @@ static char *tenant_token_setting = NULL;
 /* the token verified in this transaction, and its tenant */
 static char verified_text[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
 static pg_uuid_t verified_tenant;
+static bool verified_deleting;
 static uint8 cluster_key[crypto_auth_hmacsha256_KEYBYTES];
 static bool cluster_key_loaded = false;
 static TimestampTz cluster_key_checked = 0;
@@ -162,9 +166,9 @@ get64(const uint8 *p)
 }
 
 static void
-token_body(uint8 *body, const pg_uuid_t *tenant, const DistXid *x, TimestampTz expires)
+token_body(uint8 *body, const pg_uuid_t *tenant, const DistXid *x, TimestampTz expires, bool deleting)
 {
-	body[0] = TOKEN_VERSION;
+	body[0] = deleting ? TOKEN_DELETING : TOKEN_VERSION;
 	memcpy(body + 1, tenant->data, 16);
 	body[17] = (uint8) ((uint32) x->initiator >> 24);
 	body[18] = (uint8) ((uint32) x->initiator >> 16);
@@ -201,11 +205,13 @@ lattice_tenant_token_active(void)
 /*
  * On a node with a cluster key: issues the token for tenant in this
  * transaction and sets it with SET LOCAL, which Citus propagates to the
- * workers; NULL sets an empty token (no tenant from here on).  Nothing on a
- * single node.
+ * workers; NULL sets an empty token (no tenant from here on).  deleting
+ * marks it as the token of a transaction that proved the account's
+ * deletion (account_reauth.c), which the workers' audit policy needs.
+ * Nothing on a single node.
  */
 void
-lattice_tenant_token_issue(const pg_uuid_t *tenant)
+lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting)
 {
 	uint8		token[TOKEN_BYTES];
 	char		text[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
@@ -223,7 +229,8 @@ lattice_tenant_token_issue(const pg_uuid_t *tenant)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("lattice: no distributed transaction to bind the tenant to")));
-		token_body(token, tenant, &x, GetCurrentTimestamp() + (int64) TOKEN_TTL_SECONDS * USECS_PER_SEC);
+		token_body(token, tenant, &x, GetCurrentTimestamp() + (int64) TOKEN_TTL_SECONDS * USECS_PER_SEC,
+				   deleting);
 		crypto_auth_hmacsha256(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key);
 		sodium_bin2base64(text, sizeof(text), token, TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 	}
@@ -244,6 +251,12 @@ lattice_tenant_token_issue(const pg_uuid_t *tenant)
 		elog(ERROR, "lattice: setting the tenant token failed");
 	SPI_finish();
 	sodium_memzero(text, sizeof(text));
+}
+
+void
+lattice_tenant_token_issue(const pg_uuid_t *tenant)
+{
+	lattice_tenant_token_issue_as(tenant, false);
 }
 
 static void
@@ -280,7 +293,7 @@ lattice_tenant_token_verify(pg_uuid_t *tenant)
 	}
 	if (sodium_base642bin(token, sizeof(token), tenant_token_setting, strlen(tenant_token_setting),
 						  NULL, &len, NULL, sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-		len != TOKEN_BYTES || token[0] != TOKEN_VERSION)
+		len != TOKEN_BYTES || (token[0] != TOKEN_VERSION && token[0] != TOKEN_DELETING))
 		refuse("The token is malformed.");
 	if (!load_cluster_key(false))
 		refuse("This node has no cluster key.");
@@ -300,6 +313,7 @@ lattice_tenant_token_verify(pg_uuid_t *tenant)
 		refuse("The token belongs to another transaction.");
 	memcpy(tenant->data, token + 1, 16);
 	verified_tenant = *tenant;
+	verified_deleting = token[0] == TOKEN_DELETING;
 	strlcpy(verified_text, tenant_token_setting, sizeof(verified_text));
 	return true;
 }
@@ -310,6 +324,16 @@ lattice_tenant_token_forget(void)
 {
 	verified_text[0] = '\0';
 	memset(&verified_tenant, 0, sizeof(verified_tenant));
+	verified_deleting = false;
+}
+
+/* Whether this transaction's verified token proves the account's deletion */
+bool
+lattice_tenant_token_deleting(void)
+{
+	pg_uuid_t	tenant;
+
+	return lattice_tenant_token_verify(&tenant) && verified_deleting;
 }
 
 /*
