@@ -11,7 +11,7 @@ ALTER TABLE lattice.users ADD COLUMN email_verified_at timestamptz;
 CREATE TABLE lattice.account_tokens (
     id          uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
-    purpose     text NOT NULL CHECK (purpose IN ('verify_email', 'reset_password', 'change_email')),
+    purpose     text NOT NULL CHECK (purpose IN ('verify_email', 'change_email')),
     token_hash  bytea NOT NULL,
     email       text,
     created_at  timestamptz NOT NULL,
@@ -20,6 +20,22 @@ CREATE TABLE lattice.account_tokens (
     PRIMARY KEY (user_id, id)
 );
 CREATE INDEX ON lattice.account_tokens (user_id, purpose) WHERE used_at IS NULL;
+
+-- Password reset links (src/account_token.c), apart from the other links:
+-- asking for one must cost the same whether the address has an account or
+-- not, so it writes here (the owner's; on Citus the coordinator's) and not
+-- on the account's shard.  No user_id: not a tenant table.
+CREATE TABLE lattice.reset_links (
+    token_hash  bytea PRIMARY KEY,
+    account_id  uuid NOT NULL,
+    email       text NOT NULL,
+    created_at  timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    used_at     timestamptz
+);
+CREATE INDEX ON lattice.reset_links (account_id) WHERE used_at IS NULL;
+REVOKE ALL ON lattice.reset_links FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('lattice.reset_links', '');
 
 -- The TOTP secret, sealed with a key derived from the server pepper
 -- (src/account_totp.c): the API role reads only ciphertext.  enabled_at is
@@ -174,6 +190,7 @@ BEGIN
         EXECUTE format('DELETE FROM %s WHERE user_id = $1', t.rel) USING account;
     END LOOP;
     DELETE FROM lattice.stripe_events e WHERE e.account_id = account;
+    DELETE FROM lattice.reset_links r WHERE r.account_id = account;
     DELETE FROM lattice.outbox o WHERE o.account_id = account AND o.status IN ('done', 'failed');
     IF stripe_subscription_id IS NOT NULL THEN
         INSERT INTO lattice.outbox (account_id, kind, purpose, method, path, params, idempotency_key)
@@ -334,6 +351,7 @@ DECLARE
     warned integer := 0;
     purged integer := 0;
     links integer;
+    n integer;
 BEGIN
     -- trials without a card: three days before the end, and at the end
     FOR u IN SELECT x.id, x.email, x.name, x.trial_ends_at FROM lattice.users x
@@ -391,6 +409,10 @@ BEGIN
     DELETE FROM lattice.account_tokens t
      WHERE t.expires_at < at - interval '7 days' OR t.used_at < at - interval '7 days';
     GET DIAGNOSTICS links = ROW_COUNT;
+    DELETE FROM lattice.reset_links r
+     WHERE r.expires_at < at - interval '7 days' OR r.used_at < at - interval '7 days';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    links := links + n;
     DELETE FROM lattice.retained_invoices r WHERE r.keep_until < at;
     -- sent e-mails and finished calls are kept a month for support, no longer
     DELETE FROM lattice.outbox o WHERE o.status IN ('done', 'failed') AND o.done_at < at - interval '30 days';
@@ -812,7 +834,7 @@ BEGIN
      WHERE user_id = account AND revoked_at IS NULL AND id IS DISTINCT FROM mine;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
-     WHERE user_id = account AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
+     WHERE user_id = account AND purpose = 'change_email' AND used_at IS NULL;
     PERFORM lattice.outbox_email(account, 'password_changed', '{}', u.email, u.name);
     PERFORM lattice.audit('password.changed', NULL, jsonb_build_object('sessions_revoked', revoked), req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('changed', true, 'sessions_revoked', revoked));
@@ -928,8 +950,9 @@ BEGIN
     SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = c.user_id;
     UPDATE lattice.sessions SET revoked_at = at WHERE user_id = c.user_id AND revoked_at IS NULL;
     GET DIAGNOSTICS revoked = ROW_COUNT;
+    -- a pending e-mail change may be the intruder's: it ends with the reset
     UPDATE lattice.account_tokens SET used_at = at
-     WHERE user_id = c.user_id AND purpose IN ('reset_password', 'change_email') AND used_at IS NULL;
+     WHERE user_id = c.user_id AND purpose = 'change_email' AND used_at IS NULL;
     -- the link reached the account's address: it is verified
     UPDATE lattice.users SET email_verified_at = at
      WHERE id = c.user_id AND email_verified_at IS NULL AND email = c.email;
@@ -1132,9 +1155,9 @@ BEGIN
         RAISE EXCEPTION 'lattice.billing_email_content: unknown template "%"', template
             USING ERRCODE = 'invalid_parameter_value';
     END CASE;
-    text_body := 'Hello ' || COALESCE(name, '') || E',\r\n\r\n'
+    text_body := 'Hello' || COALESCE(' ' || name, '') || E',\r\n\r\n'
                  || array_to_string(lines, E'\r\n\r\n') || E'\r\n\r\n-- \r\nLattice\r\n' || footer || E'\r\n';
-    html_body := '<!doctype html><html><body><p>Hello ' || lattice.html_escape(COALESCE(name, '')) || ',</p>'
+    html_body := '<!doctype html><html><body><p>Hello' || COALESCE(' ' || lattice.html_escape(name), '') || ',</p>'
                  || (SELECT string_agg('<p>' || lattice.html_escape(l) || '</p>', '') FROM unnest(lines) AS l)
                  || '<hr><p style="color:#666;font-size:12px">Lattice. ' || lattice.html_escape(footer)
                  || '</p></body></html>';

@@ -375,9 +375,9 @@ BEGIN
         RAISE EXCEPTION 'lattice.billing_email_content: unknown template "%"', template
             USING ERRCODE = 'invalid_parameter_value';
     END CASE;
-    text_body := 'Hello ' || COALESCE(name, '') || E',\r\n\r\n'
+    text_body := 'Hello' || COALESCE(' ' || name, '') || E',\r\n\r\n'
                  || array_to_string(lines, E'\r\n\r\n') || E'\r\n\r\n-- \r\nLattice\r\n' || footer || E'\r\n';
-    html_body := '<!doctype html><html><body><p>Hello ' || lattice.html_escape(COALESCE(name, '')) || ',</p>'
+    html_body := '<!doctype html><html><body><p>Hello' || COALESCE(' ' || lattice.html_escape(name), '') || ',</p>'
                  || (SELECT string_agg('<p>' || lattice.html_escape(l) || '</p>', '') FROM unnest(lines) AS l)
                  || '<hr><p style="color:#666;font-size:12px">Lattice. ' || lattice.html_escape(footer)
                  || '</p></body></html>';

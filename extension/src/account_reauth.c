@@ -133,8 +133,14 @@ lattice_account_password_set(PG_FUNCTION_ARGS)
 							  UUIDPGetDatum(&tenant)}, NULL, false, 0) != SPI_OK_UPDATE ||
 		SPI_processed != 1)
 		elog(ERROR, "lattice.account_password_set: update failed");
-	SPI_finish();
 	lattice_restore_role(&sw);
+	/* a new password ends every pending reset link (the owner's table) */
+	if (SPI_execute_with_args("UPDATE lattice.reset_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL",
+							  2, (Oid[]) {UUIDOID, TIMESTAMPTZOID},
+							  (Datum[]) {UUIDPGetDatum(&tenant), TimestampTzGetDatum(lattice_clock_now())},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lattice.account_password_set: ending the reset links failed");
+	SPI_finish();
 	PG_RETURN_VOID();
 }
 

@@ -11,6 +11,11 @@
  * what the purpose allows, but a link never opens a session (session.c
  * wants a password).  Issuing a token supersedes the pending ones of the
  * same purpose, so at most one link of each kind works at a time.
+ *
+ * Password reset links are kept apart, in lattice.reset_links (the owner's,
+ * on a Citus coordinator): asking for one must cost the same whether the
+ * address has an account or not, so that request writes nothing on the
+ * account's own shard.
  */
 #include "lattice.h"
 #include "identity.h"
@@ -70,6 +75,20 @@ token_hash(const char *token, size_t len)
 	return b;
 }
 
+/* A new token for the account: its id, then libsodium's randomness */
+static char *
+token_new(const pg_uuid_t *user_id)
+{
+	uint8		raw[TOKEN_RAW_BYTES];
+	char	   *token;
+
+	memcpy(raw, user_id->data, UUID_LEN);
+	randombytes_buf(raw + UUID_LEN, TOKEN_RANDOM_BYTES);
+	token = lattice_b64url_encode(raw, sizeof(raw));
+	sodium_memzero(raw, sizeof(raw));
+	return token;
+}
+
 /*
  * lattice.account_token_issue(user_id uuid, purpose text, email text) -> text
  *
@@ -84,17 +103,11 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *user_id = PG_GETARG_UUID_P(0);
 	char	   *purpose = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	uint8		raw[TOKEN_RAW_BYTES];
-	char	   *token;
+	char	   *token = token_new(user_id);
 	TimestampTz now = lattice_clock_now();
 	TimestampTz expires = now + (int64) purpose_ttl(purpose) * USECS_PER_SEC;
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-
-	memcpy(raw, user_id->data, UUID_LEN);
-	randombytes_buf(raw + UUID_LEN, TOKEN_RANDOM_BYTES);
-	token = lattice_b64url_encode(raw, sizeof(raw));
-	sodium_memzero(raw, sizeof(raw));
 
 	values[0] = UUIDPGetDatum(user_id);
 	values[1] = CStringGetTextDatum(purpose);
@@ -124,6 +137,26 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(token));
 }
 
+/* Whether a claim is for a password reset link (lattice.reset_links) */
+static bool
+purposes_include_reset(ArrayType *purposes)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	bool		reset = false;
+
+	deconstruct_array(purposes, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i] && strcmp(TextDatumGetCString(elems[i]), "reset_password") == 0)
+			reset = true;
+	if (reset && n != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lattice.account_token_claim: a reset link is claimed alone")));
+	return reset;
+}
+
 static void
 refuse(const char *code, const char *message)
 {
@@ -145,8 +178,11 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr pending_plan = NULL;
 	static SPIPlanPtr use_plan = NULL;
+	static SPIPlanPtr reset_pending_plan = NULL;
+	static SPIPlanPtr reset_use_plan = NULL;
 	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 	ArrayType  *purposes;
+	bool		reset;
 	char	   *purpose = NULL;
 	text	   *t;
 	char	   *token;
@@ -169,6 +205,7 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		refuse("invalid_token", "the link is not valid");
 	purposes = PG_GETARG_ARRAYTYPE_P(1);
+	reset = purposes_include_reset(purposes);
 
 	lattice_enforce_attempts("account_link_addr", lattice_req_text(req, "client_addr"),
 							 CLAIM_ADDR_LIMIT, CLAIM_WINDOW);
@@ -188,15 +225,23 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	sodium_memzero(raw, sizeof(raw));
 	hash = token_hash(token, len);
 
-	/* the account's pending tokens of this purpose, read as the owner */
+	/* the account's pending tokens of these purposes, read as the owner */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice.account_token_claim: SPI_connect failed");
-	lattice_spi_prepare_kept(&pending_plan,
-							 "SELECT id, token_hash, expires_at, email, purpose FROM lattice.account_tokens"
-							 " WHERE user_id = $1 AND purpose OPERATOR(pg_catalog.=) ANY ($2) AND used_at IS NULL"
-							 " ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
-							 2, (Oid[]) {UUIDOID, TEXTARRAYOID});
-	if (SPI_execute_plan(pending_plan, (Datum[]) {UUIDPGetDatum(&user_id), PointerGetDatum(purposes)},
+	if (reset)
+		lattice_spi_prepare_kept(&reset_pending_plan,
+								 "SELECT NULL::uuid, token_hash, expires_at, email, 'reset_password'"
+								 "  FROM lattice.reset_links WHERE account_id = $1 AND used_at IS NULL"
+								 " ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
+								 1, (Oid[]) {UUIDOID});
+	else
+		lattice_spi_prepare_kept(&pending_plan,
+								 "SELECT id, token_hash, expires_at, email, purpose FROM lattice.account_tokens"
+								 " WHERE user_id = $1 AND purpose OPERATOR(pg_catalog.=) ANY ($2) AND used_at IS NULL"
+								 " ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
+								 2, (Oid[]) {UUIDOID, TEXTARRAYOID});
+	if (SPI_execute_plan(reset ? reset_pending_plan : pending_plan,
+						 (Datum[]) {UUIDPGetDatum(&user_id), PointerGetDatum(purposes)},
 						 NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "lattice.account_token_claim: lookup failed");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -211,7 +256,9 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 			sodium_memcmp(VARDATA_ANY(stored), VARDATA(hash), TOKEN_HASH_BYTES) == 0)
 		{
 			match = (int) i;
-			match_id = SPI_datumTransfer(SPI_getbinval(tup, td, 1, &isnull), false, UUID_LEN);
+			match_id = SPI_getbinval(tup, td, 1, &isnull);
+			if (!isnull)
+				match_id = SPI_datumTransfer(match_id, false, UUID_LEN);
 			expired = DatumGetTimestampTz(SPI_getbinval(tup, td, 3, &isnull)) <= lattice_clock_now();
 			email = SPI_getvalue(tup, td, 4);
 			if (email)			/* outlive SPI_finish */
@@ -229,21 +276,35 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 
 	lattice_set_tenant(&user_id);
 	lattice_auth_note(LATTICE_AUTH_LINK, NULL);
-	lattice_as_tenant_role(&user_id, &sw);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice.account_token_claim: SPI_connect failed");
-	lattice_spi_prepare_kept(&use_plan,
-							 "UPDATE lattice.account_tokens SET used_at = $3"
-							 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
-							 3, (Oid[]) {UUIDOID, UUIDOID, TIMESTAMPTZOID});
-	if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(&user_id), match_id,
-						 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "lattice.account_token_claim: marking the token used failed");
+	if (reset)
+	{
+		/* the owner's table: this link and any other pending one are used up */
+		lattice_spi_prepare_kept(&reset_use_plan,
+								 "UPDATE lattice.reset_links SET used_at = $2"
+								 " WHERE account_id = $1 AND used_at IS NULL",
+								 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
+		if (SPI_execute_plan(reset_use_plan, (Datum[]) {UUIDPGetDatum(&user_id),
+							 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "lattice.account_token_claim: marking the link used failed");
+	}
+	else
+	{
+		lattice_as_tenant_role(&user_id, &sw);
+		lattice_spi_prepare_kept(&use_plan,
+								 "UPDATE lattice.account_tokens SET used_at = $3"
+								 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
+								 3, (Oid[]) {UUIDOID, UUIDOID, TIMESTAMPTZOID});
+		if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(&user_id), match_id,
+							 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "lattice.account_token_claim: marking the token used failed");
+		lattice_restore_role(&sw);
+	}
 	/* a concurrent claim of the same link took it first */
-	if (SPI_processed != 1)
+	if (SPI_processed == 0)
 		refuse("invalid_token", "the link is not valid: it may have been used already or replaced by a newer one");
 	SPI_finish();
-	lattice_restore_role(&sw);
 
 	out[0] = UUIDPGetDatum(&user_id);
 	out[1] = CStringGetTextDatum(purpose);
@@ -261,29 +322,35 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
  * lattice.password_forgot(email text, req jsonb) -> void
  *
  * Sends a reset link when the address has an account, and does the same
- * work otherwise, so the answer (and its time) does not tell which.  Past
- * the per-address limit of the asker it raises 429; past the limit of the
- * address asked for it quietly sends nothing, so nobody can flood a mailbox.
+ * work otherwise, so the answer (and its time) does not tell which: both
+ * read the address's look-up, write lattice.reset_links (a link, or nothing
+ * for an account that does not exist), render the message and audit the
+ * request in the operator's trail, all on one node.  Past the per-address
+ * limit of the asker it raises 429; past the limit of the address asked for
+ * it quietly sends nothing, so nobody can flood a mailbox.
  */
 PG_FUNCTION_INFO_V1(lattice_password_forgot);
 Datum
 lattice_password_forgot(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr lookup_plan = NULL;
+	static SPIPlanPtr supersede_plan = NULL;
+	static SPIPlanPtr insert_plan = NULL;
 	static SPIPlanPtr send_plan = NULL;
-	static SPIPlanPtr decoy_plan = NULL;
 	static SPIPlanPtr render_plan = NULL;
 	Jsonb	   *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	char	   *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
 	LatticeRateResult r;
-	bool		known = false;
-	bool		within;
-	Datum		user_id = (Datum) 0;
+	bool		send;
+	pg_uuid_t	account;
+	char	   *token;
+	char	   *link;
+	TimestampTz now = lattice_clock_now();
 
 	lattice_enforce_attempts("forgot_addr", lattice_req_text(req, "client_addr"), FORGOT_ADDR_LIMIT, 3600);
 	if (email == NULL)
 		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
-	within = lattice_rate_check("forgot_email", email, FORGOT_EMAIL_LIMIT, 3600, &r);
+	send = lattice_rate_check("forgot_email", email, FORGOT_EMAIL_LIMIT, 3600, &r);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice.password_forgot: SPI_connect failed");
@@ -293,64 +360,62 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 	if (SPI_execute_plan(lookup_plan, (Datum[]) {CStringGetTextDatum(email)}, NULL, true, 1)
 		!= SPI_OK_SELECT)
 		elog(ERROR, "lattice.password_forgot: lookup failed");
-	if (SPI_processed == 1)
+	if (SPI_processed == 1 && send)
 	{
 		bool		isnull;
 
-		known = true;
-		user_id = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
-									false, UUID_LEN);
+		memcpy(&account, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+	}
+	else
+	{
+		/* nothing to send: the same statements for an id no account has */
+		randombytes_buf(account.data, UUID_LEN);
+		send = false;
 	}
 
-	if (known && within)
+	token = token_new(&account);
+	link = psprintf("/reset-password?token=%s", token);
+	lattice_spi_prepare_kept(&supersede_plan,
+							 "UPDATE lattice.reset_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL",
+							 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
+	if (SPI_execute_plan(supersede_plan, (Datum[]) {UUIDPGetDatum(&account), TimestampTzGetDatum(now)},
+						 NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lattice.password_forgot: superseding failed");
+	if (send)
 	{
-		/* the token row and the e-mail, as the owner: no tenant is proved here */
+		lattice_spi_prepare_kept(&insert_plan,
+								 "INSERT INTO lattice.reset_links (token_hash, account_id, email, created_at, expires_at)"
+								 " VALUES ($1, $2, $3, $4, $4 + pg_catalog.make_interval(secs => $5))",
+								 5, (Oid[]) {BYTEAOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID});
+		if (SPI_execute_plan(insert_plan, (Datum[]) {PointerGetDatum(token_hash(token, strlen(token))),
+							 UUIDPGetDatum(&account), CStringGetTextDatum(email), TimestampTzGetDatum(now),
+							 Float8GetDatum(purpose_ttl("reset_password"))}, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "lattice.password_forgot: insert failed");
 		lattice_spi_prepare_kept(&send_plan,
 								 "SELECT lattice.outbox_email($1, 'password_reset',"
-								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin()"
-								 "    OPERATOR(pg_catalog.||) '/reset-password?token='"
-								 "    OPERATOR(pg_catalog.||) lattice.account_token_issue($1, 'reset_password', $2)))",
-								 2, (Oid[]) {UUIDOID, TEXTOID});
-		if (SPI_execute_plan(send_plan, (Datum[]) {user_id, CStringGetTextDatum(email)}, NULL, false, 1)
-			!= SPI_OK_SELECT)
+								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $2),"
+								 "  $3, NULL)",
+								 3, (Oid[]) {UUIDOID, TEXTOID, TEXTOID});
+		if (SPI_execute_plan(send_plan, (Datum[]) {UUIDPGetDatum(&account), CStringGetTextDatum(link),
+							 CStringGetTextDatum(email)}, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "lattice.password_forgot: queuing the e-mail failed");
 	}
 	else
 	{
-		/*
-		 * The other branch's work, thrown away: a token, its hash, the
-		 * message rendered, and the superseding statement against an
-		 * account that does not exist, which on Citus also reaches a worker
-		 * as the real one does.
-		 */
-		uint8		raw[TOKEN_RAW_BYTES];
-		char	   *token;
-
-		randombytes_buf(raw, sizeof(raw));
-		token = lattice_b64url_encode(raw, sizeof(raw));
-		randombytes_buf(raw, UUID_LEN);
-		lattice_spi_prepare_kept(&decoy_plan,
-								 "UPDATE lattice.account_tokens SET used_at = $2"
-								 " WHERE user_id = $1 AND purpose = 'reset_password' AND used_at IS NULL",
-								 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
-		if (SPI_execute_plan(decoy_plan, (Datum[]) {UUIDPGetDatum((pg_uuid_t *) raw),
-							 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "lattice.password_forgot: failed");
-		sodium_memzero(raw, sizeof(raw));
+		/* what outbox_email does, thrown away */
+		pfree(token_hash(token, strlen(token)));
 		lattice_spi_prepare_kept(&render_plan,
 								 "SELECT lattice.billing_email_content('password_reset', NULL,"
-								 "  pg_catalog.jsonb_build_object('link', $1::text, 'origin', lattice.billing_public_origin()))",
+								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $1,"
+								 "                                'origin', lattice.billing_public_origin()))",
 								 1, (Oid[]) {TEXTOID});
-		if (SPI_execute_plan(render_plan, (Datum[]) {CStringGetTextDatum(token)}, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "lattice.password_forgot: failed");
-		pfree(token_hash(token, strlen(token)));
+		if (SPI_execute_plan(render_plan, (Datum[]) {CStringGetTextDatum(link)}, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "lattice.password_forgot: rendering failed");
 	}
 	SPI_finish();
 
-	if (known)
-		lattice_audit(within ? "password.reset_requested" : "password.reset_throttled",
-					  DatumGetUUIDP(user_id), NULL, NULL, req);
-	else
-		lattice_audit("password.reset_requested", NULL, email, "{\"reason\": \"unknown_account\"}", req);
+	/* the same row either way; the reset itself goes into the account's trail */
+	lattice_audit("password.reset_requested", NULL, email, NULL, req);
 	PG_RETURN_VOID();
 }
