@@ -18,19 +18,7 @@ SELECT plan(151);
 
 -- ---- helpers ----
 
--- The HTTP code a statement raises (detail {"code"}), or 'ok'.
-CREATE FUNCTION pg_temp.err_code(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE d text; s text;
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL, s = RETURNED_SQLSTATE;
-    IF s LIKE 'PT%' THEN
-        RETURN s || ':' || ((d::jsonb) ->> 'code');
-    END IF;
-    RETURN s || ':';
-END $$;
+\ir helpers.psql
 
 -- One request to a route: {status, headers, body}, also for a raised HTTP
 -- error ({"raised": true}); any other error as {status: 0, sqlstate, message}.
@@ -107,20 +95,6 @@ CREATE FUNCTION pg_temp.rows_of(account uuid) RETURNS bigint LANGUAGE sql AS $$
     SELECT COALESCE(sum(n), 0)::bigint FROM lattice.tenant_row_counts(account)
 $$;
 
--- RFC 4648 base32 back to bytes: what the authenticator app does with the secret
-CREATE FUNCTION pg_temp.base32_decode(s text) RETURNS bytea LANGUAGE plpgsql IMMUTABLE STRICT AS $$
-DECLARE
-    bits text := '';
-    out bytea := '';
-BEGIN
-    FOR i IN 1 .. length(s) LOOP
-        bits := bits || (position(substr(s, i, 1) IN 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567') - 1)::bit(5)::text;
-    END LOOP;
-    FOR i IN 0 .. length(bits) / 8 - 1 LOOP
-        out := out || set_byte('\x00'::bytea, 0, substr(bits, i * 8 + 1, 8)::bit(8)::int);
-    END LOOP;
-    RETURN out;
-END $$;
 -- The code the app shows now (lattice.clock_now()), and one it does not show in the ±1 step window
 CREATE FUNCTION pg_temp.totp(secret text, shift integer DEFAULT 0) RETURNS text LANGUAGE sql AS $$
     SELECT lattice.totp_code(pg_temp.base32_decode(secret),

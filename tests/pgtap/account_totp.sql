@@ -14,22 +14,7 @@ EXCEPTION WHEN others THEN
     RETURN SQLSTATE;
 END $$;
 
--- RFC 4648 base32 (upper case, no padding) back to bytes: what the
--- authenticator app does with the secret it is shown.
-CREATE FUNCTION pg_temp.base32_decode(s text) RETURNS bytea LANGUAGE plpgsql IMMUTABLE STRICT AS $$
-DECLARE
-    bits text := '';
-    out bytea := '';
-    i int;
-BEGIN
-    FOR i IN 1 .. length(s) LOOP
-        bits := bits || (position(substr(s, i, 1) IN 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567') - 1)::bit(5)::text;
-    END LOOP;
-    FOR i IN 0 .. length(bits) / 8 - 1 LOOP
-        out := out || set_byte('\x00'::bytea, 0, substr(bits, i * 8 + 1, 8)::bit(8)::int);
-    END LOOP;
-    RETURN out;
-END $$;
+\ir helpers.psql
 
 -- RFC 6238 Appendix B, SHA-1 (the seed is the ASCII of '12345678901234567890')
 SELECT is(array_agg(lattice.totp_code(convert_to('12345678901234567890', 'UTF8'), t / 30, 8) ORDER BY t),

@@ -4,18 +4,7 @@ BEGIN;
 SELECT plan(6);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
-CREATE FUNCTION pg_temp.err_code(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE d text; s text;
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL, s = RETURNED_SQLSTATE;
-    IF s LIKE 'PT%' THEN
-        RETURN s || ':' || ((d::jsonb) ->> 'code');
-    END IF;
-    RETURN s || ':';
-END $$;
+\ir helpers.psql
 CREATE FUNCTION pg_temp.b64url(b bytea) RETURNS text LANGUAGE sql AS $$
     SELECT rtrim(translate(replace(encode(b, 'base64'), E'\n', ''), '+/', '-_'), '=')
 $$;

@@ -4,19 +4,7 @@
 BEGIN;
 SELECT plan(30);
 
--- The HTTP code a statement raises (detail {"code"}), or 'ok'.
-CREATE FUNCTION pg_temp.err_code(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE d text; s text;
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL, s = RETURNED_SQLSTATE;
-    IF s LIKE 'PT%' THEN
-        RETURN s || ':' || ((d::jsonb) ->> 'code');
-    END IF;
-    RETURN s || ':';
-END $$;
+\ir helpers.psql
 
 -- Login counters live in shared memory and survive ROLLBACK: fresh names per run.
 SELECT 'carol-' || r || '@example.com' AS carol_email, 'erin-' || r || '@example.com' AS erin_email,

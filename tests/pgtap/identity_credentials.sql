@@ -6,18 +6,7 @@
 BEGIN;
 SELECT plan(69);
 
-CREATE FUNCTION pg_temp.err_code(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE d text; s text;
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL, s = RETURNED_SQLSTATE;
-    IF s LIKE 'PT%' THEN
-        RETURN s || ':' || ((d::jsonb) ->> 'code');
-    END IF;
-    RETURN s || ':';
-END $$;
+\ir helpers.psql
 CREATE FUNCTION pg_temp.b64url(t text) RETURNS text LANGUAGE sql AS $$
     SELECT rtrim(translate(replace(encode(convert_to(t, 'UTF8'), 'base64'), E'\n', ''), '+/', '-_'), '=')
 $$;
