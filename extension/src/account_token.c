@@ -249,10 +249,11 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	td = SPI_tuptable->tupdesc;
 		bool		isnull;
-		bytea	   *stored = DatumGetByteaPP(SPI_getbinval(tup, td, 2, &isnull));
+		Datum		d = SPI_getbinval(tup, td, 2, &isnull);
+		bytea	   *stored = isnull ? NULL : DatumGetByteaPP(d);
 
 		/* every row is compared, a match does not end the loop early */
-		if (!isnull && VARSIZE_ANY_EXHDR(stored) == TOKEN_HASH_BYTES &&
+		if (stored != NULL && VARSIZE_ANY_EXHDR(stored) == TOKEN_HASH_BYTES &&
 			sodium_memcmp(VARDATA_ANY(stored), VARDATA(hash), TOKEN_HASH_BYTES) == 0)
 		{
 			match = (int) i;
