@@ -58,7 +58,7 @@ clean:
 	$(MAKE) -C shim clean
 	rm -rf .build
 
-# Fuzzing, sanitizers and valgrind (issue 10): tests/fuzz/
+# Fuzzing, sanitizers and valgrind: tests/fuzz/
 FUZZ_SECONDS ?= 120
 fuzz: deps
 	$(MAKE) -C tests/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)

@@ -601,7 +601,7 @@ CREATE TABLE lattice.connections (
     FOREIGN KEY (user_id, target_service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
 );
 CREATE INDEX ON lattice.connections (user_id, target_service_id);
--- Ingest: what the plugins send (protocol/README.md), applied for the
+-- Ingest: what the plugins send (captured in tests/fixtures/), applied for the
 -- current tenant.  Validation is C (src/ingest_validate.c) and happens before
 -- any write; a refusal raises PT400 and so writes nothing.  The lattice_http
 -- wrappers are in 67_http_ingest.sql.

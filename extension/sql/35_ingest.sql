@@ -1,4 +1,4 @@
--- Ingest: what the plugins send (protocol/README.md), applied for the
+-- Ingest: what the plugins send (captured in tests/fixtures/), applied for the
 -- current tenant.  Validation is C (src/ingest_validate.c) and happens before
 -- any write; a refusal raises PT400 and so writes nothing.  The lattice_http
 -- wrappers are in 67_http_ingest.sql.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Suite "fault": the disk of the database nearly full (issue 10, item 2).
+# Suite "fault": the disk of the database nearly full.
 #
 # A throwaway cluster whose lattice tables and indexes live in a tablespace on
 # a small tmpfs; a filler file leaves it almost no room; simulated plugins

@@ -1,4 +1,4 @@
-// Faults while the simulated plugins keep sending (issue 10, item 2); TAP.
+// Faults while the simulated plugins keep sending; TAP.
 //
 //   PostgreSQL restarted fast, then immediate   -> JSON 503 while down, the
 //                                                  same shim recovers by itself

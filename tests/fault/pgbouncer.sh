@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PgBouncer (Debian's, 1.18) in transaction-pooling mode between the shim and
-# the test cluster (issue 10, item 6).  TAP:
+# the test cluster.  TAP:
 #   1    the whole HTTP suite (tests/http) passes with every shim behind it
 #        (prepared_statements = 0: docs/shim.md, "Behind PgBouncer")
 #   2-4  two tenants interleaved on one server connection

@@ -1,4 +1,4 @@
-// The load run (issue 10, item 1), printing TAP and its figures as comments.
+// The load run, printing TAP and its figures as comments.
 //
 //   node tests/load/run.mjs [--plugins 200] [--seconds 30] [--tenants 50] [--greedy 2]
 //
