@@ -232,8 +232,14 @@ static int on_http_error(struct mg_connection *conn, int status, const char *msg
         reply_error(&r, status, status >= 500 ? "internal" : "bad_request",
                     status >= 500 ? "internal error" : "malformed request", NULL, NULL);
     metrics_request(ROUTE_UNMATCHED, r.status, 0);
-    if (ri)
-        log_access(ri, NULL, rid, "unmatched", r.status, r.bytes, 0, NULL);
+    if (ri) {
+        /* the request did not parse: its method and path may point into the
+           receive buffer without a terminating NUL, so they are not logged */
+        struct mg_request_info unparsed = *ri;
+        unparsed.request_method = NULL;
+        unparsed.local_uri = unparsed.local_uri_raw = NULL;
+        log_access(&unparsed, NULL, rid, "unmatched", r.status, r.bytes, 0, NULL);
+    }
     return 0;
 }
 
