@@ -1,5 +1,6 @@
 // The shim under valgrind (memcheck) with simulated plugins (tests/load/
-// loadgen.mjs) for a short and a longer run: no invalid memory access, and
+// loadgen.mjs) for a short and a longer run, then streamed account exports
+// (read whole, and left mid-stream): no invalid memory access, and
 // no "definitely lost" memory that grows with the number of requests.  TAP.
 //
 //   node tests/fuzz/valgrind_load.mjs [short_seconds] [long_seconds]
@@ -23,6 +24,23 @@ const ok = (cond, name, diag = []) => {
   console.log(`${cond ? 'ok' : 'not ok'} ${n} - ${name}`);
   if (!cond) for (const d of diag) console.log(`#   ${d}`);
 };
+
+// A streamed route (the account export), read whole and left mid-stream.
+async function streamedExports(shim, label) {
+  const signup = await fetch(`${shim.url}/api/v1/auth/signup`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email: `vg-${label}-${process.pid}@example.com`, password: 'a valgrind password', name: 'vg' }) });
+  if (signup.status !== 201) throw new Error(`sign-up under valgrind: ${signup.status}`);
+  const cookie = signup.headers.getSetCookie().map((c) => c.split(';')[0]).join('; ');
+  for (let i = 0; i < 3; i++) {
+    const r = await fetch(`${shim.url}/api/v1/account/export`, { headers: { cookie } });
+    JSON.parse(await r.text());
+  }
+  const left = new AbortController();
+  const r = await fetch(`${shim.url}/api/v1/account/export`, { headers: { cookie }, signal: left.signal });
+  left.abort();
+  await r.text().catch(() => {});
+}
 
 async function underValgrind(label, seconds) {
   const port = await freePort();
@@ -56,6 +74,8 @@ async function underValgrind(label, seconds) {
   await sleep(seconds * 1000);
   await load.stop();
   phase('load');
+  await streamedExports(shim, label);
+  phase('exports');
   proc.kill('SIGTERM');
   const exit = await Promise.race([exited, sleep(60000, null, { ref: false })]);
   if (!exit) { proc.kill('SIGKILL'); await exited; }
