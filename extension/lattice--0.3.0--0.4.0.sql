@@ -133,6 +133,19 @@ CREATE OR REPLACE FUNCTION lattice.account_deleting()
  STABLE
 AS '$libdir/lattice', $function$lattice_account_deleting$function$;
 
+CREATE OR REPLACE FUNCTION lattice.account_email(account uuid, template text, data jsonb DEFAULT '{}'::jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    u record;
+BEGIN
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+    PERFORM lattice.outbox_email(account, template, data, u.email, u.name);
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.account_email_free(email text)
  RETURNS boolean
  LANGUAGE plpgsql
@@ -245,6 +258,18 @@ CREATE OR REPLACE FUNCTION lattice.account_mfa_verify(code text, req jsonb)
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS '$libdir/lattice', $function$lattice_account_mfa_verify$function$;
 
+CREATE OR REPLACE FUNCTION lattice.account_notice_once(account uuid, kind text, about timestamp with time zone, at timestamp with time zone)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
+    VALUES (account, kind, about, at) ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.account_password_check(password text, req jsonb)
  RETURNS boolean
  LANGUAGE c
@@ -291,18 +316,9 @@ $function$;
 
 CREATE OR REPLACE FUNCTION lattice.account_throttle(scope text, account uuid, lim bigint, period_seconds bigint)
  RETURNS void
- LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-DECLARE
-    r lattice.rate_result := lattice.rate_check(scope, account::text, lim, period_seconds);
-BEGIN
-    IF NOT r.allowed THEN
-        PERFORM lattice.raise_http(429, 'too_many_attempts', 'too many attempts, try again later', NULL,
-                                   jsonb_build_object('Retry-After', greatest(r.retry_after_seconds, 1)::text));
-    END IF;
-END
-$function$;
+ LANGUAGE c
+ STRICT
+AS '$libdir/lattice', $function$lattice_account_throttle$function$;
 
 CREATE OR REPLACE FUNCTION lattice.account_token_claim(token text, purposes text[], req jsonb, OUT user_id uuid, OUT purpose text, OUT email text)
  RETURNS record
@@ -328,6 +344,14 @@ CREATE OR REPLACE FUNCTION lattice.base32_encode(data bytea)
  LANGUAGE c
  IMMUTABLE PARALLEL SAFE STRICT
 AS '$libdir/lattice', $function$lattice_base32_encode$function$;
+
+CREATE OR REPLACE FUNCTION lattice.email_date(t timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')
+$function$;
 
 CREATE OR REPLACE FUNCTION lattice.email_normalise(email text)
  RETURNS text
@@ -359,20 +383,15 @@ BEGIN
                 AND NOT EXISTS (SELECT FROM lattice.subscriptions s
                                  WHERE s.user_id = x.id AND s.status <> 'incomplete') LOOP
         IF u.trial_ends_at > at THEN
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'trial_ending_soon', u.trial_ends_at, at) ON CONFLICT DO NOTHING;
-            IF FOUND THEN
+            IF lattice.account_notice_once(u.id, 'trial_ending_soon', u.trial_ends_at, at) THEN
                 PERFORM lattice.outbox_email(u.id, 'trial_ending_soon', jsonb_build_object(
-                    'trial_end', to_char(u.trial_ends_at AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')), u.email, u.name);
+                    'trial_end', lattice.email_date(u.trial_ends_at)), u.email, u.name);
                 trial_soon := trial_soon + 1;
             END IF;
         ELSE
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'trial_ended', u.trial_ends_at, at) ON CONFLICT DO NOTHING;
-            IF FOUND THEN
+            IF lattice.account_notice_once(u.id, 'trial_ended', u.trial_ends_at, at) THEN
                 PERFORM lattice.outbox_email(u.id, 'trial_ended', jsonb_build_object(
-                    'kept_until', to_char((u.trial_ends_at + make_interval(days => lattice.billing_setting('retention_days')))
-                                          AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')), u.email, u.name);
+                    'kept_until', lattice.email_date(u.trial_ends_at + make_interval(days => lattice.billing_setting('retention_days')))), u.email, u.name);
                 trial_over := trial_over + 1;
             END IF;
         END IF;
@@ -389,17 +408,14 @@ BEGIN
                    OR EXISTS (SELECT FROM lattice.account_notices n
                                WHERE n.user_id = u.id AND n.kind = 'data_purged' AND n.about = kept);
         IF kept > at THEN
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'retention_warning', kept, at) ON CONFLICT DO NOTHING;
-            IF FOUND THEN
+            IF lattice.account_notice_once(u.id, 'retention_warning', kept, at) THEN
                 PERFORM lattice.outbox_email(u.id, 'retention_warning', jsonb_build_object(
-                    'kept_until', to_char(kept AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')), u.email, u.name);
+                    'kept_until', lattice.email_date(kept)), u.email, u.name);
                 warned := warned + 1;
             END IF;
         ELSE
             PERFORM lattice.tenant_rows_delete(u.id, lattice.account_identity_tables());
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'data_purged', kept, at) ON CONFLICT DO NOTHING;
+            PERFORM lattice.account_notice_once(u.id, 'data_purged', kept, at);
             PERFORM lattice.outbox_email(u.id, 'data_purged', '{}', u.email, u.name);
             PERFORM lattice.audit('account.data_purged', NULL, jsonb_build_object('kept_until', kept), NULL, u.id);
             purged := purged + 1;
@@ -733,15 +749,13 @@ AS $function$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     refused lattice.http_response := lattice.account_mfa_reauth(account, lattice.auth_body(body), req);
-    u record;
 BEGIN
     IF refused IS NOT NULL THEN
         RETURN refused;
     END IF;
     DELETE FROM lattice.account_recovery_codes WHERE user_id = account;
     DELETE FROM lattice.account_mfa WHERE user_id = account;
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
-    PERFORM lattice.outbox_email(account, 'mfa_disabled', '{}', u.email, u.name);
+    PERFORM lattice.account_email(account, 'mfa_disabled');
     PERFORM lattice.audit('mfa.disabled', NULL, NULL, req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('mfa_enabled', false));
 END
@@ -757,7 +771,6 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     m record;
-    u record;
     codes text[];
     at timestamptz := lattice.clock_now();
 BEGIN
@@ -772,8 +785,7 @@ BEGIN
     END IF;
     UPDATE lattice.account_mfa SET enabled_at = at WHERE user_id = account;
     codes := lattice.account_recovery_codes_renew(account);
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
-    PERFORM lattice.outbox_email(account, 'mfa_enabled', '{}', u.email, u.name);
+    PERFORM lattice.account_email(account, 'mfa_enabled');
     PERFORM lattice.audit('mfa.enabled', NULL, NULL, req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('mfa_enabled', true, 'recovery_codes', to_jsonb(codes)));
 END
@@ -823,19 +835,17 @@ DECLARE
     b jsonb := lattice.auth_body(body);
     at timestamptz := lattice.clock_now();
     revoked integer;
-    u record;
 BEGIN
     IF NOT lattice.account_password_check(lattice.auth_field(b, 'current_password'), req) THEN
         RETURN lattice.http_error(403, 'wrong_password', 'the current password is wrong');
     END IF;
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
     PERFORM lattice.account_password_set(lattice.auth_field(b, 'new_password'));
     UPDATE lattice.sessions SET revoked_at = at
      WHERE user_id = account AND revoked_at IS NULL AND id IS DISTINCT FROM mine;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
      WHERE user_id = account AND purpose = 'change_email' AND used_at IS NULL;
-    PERFORM lattice.outbox_email(account, 'password_changed', '{}', u.email, u.name);
+    PERFORM lattice.account_email(account, 'password_changed');
     PERFORM lattice.audit('password.changed', NULL, jsonb_build_object('sessions_revoked', revoked), req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('changed', true, 'sessions_revoked', revoked));
 END
@@ -941,13 +951,11 @@ AS $function$
 DECLARE
     b jsonb := lattice.auth_body(body);
     c record;
-    u record;
     at timestamptz := lattice.clock_now();
     revoked integer;
 BEGIN
     SELECT * INTO c FROM lattice.account_token_claim(lattice.auth_field(b, 'token'), '{reset_password}', req);
     PERFORM lattice.account_password_set(lattice.auth_field(b, 'password'));
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = c.user_id;
     UPDATE lattice.sessions SET revoked_at = at WHERE user_id = c.user_id AND revoked_at IS NULL;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     -- a pending e-mail change may be the intruder's: it ends with the reset
@@ -956,7 +964,7 @@ BEGIN
     -- the link reached the account's address: it is verified
     UPDATE lattice.users SET email_verified_at = at
      WHERE id = c.user_id AND email_verified_at IS NULL AND email = c.email;
-    PERFORM lattice.outbox_email(c.user_id, 'password_changed', '{}', u.email, u.name);
+    PERFORM lattice.account_email(c.user_id, 'password_changed');
     PERFORM lattice.audit('password.reset', NULL, jsonb_build_object('sessions_revoked', revoked), req, c.user_id);
     RETURN lattice.http_json(200, jsonb_build_object('reset', true));
 END
@@ -1164,6 +1172,19 @@ BEGIN
 END
 $function$;
 
+CREATE OR REPLACE FUNCTION lattice.billing_welcome(account uuid, email text, name text, trial_ends timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM lattice.outbox_email(account, 'welcome',
+        pg_catalog.jsonb_build_object('trial_ends', lattice.email_date(trial_ends)),
+        email, name);
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.entitlement(user_id uuid)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1279,12 +1300,11 @@ BEGIN
         applied := lattice.stripe_apply_subscription(account, obj, ev.created, event_id);
         IF applied AND ev.type = 'customer.subscription.deleted' THEN
             PERFORM lattice.outbox_email(account, 'subscription_canceled', pg_catalog.jsonb_build_object(
-                'kept_until', to_char((ev.created + pg_catalog.make_interval(days => lattice.billing_setting('retention_days')))
-                                      AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
+                'kept_until', lattice.email_date(ev.created + pg_catalog.make_interval(days => lattice.billing_setting('retention_days')))));
         ELSIF applied AND ev.type = 'customer.subscription.trial_will_end' THEN
             trial_end := lattice.stripe_time(obj -> 'trial_end');
             PERFORM lattice.outbox_email(account, 'trial_ending', pg_catalog.jsonb_build_object(
-                'trial_end', to_char(trial_end AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY'),
+                'trial_end', lattice.email_date(trial_end),
                 'price', (SELECT lattice.billing_money(p.price_cents, p.currency)
                             FROM lattice.users u JOIN lattice.plans p ON p.id = u.plan_id WHERE u.id = account)));
         END IF;
@@ -1292,8 +1312,8 @@ BEGIN
         -- a preview (no id, nothing to store): the reminder before a renewal charge
         applied := true;
         PERFORM lattice.outbox_email(account, 'renewal_reminder', pg_catalog.jsonb_build_object(
-            'renews_on', to_char(COALESCE(lattice.stripe_time(obj -> 'next_payment_attempt'),
-                                          lattice.stripe_time(obj -> 'period_end')) AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY'),
+            'renews_on', lattice.email_date(COALESCE(lattice.stripe_time(obj -> 'next_payment_attempt'),
+                                                 lattice.stripe_time(obj -> 'period_end'))),
             'amount', lattice.billing_money((obj ->> 'amount_due')::bigint, obj ->> 'currency')));
     ELSE
         applied := lattice.stripe_apply_invoice(account, obj, ev.created, ev.type, event_id);
@@ -1390,6 +1410,8 @@ REVOKE ALL ON FUNCTION lattice.account_delete_begin(text,text,jsonb) FROM PUBLIC
 GRANT EXECUTE ON FUNCTION lattice.account_delete_begin(text,text,jsonb) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.account_deleting() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.account_deleting() TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.account_email(uuid,text,jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.account_email(uuid,text,jsonb) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.account_email_free(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.account_email_free(text) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.account_email_move(text,text) FROM PUBLIC;
@@ -1403,6 +1425,7 @@ REVOKE ALL ON FUNCTION lattice.account_mfa_reauth(uuid,jsonb,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.account_mfa_reauth(uuid,jsonb,jsonb) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.account_mfa_verify(text,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.account_mfa_verify(text,jsonb) TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.account_notice_once(uuid,text,timestamp with time zone,timestamp with time zone) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.account_password_check(text,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.account_password_check(text,jsonb) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.account_password_set(text) FROM PUBLIC;
@@ -1421,6 +1444,8 @@ REVOKE ALL ON FUNCTION lattice.audit_event(text,text,jsonb,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.audit_event(text,text,jsonb,jsonb) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.base32_encode(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.base32_encode(bytea) TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.email_date(timestamp with time zone) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.email_date(timestamp with time zone) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.email_normalise(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.email_normalise(text) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.lifecycle_tick() FROM PUBLIC;

@@ -188,6 +188,13 @@ AS $$
                            '"', '&quot;'), '''', '&#39;')
 $$;
 
+-- A date as the e-mails write it: "March 9, 2027" (UTC).
+CREATE FUNCTION lattice.email_date(t timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')
+$$;
+
 CREATE FUNCTION lattice.billing_money(cents bigint, currency text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -424,7 +431,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM lattice.outbox_email(account, 'welcome',
-        pg_catalog.jsonb_build_object('trial_ends', to_char(trial_ends AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')),
+        pg_catalog.jsonb_build_object('trial_ends', lattice.email_date(trial_ends)),
         email, name);
 END
 $$;
@@ -795,12 +802,11 @@ BEGIN
         applied := lattice.stripe_apply_subscription(account, obj, ev.created, event_id);
         IF applied AND ev.type = 'customer.subscription.deleted' THEN
             PERFORM lattice.outbox_email(account, 'subscription_canceled', pg_catalog.jsonb_build_object(
-                'kept_until', to_char((ev.created + pg_catalog.make_interval(days => lattice.billing_setting('retention_days')))
-                                      AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')));
+                'kept_until', lattice.email_date(ev.created + pg_catalog.make_interval(days => lattice.billing_setting('retention_days')))));
         ELSIF applied AND ev.type = 'customer.subscription.trial_will_end' THEN
             trial_end := lattice.stripe_time(obj -> 'trial_end');
             PERFORM lattice.outbox_email(account, 'trial_ending', pg_catalog.jsonb_build_object(
-                'trial_end', to_char(trial_end AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY'),
+                'trial_end', lattice.email_date(trial_end),
                 'price', (SELECT lattice.billing_money(p.price_cents, p.currency)
                             FROM lattice.users u JOIN lattice.plans p ON p.id = u.plan_id WHERE u.id = account)));
         END IF;
@@ -808,8 +814,8 @@ BEGIN
         -- a preview (no id, nothing to store): the reminder before a renewal charge
         applied := true;
         PERFORM lattice.outbox_email(account, 'renewal_reminder', pg_catalog.jsonb_build_object(
-            'renews_on', to_char(COALESCE(lattice.stripe_time(obj -> 'next_payment_attempt'),
-                                          lattice.stripe_time(obj -> 'period_end')) AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY'),
+            'renews_on', lattice.email_date(COALESCE(lattice.stripe_time(obj -> 'next_payment_attempt'),
+                                                 lattice.stripe_time(obj -> 'period_end'))),
             'amount', lattice.billing_money((obj ->> 'amount_due')::bigint, obj ->> 'currency')));
     ELSE
         applied := lattice.stripe_apply_invoice(account, obj, ev.created, ev.type, event_id);
@@ -1293,7 +1299,7 @@ GRANT EXECUTE ON FUNCTION
     lattice.billing_checkout_params(uuid, text), lattice.outbound_answer(bigint),
     lattice.outbox_enqueue_stripe(text, text, text, jsonb, text, jsonb),
     lattice.stripe_webhook_receive(text, text, jsonb), lattice.billing_webhook_rate(text),
-    lattice.billing_setting(text), lattice.billing_public_origin(), lattice.billing_money(bigint, text)
+    lattice.billing_setting(text), lattice.billing_public_origin(), lattice.billing_money(bigint, text), lattice.email_date(timestamptz)
     TO lattice_app;
 GRANT EXECUTE ON FUNCTION lattice.webhook_secret_add(text, timestamptz),
                           lattice.webhook_secret_retire(bigint),

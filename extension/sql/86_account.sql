@@ -149,16 +149,21 @@ AS $$ SELECT lattice.billing_public_origin() || '/' || page || '?token=' || toke
 -- Counts one attempt of the account at scope; raises 429 too_many_attempts past lim per period.
 CREATE FUNCTION lattice.account_throttle(scope text, account uuid, lim bigint, period_seconds bigint)
 RETURNS void
+    AS 'MODULE_PATHNAME', 'lattice_account_throttle' LANGUAGE C VOLATILE STRICT;
+
+-- Queues a lifecycle e-mail to the account's own address, read as the caller
+-- (the request's role: on Citus a transaction reaches a shard as one role,
+-- and lattice.outbox_email, the owner's, would read it as another).
+CREATE FUNCTION lattice.account_email(account uuid, template text, data jsonb DEFAULT '{}')
+RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r lattice.rate_result := lattice.rate_check(scope, account::text, lim, period_seconds);
+    u record;
 BEGIN
-    IF NOT r.allowed THEN
-        PERFORM lattice.raise_http(429, 'too_many_attempts', 'too many attempts, try again later', NULL,
-                                   jsonb_build_object('Retry-After', greatest(r.retry_after_seconds, 1)::text));
-    END IF;
+    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
+    PERFORM lattice.outbox_email(account, template, data, u.email, u.name);
 END
 $$;
 
@@ -355,13 +360,11 @@ AS $$
 DECLARE
     b jsonb := lattice.auth_body(body);
     c record;
-    u record;
     at timestamptz := lattice.clock_now();
     revoked integer;
 BEGIN
     SELECT * INTO c FROM lattice.account_token_claim(lattice.auth_field(b, 'token'), '{reset_password}', req);
     PERFORM lattice.account_password_set(lattice.auth_field(b, 'password'));
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = c.user_id;
     UPDATE lattice.sessions SET revoked_at = at WHERE user_id = c.user_id AND revoked_at IS NULL;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     -- a pending e-mail change may be the intruder's: it ends with the reset
@@ -370,7 +373,7 @@ BEGIN
     -- the link reached the account's address: it is verified
     UPDATE lattice.users SET email_verified_at = at
      WHERE id = c.user_id AND email_verified_at IS NULL AND email = c.email;
-    PERFORM lattice.outbox_email(c.user_id, 'password_changed', '{}', u.email, u.name);
+    PERFORM lattice.account_email(c.user_id, 'password_changed');
     PERFORM lattice.audit('password.reset', NULL, jsonb_build_object('sessions_revoked', revoked), req, c.user_id);
     RETURN lattice.http_json(200, jsonb_build_object('reset', true));
 END
@@ -469,19 +472,17 @@ DECLARE
     b jsonb := lattice.auth_body(body);
     at timestamptz := lattice.clock_now();
     revoked integer;
-    u record;
 BEGIN
     IF NOT lattice.account_password_check(lattice.auth_field(b, 'current_password'), req) THEN
         RETURN lattice.http_error(403, 'wrong_password', 'the current password is wrong');
     END IF;
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
     PERFORM lattice.account_password_set(lattice.auth_field(b, 'new_password'));
     UPDATE lattice.sessions SET revoked_at = at
      WHERE user_id = account AND revoked_at IS NULL AND id IS DISTINCT FROM mine;
     GET DIAGNOSTICS revoked = ROW_COUNT;
     UPDATE lattice.account_tokens SET used_at = at
      WHERE user_id = account AND purpose = 'change_email' AND used_at IS NULL;
-    PERFORM lattice.outbox_email(account, 'password_changed', '{}', u.email, u.name);
+    PERFORM lattice.account_email(account, 'password_changed');
     PERFORM lattice.audit('password.changed', NULL, jsonb_build_object('sessions_revoked', revoked), req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('changed', true, 'sessions_revoked', revoked));
 END
@@ -621,7 +622,6 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     m record;
-    u record;
     codes text[];
     at timestamptz := lattice.clock_now();
 BEGIN
@@ -636,8 +636,7 @@ BEGIN
     END IF;
     UPDATE lattice.account_mfa SET enabled_at = at WHERE user_id = account;
     codes := lattice.account_recovery_codes_renew(account);
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
-    PERFORM lattice.outbox_email(account, 'mfa_enabled', '{}', u.email, u.name);
+    PERFORM lattice.account_email(account, 'mfa_enabled');
     PERFORM lattice.audit('mfa.enabled', NULL, NULL, req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('mfa_enabled', true, 'recovery_codes', to_jsonb(codes)));
 END
@@ -671,15 +670,13 @@ AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     refused lattice.http_response := lattice.account_mfa_reauth(account, lattice.auth_body(body), req);
-    u record;
 BEGIN
     IF refused IS NOT NULL THEN
         RETURN refused;
     END IF;
     DELETE FROM lattice.account_recovery_codes WHERE user_id = account;
     DELETE FROM lattice.account_mfa WHERE user_id = account;
-    SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
-    PERFORM lattice.outbox_email(account, 'mfa_disabled', '{}', u.email, u.name);
+    PERFORM lattice.account_email(account, 'mfa_disabled');
     PERFORM lattice.audit('mfa.disabled', NULL, NULL, req, account);
     RETURN lattice.auth_answer(200, jsonb_build_object('mfa_enabled', false));
 END
@@ -793,6 +790,20 @@ BEGIN
 END
 $$;
 
+-- Records that a notice of kind about a date went to the account; false when
+-- it already had (each notice is sent once).
+CREATE FUNCTION lattice.account_notice_once(account uuid, kind text, about timestamptz, at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
+    VALUES (account, kind, about, at) ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END
+$$;
+
 -- The lifecycle tick --------------------------------------------------------------
 -- Run by the usage worker once an hour (src/ratelimit_worker.c) and by
 -- tests with a pinned clock (lattice.test_set_clock): card-less trial
@@ -821,20 +832,15 @@ BEGIN
                 AND NOT EXISTS (SELECT FROM lattice.subscriptions s
                                  WHERE s.user_id = x.id AND s.status <> 'incomplete') LOOP
         IF u.trial_ends_at > at THEN
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'trial_ending_soon', u.trial_ends_at, at) ON CONFLICT DO NOTHING;
-            IF FOUND THEN
+            IF lattice.account_notice_once(u.id, 'trial_ending_soon', u.trial_ends_at, at) THEN
                 PERFORM lattice.outbox_email(u.id, 'trial_ending_soon', jsonb_build_object(
-                    'trial_end', to_char(u.trial_ends_at AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')), u.email, u.name);
+                    'trial_end', lattice.email_date(u.trial_ends_at)), u.email, u.name);
                 trial_soon := trial_soon + 1;
             END IF;
         ELSE
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'trial_ended', u.trial_ends_at, at) ON CONFLICT DO NOTHING;
-            IF FOUND THEN
+            IF lattice.account_notice_once(u.id, 'trial_ended', u.trial_ends_at, at) THEN
                 PERFORM lattice.outbox_email(u.id, 'trial_ended', jsonb_build_object(
-                    'kept_until', to_char((u.trial_ends_at + make_interval(days => lattice.billing_setting('retention_days')))
-                                          AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')), u.email, u.name);
+                    'kept_until', lattice.email_date(u.trial_ends_at + make_interval(days => lattice.billing_setting('retention_days')))), u.email, u.name);
                 trial_over := trial_over + 1;
             END IF;
         END IF;
@@ -851,17 +857,14 @@ BEGIN
                    OR EXISTS (SELECT FROM lattice.account_notices n
                                WHERE n.user_id = u.id AND n.kind = 'data_purged' AND n.about = kept);
         IF kept > at THEN
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'retention_warning', kept, at) ON CONFLICT DO NOTHING;
-            IF FOUND THEN
+            IF lattice.account_notice_once(u.id, 'retention_warning', kept, at) THEN
                 PERFORM lattice.outbox_email(u.id, 'retention_warning', jsonb_build_object(
-                    'kept_until', to_char(kept AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')), u.email, u.name);
+                    'kept_until', lattice.email_date(kept)), u.email, u.name);
                 warned := warned + 1;
             END IF;
         ELSE
             PERFORM lattice.tenant_rows_delete(u.id, lattice.account_identity_tables());
-            INSERT INTO lattice.account_notices (user_id, kind, about, sent_at)
-            VALUES (u.id, 'data_purged', kept, at) ON CONFLICT DO NOTHING;
+            PERFORM lattice.account_notice_once(u.id, 'data_purged', kept, at);
             PERFORM lattice.outbox_email(u.id, 'data_purged', '{}', u.email, u.name);
             PERFORM lattice.audit('account.data_purged', NULL, jsonb_build_object('kept_until', kept), NULL, u.id);
             purged := purged + 1;
@@ -900,6 +903,7 @@ GRANT EXECUTE ON FUNCTION
     lattice.account_link(text, text),
     lattice.account_throttle(text, uuid, bigint, bigint),
     lattice.account_send_verification(uuid, text, text),
+    lattice.account_email(uuid, text, jsonb),
     lattice.account_email_move(text, text),
     lattice.account_email_free(text),
     lattice.tenant_tables_delete_order(text[]),

@@ -33,7 +33,6 @@
 
 #define TOKEN_RANDOM_BYTES	32
 #define TOKEN_RAW_BYTES		(UUID_LEN + TOKEN_RANDOM_BYTES)
-#define TOKEN_HASH_BYTES	32
 #define TOKEN_MAX_LEN		96		/* longer input is refused unread */
 #define TOKEN_PENDING_MAX	8		/* rows a claim compares against */
 
@@ -62,17 +61,6 @@ purpose_ttl(const char *purpose)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("lattice.account_token: unknown purpose \"%s\"", purpose)));
 	return 0;
-}
-
-static bytea *
-token_hash(const char *token, size_t len)
-{
-	bytea	   *b = palloc(VARHDRSZ + TOKEN_HASH_BYTES);
-
-	SET_VARSIZE(b, VARHDRSZ + TOKEN_HASH_BYTES);
-	crypto_generichash((unsigned char *) VARDATA(b), TOKEN_HASH_BYTES,
-					   (const unsigned char *) token, len, NULL, 0);
-	return b;
 }
 
 /* A new token for the account: its id, then libsodium's randomness */
@@ -111,7 +99,7 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 
 	values[0] = UUIDPGetDatum(user_id);
 	values[1] = CStringGetTextDatum(purpose);
-	values[2] = PointerGetDatum(token_hash(token, strlen(token)));
+	values[2] = PointerGetDatum(lattice_secret_hash(token, strlen(token)));
 	values[3] = PG_ARGISNULL(2) ? (Datum) 0 : PointerGetDatum(PG_GETARG_TEXT_PP(2));
 	if (PG_ARGISNULL(2))
 		nulls[3] = 'n';
@@ -223,7 +211,7 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 		refuse("invalid_token", "the link is not valid");
 	memcpy(user_id.data, raw, UUID_LEN);
 	sodium_memzero(raw, sizeof(raw));
-	hash = token_hash(token, len);
+	hash = lattice_secret_hash(token, len);
 
 	/* the account's pending tokens of these purposes, read as the owner */
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -253,8 +241,8 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 		bytea	   *stored = isnull ? NULL : DatumGetByteaPP(d);
 
 		/* every row is compared, a match does not end the loop early */
-		if (stored != NULL && VARSIZE_ANY_EXHDR(stored) == TOKEN_HASH_BYTES &&
-			sodium_memcmp(VARDATA_ANY(stored), VARDATA(hash), TOKEN_HASH_BYTES) == 0)
+		if (stored != NULL && VARSIZE_ANY_EXHDR(stored) == LATTICE_SECRET_HASH_BYTES &&
+			sodium_memcmp(VARDATA_ANY(stored), VARDATA(hash), LATTICE_SECRET_HASH_BYTES) == 0)
 		{
 			match = (int) i;
 			match_id = SPI_getbinval(tup, td, 1, &isnull);
@@ -389,7 +377,7 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 								 "INSERT INTO lattice.reset_links (token_hash, account_id, email, created_at, expires_at)"
 								 " VALUES ($1, $2, $3, $4, $4 + pg_catalog.make_interval(secs => $5))",
 								 5, (Oid[]) {BYTEAOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID});
-		if (SPI_execute_plan(insert_plan, (Datum[]) {PointerGetDatum(token_hash(token, strlen(token))),
+		if (SPI_execute_plan(insert_plan, (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token))),
 							 UUIDPGetDatum(&account), CStringGetTextDatum(email), TimestampTzGetDatum(now),
 							 Float8GetDatum(purpose_ttl("reset_password"))}, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "lattice.password_forgot: insert failed");
@@ -405,7 +393,7 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 	else
 	{
 		/* what outbox_email does, thrown away */
-		pfree(token_hash(token, strlen(token)));
+		pfree(lattice_secret_hash(token, strlen(token)));
 		lattice_spi_prepare_kept(&render_plan,
 								 "SELECT lattice.billing_email_content('password_reset', NULL,"
 								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $1,"

@@ -48,7 +48,6 @@
 
 #define RECOVERY_CODES		10
 #define RECOVERY_CODE_CHARS 10
-#define RECOVERY_HASH_BYTES 32
 
 static const char seal_context[] = "lattice totp v1";
 static const char base32_upper[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -431,12 +430,7 @@ lattice_recovery_codes_new(PG_FUNCTION_ARGS)
 
 	for (i = 0; i < RECOVERY_CODES; i++)
 	{
-		bytea	   *h = palloc(VARHDRSZ + RECOVERY_HASH_BYTES);
-
-		SET_VARSIZE(h, VARHDRSZ + RECOVERY_HASH_BYTES);
-		crypto_generichash((unsigned char *) VARDATA(h), RECOVERY_HASH_BYTES,
-						   (const unsigned char *) raw[i], RECOVERY_CODE_CHARS, NULL, 0);
-		hashes[i] = PointerGetDatum(h);
+		hashes[i] = PointerGetDatum(lattice_secret_hash(raw[i], RECOVERY_CODE_CHARS));
 		codes[i] = CStringGetTextDatum(psprintf("%.5s-%.5s", raw[i], raw[i] + 5));
 	}
 	sodium_memzero(raw, sizeof(raw));
@@ -482,7 +476,7 @@ Datum
 lattice_recovery_code_match(PG_FUNCTION_ARGS)
 {
 	char		norm[RECOVERY_CODE_CHARS];
-	uint8		hash[RECOVERY_HASH_BYTES];
+	bytea	   *hash;
 	bool		well_formed;
 	Datum	   *elems;
 	bool	   *nulls;
@@ -495,7 +489,7 @@ lattice_recovery_code_match(PG_FUNCTION_ARGS)
 	well_formed = !PG_ARGISNULL(0) && recovery_code_normalise(PG_GETARG_TEXT_PP(0), norm);
 	if (!well_formed)
 		memset(norm, 0, sizeof(norm));	/* a dummy, no code's characters */
-	crypto_generichash(hash, sizeof(hash), (const unsigned char *) norm, sizeof(norm), NULL, 0);
+	hash = lattice_secret_hash(norm, sizeof(norm));
 	sodium_memzero(norm, sizeof(norm));
 
 	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), BYTEAOID, -1, false, TYPALIGN_INT,
@@ -507,10 +501,10 @@ lattice_recovery_code_match(PG_FUNCTION_ARGS)
 		if (nulls[i])
 			continue;
 		h = DatumGetByteaPP(elems[i]);
-		if (VARSIZE_ANY_EXHDR(h) != RECOVERY_HASH_BYTES)
+		if (VARSIZE_ANY_EXHDR(h) != LATTICE_SECRET_HASH_BYTES)
 			continue;
 		/* the first match is kept, the others still compared */
-		if ((sodium_memcmp(VARDATA_ANY(h), hash, RECOVERY_HASH_BYTES) == 0) & (matched == 0))
+		if ((sodium_memcmp(VARDATA_ANY(h), VARDATA(hash), LATTICE_SECRET_HASH_BYTES) == 0) & (matched == 0))
 			matched = i + 1;
 	}
 	if (!well_formed)

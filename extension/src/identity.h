@@ -51,6 +51,8 @@ extern bool lattice_caller_is_privileged(void);
 /* identity helpers (secrets.c) */
 extern char *lattice_b64url_encode(const uint8 *bin, size_t len);
 extern char *lattice_random_token(size_t nbytes);
+#define LATTICE_SECRET_HASH_BYTES 32
+extern bytea *lattice_secret_hash(const char *s, size_t len);
 extern char *lattice_req_text(Jsonb *req, const char *key);
 extern bool lattice_req_bool(Jsonb *req, const char *key);
 extern char *lattice_clean_label(text *t, int max_chars, const char *what);

@@ -321,6 +321,21 @@ lattice_enforce_attempts(const char *scope, const char *key, int64 limit, int64 
 }
 
 /*
+ * lattice.account_throttle(scope text, account uuid, lim bigint,
+ * period_seconds bigint) -> void: lattice_enforce_attempts for SQL, keyed
+ * by the account.
+ */
+PG_FUNCTION_INFO_V1(lattice_account_throttle);
+Datum
+lattice_account_throttle(PG_FUNCTION_ARGS)
+{
+	lattice_enforce_attempts(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+							 DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(1))),
+							 PG_GETARG_INT64(2), PG_GETARG_INT64(3));
+	PG_RETURN_VOID();
+}
+
+/*
  * lattice.signup_user(email, password, name, req) -> uuid: the sign-up
  * route.  The new account becomes the transaction's tenant (it has just been
  * created by this caller), so the route can open its session.

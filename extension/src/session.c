@@ -29,7 +29,6 @@
 
 #define SESSION_TOKEN_BYTES 32
 #define SESSION_TOKEN_LEN	43
-#define SESSION_HASH_BYTES	32
 
 static const char csrf_context[] = "lattice csrf v1";
 
@@ -45,17 +44,6 @@ token_well_formed(const char *t, size_t len)
 			  (t[i] >= '0' && t[i] <= '9') || t[i] == '-' || t[i] == '_'))
 			return false;
 	return true;
-}
-
-static bytea *
-token_hash(const char *token)
-{
-	bytea	   *b = palloc(VARHDRSZ + SESSION_HASH_BYTES);
-
-	SET_VARSIZE(b, VARHDRSZ + SESSION_HASH_BYTES);
-	crypto_generichash((unsigned char *) VARDATA(b), SESSION_HASH_BYTES,
-					   (const unsigned char *) token, strlen(token), NULL, 0);
-	return b;
 }
 
 static char *
@@ -108,7 +96,7 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 	lattice_spi_prepare_kept(&lookup_plan,
 							 "SELECT user_id, session_id FROM lattice.session_tokens WHERE token_hash = $1",
 							 1, (Oid[]) {BYTEAOID});
-	if (SPI_execute_plan(lookup_plan, (Datum[]) {PointerGetDatum(token_hash(token))}, NULL, true, 1)
+	if (SPI_execute_plan(lookup_plan, (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token)))}, NULL, true, 1)
 		!= SPI_OK_SELECT)
 		elog(ERROR, "lattice: session lookup failed");
 	if (SPI_processed == 1)
@@ -204,7 +192,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 	addr = lattice_req_text(req, "client_addr");
 	agent = lattice_req_text(req, "user_agent");
 	values[0] = UUIDPGetDatum(&tenant);
-	values[1] = PointerGetDatum(token_hash(token));
+	values[1] = PointerGetDatum(lattice_secret_hash(token, strlen(token)));
 	values[2] = TimestampTzGetDatum(now);
 	values[3] = TimestampTzGetDatum(idle);
 	values[4] = TimestampTzGetDatum(cap);
