@@ -77,6 +77,21 @@ const struct route routes[] = {
     { "PATCH", "/api/v1/errors/{id}",              "error_update",    R_JSON,         T_NORMAL, NULL },
     { "GET",  "/api/v1/performance/metrics",       "performance_metrics", 0,          T_SLOW,   NULL },
 
+    /* alerts: extension/sql/89_http_alerts.sql, docs/alerts.md */
+    { "GET",  "/api/v1/alerts/rules",              "alert_rules_get", 0,              T_FAST,   NULL },
+    { "PUT",  "/api/v1/alerts/rules",              "alert_rules_put", R_JSON,         T_NORMAL, NULL },
+    { "GET",  "/api/v1/alerts/channels",           "alert_channels_list", 0,          T_FAST,   NULL },
+    { "POST", "/api/v1/alerts/channels",           "alert_channel_create", R_JSON,    T_SLOW,   NULL },
+    { "PATCH", "/api/v1/alerts/channels/{id}",     "alert_channel_update", R_JSON,    T_NORMAL, NULL },
+    { "DELETE", "/api/v1/alerts/channels/{id}",    "alert_channel_delete", 0,         T_NORMAL, NULL },
+    { "POST", "/api/v1/alerts/channels/{id}/test", "alert_channel_test", R_OUTBOUND,  T_NORMAL, NULL },
+    { "POST", "/api/v1/alerts/channels/{id}/secret", "alert_channel_secret", 0,       T_NORMAL, NULL },
+    { "GET",  "/api/v1/alerts/channels/{id}/deliveries", "alert_channel_deliveries", 0, T_FAST, NULL },
+    { "POST", "/api/v1/alerts/recipients/verify",  "alert_recipient_verify", R_JSON,  T_NORMAL, NULL },
+    { "GET",  "/api/v1/alerts/incidents",          "alert_incidents_list", 0,         T_NORMAL, NULL },
+    { "POST", "/api/v1/alerts/incidents/{id}/acknowledge", "alert_incident_acknowledge", 0, T_FAST, NULL },
+    { "POST", "/api/v1/alerts/incidents/{id}/mute", "alert_incident_mute", R_JSON,    T_FAST,   NULL },
+
     /* account lifecycle: extension/sql/86_account.sql, docs/account.md */
     { "POST", "/api/v1/auth/password/forgot",      "auth_password_forgot", R_JSON,    T_NORMAL, NULL },
     { "POST", "/api/v1/auth/password/reset",       "auth_password_reset",  R_JSON,    T_SLOW,   NULL },

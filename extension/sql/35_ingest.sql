@@ -104,6 +104,26 @@ CREATE TABLE lattice.route_stats (
 );
 CREATE INDEX ON lattice.route_stats (service_id, bucket);
 CREATE INDEX ON lattice.route_stats (user_id, bucket);
+-- the alert tick reads the last minutes of every tenant (88_alerts.sql)
+CREATE INDEX ON lattice.route_stats (bucket);
+
+-- Per-edge traffic in the same buckets (connections keeps the totals): the
+-- error rate and latency of a caller -> callee edge over a window.
+CREATE TABLE lattice.edge_stats (
+    user_id             uuid NOT NULL,
+    source_service_id   uuid NOT NULL,
+    target_service_id   uuid NOT NULL,
+    bucket              timestamptz NOT NULL,
+    call_count          bigint NOT NULL DEFAULT 0,
+    error_count         bigint NOT NULL DEFAULT 0,
+    total_duration_ms   double precision NOT NULL DEFAULT 0,
+    latency_hist        bigint[],
+    PRIMARY KEY (user_id, source_service_id, target_service_id, bucket),
+    FOREIGN KEY (user_id, source_service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE,
+    FOREIGN KEY (user_id, target_service_id) REFERENCES lattice.services (user_id, id) ON DELETE CASCADE
+);
+CREATE INDEX ON lattice.edge_stats (bucket);
+CREATE INDEX ON lattice.edge_stats (user_id, target_service_id, bucket);
 
 -- Errors grouped by fingerprint (type + normalised message + top frame).
 CREATE TABLE lattice.error_groups (
@@ -268,6 +288,7 @@ DECLARE
     before timestamptz := pg_catalog.now() - lattice.ingest_setting('retention');
 BEGIN
     DELETE FROM lattice.route_stats s WHERE s.user_id = ingest_prune.user_id AND s.bucket < before;
+    DELETE FROM lattice.edge_stats s WHERE s.user_id = ingest_prune.user_id AND s.bucket < before;
     DELETE FROM lattice.error_occurrences o WHERE o.user_id = ingest_prune.user_id AND o.at < before;
     DELETE FROM lattice.breadcrumbs b WHERE b.user_id = ingest_prune.user_id AND b.received_at < before;
 END
@@ -507,6 +528,20 @@ CREATE TYPE lattice.ingest_trace AS (
     at          timestamptz
 );
 
+-- One edge's share of a trace batch in one bucket.
+CREATE TYPE lattice.ingest_edge AS (
+    source      uuid,
+    target      uuid,
+    bucket      timestamptz,
+    calls       bigint,
+    errors      bigint,
+    client_errors bigint,
+    total_ms    double precision,
+    hist        bigint[],
+    first_at    timestamptz,
+    last_at     timestamptz
+);
+
 -- Applies a validated {"traces": [...]} document: per-route buckets, edges
 -- caller -> service (an unknown caller becomes an external node), liveness.
 -- A trace whose service never registered is reported in `failures`.
@@ -517,6 +552,7 @@ AS $$
 DECLARE
     uid uuid := lattice.ingest_tenant();
     batch lattice.ingest_trace[];
+    edge_batch lattice.ingest_edge[];
     keep interval := lattice.ingest_setting('retention');
     width interval := lattice.ingest_bucket_width();
     new_nodes bigint := 0;
@@ -626,32 +662,55 @@ BEGIN
     )
     SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_buckets FROM up;
 
-    -- Edges caller -> service.  The caller is looked up by name (in `known`),
-    -- preferring the callee's environment and registered services.
+    -- Edges caller -> service, per bucket.  The caller is looked up by name
+    -- (in `known`), preferring the callee's environment and registered services.
+    SELECT pg_catalog.array_agg(ROW(src.source, src.target, src.bucket, src.n, src.e5, src.e4, src.total, src.h,
+                                    src.first, src.last)::lattice.ingest_edge ORDER BY src.source, src.target, src.bucket)
+      INTO edge_batch
+      FROM (SELECT c.*, (SELECT x.id
+                           FROM pg_catalog.jsonb_to_recordset(known)
+                                AS x(id uuid, name text, environment text, is_external boolean,
+                                     last_seen timestamptz)
+                          WHERE x.name = c.caller
+                          ORDER BY (x.environment = c.environment) DESC, x.is_external, x.last_seen DESC
+                          LIMIT 1) AS source
+              FROM (SELECT r.service_id AS target, r.caller, r.environment,
+                           pg_catalog.date_bin(width, r.at, timestamptz '2000-01-01') AS bucket,
+                           pg_catalog.count(*) AS n,
+                           pg_catalog.count(*) FILTER (WHERE r.status >= 500) AS e5,
+                           pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499) AS e4,
+                           pg_catalog.sum(r.duration_ms) AS total,
+                           lattice.hist_of(pg_catalog.array_agg(r.duration_ms)) AS h,
+                           pg_catalog.min(r.at) AS first, pg_catalog.max(r.at) AS last
+                      FROM pg_catalog.unnest(batch) r
+                     WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
+                     GROUP BY 1, 2, 3, 4) c) src
+     WHERE src.source IS NOT NULL AND src.source <> src.target;
+
+    INSERT INTO lattice.edge_stats AS s
+        (user_id, source_service_id, target_service_id, bucket, call_count, error_count,
+         total_duration_ms, latency_hist)
+    SELECT uid, e.source, e.target, e.bucket, pg_catalog.sum(e.calls), pg_catalog.sum(e.errors),
+           pg_catalog.sum(e.total_ms), lattice.hist_sum(e.hist)
+      FROM pg_catalog.unnest(edge_batch) e
+     GROUP BY e.source, e.target, e.bucket
+     ORDER BY 2, 3, 4
+    ON CONFLICT (user_id, source_service_id, target_service_id, bucket) DO UPDATE SET
+        call_count = s.call_count + EXCLUDED.call_count,
+        error_count = s.error_count + EXCLUDED.error_count,
+        total_duration_ms = s.total_duration_ms + EXCLUDED.total_duration_ms,
+        latency_hist = lattice.hist_add(s.latency_hist, EXCLUDED.latency_hist);
+
     WITH up AS (
         INSERT INTO lattice.connections AS k
             (user_id, source_service_id, target_service_id, call_count, error_count, client_error_count,
              total_duration_ms, latency_hist, first_seen, last_seen)
-        SELECT uid, src.source, src.target, src.n, src.e5, src.e4, src.total, src.h, src.first, src.last
-          FROM (SELECT c.*, (SELECT x.id
-                               FROM pg_catalog.jsonb_to_recordset(known)
-                                    AS x(id uuid, name text, environment text, is_external boolean,
-                                         last_seen timestamptz)
-                              WHERE x.name = c.caller
-                              ORDER BY (x.environment = c.environment) DESC, x.is_external, x.last_seen DESC
-                              LIMIT 1) AS source
-                  FROM (SELECT r.service_id AS target, r.caller, r.environment,
-                               pg_catalog.count(*) AS n,
-                               pg_catalog.count(*) FILTER (WHERE r.status >= 500) AS e5,
-                               pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499) AS e4,
-                               pg_catalog.sum(r.duration_ms) AS total,
-                               lattice.hist_of(pg_catalog.array_agg(r.duration_ms)) AS h,
-                               pg_catalog.min(r.at) AS first, pg_catalog.max(r.at) AS last
-                          FROM pg_catalog.unnest(batch) r
-                         WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
-                         GROUP BY r.service_id, r.caller, r.environment) c) src
-         WHERE src.source IS NOT NULL AND src.source <> src.target
-         ORDER BY src.source, src.target
+        SELECT uid, e.source, e.target, pg_catalog.sum(e.calls), pg_catalog.sum(e.errors),
+               pg_catalog.sum(e.client_errors), pg_catalog.sum(e.total_ms), lattice.hist_sum(e.hist),
+               pg_catalog.min(e.first_at), pg_catalog.max(e.last_at)
+          FROM pg_catalog.unnest(edge_batch) e
+         GROUP BY e.source, e.target
+         ORDER BY 2, 3
         ON CONFLICT (user_id, source_service_id, target_service_id) DO UPDATE SET
             call_count = k.call_count + EXCLUDED.call_count,
             error_count = k.error_count + EXCLUDED.error_count,

@@ -135,7 +135,7 @@ REVOKE ALL ON lattice.stripe_events FROM PUBLIC;
 CREATE TABLE lattice.outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id      uuid NOT NULL,
-    kind            text NOT NULL CHECK (kind IN ('stripe', 'email')),
+    kind            text NOT NULL CHECK (kind IN ('stripe', 'email', 'webhook')),
     purpose         text NOT NULL,
     interactive     boolean NOT NULL DEFAULT false,
     -- stripe: the request; params is an array of [key, value] pairs, form-encoded by the shim
@@ -148,6 +148,9 @@ CREATE TABLE lattice.outbox (
     mail_subject    text,
     mail_text       text,
     mail_html       text,
+    -- webhook: a JSON POST to url (alerts, docs/alerts.md); signed when claimed
+    url             text,
+    body            text,
     context         jsonb NOT NULL DEFAULT '{}',
     status          text NOT NULL DEFAULT 'pending'
                     CHECK (status IN ('pending', 'running', 'done', 'failed')),
@@ -162,7 +165,8 @@ CREATE TABLE lattice.outbox (
     done_at         timestamptz,
     CHECK (kind <> 'stripe' OR (method IS NOT NULL AND path IS NOT NULL AND idempotency_key IS NOT NULL)),
     CHECK (kind <> 'email' OR (mail_to IS NOT NULL AND mail_subject IS NOT NULL
-                               AND mail_text IS NOT NULL AND mail_html IS NOT NULL))
+                               AND mail_text IS NOT NULL AND mail_html IS NOT NULL)),
+    CHECK (kind <> 'webhook' OR (url IS NOT NULL AND body IS NOT NULL))
 );
 CREATE INDEX ON lattice.outbox (next_attempt_at) WHERE status IN ('pending', 'running') AND NOT interactive;
 REVOKE ALL ON lattice.outbox FROM PUBLIC;
@@ -172,6 +176,12 @@ SELECT pg_catalog.pg_extension_config_dump('lattice.stripe_events', '');
 SELECT pg_catalog.pg_extension_config_dump('lattice.outbox', '');
 
 -- Small helpers ---------------------------------------------------------------
+
+-- Whether webhooks may reach loopback addresses (src/alert_webhook.c); the
+-- shim applies it to each connection it opens for a job.
+CREATE FUNCTION lattice.outbound_allow_loopback() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$ SELECT pg_catalog.current_setting('lattice.outbound_allow_loopback')::boolean $$;
 
 -- A Stripe timestamp (unix seconds, or null) as timestamptz.
 CREATE FUNCTION lattice.stripe_time(v jsonb) RETURNS timestamptz
@@ -378,6 +388,20 @@ BEGIN
         lines := ARRAY['Your Lattice account and all of its data have been deleted, and any subscription cancelled.',
                        'Only the invoices are kept, for ' || COALESCE(data ->> 'kept_years', '10')
                        || ' years, as accounting and tax law require.'];
+    WHEN 'alert' THEN
+        subject := COALESCE(data ->> 'subject', 'Lattice alert');
+        lines := ARRAY[COALESCE(data ->> 'summary', ''),
+                       COALESCE(data ->> 'detail', ''),
+                       'See it in the dashboard: ' || origin || '/dashboard/alerts'];
+        footer := 'You receive this message because this address is an alert channel of a Lattice account; '
+                  'its owner can remove it under Alerts in the dashboard.';
+    WHEN 'alert_recipient_verify' THEN
+        subject := 'Confirm that Lattice may send alerts to this address';
+        lines := ARRAY['The Lattice account of ' || COALESCE(data ->> 'owner', 'a Lattice customer')
+                       || ' wants to send its alerts to this address. Open this link to agree (it works for 7 days):',
+                       COALESCE(data ->> 'link', ''),
+                       'If you do not expect this, ignore this message: nothing will be sent.'];
+        footer := 'You receive this message once because someone entered this address as an alert channel.';
     ELSE
         RAISE EXCEPTION 'lattice.billing_email_content: unknown template "%"', template
             USING ERRCODE = 'invalid_parameter_value';
@@ -1124,8 +1148,27 @@ CREATE TYPE lattice_worker.job AS (
     mail_to         text,
     mail_subject    text,
     mail_text       text,
-    mail_html       text
+    mail_html       text,
+    url             text,
+    body            text,
+    headers         jsonb,
+    allow_loopback  boolean
 );
+
+-- The request headers of a claimed job: for a webhook, its signature over
+-- the body at the time of this attempt (src/alert_webhook.c) and the
+-- delivery id, so a receiver can verify it and drop a repeat.
+CREATE FUNCTION lattice_worker.job_headers(o lattice.outbox) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF o.kind <> 'webhook' THEN
+        RETURN NULL;
+    END IF;
+    RETURN lattice.alert_webhook_headers(o.id, o.account_id, (o.context ->> 'channel')::uuid, o.body);
+END
+$$;
 
 -- Claims one interactive job by id (the request that created it, after its
 -- COMMIT); no row when it is not pending any more.
@@ -1139,12 +1182,15 @@ AS $$
            locked_until = pg_catalog.now() + interval '2 minutes'
      WHERE o.id = job_id AND o.status = 'pending'
     RETURNING o.id, o.kind, o.method, o.path, o.params, o.idempotency_key,
-              o.mail_to, o.mail_subject, o.mail_text, o.mail_html
+              o.mail_to, o.mail_subject, o.mail_text, o.mail_html,
+              o.url, o.body, lattice_worker.job_headers(o), lattice.outbound_allow_loopback()
 $$;
 
--- Claims up to max_jobs due background jobs (and jobs whose lease ran out:
--- a shim that died mid-call), skipping rows another worker holds.
-CREATE FUNCTION lattice_worker.outbox_claim_due(max_jobs integer)
+-- Claims up to max_jobs due background jobs of the given kinds (and jobs
+-- whose lease ran out: a shim that died mid-call), skipping rows another
+-- worker holds.  The shim drains webhooks apart from e-mail and Stripe, so a
+-- slow receiver never holds up a mail.
+CREATE FUNCTION lattice_worker.outbox_claim_due(max_jobs integer, kinds text[])
 RETURNS SETOF lattice_worker.job
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1153,14 +1199,15 @@ AS $$
        SET status = 'running', attempts = o.attempts + 1,
            locked_until = pg_catalog.now() + interval '2 minutes'
      WHERE o.id IN (SELECT x.id FROM lattice.outbox x
-                     WHERE NOT x.interactive
+                     WHERE NOT x.interactive AND x.kind = ANY (kinds)
                        AND ((x.status = 'pending' AND x.next_attempt_at <= pg_catalog.now())
                             OR (x.status = 'running' AND x.locked_until < pg_catalog.now()))
                      ORDER BY x.next_attempt_at
                      LIMIT LEAST(GREATEST(max_jobs, 1), 100)
                      FOR UPDATE SKIP LOCKED)
     RETURNING o.id, o.kind, o.method, o.path, o.params, o.idempotency_key,
-              o.mail_to, o.mail_subject, o.mail_text, o.mail_html
+              o.mail_to, o.mail_subject, o.mail_text, o.mail_html,
+              o.url, o.body, lattice_worker.job_headers(o), lattice.outbound_allow_loopback()
 $$;
 
 -- Records the result of a job the shim ran: response_status is the HTTP
@@ -1192,7 +1239,7 @@ BEGIN
     EXCEPTION WHEN others THEN
         resp := NULL;
     END;
-    IF j.kind = 'email' THEN
+    IF j.kind IN ('email', 'webhook') THEN
         ok := outbox_complete.error IS NULL AND outbox_complete.response_status BETWEEN 200 AND 299;
     ELSE
         ok := outbox_complete.error IS NULL AND outbox_complete.response_status BETWEEN 200 AND 299 AND pg_catalog.jsonb_typeof(resp) = 'object';
@@ -1211,13 +1258,18 @@ BEGIN
                    last_error = COALESCE(outbox_complete.error, 'status ' || outbox_complete.response_status),
                    response_status = outbox_complete.response_status, response = resp
              WHERE o.id = job_id;
-            PERFORM lattice.audit('billing.outbound_failed', j.purpose,
+            PERFORM lattice.audit(CASE WHEN j.purpose LIKE 'alert.%' THEN 'alert.delivery_failed'
+                                       ELSE 'billing.outbound_failed' END, j.purpose,
                 pg_catalog.jsonb_build_object('job', job_id, 'status', outbox_complete.response_status, 'error', outbox_complete.error,
                                               'stripe_error', resp #> '{error,type}'),
                 -- a deleted account's jobs (its cancellation, its last mail) are the operator's
                 NULL, (SELECT u.id FROM lattice.users u WHERE u.id = j.account_id));
         END IF;
-        IF j.interactive THEN
+        IF j.interactive AND j.purpose = 'alert.test' THEN
+            answer := lattice.http_error(502, 'delivery_failed', 'the test message could not be delivered',
+                                         pg_catalog.jsonb_build_object('status', outbox_complete.response_status,
+                                                                       'error', outbox_complete.error));
+        ELSIF j.interactive THEN
             IF outbox_complete.error IS NOT NULL OR outbox_complete.response_status >= 500
                OR outbox_complete.response_status IS NULL THEN
                 answer := lattice.http_error(503, 'payment_provider_unavailable',
@@ -1281,6 +1333,9 @@ BEGIN
             'cancel_at_period_end', COALESCE((resp ->> 'cancel_at_period_end')::boolean, false),
             'current_period_end', lattice.stripe_time(resp -> 'current_period_end'),
             'status', resp ->> 'status'));
+    WHEN 'alert.test' THEN
+        answer := lattice.http_json(200, pg_catalog.jsonb_build_object('delivered', true,
+                                                                       'status', outbox_complete.response_status));
     ELSE
         answer := NULL;
     END CASE;

@@ -14,7 +14,7 @@ ALTER TABLE lattice.users ADD COLUMN email_verified_at timestamptz;
 CREATE TABLE lattice.account_tokens (
     id          uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES lattice.users ON DELETE CASCADE,
-    purpose     text NOT NULL CHECK (purpose IN ('verify_email', 'change_email')),
+    purpose     text NOT NULL CHECK (purpose IN ('verify_email', 'change_email', 'alert_recipient')),
     token_hash  bytea NOT NULL,
     email       text,
     created_at  timestamptz NOT NULL,

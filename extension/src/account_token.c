@@ -10,7 +10,8 @@
  * the transaction's tenant with the method "link": the caller may then do
  * what the purpose allows, but a link never opens a session (session.c
  * wants a password).  Issuing a token supersedes the pending ones of the
- * same purpose, so at most one link of each kind works at a time.
+ * same purpose (and address, for alert recipients), so at most one link of
+ * each kind works at a time.
  *
  * Password reset links are kept apart, in lattice.reset_links (the owner's,
  * on a Citus coordinator): asking for one must cost the same whether the
@@ -39,28 +40,36 @@
 #define CLAIM_ADDR_LIMIT	30		/* claims per client address per window */
 #define CLAIM_WINDOW		900		/* seconds */
 
-/* The purposes and how long their links work */
-static const struct
+/*
+ * The purposes, how long their links work, and whether a new link supersedes
+ * the pending ones of the purpose or only those for the same address (alert
+ * recipients: several addresses may wait for confirmation at once).
+ */
+typedef struct TokenPurpose
 {
 	const char *purpose;
 	int			ttl_seconds;
-}			purposes[] =
+	bool		per_address;
+} TokenPurpose;
+
+static const TokenPurpose purposes[] =
 {
-	{"verify_email", 48 * 3600},
-	{"reset_password", 3600},
-	{"change_email", 24 * 3600},
+	{"verify_email", 48 * 3600, false},
+	{"reset_password", 3600, false},
+	{"change_email", 24 * 3600, false},
+	{"alert_recipient", 7 * 24 * 3600, true},
 };
 
-static int
-purpose_ttl(const char *purpose)
+static const TokenPurpose *
+purpose_of(const char *purpose)
 {
 	for (size_t i = 0; i < lengthof(purposes); i++)
 		if (strcmp(purposes[i].purpose, purpose) == 0)
-			return purposes[i].ttl_seconds;
+			return &purposes[i];
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("lattice.account_token: unknown purpose \"%s\"", purpose)));
-	return 0;
+	return NULL;
 }
 
 /* A new token for the account: its id, then libsodium's randomness */
@@ -82,7 +91,7 @@ token_new(const pg_uuid_t *user_id)
  *
  * A new link token for the account; its hash is stored with the address it
  * is about (the one to verify), the older pending tokens of the purpose are
- * superseded.  Runs as the caller: the API role can only write its own
+ * superseded (for a per-address purpose, those of the same address).  Runs as the caller: the API role can only write its own
  * tenant's rows (row-level security), the owner's functions any.
  */
 PG_FUNCTION_INFO_V1(lattice_account_token_issue);
@@ -93,7 +102,8 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 	char	   *purpose = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char	   *token = token_new(user_id);
 	TimestampTz now = lattice_clock_now();
-	TimestampTz expires = now + (int64) purpose_ttl(purpose) * USECS_PER_SEC;
+	const TokenPurpose *p = purpose_of(purpose);
+	TimestampTz expires = now + (int64) p->ttl_seconds * USECS_PER_SEC;
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
@@ -108,9 +118,11 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "lattice.account_token_issue: SPI_connect failed");
 	if (SPI_execute_with_args("UPDATE lattice.account_tokens SET used_at = $3"
-							  " WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
-							  3, (Oid[]) {UUIDOID, TEXTOID, TIMESTAMPTZOID},
-							  (Datum[]) {values[0], values[1], values[4]}, NULL, false, 0)
+							  " WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL"
+							  " AND (NOT $5 OR email IS NOT DISTINCT FROM $4)",
+							  5, (Oid[]) {UUIDOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, BOOLOID},
+							  (Datum[]) {values[0], values[1], values[4], values[3], BoolGetDatum(p->per_address)},
+							  (char[]) {' ', ' ', ' ', nulls[3], ' '}, false, 0)
 		!= SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_token_issue: superseding failed");
 	if (SPI_execute_with_args("INSERT INTO lattice.account_tokens"
@@ -379,7 +391,7 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 								 5, (Oid[]) {BYTEAOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID});
 		if (SPI_execute_plan(insert_plan, (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token))),
 							 UUIDPGetDatum(&account), CStringGetTextDatum(email), TimestampTzGetDatum(now),
-							 Float8GetDatum(purpose_ttl("reset_password"))}, NULL, false, 0) != SPI_OK_INSERT)
+							 Float8GetDatum(purpose_of("reset_password")->ttl_seconds)}, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "lattice.password_forgot: insert failed");
 		lattice_spi_prepare_kept(&send_plan,
 								 "SELECT lattice.outbox_email($1, 'password_reset',"

@@ -5,11 +5,8 @@
  *
  * A TOTP secret is 20 bytes of libsodium randomness.  The person gets it
  * once, in base32, for the authenticator app; the table keeps it sealed
- * (crypto_secretbox) under a key derived from the active pepper, so the API
- * role, which reads that table, learns nothing.  The sealed value names the
- * pepper's kid: a retired pepper stays readable, so rotating the pepper does
- * not break enrolled accounts.  Layout: version (1), kid length, kid, nonce,
- * ciphertext.
+ * under the server pepper (secret_seal.c), so the API role, which reads that
+ * table, learns nothing.
  *
  * A code is checked against the steps before, at and after the current one,
  * each computed and compared in constant time with no early exit; only steps
@@ -39,8 +36,6 @@
 #define TOTP_SECRET_MAX		64	/* what a sealed value may hold */
 #define TOTP_STEP_USECS		(30 * USECS_PER_SEC)
 #define TOTP_CHECK_DIGITS	6
-#define TOTP_SEAL_VERSION	1
-#define TOTP_SEAL_HEADER	2	/* version and kid length */
 
 /* PostgreSQL's epoch, 2000-01-01, in TOTP steps since Unix time 0 */
 #define TOTP_STEPS_BEFORE_PG_EPOCH \
@@ -124,76 +119,6 @@ hotp(const uint8 *key, size_t keylen, uint64 counter, int digits)
 	return bin % modulus[digits];
 }
 
-static void
-seal_key(const uint8 pepper[LATTICE_SECRET_BYTES], uint8 key[crypto_secretbox_KEYBYTES])
-{
-	crypto_generichash(key, crypto_secretbox_KEYBYTES,
-					   (const unsigned char *) seal_context, strlen(seal_context),
-					   pepper, LATTICE_SECRET_BYTES);
-}
-
-/*
- * Opens a sealed secret into secret (TOTP_SECRET_MAX bytes, which the caller
- * wipes) and returns its length.  Only totp_generate writes these values, so
- * one that does not open is corruption, not input, and raises.
- */
-static size_t
-totp_unseal(bytea *sealed, uint8 secret[TOTP_SECRET_MAX])
-{
-	const uint8 *p = (const uint8 *) VARDATA_ANY(sealed);
-	size_t		len = VARSIZE_ANY_EXHDR(sealed);
-	size_t		kid_len;
-	size_t		clen;
-	char		kid[LATTICE_KID_MAX + 1];
-	uint8		pepper[LATTICE_SECRET_BYTES];
-	uint8		key[crypto_secretbox_KEYBYTES];
-	const uint8 *nonce;
-	int			rc;
-
-	if (len < TOTP_SEAL_HEADER || p[0] != TOTP_SEAL_VERSION)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed TOTP secret is corrupt"),
-				 errdetail("Unknown format.")));
-	kid_len = p[1];
-	if (kid_len == 0 || kid_len > LATTICE_KID_MAX ||
-		len < TOTP_SEAL_HEADER + kid_len + crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + 1 ||
-		memchr(p + TOTP_SEAL_HEADER, '\0', kid_len) != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed TOTP secret is corrupt"),
-				 errdetail("It is truncated or its key id is malformed.")));
-	clen = len - TOTP_SEAL_HEADER - kid_len - crypto_secretbox_NONCEBYTES;
-	if (clen - crypto_secretbox_MACBYTES > TOTP_SECRET_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed TOTP secret is corrupt"),
-				 errdetail("It is too long.")));
-	memcpy(kid, p + TOTP_SEAL_HEADER, kid_len);
-	kid[kid_len] = '\0';
-	nonce = p + TOTP_SEAL_HEADER + kid_len;
-
-	if (!lattice_secret_get("pepper", kid, pepper, NULL))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed TOTP secret is corrupt"),
-				 errdetail("It names no known pepper.")));
-	seal_key(pepper, key);
-	sodium_memzero(pepper, sizeof(pepper));
-	rc = crypto_secretbox_open_easy(secret, nonce + crypto_secretbox_NONCEBYTES, clen,
-									nonce, key);
-	sodium_memzero(key, sizeof(key));
-	if (rc != 0)
-	{
-		sodium_memzero(secret, TOTP_SECRET_MAX);
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed TOTP secret is corrupt"),
-				 errdetail("It does not open under the pepper it names.")));
-	}
-	return clen - crypto_secretbox_MACBYTES;
-}
-
 /*
  * lattice.totp_code(secret bytea, step bigint, digits integer) -> text
  *
@@ -238,13 +163,7 @@ Datum
 lattice_totp_generate(PG_FUNCTION_ARGS)
 {
 	uint8		secret[TOTP_SECRET_BYTES];
-	uint8		pepper[LATTICE_SECRET_BYTES];
-	uint8		key[crypto_secretbox_KEYBYTES];
-	char		kid[LATTICE_KID_MAX + 1];
-	size_t		kid_len;
-	size_t		len;
 	bytea	   *sealed;
-	uint8	   *p;
 	char	   *secret_b32;
 	TupleDesc	desc;
 	Datum		out[2];
@@ -252,32 +171,9 @@ lattice_totp_generate(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.totp_generate: must return a record");
-	if (!lattice_secret_get("pepper", NULL, pepper, kid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("lattice.totp_generate: there is no active pepper"),
-				 errhint("Run SELECT lattice.rotate_secret('pepper').")));
-	kid_len = strlen(kid);
-	Assert(kid_len > 0 && kid_len <= LATTICE_KID_MAX);
-	seal_key(pepper, key);
-	sodium_memzero(pepper, sizeof(pepper));
-
 	randombytes_buf(secret, sizeof(secret));
 	secret_b32 = base32_encode(secret, sizeof(secret), base32_upper);
-
-	len = TOTP_SEAL_HEADER + kid_len + crypto_secretbox_NONCEBYTES +
-		crypto_secretbox_MACBYTES + sizeof(secret);
-	sealed = palloc(VARHDRSZ + len);
-	SET_VARSIZE(sealed, VARHDRSZ + len);
-	p = (uint8 *) VARDATA(sealed);
-	p[0] = TOTP_SEAL_VERSION;
-	p[1] = (uint8) kid_len;
-	memcpy(p + TOTP_SEAL_HEADER, kid, kid_len);
-	p += TOTP_SEAL_HEADER + kid_len;
-	randombytes_buf(p, crypto_secretbox_NONCEBYTES);
-	if (crypto_secretbox_easy(p + crypto_secretbox_NONCEBYTES, secret, sizeof(secret), p, key) != 0)
-		elog(ERROR, "lattice.totp_generate: sealing failed");
-	sodium_memzero(key, sizeof(key));
+	sealed = lattice_seal(seal_context, secret, sizeof(secret));
 	sodium_memzero(secret, sizeof(secret));
 
 	out[0] = CStringGetTextDatum(secret_b32);
@@ -357,7 +253,7 @@ lattice_totp_check(PG_FUNCTION_ARGS)
 				 errmsg("lattice.totp_check: the time must be finite")));
 
 	/* unsealed first: a corrupt value raises whatever the code */
-	secret_len = totp_unseal(sealed, secret);
+	secret_len = lattice_unseal(seal_context, sealed, secret, TOTP_SECRET_MAX);
 	well_formed = totp_code_parse(PG_GETARG_TEXT_PP(1), given);
 	if (!well_formed)
 	{

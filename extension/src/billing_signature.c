@@ -108,6 +108,29 @@ lattice_stripe_signature_verdict(PG_FUNCTION_ARGS)
 }
 
 /*
+ * "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t.payload)>", palloc'd:
+ * Stripe's scheme, which alert webhooks sign with too (alert_webhook.c).
+ */
+char *
+lattice_signature_header(const char *secret, size_t secret_len,
+						 const char *payload, size_t payload_len, TimestampTz at)
+{
+	StripeSignatureHeader sig;
+	char		t_buf[32];
+	unsigned char mac[crypto_auth_hmacsha256_BYTES];
+	char		hex[2 * crypto_auth_hmacsha256_BYTES + 1];
+
+	memset(&sig, 0, sizeof(sig));
+	snprintf(t_buf, sizeof(t_buf), INT64_FORMAT, (int64) timestamptz_to_time_t(at));
+	sig.t = t_buf;
+	sig.t_len = strlen(t_buf);
+	stripe_signature_mac(secret, secret_len, &sig, payload, payload_len, mac);
+	sodium_bin2hex(hex, sizeof(hex), mac, sizeof(mac));
+	sodium_memzero(mac, sizeof(mac));
+	return psprintf("t=%s,v1=%s", t_buf, hex);
+}
+
+/*
  * lattice.stripe_signature_header(payload text, secret text, at timestamptz)
  *   -> text
  *
@@ -121,18 +144,8 @@ lattice_stripe_signature_header(PG_FUNCTION_ARGS)
 {
 	text	   *payload_t = PG_GETARG_TEXT_PP(0);
 	text	   *secret_t = PG_GETARG_TEXT_PP(1);
-	TimestampTz at = PG_GETARG_TIMESTAMPTZ(2);
-	StripeSignatureHeader sig;
-	char		t_buf[32];
-	unsigned char mac[crypto_auth_hmacsha256_BYTES];
-	char		hex[2 * crypto_auth_hmacsha256_BYTES + 1];
 
-	memset(&sig, 0, sizeof(sig));
-	snprintf(t_buf, sizeof(t_buf), INT64_FORMAT, (int64) timestamptz_to_time_t(at));
-	sig.t = t_buf;
-	sig.t_len = strlen(t_buf);
-	stripe_signature_mac(VARDATA_ANY(secret_t), VARSIZE_ANY_EXHDR(secret_t), &sig,
-						 VARDATA_ANY(payload_t), VARSIZE_ANY_EXHDR(payload_t), mac);
-	sodium_bin2hex(hex, sizeof(hex), mac, sizeof(mac));
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("t=%s,v1=%s", t_buf, hex)));
+	PG_RETURN_TEXT_P(cstring_to_text(lattice_signature_header(VARDATA_ANY(secret_t), VARSIZE_ANY_EXHDR(secret_t),
+															  VARDATA_ANY(payload_t), VARSIZE_ANY_EXHDR(payload_t),
+															  PG_GETARG_TIMESTAMPTZ(2))));
 }

@@ -48,6 +48,14 @@ extern bool lattice_secret_get(const char *kind, const char *kid,
 extern bool lattice_jwt_key_usable(const char *kid, uint8 secret[LATTICE_SECRET_BYTES]);
 extern bool lattice_caller_is_privileged(void);
 
+/*
+ * Secrets at rest (secret_seal.c): sealed under a key derived from the active
+ * pepper and context; an unsealed value is at most max bytes (the caller
+ * wipes it).
+ */
+extern bytea *lattice_seal(const char *context, const uint8 *plain, size_t len);
+extern size_t lattice_unseal(const char *context, bytea *sealed, uint8 *out, size_t max);
+
 /* identity helpers (secrets.c) */
 extern char *lattice_b64url_encode(const uint8 *bin, size_t len);
 extern char *lattice_random_token(size_t nbytes);

@@ -36,4 +36,5 @@ _PG_init(void)
 	lattice_deferred_init();
 	lattice_billing_init();
 	lattice_graph_guc_init();
+	lattice_alert_init();
 }

@@ -10,6 +10,7 @@
 #define LATTICE_H
 
 #include "postgres.h"
+#include "datatype/timestamp.h"
 #include "utils/uuid.h"
 
 /* tenant.c: the authenticated tenant of the current transaction */
@@ -45,6 +46,14 @@ extern struct _SPI_plan *lattice_spi_prepare_kept(struct _SPI_plan **cache, cons
 /* http.c: raise an error the shim turns into an HTTP answer (PTnnn SQLSTATE) */
 extern void lattice_raise_http(int status, const char *code, const char *message,
 							   const char *details_json, const char *headers_json) pg_attribute_noreturn();
+
+/* billing_signature.c: Stripe's signature scheme, for webhooks both ways */
+extern char *lattice_signature_header(const char *secret, size_t secret_len,
+									  const char *payload, size_t payload_len, TimestampTz at);
+
+/* alert_webhook.c: the settings of alerts and their webhooks */
+extern void lattice_alert_init(void);
+extern int	lattice_alert_interval;		/* seconds, 0: the worker does not tick */
 
 /* ratelimit.c: counters in shared memory */
 typedef struct LatticeRateResult

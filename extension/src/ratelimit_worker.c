@@ -300,6 +300,30 @@ lifecycle_cycle(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * The alert rules' tick (extension/sql/88_alerts.sql) every
+ * lattice.alert_interval seconds, in a transaction of its own, and their
+ * housekeeping with it.
+ */
+static void
+alert_cycle(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "lattice alerts: SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "lattice alert tick");
+	if (OidIsValid(get_extension_oid("lattice", true)) &&
+		(SPI_execute("SELECT lattice.alert_tick()", false, 0) != SPI_OK_SELECT ||
+		 SPI_execute("SELECT lattice.alert_prune()", false, 0) != SPI_OK_SELECT))
+		elog(ERROR, "lattice alerts: the tick failed");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 void
 lattice_rate_worker_main(Datum main_arg)
 {
@@ -326,21 +350,37 @@ lattice_rate_worker_main(Datum main_arg)
 	for (;;)
 	{
 		static TimestampTz last_lifecycle = 0;
+		static TimestampTz last_alert = 0;
+		static TimestampTz last_rate = 0;
+		long		wait_ms;
 
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (rate_usage_interval > 0)
+		if (rate_usage_interval > 0 &&
+			TimestampDifferenceExceeds(last_rate, GetCurrentTimestamp(), rate_usage_interval * 1000 - 100))
+		{
 			rate_worker_cycle();
+			last_rate = GetCurrentTimestamp();
+		}
 		if (TimestampDifferenceExceeds(last_lifecycle, GetCurrentTimestamp(), LIFECYCLE_INTERVAL_MS))
 		{
 			lifecycle_cycle();
 			last_lifecycle = GetCurrentTimestamp();
 		}
+		if (lattice_alert_interval > 0 &&
+			TimestampDifferenceExceeds(last_alert, GetCurrentTimestamp(), lattice_alert_interval * 1000))
+		{
+			alert_cycle();
+			last_alert = GetCurrentTimestamp();
+		}
+		wait_ms = Max(rate_usage_interval, 1) * 1000L;
+		if (lattice_alert_interval > 0)
+			wait_ms = Min(wait_ms, lattice_alert_interval * 1000L);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(rate_usage_interval, 1) * 1000L, PG_WAIT_EXTENSION);
+						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
