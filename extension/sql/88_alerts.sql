@@ -161,7 +161,8 @@ CREATE FUNCTION lattice.alert_webhook_headers(job bigint, account uuid, channel 
 CREATE FUNCTION lattice.outbound_url_check(url text) RETURNS text
     AS 'MODULE_PATHNAME', 'lattice_outbound_url_check' LANGUAGE C VOLATILE STRICT;
 CREATE FUNCTION lattice.webhook_secret_new(OUT secret text, OUT sealed bytea)
-    AS 'MODULE_PATHNAME', 'lattice_webhook_secret_new' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'lattice_webhook_secret_new' LANGUAGE C VOLATILE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Incidents -----------------------------------------------------------------------
 
@@ -659,7 +660,7 @@ AS $$
 $$;
 
 -- Opens an incident for a firing subject without an open one: silent when
--- muted or within the cool-down of the last notified one.  Events (topology)
+-- muted or within the cool-down after the last message about the subject.  Events (topology)
 -- are resolved as they open.  Returns whether it was notified, NULL when an
 -- incident was open already.
 CREATE FUNCTION lattice.alert_open(c lattice.alert_candidate, at timestamptz) RETURNS boolean
@@ -679,7 +680,7 @@ BEGIN
     END IF;
     muted := EXISTS (SELECT FROM lattice.alert_mutes m
                       WHERE m.user_id = c.user_id AND m.rule = c.rule AND m.subject_key = c.key AND m.until > at);
-    SELECT max(x.opened_at) INTO last_notified FROM lattice.alert_incidents x
+    SELECT max(COALESCE(x.resolved_at, x.opened_at)) INTO last_notified FROM lattice.alert_incidents x
      WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.notified;
     notify := NOT muted AND (last_notified IS NULL
                              OR last_notified <= at - make_interval(mins => (cfg ->> 'cooldown_minutes')::integer));

@@ -28,7 +28,7 @@ AS $$
     SELECT pg_catalog.jsonb_build_object(
         'id', c.id, 'kind', c.kind, 'name', c.name,
         'target', CASE WHEN c.kind = 'email' THEN c.target
-                       ELSE pg_catalog.substring(c.target FROM '^[a-zA-Z]+://[^/?#]+') || '/…'
+                       ELSE pg_catalog.regexp_replace(c.target, '^([a-zA-Z]+://[^/?#]+).*$', '\1') || '/…'
                             || pg_catalog.right(c.target, 4) END,
         'enabled', c.enabled, 'verified', c.verified_at IS NOT NULL, 'created_at', c.created_at,
         'last_delivery', lattice.alert_deliveries(c.id, 1) -> 0)
@@ -142,8 +142,9 @@ DECLARE
     b jsonb := lattice.auth_body(body);
     kind text := b ->> 'kind';
     name text := btrim(COALESCE(b ->> 'name', ''));
-    target text;
-    secret record;
+    dest text;
+    secret text;
+    sealed bytea;
     own record;
     c lattice.alert_channels;
     k text;
@@ -166,47 +167,47 @@ BEGIN
         PERFORM lattice.raise_http(409, 'too_many_channels', 'an account may have 20 alert channels');
     END IF;
     IF kind = 'email' THEN
-        target := lower(btrim(COALESCE(b ->> 'address', '')));
+        dest := lower(btrim(COALESCE(b ->> 'address', '')));
         IF jsonb_typeof(b -> 'address') IS DISTINCT FROM 'string' OR b ? 'url'
-           OR target !~ '^[^@\s<>"]{1,64}@[a-z0-9.-]{1,253}\.[a-z]{2,}$' OR length(target) > 254 THEN
+           OR dest !~ '^[^@\s<>"]{1,64}@[a-z0-9.-]{1,253}\.[a-z]{2,}$' OR length(dest) > 254 THEN
             PERFORM lattice.raise_http(400, 'invalid_channel', 'address must be an e-mail address',
                                        jsonb_build_object('path', 'address'));
         END IF;
         SELECT u.email, u.email_verified_at, u.name INTO own FROM lattice.users u WHERE u.id = account;
-        IF target <> lower(own.email) OR own.email_verified_at IS NULL THEN
+        IF dest <> lower(own.email) OR own.email_verified_at IS NULL THEN
             IF (SELECT count(*) FROM lattice.alert_channels x
                  WHERE x.user_id = account AND x.kind = 'email' AND x.verified_at IS NULL) >= 5 THEN
                 PERFORM lattice.raise_http(409, 'too_many_unverified', 'five addresses already wait for confirmation');
             END IF;
         END IF;
         INSERT INTO lattice.alert_channels (user_id, kind, name, target, verified_at)
-        VALUES (account, 'email', name, target,
-                CASE WHEN target = lower(own.email) AND own.email_verified_at IS NOT NULL THEN now() END)
+        VALUES (account, 'email', name, dest,
+                CASE WHEN dest = lower(own.email) AND own.email_verified_at IS NOT NULL THEN now() END)
         RETURNING * INTO c;
         IF c.verified_at IS NULL AND NOT EXISTS (SELECT FROM lattice.alert_channels x
                                                   WHERE x.user_id = account AND x.kind = 'email'
-                                                    AND x.target = target AND x.id <> c.id) THEN
+                                                    AND x.target = dest AND x.id <> c.id) THEN
             PERFORM lattice.outbox_email(account, 'alert_recipient_verify', jsonb_build_object(
                 'owner', own.email,
                 'link', lattice.billing_public_origin() || '/alerts/verify?token='
-                        || lattice.account_token_issue(account, 'alert_recipient', target)), target);
+                        || lattice.account_token_issue(account, 'alert_recipient', dest)), dest);
         END IF;
     ELSE
-        target := b ->> 'url';
+        dest := b ->> 'url';
         IF jsonb_typeof(b -> 'url') IS DISTINCT FROM 'string' OR b ? 'address' THEN
             PERFORM lattice.raise_http(400, 'invalid_channel', 'url must be a string', jsonb_build_object('path', 'url'));
         END IF;
-        PERFORM lattice.alert_url_require(target);
+        PERFORM lattice.alert_url_require(dest);
         IF kind = 'webhook' THEN
-            secret := lattice.webhook_secret_new();
+            SELECT w.secret, w.sealed INTO secret, sealed FROM lattice.webhook_secret_new() w;
         END IF;
         INSERT INTO lattice.alert_channels (user_id, kind, name, target, secret_sealed, verified_at)
-        VALUES (account, kind, name, target, secret.sealed, now())
+        VALUES (account, kind, name, dest, sealed, now())
         RETURNING * INTO c;
     END IF;
     PERFORM lattice.audit('alerts.channel_created', c.id::text, jsonb_build_object('kind', kind), req, account);
     RETURN lattice.http_json(201, jsonb_strip_nulls(jsonb_build_object(
-        'channel', lattice.alert_channel_json(c), 'secret', secret.secret)));
+        'channel', lattice.alert_channel_json(c), 'secret', secret)));
 END
 $$;
 
@@ -355,13 +356,13 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'read');
-    status text := COALESCE(req #>> '{query,status}', 'all');
+    which text := COALESCE(req #>> '{query,status}', 'all');
     service uuid;
     lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 100);
     before bigint;
     items jsonb;
 BEGIN
-    IF status NOT IN ('open', 'all') THEN
+    IF which NOT IN ('open', 'all') THEN
         PERFORM lattice.raise_http(400, 'invalid_query', 'status must be open or all', jsonb_build_object('path', 'query.status'));
     END IF;
     IF req #>> '{query,service}' IS NOT NULL THEN
@@ -378,7 +379,7 @@ BEGIN
     END IF;
     SELECT COALESCE(jsonb_agg(lattice.alert_incident_view(i) ORDER BY i.id DESC), '[]') INTO items
       FROM (SELECT * FROM lattice.alert_incidents x
-             WHERE x.user_id = account AND (status = 'all' OR x.status = 'open')
+             WHERE x.user_id = account AND (which = 'all' OR x.status = 'open')
                AND (service IS NULL OR x.service_id = service OR (x.subject ->> 'source_id')::uuid = service)
                AND (before IS NULL OR x.id < before)
              ORDER BY x.id DESC LIMIT lim) i;

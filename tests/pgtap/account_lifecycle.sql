@@ -20,50 +20,6 @@ SELECT plan(151);
 
 \ir helpers.psql
 
--- One request to a route: {status, headers, body}, also for a raised HTTP
--- error ({"raised": true}); any other error as {status: 0, sqlstate, message}.
--- A GET runs read-only, as the shim runs it, and leaves nothing behind.
-CREATE FUNCTION pg_temp.call(fn text, req jsonb, body jsonb DEFAULT NULL) RETURNS jsonb LANGUAGE plpgsql AS $$
-DECLARE r lattice.http_response; d text; s text; m text;
-BEGIN
-    PERFORM lattice.test_set_tenant(NULL);
-    IF req ->> 'method' = 'GET' THEN
-        BEGIN
-            PERFORM set_config('transaction_read_only', 'on', true);
-            EXECUTE format('SELECT * FROM lattice_http.%I($1, $2)', fn) INTO r USING req, body::text;
-            RAISE EXCEPTION 'the read-only request is over' USING ERRCODE = 'LTRO0';
-        EXCEPTION WHEN SQLSTATE 'LTRO0' THEN
-            NULL;
-        END;
-    ELSE
-        EXECUTE format('SELECT * FROM lattice_http.%I($1, $2)', fn) INTO r USING req, body::text;
-    END IF;
-    RETURN jsonb_build_object('status', r.status, 'headers', r.headers, 'body', r.body::jsonb);
-EXCEPTION WHEN others THEN
-    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL, s = RETURNED_SQLSTATE, m = MESSAGE_TEXT;
-    IF s LIKE 'PT%' THEN
-        RETURN jsonb_build_object('status', substr(s, 3)::int, 'raised', true, 'headers', (d::jsonb) -> 'headers',
-                                  'body', jsonb_build_object('error', jsonb_build_object('code', (d::jsonb) ->> 'code')));
-    END IF;
-    RETURN jsonb_build_object('status', 0, 'sqlstate', s, 'message', m);
-END $$;
--- "status:error code" of an answer ("200:" when it is no error)
-CREATE FUNCTION pg_temp.code(r jsonb) RETURNS text LANGUAGE sql AS $$
-    SELECT (r ->> 'status') || ':' || COALESCE(r #>> '{body,error,code}', r ->> 'sqlstate', '')
-$$;
--- A request from a client address, with a session's cookies and CSRF header when given
-CREATE FUNCTION pg_temp.req(addr text, method text, sess jsonb DEFAULT '{}', query jsonb DEFAULT NULL)
-RETURNS jsonb LANGUAGE sql AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object('client_addr', addr, 'method', method, 'request_id', 'req-account',
-                                                'query', query)) || COALESCE(sess, '{}')
-$$;
--- The session a sign-up or login answer opened, as the browser sends it back
-CREATE FUNCTION pg_temp.cookies(r jsonb) RETURNS jsonb LANGUAGE sql AS $$
-    SELECT jsonb_build_object('session', substring(r #>> '{headers,Set-Cookie,0}' FROM '^lattice_session=([^;]+)'),
-                              'csrf_cookie', substring(r #>> '{headers,Set-Cookie,1}' FROM '^lattice_csrf=([^;]+)'),
-                              'csrf_header', substring(r #>> '{headers,Set-Cookie,1}' FROM '^lattice_csrf=([^;]+)'))
-$$;
-
 CREATE TEMP TABLE kv (k text PRIMARY KEY, v jsonb);
 CREATE FUNCTION pg_temp.v(key text) RETURNS jsonb LANGUAGE sql AS $$ SELECT v FROM kv WHERE k = key $$;
 
