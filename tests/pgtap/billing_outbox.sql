@@ -105,9 +105,9 @@ SELECT is((SELECT cancel_at_period_end FROM lattice.subscriptions WHERE user_id 
 
 -- e-mail: background, retried with backoff, never lost
 SET LOCAL SESSION AUTHORIZATION lattice_test_shim;
-INSERT INTO seen SELECT 'mail', id::text FROM lattice_worker.outbox_claim_due(100) WHERE mail_to LIKE 'ob-%';
+INSERT INTO seen SELECT 'mail', id::text FROM lattice_worker.outbox_claim_due(100, '{stripe,email}') WHERE mail_to LIKE 'ob-%';
 SELECT is((SELECT count(*) FROM seen WHERE k = 'mail'), 1::bigint, 'the worker claims the welcome mail');
-SELECT is((SELECT count(*) FROM lattice_worker.outbox_claim_due(100) WHERE mail_to LIKE 'ob-%'), 0::bigint,
+SELECT is((SELECT count(*) FROM lattice_worker.outbox_claim_due(100, '{stripe,email}') WHERE mail_to LIKE 'ob-%'), 0::bigint,
           'a running job is not handed out twice');
 SELECT lattice_worker.outbox_complete((SELECT v::bigint FROM seen WHERE k = 'mail'), NULL, NULL, 'Failed to connect to SMTP');
 RESET SESSION AUTHORIZATION;
@@ -117,7 +117,7 @@ SELECT ok((SELECT next_attempt_at > now() + interval '20 seconds' FROM lattice.o
           'with a backoff');
 UPDATE lattice.outbox SET next_attempt_at = now() - interval '1 second' WHERE id = (SELECT v::bigint FROM seen WHERE k = 'mail');
 SET LOCAL SESSION AUTHORIZATION lattice_test_shim;
-SELECT is((SELECT count(*) FROM lattice_worker.outbox_claim_due(100) WHERE mail_to LIKE 'ob-%'), 1::bigint, 'and is retried when due');
+SELECT is((SELECT count(*) FROM lattice_worker.outbox_claim_due(100, '{stripe,email}') WHERE mail_to LIKE 'ob-%'), 1::bigint, 'and is retried when due');
 SELECT lattice_worker.outbox_complete((SELECT v::bigint FROM seen WHERE k = 'mail'), 250, NULL, NULL);
 RESET SESSION AUTHORIZATION;
 SELECT is((SELECT status FROM lattice.outbox WHERE id = (SELECT v::bigint FROM seen WHERE k = 'mail')), 'done', 'sent at last');

@@ -28,7 +28,8 @@ SELECT is_empty($$
        AND c.oid NOT IN (SELECT rel FROM tenant_tables)
        AND c.relname NOT IN ('plans', 'secrets', 'jwt_keys', 'webhook_secrets',
                              'stripe_events', 'outbox', 'graph_versions_global',
-                             'audit_unattributed', 'cluster_key', 'retained_invoices', 'reset_links')
+                             'audit_unattributed', 'cluster_key', 'retained_invoices', 'reset_links',
+                             'alert_state')
 $$, 'every table without user_id is a known non-tenant table');
 
 SELECT is_empty($$
