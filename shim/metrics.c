@@ -2,8 +2,8 @@
  * Prometheus text exposition at GET /metrics: requests by route, method and
  * status, a latency histogram per route, the pool (size, in use, waiting,
  * healthy, errors, timeouts, reconnects, waits) and connections, statement
- * errors by SQLSTATE class.  Counters are lock-free atomics, so recording
- * costs a few nanoseconds per request.
+ * errors by SQLSTATE class, alert webhook deliveries.  Counters are
+ * lock-free atomics, so recording costs a few nanoseconds per request.
  *
  * The database side (outbox, Stripe events, quota classes, rate table) is
  * read with one statement, lattice_http.metrics_db(), on a pooled connection
@@ -12,6 +12,7 @@
  * the shim's own series are still served, with lattice_db_up 0.
  */
 #include "shim.h"
+#include "outbound.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -407,6 +408,17 @@ void metrics_serve(struct reply *r)
             if (v)
                 put(&o, "lattice_statement_errors_total{class=\"%c%c\"} %lu\n", class_char(a), class_char(b), v);
         }
+    struct outbound_webhook_stats wh;
+    outbound_webhook_stats(&wh);
+    put(&o, "# HELP lattice_webhook_deliveries_in_flight Alert webhook deliveries under way (the webhook thread's and \"send test\").\n"
+            "# TYPE lattice_webhook_deliveries_in_flight gauge\nlattice_webhook_deliveries_in_flight %ld\n"
+            "# HELP lattice_webhook_attempts_total Alert webhook delivery attempts this shim ended, by outcome.\n"
+            "# TYPE lattice_webhook_attempts_total counter\n"
+            "lattice_webhook_attempts_total{outcome=\"delivered\"} %lu\n"
+            "lattice_webhook_attempts_total{outcome=\"not_2xx\"} %lu\n"
+            "lattice_webhook_attempts_total{outcome=\"refused\"} %lu\n"
+            "lattice_webhook_attempts_total{outcome=\"failed\"} %lu\n",
+        wh.in_flight, wh.delivered, wh.not_2xx, wh.refused, wh.failed);
     char events[2048];
     events_metrics(events, sizeof(events));
     put(&o, "%s", events);

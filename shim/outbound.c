@@ -1,6 +1,7 @@
 /*
  * outbound.c
- *		Stripe API calls and SMTP e-mail for the extension's outbox.
+ *		Stripe API calls, SMTP e-mail and alert webhooks for the extension's
+ *		outbox.
  *
  * The extension decides what to send (lattice.outbox); this file only moves
  * bytes: it form-encodes a Stripe request from [key, value] pairs, sends it
@@ -12,19 +13,39 @@
  * ever happens while a transaction is open.  Retries of e-mail (backoff, at
  * least once) are the extension's; this file retries a Stripe request once,
  * with the same Idempotency-Key, on a network error or a 5xx.
+ *
+ * Webhooks (docs/alerts.md) have a thread of their own: one libcurl multi
+ * handle keeps up to LATTICE_WEBHOOK_CONCURRENCY deliveries in flight and
+ * records each as soon as it ends, so a receiver that hangs holds one slot
+ * until its timeout and delays neither the other receivers nor e-mail.  A
+ * delivery is a POST of the job's body with the headers the extension
+ * computed for this attempt; no redirect is followed, no proxy is used, the
+ * answer is read up to 64 KiB, and every address a connection is about to
+ * use is checked by outbound_address_refusal() (the extension's own rule,
+ * extension/src/outbound_address_core.c), so a name that resolves to a
+ * private or loopback address is refused whenever it does.
  */
 #include "outbound.h"
+#include "outbound_address_core.h"
 #include "shim.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +53,14 @@
 #define OUTBOUND_MAX_FORM		(64 * 1024)
 #define OUTBOUND_MAX_CHAIN		4	/* checkout: customer, then session */
 #define OUTBOUND_BATCH			20
+
+#define WEBHOOK_READ_MAX		(64 * 1024)	/* an answer is read this far */
+#define WEBHOOK_KEEP_MAX		1024	/* and its start recorded */
+#define WEBHOOK_HEADER_MAX		4096	/* one "Name: value" line */
+#define WEBHOOK_CONNECT_MS		5000
+#define WEBHOOK_CLAIM_MAX		100 /* outbox_claim_due's own cap */
+#define WEBHOOK_CONCURRENCY_MAX	256
+#define WEBHOOK_TIMEOUT_MAX_MS	60000	/* well inside the claim's 2-minute lease */
 
 struct outbound_settings
 {
@@ -47,6 +76,8 @@ struct outbound_settings
 	char	   *mail_from;
 	long		smtp_timeout_ms;
 	long		poll_interval_ms;
+	long		webhook_concurrency;
+	long		webhook_timeout_ms;
 };
 
 static struct outbound_settings settings;
@@ -55,6 +86,19 @@ static bool worker_running = false;
 static bool worker_stop = false;
 static pthread_mutex_t worker_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t worker_wake = PTHREAD_COND_INITIALIZER;
+
+/* The webhook thread; outbound_stop wakes it through its multi handle. */
+static pthread_t webhook_thread;
+static bool webhook_running = false;
+static atomic_bool webhook_stop = false;
+static CURLM *webhook_multi = NULL;
+
+/* /metrics figures (outbound_webhook_stats) */
+static atomic_long webhook_in_flight = 0;
+static atomic_ulong webhook_delivered = 0;
+static atomic_ulong webhook_not_2xx = 0;
+static atomic_ulong webhook_refused = 0;
+static atomic_ulong webhook_failed = 0;
 
 /* A job as lattice_worker.job returns it. */
 struct outbound_job
@@ -69,6 +113,10 @@ struct outbound_job
 	const char *mail_subject;
 	const char *mail_text;
 	const char *mail_html;
+	const char *url;
+	const char *body;
+	const char *headers;		/* JSON object: header name -> value */
+	bool		allow_loopback;
 };
 
 /* What a call produced, for outbox_complete. */
@@ -431,6 +479,352 @@ smtp_send(const struct outbound_job *job, struct outbound_result *res)
 	curl_easy_cleanup(curl);
 }
 
+/* ---- Webhooks ---------------------------------------------------------- */
+
+/* One delivery: its easy handle and what the handle reads and writes. */
+struct webhook_transfer
+{
+	CURL	   *curl;
+	long long	job_id;
+	bool		allow_loopback;
+	char	   *body;			/* the request body, sent from here */
+	struct curl_slist *headers;
+	size_t		received;		/* answer bytes read */
+	size_t		kept;			/* of which the first are in answer */
+	bool		truncated;		/* reading stopped at WEBHOOK_READ_MAX */
+	char		answer[WEBHOOK_KEEP_MAX];
+	char		refusal[128];	/* "refused: <address> is <reason>" */
+	char		errbuf[CURL_ERROR_SIZE];
+	struct webhook_transfer *next;	/* the webhook thread's list in flight */
+};
+
+/* Keeps the start of the answer; stops reading after WEBHOOK_READ_MAX bytes. */
+static size_t
+webhook_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct webhook_transfer *t = userdata;
+	size_t		n = size * nmemb;
+	size_t		room = sizeof(t->answer) - t->kept;
+	size_t		keep = n < room ? n : room;
+
+	memcpy(t->answer + t->kept, ptr, keep);
+	t->kept += keep;
+	if (n > WEBHOOK_READ_MAX - t->received)
+	{
+		t->truncated = true;
+		return 0;				/* makes curl end the transfer */
+	}
+	t->received += n;
+	return n;
+}
+
+static void
+address_text(const struct sockaddr *sa, char *out, size_t outsz)
+{
+	const void *addr = NULL;
+
+	if (sa->sa_family == AF_INET)
+		addr = &((const struct sockaddr_in *) sa)->sin_addr;
+	else if (sa->sa_family == AF_INET6)
+		addr = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+	if (!addr || !inet_ntop(sa->sa_family, addr, out, (socklen_t) outsz))
+		snprintf(out, outsz, "(address family %d)", (int) sa->sa_family);
+}
+
+/*
+ * curl's open-socket callback: every connection a delivery opens, to
+ * whichever address its host resolved to this time, is checked here first.
+ */
+static curl_socket_t
+webhook_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	struct webhook_transfer *t = clientp;
+	const char *why = outbound_address_refusal(&address->addr, t->allow_loopback);
+
+	(void) purpose;
+	if (why)
+	{
+		char		text[INET6_ADDRSTRLEN + 32];
+
+		address_text(&address->addr, text, sizeof(text));
+		if (!t->refusal[0])
+			snprintf(t->refusal, sizeof(t->refusal), "refused: %s is %s", text, why);
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+/* An HTTP header name: a token (RFC 9110). */
+static bool
+header_name_valid(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char) *s) && !strchr("!#$%&'*+-.^_`|~", *s))
+			return false;
+	return true;
+}
+
+/* A header value: no control character but tab. */
+static bool
+header_value_valid(const char *s)
+{
+	for (; *s; s++)
+		if (((unsigned char) *s < 0x20 && *s != '\t') || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static void
+webhook_free(struct webhook_transfer *t)
+{
+	if (!t)
+		return;
+	if (t->curl)
+		curl_easy_cleanup(t->curl);
+	curl_slist_free_all(t->headers);
+	free(t->body);
+	free(t);
+}
+
+/*
+ * Adds the job's headers (a JSON object of name -> value) to t, and empty
+ * ones that keep curl from adding its own; false, with the reason in error,
+ * when one is not a valid header.
+ */
+static bool
+webhook_headers(struct webhook_transfer *t, const char *headers_json, char *error, size_t errorsz)
+{
+	struct json_object *headers = NULL;
+	bool		content_type = false;
+	bool		accept = false;
+	bool		expect = false;
+	bool		ok = true;
+
+	if (headers_json && *headers_json)
+	{
+		headers = json_tokener_parse(headers_json);
+		if (!headers || !json_object_is_type(headers, json_type_object))
+		{
+			json_object_put(headers);
+			snprintf(error, errorsz, "the job's headers are not a JSON object");
+			return false;
+		}
+	}
+	if (headers)
+	{
+		json_object_object_foreach(headers, name, value)
+		{
+			const char *v = json_object_get_string(value);
+			char		line[WEBHOOK_HEADER_MAX];
+			struct curl_slist *grown;
+			int			n;
+
+			if (!json_object_is_type(value, json_type_string) || !header_name_valid(name) ||
+				!header_value_valid(v))
+			{
+				snprintf(error, errorsz, "the job's header \"%.64s\" is not valid", name);
+				ok = false;
+				break;
+			}
+			/* "Name;" is curl's way to send a header with an empty value */
+			n = *v ? snprintf(line, sizeof(line), "%s: %s", name, v) : snprintf(line, sizeof(line), "%s;", name);
+			if (n < 0 || (size_t) n >= sizeof(line))
+			{
+				snprintf(error, errorsz, "the job's header \"%.64s\" is too long", name);
+				ok = false;
+				break;
+			}
+			grown = curl_slist_append(t->headers, line);
+			if (!grown)
+			{
+				snprintf(error, errorsz, "out of memory");
+				ok = false;
+				break;
+			}
+			t->headers = grown;
+			content_type = content_type || strcasecmp(name, "Content-Type") == 0;
+			accept = accept || strcasecmp(name, "Accept") == 0;
+			expect = expect || strcasecmp(name, "Expect") == 0;
+		}
+	}
+	json_object_put(headers);
+	if (!ok)
+		return false;
+
+	/* "Name:" removes a header curl would add by itself: only the job's go out */
+	if (!content_type)
+		t->headers = curl_slist_append(t->headers, "Content-Type:");
+	if (t->headers && !accept)
+		t->headers = curl_slist_append(t->headers, "Accept:");
+	if (t->headers && !expect)
+		t->headers = curl_slist_append(t->headers, "Expect:");
+	if (!t->headers)
+	{
+		snprintf(error, errorsz, "out of memory");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * A transfer that POSTs job's body to its url with exactly the job's
+ * headers, under every rule of a delivery: the address check, https only
+ * (http too when the extension allows loopback), no redirect, no proxy,
+ * bounded time and answer.  NULL, with the reason in error, when the job
+ * cannot be sent.  The interactive path and the webhook thread both use it.
+ */
+static struct webhook_transfer *
+webhook_prepare(const struct outbound_job *job, char *error, size_t errorsz)
+{
+	struct webhook_transfer *t = calloc(1, sizeof(*t));
+	const char *protocols = job->allow_loopback ? "http,https" : "https";
+	long		connect_ms = settings.webhook_timeout_ms < WEBHOOK_CONNECT_MS ?
+		settings.webhook_timeout_ms : WEBHOOK_CONNECT_MS;
+	CURLcode	rc = CURLE_OK;
+
+	if (!t || !(t->curl = curl_easy_init()))
+	{
+		snprintf(error, errorsz, "out of memory");
+		goto fail;
+	}
+	t->job_id = job->id;
+	t->allow_loopback = job->allow_loopback;
+	if (!job->url || !*job->url || !job->body)
+	{
+		snprintf(error, errorsz, "the job has no url or no body");
+		goto fail;
+	}
+	if (!(t->body = strdup(job->body)))
+	{
+		snprintf(error, errorsz, "out of memory");
+		goto fail;
+	}
+	if (!webhook_headers(t, job->headers, error, errorsz))
+		goto fail;
+
+#define WEBHOOK_SET(option, value) \
+	do { if (rc == CURLE_OK) rc = curl_easy_setopt(t->curl, option, value); } while (0)
+	WEBHOOK_SET(CURLOPT_URL, job->url);
+	WEBHOOK_SET(CURLOPT_PROTOCOLS_STR, protocols);
+	WEBHOOK_SET(CURLOPT_FOLLOWLOCATION, 0L);
+	/* no proxy, whatever the environment says */
+	WEBHOOK_SET(CURLOPT_PROXY, "");
+	WEBHOOK_SET(CURLOPT_NOPROXY, "*");
+	WEBHOOK_SET(CURLOPT_OPENSOCKETFUNCTION, webhook_open_socket);
+	WEBHOOK_SET(CURLOPT_OPENSOCKETDATA, t);
+	/*
+	 * A connection of its own each time: a cached one would skip the address
+	 * check of this delivery (and outlive a change of allow_loopback).
+	 */
+	WEBHOOK_SET(CURLOPT_FRESH_CONNECT, 1L);
+	WEBHOOK_SET(CURLOPT_FORBID_REUSE, 1L);
+	WEBHOOK_SET(CURLOPT_NOSIGNAL, 1L);
+	WEBHOOK_SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+	WEBHOOK_SET(CURLOPT_TIMEOUT_MS, settings.webhook_timeout_ms);
+	WEBHOOK_SET(CURLOPT_POST, 1L);
+	WEBHOOK_SET(CURLOPT_POSTFIELDS, t->body);
+	WEBHOOK_SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(t->body));
+	WEBHOOK_SET(CURLOPT_HTTPHEADER, t->headers);
+	WEBHOOK_SET(CURLOPT_WRITEFUNCTION, webhook_write);
+	WEBHOOK_SET(CURLOPT_WRITEDATA, t);
+	WEBHOOK_SET(CURLOPT_ERRORBUFFER, t->errbuf);
+	WEBHOOK_SET(CURLOPT_PRIVATE, t);
+#undef WEBHOOK_SET
+	if (rc != CURLE_OK)
+	{
+		snprintf(error, errorsz, "the delivery could not be set up: %s", curl_easy_strerror(rc));
+		goto fail;
+	}
+	return t;
+
+fail:
+	webhook_free(t);
+	return NULL;
+}
+
+/*
+ * The outcome of a finished transfer for outbox_complete: the receiver's
+ * status, the start of its answer, and an error only when the exchange did
+ * not complete (a non-2xx is an answer, not an error).
+ */
+static void
+webhook_result(struct webhook_transfer *t, CURLcode rc, struct outbound_result *res)
+{
+	size_t		i;
+
+	res->status = 0;
+	res->body = NULL;
+	res->error[0] = '\0';
+	curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &res->status);
+	if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && t->truncated && res->status > 0))
+		res->error[0] = '\0';	/* answered: one longer than WEBHOOK_READ_MAX too */
+	else if (rc == CURLE_COULDNT_CONNECT && t->refusal[0])
+		snprintf(res->error, sizeof(res->error), "%s", t->refusal);
+	else if (rc == CURLE_UNSUPPORTED_PROTOCOL)
+		snprintf(res->error, sizeof(res->error), "refused: %s",
+				 t->allow_loopback ? "not an http or https URL" : "not an https URL");
+	else
+		snprintf(res->error, sizeof(res->error), "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+
+	/* a text parameter must be valid UTF-8 without NUL: printable ASCII only */
+	if (t->kept > 0 && (res->body = malloc(t->kept + 1)) != NULL)
+	{
+		for (i = 0; i < t->kept; i++)
+		{
+			unsigned char c = (unsigned char) t->answer[i];
+
+			res->body[i] = (c >= 0x20 && c < 0x7f) ? (char) c : '?';
+		}
+		res->body[t->kept] = '\0';
+	}
+}
+
+/* Counts an attempt's outcome for /metrics. */
+static void
+webhook_count(const struct outbound_result *res)
+{
+	if (strncmp(res->error, "refused: ", 9) == 0)
+		atomic_fetch_add(&webhook_refused, 1);
+	else if (res->error[0])
+		atomic_fetch_add(&webhook_failed, 1);
+	else if (res->status >= 200 && res->status <= 299)
+		atomic_fetch_add(&webhook_delivered, 1);
+	else
+		atomic_fetch_add(&webhook_not_2xx, 1);
+}
+
+void
+outbound_webhook_stats(struct outbound_webhook_stats *stats)
+{
+	stats->in_flight = atomic_load(&webhook_in_flight);
+	stats->delivered = atomic_load(&webhook_delivered);
+	stats->not_2xx = atomic_load(&webhook_not_2xx);
+	stats->refused = atomic_load(&webhook_refused);
+	stats->failed = atomic_load(&webhook_failed);
+}
+
+/* One delivery right away, on the calling thread (a channel's "send test"). */
+static void
+webhook_send(const struct outbound_job *job, struct outbound_result *res)
+{
+	struct webhook_transfer *t;
+
+	res->status = 0;
+	res->body = NULL;
+	res->error[0] = '\0';
+	t = webhook_prepare(job, res->error, sizeof(res->error));
+	if (t)
+	{
+		atomic_fetch_add(&webhook_in_flight, 1);
+		webhook_result(t, curl_easy_perform(t->curl), res);
+		atomic_fetch_sub(&webhook_in_flight, 1);
+	}
+	webhook_free(t);
+	webhook_count(res);
+}
+
 /* ---- The outbox -------------------------------------------------------- */
 
 static void
@@ -446,6 +840,17 @@ job_from_row(PGresult *r, int row, struct outbound_job *job)
 	job->mail_subject = PQgetvalue(r, row, 7);
 	job->mail_text = PQgetvalue(r, row, 8);
 	job->mail_html = PQgetvalue(r, row, 9);
+	job->url = NULL;
+	job->body = NULL;
+	job->headers = NULL;
+	job->allow_loopback = false;
+	if (PQnfields(r) >= 14)
+	{
+		job->url = PQgetisnull(r, row, 10) ? NULL : PQgetvalue(r, row, 10);
+		job->body = PQgetisnull(r, row, 11) ? NULL : PQgetvalue(r, row, 11);
+		job->headers = PQgetisnull(r, row, 12) ? NULL : PQgetvalue(r, row, 12);
+		job->allow_loopback = !PQgetisnull(r, row, 13) && strcmp(PQgetvalue(r, row, 13), "t") == 0;
+	}
 }
 
 static void
@@ -453,6 +858,8 @@ perform(const struct outbound_job *job, struct outbound_result *res)
 {
 	if (strcmp(job->kind, "email") == 0)
 		smtp_send(job, res);
+	else if (strcmp(job->kind, "webhook") == 0)
+		webhook_send(job, res);
 	else
 		stripe_call(job, res);
 }
@@ -634,7 +1041,10 @@ outbound_follow(PGconn *conn, PGresult **row)
 		PQenterPipelineMode(conn);
 }
 
-/* Claims due background jobs and performs them; returns how many. */
+/*
+ * Claims due background jobs (Stripe, e-mail: webhooks have their own
+ * thread) and performs them; returns how many.
+ */
 static int
 drain_once(PGconn *conn)
 {
@@ -646,7 +1056,7 @@ drain_once(PGconn *conn)
 
 	snprintf(batch, sizeof(batch), "%d", OUTBOUND_BATCH);
 	values[0] = batch;
-	claimed = PQexecParams(conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer)",
+	claimed = PQexecParams(conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer, '{stripe,email}'::text[])",
 						   1, NULL, values, NULL, NULL, 0);
 	if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
 	{
@@ -718,6 +1128,234 @@ worker_main(void *arg)
 	return NULL;
 }
 
+/* ---- The webhook thread ------------------------------------------------ */
+
+/* What the webhook thread holds. */
+struct webhook_state
+{
+	PGconn	   *conn;			/* its own connection */
+	int64_t		next_connect;	/* no new attempt before (monotonic ms) */
+	struct webhook_transfer *in_flight;
+	long		count;			/* transfers in in_flight */
+};
+
+static int64_t
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* True when the thread's connection is usable; reconnects once a poll interval at most. */
+static bool
+webhook_connected(struct webhook_state *st)
+{
+	if (st->conn && PQstatus(st->conn) == CONNECTION_OK)
+		return true;
+	if (monotonic_ms() < st->next_connect)
+		return false;
+	PQfinish(st->conn);
+	st->conn = PQconnectdb(settings.conninfo);
+	if (PQstatus(st->conn) == CONNECTION_OK)
+		return true;
+	fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"webhook worker cannot connect\"}\n");
+	st->next_connect = monotonic_ms() + settings.poll_interval_ms;
+	return false;
+}
+
+/*
+ * Records a delivery's outcome.  When the database cannot take it, the job's
+ * lease runs out and it is claimed again: at least once, never lost.
+ */
+static void
+webhook_record(struct webhook_state *st, long long job_id, const struct outbound_result *res)
+{
+	PGresult   *done = NULL;
+
+	webhook_count(res);
+	if (webhook_connected(st))
+		done = record(st->conn, job_id, res);
+	else
+		fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"webhook result not recorded: no database\",\"job\":%lld}\n",
+				job_id);
+	fprintf(stderr, "{\"level\":\"info\",\"msg\":\"outbox job\",\"job\":%lld,\"kind\":\"webhook\",\"status\":%ld,\"ok\":%s}\n",
+			job_id, res->status, res->error[0] ? "false" : "true");
+	PQclear(done);
+}
+
+/*
+ * Claims up to max_jobs due webhook jobs and puts them in flight; returns how
+ * many were claimed, or -1 when the database failed.
+ */
+static int
+webhook_claim(struct webhook_state *st, long max_jobs)
+{
+	char		max_text[32];
+	const char *values[1];
+	PGresult   *claimed;
+	int			n;
+	int			i;
+
+	snprintf(max_text, sizeof(max_text), "%ld", max_jobs);
+	values[0] = max_text;
+	claimed = PQexecParams(st->conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer, '{webhook}'::text[])",
+						   1, NULL, values, NULL, NULL, 0);
+	if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
+	{
+		metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
+		PQclear(claimed);
+		return -1;
+	}
+	n = PQntuples(claimed);
+	for (i = 0; i < n; i++)
+	{
+		struct outbound_job job;
+		struct outbound_result res;
+		struct webhook_transfer *t = NULL;
+
+		memset(&res, 0, sizeof(res));
+		job_from_row(claimed, i, &job);
+		if (strcmp(job.kind, "webhook") != 0)
+			snprintf(res.error, sizeof(res.error), "not a webhook job");
+		else
+			t = webhook_prepare(&job, res.error, sizeof(res.error));
+		if (t && curl_multi_add_handle(webhook_multi, t->curl) != CURLM_OK)
+		{
+			snprintf(res.error, sizeof(res.error), "the delivery could not be started");
+			webhook_free(t);
+			t = NULL;
+		}
+		if (!t)
+		{
+			webhook_record(st, job.id, &res);	/* never sent; the extension decides */
+			continue;
+		}
+		t->next = st->in_flight;
+		st->in_flight = t;
+		st->count++;
+		atomic_fetch_add(&webhook_in_flight, 1);
+	}
+	PQclear(claimed);
+	return n;
+}
+
+/* Records every delivery that ended and frees its slot. */
+static void
+webhook_reap(struct webhook_state *st)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(webhook_multi, &left)) != NULL)
+	{
+		CURL	   *easy = msg->easy_handle;
+		CURLcode	rc = msg->data.result;
+		struct webhook_transfer **p;
+		struct webhook_transfer *t = NULL;
+		struct outbound_result res;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		/* msg is gone once its handle leaves the multi handle */
+		curl_multi_remove_handle(webhook_multi, easy);
+		for (p = &st->in_flight; *p; p = &(*p)->next)
+			if ((*p)->curl == easy)
+			{
+				t = *p;
+				*p = t->next;
+				st->count--;
+				atomic_fetch_sub(&webhook_in_flight, 1);
+				break;
+			}
+		if (!t)
+			continue;			/* not one of ours: cannot happen */
+		webhook_result(t, rc, &res);
+		webhook_record(st, t->job_id, &res);
+		free(res.body);
+		webhook_free(t);
+	}
+}
+
+/*
+ * The webhook thread: up to webhook_concurrency deliveries in flight on one
+ * multi handle.  Free slots are filled from the outbox right away after a
+ * claim that found as many jobs as it asked for (more may be due), else at
+ * the next poll interval; each delivery is recorded the moment it ends.
+ */
+static void *
+webhook_main(void *arg)
+{
+	struct webhook_state st;
+	int64_t		next_claim = 0;
+
+	(void) arg;
+	memset(&st, 0, sizeof(st));
+	while (!atomic_load(&webhook_stop))
+	{
+		long		free_slots = settings.webhook_concurrency - st.count;
+		int64_t		now = monotonic_ms();
+		int64_t		wait_ms;
+		int			running;
+
+		if (free_slots > 0 && now >= next_claim)
+		{
+			long		want = free_slots < WEBHOOK_CLAIM_MAX ? free_slots : WEBHOOK_CLAIM_MAX;
+			int			got = webhook_connected(&st) ? webhook_claim(&st, want) : -1;
+
+			next_claim = got == want ? now : now + settings.poll_interval_ms;
+		}
+		curl_multi_perform(webhook_multi, &running);
+		webhook_reap(&st);
+
+		/* until curl has work, a claim is due or outbound_stop wakes us */
+		now = monotonic_ms();
+		wait_ms = settings.poll_interval_ms;
+		if (st.count < settings.webhook_concurrency && next_claim - now < wait_ms)
+			wait_ms = next_claim > now ? next_claim - now : 0;
+		curl_multi_poll(webhook_multi, NULL, 0, (int) wait_ms, NULL);
+	}
+
+	/*
+	 * Stopping: what is still in flight is abandoned, and recorded as such
+	 * when the connection is up (no new one: stopping must not wait on it).
+	 */
+	st.next_connect = INT64_MAX;
+	while (st.in_flight)
+	{
+		struct webhook_transfer *t = st.in_flight;
+		struct outbound_result res;
+
+		st.in_flight = t->next;
+		atomic_fetch_sub(&webhook_in_flight, 1);
+		curl_multi_remove_handle(webhook_multi, t->curl);
+		memset(&res, 0, sizeof(res));
+		snprintf(res.error, sizeof(res.error), "interrupted: the shim stopped before an answer");
+		webhook_record(&st, t->job_id, &res);
+		webhook_free(t);
+	}
+	PQfinish(st.conn);
+	return NULL;
+}
+
+/* A thread that leaves SIGTERM and SIGINT to main()'s sigwait. */
+static int
+start_thread(pthread_t *thread, void *(*main_fn) (void *))
+{
+	sigset_t	block;
+	sigset_t	old;
+	int			rc;
+
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	rc = pthread_create(thread, NULL, main_fn, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return rc;
+}
+
 int
 outbound_start(const struct outbound_config *config)
 {
@@ -746,6 +1384,12 @@ outbound_start(const struct outbound_config *config)
 	settings.mail_from = setting(c->mail_from, "LATTICE_MAIL_FROM", "Lattice <billing@localhost>");
 	settings.smtp_timeout_ms = setting_long(c->smtp_timeout_ms, "LATTICE_SMTP_TIMEOUT_MS", 15000);
 	settings.poll_interval_ms = setting_long(c->poll_interval_ms, "LATTICE_OUTBOX_POLL_MS", 1000);
+	settings.webhook_concurrency = setting_long(c->webhook_concurrency, "LATTICE_WEBHOOK_CONCURRENCY", 16);
+	settings.webhook_timeout_ms = setting_long(c->webhook_timeout_ms, "LATTICE_WEBHOOK_TIMEOUT_MS", 10000);
+	if (settings.webhook_concurrency > WEBHOOK_CONCURRENCY_MAX)
+		settings.webhook_concurrency = WEBHOOK_CONCURRENCY_MAX;
+	if (settings.webhook_timeout_ms > WEBHOOK_TIMEOUT_MAX_MS)
+		settings.webhook_timeout_ms = WEBHOOK_TIMEOUT_MAX_MS;
 	/* a trailing slash would double the one every path starts with */
 	if (settings.stripe_api_base)
 	{
@@ -760,26 +1404,57 @@ outbound_start(const struct outbound_config *config)
 		fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"no SMTP server: e-mail stays queued\"}\n");
 
 	worker_stop = false;
-	if (pthread_create(&worker_thread, NULL, worker_main, NULL) != 0)
+	if (start_thread(&worker_thread, worker_main) != 0)
 	{
 		fprintf(stderr, "{\"level\":\"error\",\"msg\":\"outbox worker could not start\"}\n");
 		return -1;
 	}
 	worker_running = true;
+
+	/* one connection at a time on a connection: no HTTP/2 multiplexing of deliveries */
+	webhook_multi = curl_multi_init();
+	if (webhook_multi)
+		curl_multi_setopt(webhook_multi, CURLMOPT_PIPELINING, (long) CURLPIPE_NOTHING);
+	atomic_store(&webhook_stop, false);
+	if (!webhook_multi || start_thread(&webhook_thread, webhook_main) != 0)
+	{
+		fprintf(stderr, "{\"level\":\"error\",\"msg\":\"webhook worker could not start\"}\n");
+		if (webhook_multi)
+			curl_multi_cleanup(webhook_multi);
+		webhook_multi = NULL;
+		return -1;
+	}
+	webhook_running = true;
 	return 0;
 }
 
 void
 outbound_stop(void)
 {
-	if (!worker_running)
+	if (!worker_running && !webhook_running)
 		return;
-	pthread_mutex_lock(&worker_lock);
-	worker_stop = true;
-	pthread_cond_signal(&worker_wake);
-	pthread_mutex_unlock(&worker_lock);
-	pthread_join(worker_thread, NULL);
+	/* both at once: the webhook thread ends at once, the worker after its current job */
+	if (webhook_running)
+	{
+		atomic_store(&webhook_stop, true);
+		curl_multi_wakeup(webhook_multi);
+	}
+	if (worker_running)
+	{
+		pthread_mutex_lock(&worker_lock);
+		worker_stop = true;
+		pthread_cond_signal(&worker_wake);
+		pthread_mutex_unlock(&worker_lock);
+	}
+	if (webhook_running)
+		pthread_join(webhook_thread, NULL);
+	if (worker_running)
+		pthread_join(worker_thread, NULL);
+	webhook_running = false;
 	worker_running = false;
+	if (webhook_multi)
+		curl_multi_cleanup(webhook_multi);
+	webhook_multi = NULL;
 	free(settings.conninfo);
 	free(settings.stripe_api_base);
 	free(settings.stripe_secret_key);

@@ -1,15 +1,18 @@
 /*
  * outbound.h
- *		Outbound calls of the shim: Stripe's API and SMTP e-mail, drained from
- *		the extension's outbox (lattice.outbox) with libcurl.
+ *		Outbound calls of the shim: Stripe's API, SMTP e-mail and alert
+ *		webhooks, drained from the extension's outbox (lattice.outbox) with
+ *		libcurl.
  *
  * No call ever runs inside a database transaction: a job is claimed through
  * lattice_worker.outbox_claim*() (autocommit), performed with no transaction
  * open, and its result recorded through lattice_worker.outbox_complete().
  *
  *   outbound_start()   once at start-up: libcurl, then the worker thread that
- *                      sends background jobs (e-mail) with retries
- *   outbound_stop()    once at shutdown: stops and joins the worker
+ *                      sends background jobs (e-mail) with retries, and the
+ *                      webhook thread that keeps many webhook deliveries in
+ *                      flight at once (libcurl multi)
+ *   outbound_stop()    once at shutdown: stops and joins both threads
  *   outbound_run_job() for the dispatcher: a route flagged `outbound` whose
  *                      SQL answer carries `Lattice-Outbox-Job: <id>` runs that
  *                      job (and the jobs it chains) right after its COMMIT and
@@ -38,12 +41,18 @@ struct outbound_config
 	const char *mail_from;			/* [LATTICE_MAIL_FROM] Lattice <billing@localhost> */
 	long		smtp_timeout_ms;	/* [LATTICE_SMTP_TIMEOUT_MS] 15000 */
 	long		poll_interval_ms;	/* [LATTICE_OUTBOX_POLL_MS] 1000 */
+	long		webhook_concurrency;	/* [LATTICE_WEBHOOK_CONCURRENCY] deliveries in flight, 16 */
+	long		webhook_timeout_ms; /* [LATTICE_WEBHOOK_TIMEOUT_MS] per delivery, 10000 */
 };
 
-/* Starts the worker; 0 on success, -1 (logged to stderr) on failure. */
+/* Starts the threads; 0 on success, -1 (logged to stderr) on failure. */
 extern int	outbound_start(const struct outbound_config *config);
 
-/* Stops the worker and waits for it; a no-op when it never started. */
+/*
+ * Stops the threads and waits for them; a no-op when they never started.
+ * Webhook deliveries still in flight are abandoned and recorded as
+ * interrupted (the extension retries them).
+ */
 extern void outbound_stop(void);
 
 /* The answer for the client of an interactive job; strings are malloc'd. */
@@ -61,6 +70,17 @@ struct outbound_answer
  */
 extern int	outbound_run_job(PGconn *conn, long long job_id, struct outbound_answer *answer);
 extern void outbound_answer_free(struct outbound_answer *answer);
+
+/* For /metrics: webhook deliveries in flight now, and attempts ended by outcome. */
+struct outbound_webhook_stats
+{
+	long		in_flight;
+	unsigned long delivered;	/* a 2xx answer */
+	unsigned long not_2xx;		/* any other answer (a redirect too) */
+	unsigned long refused;		/* by the address or scheme rules: nothing sent */
+	unsigned long failed;		/* no answer: connection, TLS, timeout, stopped */
+};
+extern void outbound_webhook_stats(struct outbound_webhook_stats *stats);
 
 /*
  * For dispatch.c, on a route flagged R_OUTBOUND after the call's COMMIT:

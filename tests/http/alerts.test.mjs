@@ -73,12 +73,13 @@ function startSmtp(port) {
     proc.once('exit', (code) => reject(new Error(`smtp sink exited ${code}`)));
   });
 }
-// Subjects of the messages delivered to the account's address
+// Subjects of the alert messages delivered to the account's address
 function subjects() {
   if (!existsSync(smtpOut)) return [];
   return readFileSync(smtpOut, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
     .filter((m) => m.rcpt_tos.some((t) => t.toLowerCase() === email))
-    .map((m) => /^Subject: (.*)$/mi.exec(m.data)?.[1]?.trim() ?? '');
+    .map((m) => /^Subject: (.*)$/mi.exec(m.data)?.[1]?.trim() ?? '')
+    .filter((subject) => subject.startsWith('[Lattice]'));
 }
 
 // ---- HTTP -----------------------------------------------------------------------------
@@ -89,7 +90,7 @@ function call(method, path, body) {
   return send(shim, method, path, { from: FROM, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 const tick = (offset) => JSON.parse(psql(`SELECT lattice.alert_tick(now() + interval '${offset}')`));
-const setting = (name, value) => psql(`ALTER SYSTEM SET ${name} = ${value}; SELECT pg_reload_conf();`);
+const setting = (name, value) => { psql(`ALTER SYSTEM SET ${name} = ${value}`); psql('SELECT pg_reload_conf()'); };
 
 before(async () => {
   setting('lattice.alert_interval', '0');
@@ -142,9 +143,10 @@ test('channels: a webhook gets a secret once, e-mail and Slack are added, a hang
 
 test('a service stops: exactly one "down" per channel, signed, and the hanging receiver holds up nobody', async () => {
   need(secret);
-  psql(`UPDATE lattice.services SET last_seen = now() - interval '16 minutes' WHERE id = '${service}'`);
+  // its last report falls out of the 15-minute liveness window between two ticks
+  psql(`UPDATE lattice.services SET last_seen = now() - interval '14 minutes' WHERE id = '${service}'`);
   const started = Date.now();
-  const t = tick('1 minute');
+  const t = tick('2 minutes');
   assert.equal(t.opened, 1, JSON.stringify(t));
   await eventually(() => at('/hook').length === 1 && at('/slack').length === 1 && subjects().length === 1,
                    { timeout: 5000, interval: 50 });
@@ -164,8 +166,8 @@ test('a service stops: exactly one "down" per channel, signed, and the hanging r
   assert.match(subjects()[0], /^\[Lattice\] payments-.* \(production\) stopped reporting$/);
 
   // more ticks while it stays down: nothing more
-  tick('2 minutes');
-  tick('5 minutes');
+  tick('3 minutes');
+  tick('6 minutes');
   await sleep(1000);
   assert.equal(at('/hook').length, 1);
   assert.equal(subjects().length, 1);
@@ -186,11 +188,11 @@ test('the hanging receiver times out and is retried later; the delivery log show
 
 test('it reports again: after recover_after_minutes, exactly one "recovered" per channel', async () => {
   need(secret);
-  psql(`UPDATE lattice.services SET last_seen = now() + interval '6 minutes' WHERE id = '${service}'`);
-  tick('7 minutes');
-  tick('10 minutes');
+  psql(`UPDATE lattice.services SET last_seen = now() + interval '7 minutes' WHERE id = '${service}'`);
+  tick('8 minutes');
+  tick('11 minutes');
   assert.equal(at('/hook').length, 1, 'not before the condition was clear for 5 minutes');
-  const t = tick('12 minutes');
+  const t = tick('13 minutes');
   assert.equal(t.resolved, 1, JSON.stringify(t));
   await eventually(() => at('/hook').length === 2 && at('/slack').length === 2 && subjects().length === 2,
                    { timeout: 5000, interval: 50 });
