@@ -8,11 +8,11 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const pages = ['pricing', 'signup', 'login', 'forgot-password', 'reset-password', 'verify-email',
-  'terms', 'privacy', 'docs', 'dashboard'];
+  'alerts/verify', 'terms', 'privacy', 'docs', 'dashboard'];
 // Dashboard views get their own copy of dashboard/index.html so that a reload
 // of /dashboard/graph works on any static server, SPA fallback or not.
 export const dashboardViews = ['services', 'service', 'graph', 'changes', 'errors',
-  'performance', 'keys', 'billing', 'usage', 'onboarding', 'account'];
+  'performance', 'alerts', 'keys', 'billing', 'usage', 'onboarding', 'account'];
 
 // <!-- @include name --> pulls partials/name.html into a page at build time.
 function partials() {
@@ -63,7 +63,7 @@ export default defineConfig({
     rollupOptions: {
       input: Object.fromEntries([
         ['index', resolve(here, 'index.html')],
-        ...pages.map((p) => [p, resolve(here, p, 'index.html')]),
+        ...pages.map((p) => [p.replace(/\//g, '-'), resolve(here, p, 'index.html')]),
       ]),
     },
   },

@@ -1,7 +1,9 @@
 // The pages a link from an e-mail leads to, and the one that sends such a
 // link: /forgot-password (ask for a reset link), /reset-password?token=…
 // (choose a new password), /verify-email?token=… (confirm an address, on
-// load).  None needs a session.  See docs/account.md.
+// load), /alerts/verify?token=… (confirm an address an account sends its
+// alerts to, on load).  None needs a session.  See docs/account.md and
+// docs/alerts.md.
 import { post, ApiError, waitText } from './api.js';
 import { h, fill } from './ui.js';
 import './site.js';
@@ -127,6 +129,40 @@ if (verify) {
       } else if (e.code === 'invalid_token') {
         show('error', h('strong', 'This link no longer works.'), ' It was already used, or a newer one was sent since. ',
           'If you have already verified your address, there is nothing more to do.');
+      } else if (e.status === 429) {
+        show('error', tooMany(e));
+      } else {
+        show('error', e.message);
+      }
+    }
+  })();
+}
+
+// /alerts/verify?token=…: an address an account added as an alert channel,
+// confirmed on load (its owner may have no Lattice account at all).
+const alertVerify = document.querySelector('[data-flow=alert-verify]');
+if (alertVerify) {
+  const out = document.getElementById('verify-result');
+  const show = (kind, ...body) => {
+    fill(out, h(`div.alert.alert-${kind}`, { 'data-verify': kind === 'ok' ? 'verified' : 'failed' }, ...body));
+    out.focus();
+  };
+  (async () => {
+    if (!/^[A-Za-z0-9_-]{16,}={0,2}$/.test(token)) {
+      return show('error', 'This link is incomplete: open it straight from the e-mail.');
+    }
+    try {
+      const r = await post('/alerts/recipients/verify', { token });
+      show('ok', h('strong', 'Thank you: the address is confirmed.'), ' ',
+        r && r.address ? ['Alerts will now be sent to ', h('span', { id: 'verified-address' }, r.address), '.']
+          : 'Alerts will now be sent to it.');
+    } catch (err) {
+      const e = asApiError(err);
+      if (e.code === 'token_expired') {
+        show('warn', h('strong', 'This link has expired.'), ' Confirmation links work for 7 days: ask the person who added the address to add it again.');
+      } else if (e.code === 'invalid_token') {
+        show('error', h('strong', 'This link no longer works.'), ' It was already used, or the address was added again since. ',
+          'If you have already confirmed it, there is nothing more to do.');
       } else if (e.status === 429) {
         show('error', tooMany(e));
       } else {

@@ -2,13 +2,15 @@
 // layouts; nodes by status and type, edges weighted by calls and coloured by
 // error rate; environment filter, search-to-highlight, detail panel, impact
 // mode (blast radius with distances), cycles, a focal view with depth control
-// for large graphs, and live updates (Server-Sent Events, live.js).
+// for large graphs, live updates (Server-Sent Events, live.js), and a red
+// ring on services with an open alert incident (one GET, refreshed slowly).
 import cytoscape from 'cytoscape';
 import dagre from 'cytoscape-dagre';
 import fcose from 'cytoscape-fcose';
 import { get } from '../api.js';
-import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, serviceHref, statusBadge, isMissingRoute } from './common.js';
+import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, serviceHref, statusBadge, isMissingRoute, poll } from './common.js';
 import { onGraphChange } from './live.js';
+import { openIncidents, incidentServiceIds, ruleName } from './incidents.js';
 
 cytoscape.use(dagre);
 cytoscape.use(fcose);
@@ -94,6 +96,8 @@ const STYLE = [
   { selector: 'edge.impacted', style: { 'line-color': '#f59e0b', 'target-arrow-color': '#f59e0b', opacity: 1 } },
   { selector: 'edge.cycle', style: { 'line-color': '#ef4444', 'target-arrow-color': '#ef4444', 'line-style': 'dashed', opacity: 1 } },
   { selector: 'node.cycle', style: { 'border-color': '#ef4444', 'border-width': 3 } },
+  // an open alert incident: a ring outside the border, whatever else marks the node
+  { selector: 'node.incident', style: { 'outline-width': 4, 'outline-color': '#ef4444', 'outline-offset': 3, 'outline-opacity': 1 } },
 ];
 
 export async function render(root, ctx) {
@@ -115,7 +119,7 @@ export async function render(root, ctx) {
   const overlay = h('div.state-box', { role: 'status' }, h('span.spinner'), ' Loading the graph…');
   const stats = h('div.graph-stats', { 'aria-live': 'polite' });
   const legend = h('div.graph-legend', h('span.lg-active', 'active'), h('span.lg-inactive', 'inactive'), h('span.lg-external', 'external caller'),
-    h('span.lg-impact', 'impacted'), h('span.lg-cycle', 'cycle'));
+    h('span.lg-impact', 'impacted'), h('span.lg-cycle', 'cycle'), h('span.lg-incident', 'open incident'));
   const box = h('div.graph-box', canvas, stats, legend, overlay);
 
   const seg = (value, label) => h('button', { type: 'button', 'aria-pressed': String(state.layout === value), 'data-layout': value,
@@ -243,7 +247,26 @@ export async function render(root, ctx) {
     applySearch();
     if (state.showCycles) markCycles();
     if (state.impactRoot) applyImpact(state.impactRootData);
+    markIncidents();
   }
+
+  // ----- open incidents -------------------------------------------------------
+  let incidents = [];
+  let incidentIds = new Set();
+  function markIncidents() {
+    if (!cy) return;
+    cy.batch(() => {
+      cy.nodes('.incident').removeClass('incident');
+      for (const id of incidentIds) cy.getElementById(id).addClass('incident');
+    });
+    box.dataset.incidents = cy.nodes('.incident').map((n) => n.id()).sort().join(' ');
+  }
+  async function loadIncidents() {
+    incidents = await openIncidents();
+    incidentIds = incidentServiceIds(incidents);
+    markIncidents();
+  }
+  const incidentsOf = (id) => incidents.filter((i) => i.subject && (String(i.subject.service_id) === id || String(i.subject.target_id) === id));
 
   // ----- detail panel ---------------------------------------------------------
   function select(id) {
@@ -257,6 +280,9 @@ export async function render(root, ctx) {
       h('span.muted', ` · ${num(e.calls)} calls · ${pct(e.errorRate)} errors`));
     fill(detail, h('h2', n.name), n.external ? h('p', h('span.badge', 'external caller')) : h('p', statusBadge(n.status), ' ', n.environment ? h('span.badge.badge-brand', n.environment) : null),
       n.raw && (n.raw.lastSeen || n.raw.last_seen) ? h('p.muted', `Last seen ${ago(n.raw.lastSeen || n.raw.last_seen)}`) : null,
+      incidentsOf(id).length ? h('div.alert.alert-error.graph-incidents', { 'data-incidents': String(incidentsOf(id).length) },
+        h('strong', 'Open incidents: '), h('ul.list-plain', incidentsOf(id).map((i) => h('li', `${ruleName(i.rule)}: ${i.summary || ''}`))),
+        h('a', { href: '/dashboard/alerts' }, 'See in Alerts')) : null,
       h('h3', `Calls (${inc.length ? out.length : out.length})`), out.length ? h('ul.list-plain', out.map((e) => edgeRow(e, e.target))) : h('p.muted', 'None.'),
       h('h3', `Called by (${inc.length})`), inc.length ? h('ul.list-plain', inc.map((e) => edgeRow(e, e.source))) : h('p.muted', 'None.'),
       h('div.toolbar', n.external ? null : h('a.btn.btn-small', { href: serviceHref(id) }, 'Open service'),
@@ -411,7 +437,7 @@ export async function render(root, ctx) {
   }
 
   try {
-    await load();
+    await Promise.all([load(), loadIncidents()]);
   } catch (err) {
     if (err.status === 401) throw err;
     fill(overlay, failure(err, () => render(root, ctx)));
@@ -432,5 +458,7 @@ export async function render(root, ctx) {
     if (change.version != null && String(change.version) === String(state.all?.version)) return;
     reload();
   }, { every: 30000 });
-  return () => { stop(); if (cy) cy.destroy(); };
+  // incidents open and resolve on the alert tick (a minute): a slow refresh is enough
+  const stopIncidents = poll(loadIncidents, 60000);
+  return () => { stop(); stopIncidents(); if (cy) cy.destroy(); };
 }

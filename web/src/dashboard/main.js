@@ -15,6 +15,7 @@ const views = {
   changes: () => import('./changes.js'),
   errors: () => import('./errors.js'),
   performance: () => import('./performance.js'),
+  alerts: () => import('./alerts.js'),
   keys: () => import('./keys.js'),
   billing: () => import('./billing.js'),
   usage: () => import('./usage.js'),

@@ -1,8 +1,10 @@
-// One service: summary, routes with traffic, packages, upstream/downstream,
-// recent changes and errors.
+// One service: its open alert incidents (a strip, only when there are some),
+// summary, routes with traffic, packages, upstream/downstream, recent changes
+// and errors.
 import { get } from '../api.js';
 import { h, fill, listOf, pick, num, ms, pct, ago, date, timeEl, empty, failure, statusBadge, methodTag, serviceHref, viewHead } from './common.js';
 import { changeItem } from './changes.js';
+import { openIncidents, incidentStrip } from './incidents.js';
 
 const optional = (p) => p.catch((err) => { if (err.status === 401) throw err; return { __error: err }; });
 
@@ -27,11 +29,12 @@ export async function render(root, ctx) {
   const detail = svc;
   svc = detail.service || detail;
   const conn = detail.connections;
-  const [up, down, changes, errors] = await Promise.all([
+  const [up, down, changes, errors, incidents] = await Promise.all([
     conn ? { services: listOf(conn.incoming) } : optional(get(`/graph/dependents/${enc}?depth=1`)),
     conn ? { services: listOf(conn.outgoing) } : optional(get(`/graph/dependencies/${enc}?depth=1`)),
     detail.recentChanges || detail.changes ? { changes: listOf(detail.recentChanges || detail.changes) } : optional(get(`/services/${enc}/changes?limit=20`)),
     optional(get(`/errors?service_id=${enc}&limit=10`)),
+    openIncidents(id),
   ]);
 
   const routes = listOf(detail.routes || svc.routes);
@@ -90,6 +93,7 @@ export async function render(root, ctx) {
     h('p.crumbs', h('a', { href: '/dashboard/services' }, 'Services'), ' / ', svc.name),
     viewHead(svc.name, h('a.btn', { href: `/dashboard/graph?focus=${enc}` }, 'Show in graph'),
       h('a.btn', { href: `/dashboard/graph?impact=${enc}` }, 'Impact')),
+    incidentStrip(incidents),
     h('div.panel-grid',
       h('section.panel', h('h2', 'Summary'), summary),
       h('section.panel', h('h2', 'Called by (upstream)'), neighbours(up, 'Upstream'),
