@@ -71,7 +71,7 @@ const mails = () => (existsSync(smtpOut) ? readFileSync(smtpOut, 'utf8').trim().
 before(async () => {
   execFileSync('cc', ['-std=c11', '-D_GNU_SOURCE', '-Wall', '-Wextra', '-Werror', `-I${execFileSync('pg_config', ['--includedir'], { encoding: 'utf8' }).trim()}`,
                       `-I${join(root, 'shim')}`, '-o', probe, join(root, 'tests/stripe_standin/outbound_probe.c'),
-                      join(root, 'shim/outbound.c'), '-lpq', '-ljson-c', '-lcurl', '-lpthread']);
+                      join(root, 'shim/outbound.c'), `-I${join(root, 'extension/src')}`, join(root, 'extension/src/outbound_address_core.c'), '-lpq', '-ljson-c', '-lcurl', '-lpthread']);
   stripe = await startStripeStandin();
   smtpPort = await freePort();
   smtp = await startSmtp();
