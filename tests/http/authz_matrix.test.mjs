@@ -54,7 +54,7 @@ const ingestBody = {
 //           401/403 or not)
 //   body    the request body (a function: fresh each time)
 //   query   a query string; (o) => ... gets the first tenant's objects
-//   fresh   session | key: the {id} is a throwaway object, made anew for each
+//   fresh   session | key | channel: the {id} is a throwaway object, made anew for each
 //           cell that may succeed (logins are limited to 10 an account in
 //           15 minutes, so refused cells share one spare session)
 //   ownSession  the session credentials use a throwaway session (logout)
@@ -125,6 +125,23 @@ const TABLE = {
   'GET /api/v1/errors':                        { need: 'read', ok: [200] },
   'GET /api/v1/errors/{id}':                   { need: 'read', ok: [200] },
   'PATCH /api/v1/errors/{id}':                 { need: 'session', ok: [200], body: () => '{"status":"resolved"}' },
+
+  // alerts: the {id} of a channel is the first tenant's e-mail channel (its own
+  // address: "send test" fails without SMTP here, 502), of an incident its incident
+  'GET /api/v1/alerts/rules':                  { need: 'read', ok: [200] },
+  'PUT /api/v1/alerts/rules':                  { need: 'session', ok: [200], body: () => '{"cooldown_minutes":30}' },
+  'GET /api/v1/alerts/channels':               { need: 'read', ok: [200] },
+  'POST /api/v1/alerts/channels':              { need: 'session', ok: [201],
+                                                 body: () => '{"kind":"email","name":"authz","address":"authz-alerts@example.com"}' },
+  'PATCH /api/v1/alerts/channels/{id}':        { need: 'session', ok: [200], body: () => '{"enabled":true}' },
+  'DELETE /api/v1/alerts/channels/{id}':       { need: 'session', ok: [204], fresh: 'channel' },
+  'POST /api/v1/alerts/channels/{id}/test':    { need: 'session', ok: [200, 502] },
+  'POST /api/v1/alerts/channels/{id}/secret':  { need: 'session', ok: [409] },
+  'GET /api/v1/alerts/channels/{id}/deliveries': { need: 'read', ok: [200] },
+  'POST /api/v1/alerts/recipients/verify':     { need: 'none', none: [400, 'invalid_token'], body: () => '{}' },
+  'GET /api/v1/alerts/incidents':              { need: 'read', ok: [200] },
+  'POST /api/v1/alerts/incidents/{id}/acknowledge': { need: 'session', ok: [200] },
+  'POST /api/v1/alerts/incidents/{id}/mute':   { need: 'session', ok: [200], body: () => '{"minutes":5}' },
   'GET /api/v1/performance/metrics':           { need: 'read', ok: [200] },
 };
 
@@ -230,12 +247,20 @@ before(async () => {
   assert.equal(meta.status, 200, meta.text);
   const errs = await send(shim, 'POST', '/api/v1/errors/batch', { from: FROM, headers: k, body: ingestBody.errors() });
   assert.equal(errs.status, 201, errs.text);
-  A.objects = { service: meta.json.serviceId, error: errs.json.results[0].id };
+  A.objects = { service: meta.json.serviceId, error: errs.json.results[0].id, channel: alertChannel(),
+                incident: psql(`INSERT INTO lattice.alert_incidents (user_id, rule, subject_key, subject, status, summary,
+                                                                    opened_at, notified)
+                                VALUES ('${A.id}', 'service_down', 'authz', '{}', 'resolved', 'authz', now(), false)
+                                RETURNING id`) };
 });
 after(async () => {
   await shim?.stop();
   await stripe?.close();
 });
+
+// An e-mail alert channel of the first tenant, to its own address
+const alertChannel = () => psql(`INSERT INTO lattice.alert_channels (user_id, kind, name, target, verified_at)
+                                 VALUES ('${A.id}', 'email', 'authz', '${A.email}', now()) RETURNING id`);
 
 // The {id} of a route for a cell: the first tenant's object, or a throwaway one.
 async function objectId(route, allowed) {
@@ -245,7 +270,10 @@ async function objectId(route, allowed) {
     psql(`SELECT lattice.create_api_key('${A.id}', '${name}')`);
     return psql(`SELECT id FROM lattice.api_keys WHERE user_id = '${A.id}' AND name = '${name}'`);
   }
+  if (route.fresh === 'channel') return alertChannel();
   if (route.pattern.startsWith('/api/v1/errors/')) return A.objects.error;
+  if (route.pattern.startsWith('/api/v1/alerts/channels/')) return A.objects.channel;
+  if (route.pattern.startsWith('/api/v1/alerts/incidents/')) return A.objects.incident;
   return A.objects.service;
 }
 
@@ -276,8 +304,9 @@ test('every route of shim/routes.c has an entry in the expectation table, and ev
 test('unauthenticated routes (sign-up, login, password reset, e-mail links, the Stripe webhook, readiness) answer without a credential', async () => {
   const open = routesOfShim().filter((r) => TABLE[r.key]?.need === 'none');
   assert.deepEqual(open.map((r) => r.key).sort(),
-    ['GET /ready', 'POST /api/v1/auth/email/verify', 'POST /api/v1/auth/login', 'POST /api/v1/auth/password/forgot',
-     'POST /api/v1/auth/password/reset', 'POST /api/v1/auth/signup', 'POST /api/v1/webhooks/stripe']);
+    ['GET /ready', 'POST /api/v1/alerts/recipients/verify', 'POST /api/v1/auth/email/verify', 'POST /api/v1/auth/login',
+     'POST /api/v1/auth/password/forgot', 'POST /api/v1/auth/password/reset', 'POST /api/v1/auth/signup',
+     'POST /api/v1/webhooks/stripe']);
   for (const r of open) {
     const e = TABLE[r.key];
     const body = e.body?.();
