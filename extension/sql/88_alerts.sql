@@ -433,22 +433,34 @@ AS $$
        AND s.last_seen >= since - lattice.ingest_setting('inactive_after')
 $$;
 
--- Traffic of the last hour: per service and route (route_stats) and per
--- edge (edge_stats), with each account's configuration, bucket by bucket.
-CREATE FUNCTION lattice.alert_recent_traffic(at timestamptz, lo timestamptz, hi timestamptz)
-RETURNS TABLE (user_id uuid, kind text, a uuid, b uuid, method text, path text, bucket timestamptz,
-               requests bigint, errors bigint, hist bigint[])
+-- Traffic in (lo, hi]: per service and route (route_stats) and per edge
+-- (edge_stats), bucket by bucket, with the account's configuration of one
+-- rule -- computed once per account, not per row.  key names the route or
+-- edge in one hashable value.
+CREATE FUNCTION lattice.alert_recent_traffic(rule text, lo timestamptz, hi timestamptz)
+RETURNS TABLE (user_id uuid, kind text, key text, a uuid, b uuid, method text, path text, bucket timestamptz,
+               requests bigint, errors bigint, hist bigint[], r jsonb)
 LANGUAGE sql STABLE
 AS $$
-    SELECT r.user_id, 'route', r.service_id, NULL::uuid, r.method, r.path, r.bucket,
-           r.request_count, r.error_count, r.latency_hist
-      FROM lattice.route_stats r
-     WHERE r.bucket > lo AND r.bucket <= hi
-    UNION ALL
-    SELECT e.user_id, 'edge', e.source_service_id, e.target_service_id, NULL, NULL, e.bucket,
-           e.call_count, e.error_count, e.latency_hist
-      FROM lattice.edge_stats e
-     WHERE e.bucket > lo AND e.bucket <= hi
+    WITH t AS MATERIALIZED (
+        SELECT x.user_id, 'route' AS kind, x.service_id || ' ' || x.method || ' ' || x.path AS key,
+               x.service_id AS a, NULL::uuid AS b, x.method, x.path, x.bucket,
+               x.request_count AS requests, x.error_count AS errors, x.latency_hist AS hist
+          FROM lattice.route_stats x
+         WHERE x.bucket > lo AND x.bucket <= hi
+        UNION ALL
+        SELECT e.user_id, 'edge', e.source_service_id || '>' || e.target_service_id,
+               e.source_service_id, e.target_service_id, NULL, NULL, e.bucket,
+               e.call_count, e.error_count, e.latency_hist
+          FROM lattice.edge_stats e
+         WHERE e.bucket > lo AND e.bucket <= hi
+    ), cfg AS MATERIALIZED (
+        SELECT u.user_id, lattice.alert_config(st.config) -> 'rules' -> rule AS r
+          FROM (SELECT DISTINCT t.user_id FROM t) u
+          LEFT JOIN lattice.alert_settings st ON st.user_id = u.user_id
+    )
+    SELECT t.*, cfg.r FROM t JOIN cfg ON cfg.user_id = t.user_id
+     WHERE (cfg.r ->> 'enabled')::boolean
 $$;
 
 -- Services and edges whose 5xx share over their window reached the
@@ -457,15 +469,11 @@ CREATE FUNCTION lattice.alert_candidates_errors(at timestamptz)
 RETURNS SETOF lattice.alert_candidate
 LANGUAGE sql STABLE
 AS $$
-    WITH t AS (
-        SELECT x.*, lattice.alert_config_of(x.user_id) -> 'rules' -> 'error_rate' AS r
-          FROM lattice.alert_recent_traffic(at, at - interval '60 minutes' - lattice.ingest_bucket_width(), at) x
-    ), w AS (
+    WITH w AS (
         SELECT t.user_id, t.kind = 'edge' AS edge, t.a, t.b, t.r,
                pg_catalog.sum(t.requests) AS requests, pg_catalog.sum(t.errors) AS errors
-          FROM t
-         WHERE (t.r ->> 'enabled')::boolean
-           AND t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
+          FROM lattice.alert_recent_traffic('error_rate', at - interval '60 minutes' - lattice.ingest_bucket_width(), at) t
+         WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind = 'edge', t.a, t.b, t.r
     )
@@ -495,42 +503,34 @@ CREATE FUNCTION lattice.alert_candidates_latency(at timestamptz)
 RETURNS SETOF lattice.alert_candidate
 LANGUAGE sql STABLE
 AS $$
-    WITH t AS (
-        SELECT x.*, lattice.alert_config_of(x.user_id) -> 'rules' -> 'latency' AS r
-          FROM lattice.alert_recent_traffic(at, at - interval '60 minutes' - lattice.ingest_bucket_width(), at) x
-    ), w AS (
-        SELECT t.user_id, t.kind, t.a, t.b, t.method, t.path, t.r,
+    WITH w AS MATERIALIZED (
+        SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
                pg_catalog.sum(t.requests) AS requests,
                lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
-          FROM t
-         WHERE (t.r ->> 'enabled')::boolean
-           AND t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
+          FROM lattice.alert_recent_traffic('latency', at - interval '60 minutes' - lattice.ingest_bucket_width(), at) t
+         WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
-         GROUP BY t.user_id, t.kind, t.a, t.b, t.method, t.path, t.r
+         GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
         HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
-    ), prev AS (
-        -- the same hour a week before, read only when some account compares with it
-        SELECT p.user_id, p.kind, p.a, p.b, p.method, p.path, w.r,
-               pg_catalog.sum(p.requests) AS requests,
+    ), prev AS MATERIALIZED (
+        -- the same window a week before, summed per route and edge
+        SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
                lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic(at, at - interval '7 days' - interval '60 minutes'
-                                                - lattice.ingest_bucket_width(), at - interval '7 days') p
-          JOIN w ON w.user_id = p.user_id AND w.kind = p.kind AND w.a = p.a AND w.b IS NOT DISTINCT FROM p.b
-                AND w.method IS NOT DISTINCT FROM p.method AND w.path IS NOT DISTINCT FROM p.path
-         WHERE (w.r ->> 'week_factor')::numeric > 0 AND w.p95 < (w.r ->> 'p95_ms')::numeric
-           AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (w.r ->> 'window_minutes')::integer)
+          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - interval '60 minutes'
+                                                       - lattice.ingest_bucket_width(), at - interval '7 days') p
+         WHERE (p.r ->> 'week_factor')::numeric > 0
+           AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
                           - lattice.ingest_bucket_width()
-         GROUP BY p.user_id, p.kind, p.a, p.b, p.method, p.path, w.r
-        HAVING pg_catalog.sum(p.requests) >= (w.r ->> 'min_requests')::bigint
+         GROUP BY p.user_id, p.key, p.r
+        HAVING pg_catalog.sum(p.requests) >= (p.r ->> 'min_requests')::bigint
     ), f AS (
         SELECT w.*, prev.p95 AS week_p95,
                CASE WHEN w.p95 >= (w.r ->> 'p95_ms')::numeric THEN (w.r ->> 'p95_ms')::double precision
                     ELSE (w.r ->> 'week_factor')::double precision * prev.p95 END AS fired_at_ms
-          FROM w LEFT JOIN prev ON prev.user_id = w.user_id AND prev.kind = w.kind AND prev.a = w.a
-                               AND prev.b IS NOT DISTINCT FROM w.b AND prev.method IS NOT DISTINCT FROM w.method
-                               AND prev.path IS NOT DISTINCT FROM w.path
+          FROM w LEFT JOIN prev ON prev.user_id = w.user_id AND prev.key = w.key
          WHERE w.p95 >= (w.r ->> 'p95_ms')::numeric
-            OR (prev.p95 > 0 AND w.p95 >= (w.r ->> 'week_factor')::numeric * prev.p95)
+            OR ((w.r ->> 'week_factor')::numeric > 0 AND prev.p95 > 0
+                AND w.p95 >= (w.r ->> 'week_factor')::numeric * prev.p95)
     )
     SELECT f.user_id, 'latency',
            CASE WHEN f.kind = 'edge' THEN f.a || '>' || f.b ELSE f.a || ' ' || f.method || ' ' || f.path END,
