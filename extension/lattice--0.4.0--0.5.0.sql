@@ -192,7 +192,8 @@ AS $function$
     WITH w AS (
         SELECT t.user_id, t.kind = 'edge' AS edge, t.a, t.b, t.r,
                pg_catalog.sum(t.requests) AS requests, pg_catalog.sum(t.errors) AS errors
-          FROM lattice.alert_recent_traffic('error_rate', at - interval '60 minutes' - lattice.ingest_bucket_width(), at) t
+          FROM lattice.alert_recent_traffic('error_rate', at - lattice.alert_max_window('error_rate')
+                                                          - lattice.ingest_bucket_width(), at) t
          WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind = 'edge', t.a, t.b, t.r
@@ -264,7 +265,8 @@ AS $function$
         SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
                pg_catalog.sum(t.requests) AS requests,
                lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - interval '60 minutes' - lattice.ingest_bucket_width(), at) t
+          FROM lattice.alert_recent_traffic('latency', at - lattice.alert_max_window('latency')
+                                                       - lattice.ingest_bucket_width(), at) t
          WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
@@ -273,7 +275,7 @@ AS $function$
         -- the same window a week before, summed per route and edge
         SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
                lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - interval '60 minutes'
+          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - lattice.alert_max_window('latency')
                                                        - lattice.ingest_bucket_width(), at - interval '7 days') p
          WHERE (p.r ->> 'week_factor')::numeric > 0
            AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
@@ -580,6 +582,17 @@ AS $function$
                                               AND m.subject_key = i.subject_key AND m.until > pg_catalog.now()))
 $function$;
 
+CREATE OR REPLACE FUNCTION lattice.alert_max_window(rule text)
+ RETURNS interval
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT pg_catalog.make_interval(mins => GREATEST(
+        (lattice.alert_defaults() #>> ARRAY['rules', rule, 'window_minutes'])::integer,
+        (SELECT pg_catalog.max((s.config #>> ARRAY['rules', rule, 'window_minutes'])::integer)
+           FROM lattice.alert_settings s)))
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.alert_merge(base jsonb, patch jsonb)
  RETURNS jsonb
  LANGUAGE sql
@@ -742,6 +755,7 @@ CREATE OR REPLACE FUNCTION lattice.alert_tick(at timestamp with time zone DEFAUL
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET work_mem TO '64MB'
 AS $function$
 DECLARE
     st lattice.alert_state;
@@ -1712,6 +1726,7 @@ REVOKE ALL ON FUNCTION lattice.alert_incident_json(lattice.alert_incidents,times
 GRANT EXECUTE ON FUNCTION lattice.alert_incident_json(lattice.alert_incidents,timestamp with time zone) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.alert_incident_view(lattice.alert_incidents) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.alert_incident_view(lattice.alert_incidents) TO lattice_app;
+REVOKE ALL ON FUNCTION lattice.alert_max_window(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.alert_merge(jsonb,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.alert_merge(jsonb,jsonb) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.alert_notify(lattice.alert_incidents,text) FROM PUBLIC;

@@ -5857,7 +5857,8 @@ GRANT EXECUTE ON FUNCTION lattice.tenant_row_counts(uuid), lattice.lifecycle_tic
 -- The tick never scans every service: each rule reads an index range that
 -- holds only what moved recently -- services whose last report fell out of
 -- the liveness window since the last tick (services.last_seen), the buckets
--- of the last hour (route_stats.bucket, edge_stats.bucket), topology events
+-- of the longest window an account set (route_stats.bucket,
+-- edge_stats.bucket; 10 minutes by default), topology events
 -- after a cursor (graph_events.id, service_changes.id), this hour's refused
 -- ingest (usage_hourly, partial index) -- and then the open incidents, one
 -- small look-up each.
@@ -6285,6 +6286,17 @@ AS $$
        AND s.last_seen >= since - lattice.ingest_setting('inactive_after')
 $$;
 
+-- The longest window any account gives a rule: the traffic rules read the
+-- buckets of that span only (10 minutes unless an account asked for more).
+CREATE FUNCTION lattice.alert_max_window(rule text) RETURNS interval
+LANGUAGE sql STABLE
+AS $$
+    SELECT pg_catalog.make_interval(mins => GREATEST(
+        (lattice.alert_defaults() #>> ARRAY['rules', rule, 'window_minutes'])::integer,
+        (SELECT pg_catalog.max((s.config #>> ARRAY['rules', rule, 'window_minutes'])::integer)
+           FROM lattice.alert_settings s)))
+$$;
+
 -- Traffic in (lo, hi]: per service and route (route_stats) and per edge
 -- (edge_stats), bucket by bucket, with the account's configuration of one
 -- rule -- computed once per account, not per row.  key names the route or
@@ -6324,7 +6336,8 @@ AS $$
     WITH w AS (
         SELECT t.user_id, t.kind = 'edge' AS edge, t.a, t.b, t.r,
                pg_catalog.sum(t.requests) AS requests, pg_catalog.sum(t.errors) AS errors
-          FROM lattice.alert_recent_traffic('error_rate', at - interval '60 minutes' - lattice.ingest_bucket_width(), at) t
+          FROM lattice.alert_recent_traffic('error_rate', at - lattice.alert_max_window('error_rate')
+                                                          - lattice.ingest_bucket_width(), at) t
          WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind = 'edge', t.a, t.b, t.r
@@ -6359,7 +6372,8 @@ AS $$
         SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
                pg_catalog.sum(t.requests) AS requests,
                lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - interval '60 minutes' - lattice.ingest_bucket_width(), at) t
+          FROM lattice.alert_recent_traffic('latency', at - lattice.alert_max_window('latency')
+                                                       - lattice.ingest_bucket_width(), at) t
          WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
@@ -6368,7 +6382,7 @@ AS $$
         -- the same window a week before, summed per route and edge
         SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
                lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - interval '60 minutes'
+          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - lattice.alert_max_window('latency')
                                                        - lattice.ingest_bucket_width(), at - interval '7 days') p
          WHERE (p.r ->> 'week_factor')::numeric > 0
            AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
@@ -6555,6 +6569,7 @@ $$;
 CREATE FUNCTION lattice.alert_tick(at timestamptz DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'   -- the window's histograms are summed in memory
 AS $$
 DECLARE
     st lattice.alert_state;

@@ -363,6 +363,7 @@ SELECT is(pg_temp.call('alert_incident_acknowledge', pg_temp.preq(:'net' || '1',
           #>> '{body,incident,acknowledged_at}' IS NOT NULL, true, 'an incident can be acknowledged');
 SELECT count(*) AS before_mute FROM lattice.outbox WHERE account_id = :'a' AND purpose = 'alert.resolved' \gset
 SELECT pg_temp.tick(:'t0'::timestamptz + interval '180 minutes') IS NOT NULL AS x \gset
+SELECT pg_temp.tick(:'t0'::timestamptz + interval '190 minutes') IS NOT NULL AS x \gset
 SELECT is((SELECT status FROM lattice.alert_incidents WHERE id = :'lat'), 'resolved', 'the muted incident resolves');
 SELECT is((SELECT count(*) FROM lattice.outbox WHERE account_id = :'a' AND purpose = 'alert.resolved'
              AND (context ->> 'incident')::bigint = :'lat'), 0::bigint, 'but its resolution is not sent while muted');
