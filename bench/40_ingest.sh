@@ -18,8 +18,8 @@ shim_bin=${LATTICE_SHIM_BIN:-$PWD/shim/lattice-shim}
 q() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
 
 # An account on a plan whose quota the bench cannot exhaust (the check still runs).
-q -c "INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour, max_services)
-      VALUES ('bench-ingest', 'Bench', 0, 2000000000, 100000) ON CONFLICT (id) DO NOTHING" >/dev/null
+q -c "INSERT INTO lattice.plans (id, name, price_cents, rate_limit_per_hour, max_services, ingest_per_service_per_hour)
+      VALUES ('bench-ingest', 'Bench', 0, 2000000000, 100000, 2000000000) ON CONFLICT (id) DO NOTHING" >/dev/null
 user=$(q -c "SELECT lattice.create_user('bench-ingest-' || md5(random()::text) || '@example.com', 'bench password 1', 'Bench')")
 q -c "UPDATE lattice.users SET plan_id = 'bench-ingest' WHERE id = '$user'" >/dev/null
 key=$(q -c "SELECT lattice.create_api_key('$user', 'bench')")
