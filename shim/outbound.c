@@ -1042,28 +1042,43 @@ outbound_follow(PGconn *conn, PGresult **row)
 }
 
 /*
+ * Claims up to max_jobs due background jobs of kinds (a text[] literal);
+ * NULL when the database failed.
+ */
+static PGresult *
+claim_due(PGconn *conn, long max_jobs, const char *kinds)
+{
+	char		max_text[32];
+	const char *values[2];
+	PGresult   *claimed;
+
+	snprintf(max_text, sizeof(max_text), "%ld", max_jobs);
+	values[0] = max_text;
+	values[1] = kinds;
+	claimed = PQexecParams(conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer, $2::text[])",
+						   2, NULL, values, NULL, NULL, 0);
+	if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
+	{
+		metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
+		PQclear(claimed);
+		return NULL;
+	}
+	return claimed;
+}
+
+/*
  * Claims due background jobs (Stripe, e-mail: webhooks have their own
  * thread) and performs them; returns how many.
  */
 static int
 drain_once(PGconn *conn)
 {
-	char		batch[16];
-	const char *values[1];
-	PGresult   *claimed;
+	PGresult   *claimed = claim_due(conn, OUTBOUND_BATCH, "{stripe,email}");
 	int			n;
 	int			i;
 
-	snprintf(batch, sizeof(batch), "%d", OUTBOUND_BATCH);
-	values[0] = batch;
-	claimed = PQexecParams(conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer, '{stripe,email}'::text[])",
-						   1, NULL, values, NULL, NULL, 0);
-	if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
-	{
-		metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
-		PQclear(claimed);
+	if (!claimed)
 		return -1;
-	}
 	n = PQntuples(claimed);
 	for (i = 0; i < n; i++)
 	{
@@ -1192,22 +1207,12 @@ webhook_record(struct webhook_state *st, long long job_id, const struct outbound
 static int
 webhook_claim(struct webhook_state *st, long max_jobs)
 {
-	char		max_text[32];
-	const char *values[1];
-	PGresult   *claimed;
+	PGresult   *claimed = claim_due(st->conn, max_jobs, "{webhook}");
 	int			n;
 	int			i;
 
-	snprintf(max_text, sizeof(max_text), "%ld", max_jobs);
-	values[0] = max_text;
-	claimed = PQexecParams(st->conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer, '{webhook}'::text[])",
-						   1, NULL, values, NULL, NULL, 0);
-	if (PQresultStatus(claimed) != PGRES_TUPLES_OK)
-	{
-		metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
-		PQclear(claimed);
+	if (!claimed)
 		return -1;
-	}
 	n = PQntuples(claimed);
 	for (i = 0; i < n; i++)
 	{

@@ -253,75 +253,73 @@ rate_flush_usage(void)
 	return kept;
 }
 
-/* One roll-up in its own transaction, if the database has the extension. */
+/*
+ * Runs work in a transaction of its own, reported as activity, when the
+ * database has the extension.  An error is logged and rolled back: it
+ * leaves the other cycles, and the worker, alone.
+ */
 static void
-rate_worker_cycle(void)
+worker_transaction(const char *activity, void (*work) (void))
 {
+	MemoryContext outer = CurrentMemoryContext;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice usage roll-up: SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "lattice usage roll-up");
-	if (OidIsValid(get_extension_oid("lattice", true)))
+	PG_TRY();
 	{
-		rate_flush_usage();
-		lattice_deferred_flush();	/* touches and audit rows that wait */
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "%s: SPI_connect failed", activity);
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, activity);
+		if (OidIsValid(get_extension_oid("lattice", true)))
+			work();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(outer);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
 	pgstat_report_stat(true);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* The usage roll-up, and the touches and audit rows that wait */
+static void
+rate_work(void)
+{
+	rate_flush_usage();
+	lattice_deferred_flush();
+}
+
 /*
- * The account lifecycle's tick (extension/sql/86_account.sql), once an hour
- * in a transaction of its own: its notices and purges are not the
- * roll-up's, and an error in one leaves the other alone.
+ * The account lifecycle's tick (extension/sql/86_account.sql), once an hour:
+ * its notices and purges.
  */
 #define LIFECYCLE_INTERVAL_MS (3600 * 1000L)
 
 static void
-lifecycle_cycle(void)
+lifecycle_work(void)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice lifecycle: SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "lattice lifecycle tick");
-	if (OidIsValid(get_extension_oid("lattice", true)) &&
-		SPI_execute("SELECT lattice.lifecycle_tick()", false, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT lattice.lifecycle_tick()", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "lattice lifecycle: the tick failed");
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
  * The alert rules' tick (extension/sql/88_alerts.sql) every
- * lattice.alert_interval seconds, in a transaction of its own, and their
- * housekeeping with it.
+ * lattice.alert_interval seconds, and their housekeeping with it.
  */
 static void
-alert_cycle(void)
+alert_work(void)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice alerts: SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "lattice alert tick");
-	if (OidIsValid(get_extension_oid("lattice", true)) &&
-		(SPI_execute("SELECT lattice.alert_tick()", false, 0) != SPI_OK_SELECT ||
-		 SPI_execute("SELECT lattice.alert_prune()", false, 0) != SPI_OK_SELECT))
+	if (SPI_execute("SELECT lattice.alert_tick()", false, 0) != SPI_OK_SELECT ||
+		SPI_execute("SELECT lattice.alert_prune()", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "lattice alerts: the tick failed");
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 void
@@ -362,18 +360,18 @@ lattice_rate_worker_main(Datum main_arg)
 		if (rate_usage_interval > 0 &&
 			TimestampDifferenceExceeds(last_rate, GetCurrentTimestamp(), rate_usage_interval * 1000 - 100))
 		{
-			rate_worker_cycle();
+			worker_transaction("lattice usage roll-up", rate_work);
 			last_rate = GetCurrentTimestamp();
 		}
 		if (TimestampDifferenceExceeds(last_lifecycle, GetCurrentTimestamp(), LIFECYCLE_INTERVAL_MS))
 		{
-			lifecycle_cycle();
+			worker_transaction("lattice lifecycle tick", lifecycle_work);
 			last_lifecycle = GetCurrentTimestamp();
 		}
 		if (lattice_alert_interval > 0 &&
 			TimestampDifferenceExceeds(last_alert, GetCurrentTimestamp(), lattice_alert_interval * 1000))
 		{
-			alert_cycle();
+			worker_transaction("lattice alert tick", alert_work);
 			last_alert = GetCurrentTimestamp();
 		}
 		wait_ms = Max(rate_usage_interval, 1) * 1000L;
