@@ -170,9 +170,12 @@ DROP FUNCTION lattice_worker.outbox_claim_due(integer);
 
 CREATE OR REPLACE FUNCTION lattice.alert_candidates_down(at timestamp with time zone, since timestamp with time zone)
  RETURNS SETOF lattice.alert_candidate
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT s.user_id, 'service_down', s.id::text,
            pg_catalog.jsonb_build_object('type', 'service', 'service_id', s.id, 'service', s.name,
                                          'environment', s.environment),
@@ -181,15 +184,22 @@ AS $function$
       FROM lattice.services s
      WHERE NOT s.is_external
        AND s.last_seen < at - lattice.ingest_setting('inactive_after')
-       AND s.last_seen >= since - lattice.ingest_setting('inactive_after')
+       AND s.last_seen >= since - lattice.ingest_setting('inactive_after');
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_candidates_errors(at timestamp with time zone)
  RETURNS SETOF lattice.alert_candidate
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    WITH w AS (
+#variable_conflict use_column
+DECLARE
+    w record;
+    sa text;
+    sb text;
+BEGIN
+    FOR w IN
         SELECT t.user_id, t.kind = 'edge' AS edge, t.a, t.b, t.r,
                pg_catalog.sum(t.requests) AS requests, pg_catalog.sum(t.errors) AS errors
           FROM lattice.alert_recent_traffic('error_rate', at - lattice.alert_max_window('error_rate')
@@ -197,92 +207,107 @@ AS $function$
          WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind = 'edge', t.a, t.b, t.r
-    )
-    SELECT w.user_id, 'error_rate',
-           CASE WHEN w.edge THEN w.a || '>' || w.b ELSE w.a::text END,
-           CASE WHEN w.edge
-                THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', w.a, 'source', sa.name,
-                                                   'target_id', w.b, 'target', sb.name)
-                ELSE pg_catalog.jsonb_build_object('type', 'service', 'service_id', w.a, 'service', sa.name) END,
-           COALESCE(w.b, w.a),
-           pg_catalog.format('%s: %s%% of %s requests failed in the last %s minutes',
-                             CASE WHEN w.edge THEN sa.name || ' → ' || sb.name ELSE sa.name END,
-                             pg_catalog.round(w.errors * 100.0 / w.requests, 1), w.requests, w.r ->> 'window_minutes'),
-           pg_catalog.jsonb_build_object('requests', w.requests, 'errors', w.errors,
-                                         'percent', pg_catalog.round(w.errors * 100.0 / w.requests, 2)),
-           false
-      FROM w
-      JOIN lattice.services sa ON sa.user_id = w.user_id AND sa.id = w.a
-      LEFT JOIN lattice.services sb ON sb.user_id = w.user_id AND sb.id = w.b
-     WHERE w.requests >= (w.r ->> 'min_requests')::bigint
-       AND w.errors * 100.0 / w.requests >= (w.r ->> 'threshold_percent')::numeric
+        HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
+           AND pg_catalog.sum(t.errors) * 100.0 / pg_catalog.sum(t.requests) >= (t.r ->> 'threshold_percent')::numeric
+    LOOP
+        sa := lattice.alert_service_name(w.user_id, w.a);
+        sb := CASE WHEN w.edge THEN lattice.alert_service_name(w.user_id, w.b) END;
+        CONTINUE WHEN sa IS NULL OR (w.edge AND sb IS NULL);
+        RETURN NEXT ROW(w.user_id, 'error_rate',
+            CASE WHEN w.edge THEN w.a || '>' || w.b ELSE w.a::text END,
+            CASE WHEN w.edge
+                 THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', w.a, 'source', sa,
+                                                    'target_id', w.b, 'target', sb)
+                 ELSE pg_catalog.jsonb_build_object('type', 'service', 'service_id', w.a, 'service', sa) END,
+            COALESCE(w.b, w.a),
+            pg_catalog.format('%s: %s%% of %s requests failed in the last %s minutes',
+                              CASE WHEN w.edge THEN sa || ' → ' || sb ELSE sa END,
+                              pg_catalog.round(w.errors * 100.0 / w.requests, 1), w.requests, w.r ->> 'window_minutes'),
+            pg_catalog.jsonb_build_object('requests', w.requests, 'errors', w.errors,
+                                          'percent', pg_catalog.round(w.errors * 100.0 / w.requests, 2)),
+            false)::lattice.alert_candidate;
+    END LOOP;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_candidates_ingest(at timestamp with time zone, since timestamp with time zone)
  RETURNS SETOF lattice.alert_candidate
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    SELECT q.user_id, 'ingest_refused', 'quota:' || q.subject,
-           pg_catalog.jsonb_build_object('type', 'service', 'service', q.subject, 'cause', 'quota'),
-           NULL::uuid,
-           pg_catalog.format('%s: %s ingest requests refused by the quota in the last hour; the plugin dropped that data',
-                             q.subject, q.refused),
-           pg_catalog.jsonb_build_object('refused', q.refused), false
-      FROM (SELECT u.user_id, u.subject, pg_catalog.sum(u.refused) AS refused
-              FROM lattice.usage_hourly u
-             WHERE u.class = 'ingest' AND u.refused > 0 AND u.hour >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
-             GROUP BY u.user_id, u.subject
-            HAVING pg_catalog.max(u.updated_at) > since) q
-     WHERE (lattice.alert_config_of(q.user_id) #>> '{rules,ingest_refused,enabled}')::boolean
-       AND q.refused > COALESCE((SELECT (x.value ->> 'refused')::bigint FROM lattice.alert_incidents x
-                                  WHERE x.user_id = q.user_id AND x.rule = 'ingest_refused'
-                                    AND x.subject_key = 'quota:' || q.subject
-                                    AND x.opened_at >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
-                                  ORDER BY x.opened_at DESC LIMIT 1), 0)
-    UNION ALL
-    SELECT a.user_id, 'ingest_refused', 'entitlement',
-           pg_catalog.jsonb_build_object('type', 'account', 'cause', 'entitlement'),
-           NULL::uuid,
-           'ingest is refused: the account has no active subscription or trial, so the plugins drop their data',
-           pg_catalog.jsonb_build_object('status', a.e -> 'status'), false
-      FROM (SELECT d.user_id, lattice.entitlement(d.user_id) AS e
-              FROM (SELECT DISTINCT s.user_id FROM lattice.services s
-                     WHERE NOT s.is_external AND s.last_seen >= at - interval '1 day') d
-             WHERE NOT EXISTS (SELECT FROM lattice.alert_incidents x
-                                WHERE x.user_id = d.user_id AND x.rule = 'ingest_refused'
-                                  AND x.subject_key = 'entitlement' AND x.status = 'open')) a
-     WHERE NOT COALESCE((a.e ->> 'may_ingest')::boolean, false)
-       AND (lattice.alert_config_of(a.user_id) #>> '{rules,ingest_refused,enabled}')::boolean
+DECLARE
+    q record;
+    seen bigint;
+    e jsonb;
+BEGIN
+    FOR q IN SELECT u.user_id, u.subject, pg_catalog.sum(u.refused) AS refused
+               FROM lattice.usage_hourly u
+              WHERE u.class = 'ingest' AND u.refused > 0 AND u.hour >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
+              GROUP BY u.user_id, u.subject
+             HAVING pg_catalog.max(u.updated_at) > since LOOP
+        CONTINUE WHEN NOT (lattice.alert_config_of(q.user_id) #>> '{rules,ingest_refused,enabled}')::boolean;
+        SELECT (x.value ->> 'refused')::bigint INTO seen FROM lattice.alert_incidents x
+         WHERE x.user_id = q.user_id AND x.rule = 'ingest_refused' AND x.subject_key = 'quota:' || q.subject
+           AND x.opened_at >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
+         ORDER BY x.opened_at DESC LIMIT 1;
+        CONTINUE WHEN q.refused <= COALESCE(seen, 0);
+        RETURN NEXT ROW(q.user_id, 'ingest_refused', 'quota:' || q.subject,
+            jsonb_build_object('type', 'service', 'service', q.subject, 'cause', 'quota'), NULL::uuid,
+            format('%s: %s ingest requests refused by the quota in the last hour; the plugin dropped that data',
+                   q.subject, q.refused),
+            jsonb_build_object('refused', q.refused), false)::lattice.alert_candidate;
+    END LOOP;
+
+    FOR q IN SELECT DISTINCT s.user_id FROM lattice.services s
+              WHERE NOT s.is_external AND s.last_seen >= at - interval '1 day' LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM lattice.alert_incidents x
+                               WHERE x.user_id = q.user_id AND x.rule = 'ingest_refused'
+                                 AND x.subject_key = 'entitlement' AND x.status = 'open')
+                   OR NOT (lattice.alert_config_of(q.user_id) #>> '{rules,ingest_refused,enabled}')::boolean;
+        e := lattice.entitlement(q.user_id);
+        CONTINUE WHEN COALESCE((e ->> 'may_ingest')::boolean, false);
+        RETURN NEXT ROW(q.user_id, 'ingest_refused', 'entitlement',
+            jsonb_build_object('type', 'account', 'cause', 'entitlement'), NULL::uuid,
+            'ingest is refused: the account has no active subscription or trial, so the plugins drop their data',
+            jsonb_build_object('status', e -> 'status'), false)::lattice.alert_candidate;
+    END LOOP;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_candidates_latency(at timestamp with time zone)
  RETURNS SETOF lattice.alert_candidate
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    WITH w AS MATERIALIZED (
-        SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
-               pg_catalog.sum(t.requests) AS requests,
-               lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - lattice.alert_max_window('latency')
-                                                       - lattice.ingest_bucket_width(), at) t
-         WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
-                            - lattice.ingest_bucket_width()
-         GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
-        HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
-    ), prev AS MATERIALIZED (
-        -- the same window a week before, summed per route and edge
-        SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
-               lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - lattice.alert_max_window('latency')
-                                                       - lattice.ingest_bucket_width(), at - interval '7 days') p
-         WHERE (p.r ->> 'week_factor')::numeric > 0
-           AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
-                          - lattice.ingest_bucket_width()
-         GROUP BY p.user_id, p.key, p.r
-        HAVING pg_catalog.sum(p.requests) >= (p.r ->> 'min_requests')::bigint
-    ), f AS (
+#variable_conflict use_column
+DECLARE
+    f record;
+    sa text;
+    sb text;
+BEGIN
+    FOR f IN
+        WITH w AS MATERIALIZED (
+            SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
+                   pg_catalog.sum(t.requests) AS requests,
+                   lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
+              FROM lattice.alert_recent_traffic('latency', at - lattice.alert_max_window('latency')
+                                                           - lattice.ingest_bucket_width(), at) t
+             WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
+                                - lattice.ingest_bucket_width()
+             GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
+            HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
+        ), prev AS MATERIALIZED (
+            -- the same window a week before, summed per route and edge
+            SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
+                   lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
+              FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - lattice.alert_max_window('latency')
+                                                           - lattice.ingest_bucket_width(), at - interval '7 days') p
+             WHERE (p.r ->> 'week_factor')::numeric > 0
+               AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
+                              - lattice.ingest_bucket_width()
+             GROUP BY p.user_id, p.key, p.r
+            HAVING pg_catalog.sum(p.requests) >= (p.r ->> 'min_requests')::bigint
+        )
         SELECT w.*, prev.p95 AS week_p95,
                CASE WHEN w.p95 >= (w.r ->> 'p95_ms')::numeric THEN (w.r ->> 'p95_ms')::double precision
                     ELSE (w.r ->> 'week_factor')::double precision * prev.p95 END AS fired_at_ms
@@ -290,88 +315,94 @@ AS $function$
          WHERE w.p95 >= (w.r ->> 'p95_ms')::numeric
             OR ((w.r ->> 'week_factor')::numeric > 0 AND prev.p95 > 0
                 AND w.p95 >= (w.r ->> 'week_factor')::numeric * prev.p95)
-    )
-    SELECT f.user_id, 'latency',
-           CASE WHEN f.kind = 'edge' THEN f.a || '>' || f.b ELSE f.a || ' ' || f.method || ' ' || f.path END,
-           CASE WHEN f.kind = 'edge'
-                THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', f.a, 'source', sa.name,
-                                                   'target_id', f.b, 'target', sb.name)
-                ELSE pg_catalog.jsonb_build_object('type', 'route', 'service_id', f.a, 'service', sa.name,
-                                                   'method', f.method, 'path', f.path) END,
-           COALESCE(f.b, f.a),
-           pg_catalog.format('%s: p95 %s ms over the last %s minutes (%s)',
-                             CASE WHEN f.kind = 'edge' THEN sa.name || ' → ' || sb.name
-                                  ELSE sa.name || ' ' || f.method || ' ' || f.path END,
-                             pg_catalog.round(f.p95::numeric), f.r ->> 'window_minutes',
-                             CASE WHEN f.p95 >= (f.r ->> 'p95_ms')::numeric THEN 'threshold ' || (f.r ->> 'p95_ms') || ' ms'
-                                  ELSE pg_catalog.round((f.p95 / f.week_p95)::numeric, 1) || '× last week''s '
-                                       || pg_catalog.round(f.week_p95::numeric) || ' ms' END),
-           pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-               'requests', f.requests, 'p95_ms', pg_catalog.round(f.p95::numeric, 1),
-               'week_p95_ms', pg_catalog.round(f.week_p95::numeric, 1), 'fired_at_ms', f.fired_at_ms)),
-           false
-      FROM f
-      JOIN lattice.services sa ON sa.user_id = f.user_id AND sa.id = f.a
-      LEFT JOIN lattice.services sb ON sb.user_id = f.user_id AND sb.id = f.b
+    LOOP
+        sa := lattice.alert_service_name(f.user_id, f.a);
+        sb := CASE WHEN f.kind = 'edge' THEN lattice.alert_service_name(f.user_id, f.b) END;
+        CONTINUE WHEN sa IS NULL OR (f.kind = 'edge' AND sb IS NULL);
+        RETURN NEXT ROW(f.user_id, 'latency',
+            CASE WHEN f.kind = 'edge' THEN f.a || '>' || f.b ELSE f.a || ' ' || f.method || ' ' || f.path END,
+            CASE WHEN f.kind = 'edge'
+                 THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', f.a, 'source', sa,
+                                                    'target_id', f.b, 'target', sb)
+                 ELSE pg_catalog.jsonb_build_object('type', 'route', 'service_id', f.a, 'service', sa,
+                                                    'method', f.method, 'path', f.path) END,
+            COALESCE(f.b, f.a),
+            pg_catalog.format('%s: p95 %s ms over the last %s minutes (%s)',
+                              CASE WHEN f.kind = 'edge' THEN sa || ' → ' || sb ELSE sa || ' ' || f.method || ' ' || f.path END,
+                              pg_catalog.round(f.p95::numeric), f.r ->> 'window_minutes',
+                              CASE WHEN f.p95 >= (f.r ->> 'p95_ms')::numeric THEN 'threshold ' || (f.r ->> 'p95_ms') || ' ms'
+                                   ELSE pg_catalog.round((f.p95 / f.week_p95)::numeric, 1) || '× last week''s '
+                                        || pg_catalog.round(f.week_p95::numeric) || ' ms' END),
+            pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                'requests', f.requests, 'p95_ms', pg_catalog.round(f.p95::numeric, 1),
+                'week_p95_ms', pg_catalog.round(f.week_p95::numeric, 1), 'fired_at_ms', f.fired_at_ms)),
+            false)::lattice.alert_candidate;
+    END LOOP;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_candidates_topology(graph_from bigint, graph_to bigint, change_from bigint, change_to bigint)
  RETURNS SETOF lattice.alert_candidate
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    WITH e AS (
-        SELECT g.user_id, g.id, g.at, g.source_service_id AS src, g.target_service_id AS dst,
-               sa.name AS src_name, sa.is_external AS src_external, sb.name AS dst_name, sb.first_seen AS dst_first,
-               lattice.alert_config_of(g.user_id) -> 'rules' -> 'topology' AS r
-          FROM lattice.graph_events g
-          JOIN lattice.services sa ON sa.user_id = g.user_id AND sa.id = g.source_service_id
-          JOIN lattice.services sb ON sb.user_id = g.user_id AND sb.id = g.target_service_id
-         WHERE g.id > graph_from AND g.id <= graph_to AND g.kind = 'edge_added'
-    )
-    SELECT e.user_id, 'topology',
-           CASE WHEN e.src_external THEN 'new_external_caller:' ELSE 'new_caller:' END || e.src || '>' || e.dst,
-           pg_catalog.jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
-                                         'target_id', e.dst, 'target', e.dst_name),
-           e.dst,
-           pg_catalog.format('%s has a new %scaller: %s', e.dst_name,
-                             CASE WHEN e.src_external THEN 'external ' ELSE '' END, e.src_name),
-           pg_catalog.jsonb_build_object('change', CASE WHEN e.src_external THEN 'new_external_caller' ELSE 'new_caller' END,
-                                         'at', e.at),
-           true
-      FROM e
-     WHERE (e.r ->> 'enabled')::boolean AND e.dst_first < e.at - interval '1 hour'
-       AND (e.r ->> CASE WHEN e.src_external THEN 'new_external_caller' ELSE 'new_caller' END)::boolean
-    UNION ALL
-    SELECT e.user_id, 'topology', 'new_cycle:' || e.src || '>' || e.dst,
-           pg_catalog.jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
-                                         'target_id', e.dst, 'target', e.dst_name),
-           e.dst,
-           pg_catalog.format('a new call %s → %s closes a cycle', e.src_name, e.dst_name),
-           pg_catalog.jsonb_build_object('change', 'new_cycle', 'at', e.at),
-           true
-      FROM e
-     WHERE (e.r ->> 'enabled')::boolean AND (e.r ->> 'new_cycle')::boolean
-       AND EXISTS (WITH RECURSIVE reach(n) AS (
-                       SELECT k.target_service_id FROM lattice.connections k
-                        WHERE k.user_id = e.user_id AND k.source_service_id = e.dst
-                       UNION
-                       SELECT k.target_service_id FROM reach
-                         JOIN lattice.connections k ON k.user_id = e.user_id AND k.source_service_id = reach.n)
-                   SELECT FROM reach WHERE reach.n = e.src)
-    UNION ALL
-    SELECT c.user_id, 'topology', 'dependency_removed:' || c.service_id || ':' || c.subject,
-           pg_catalog.jsonb_build_object('type', 'package', 'service_id', c.service_id, 'service', s.name,
-                                         'package', c.subject),
-           c.service_id,
-           pg_catalog.format('%s no longer depends on %s', s.name, c.subject),
-           pg_catalog.jsonb_build_object('change', 'dependency_removed', 'at', c.at, 'version', c.old_value),
-           true
-      FROM lattice.service_changes c
-      JOIN lattice.services s ON s.user_id = c.user_id AND s.id = c.service_id
-     WHERE c.id > change_from AND c.id <= change_to AND c.kind = 'dependency_removed'
-       AND (lattice.alert_config_of(c.user_id) #>> '{rules,topology,enabled}')::boolean
-       AND (lattice.alert_config_of(c.user_id) #>> '{rules,topology,dependency_removed}')::boolean
+DECLARE
+    e record;
+    r jsonb;
+    change text;
+    cycle boolean;
+BEGIN
+    FOR e IN SELECT g.user_id, g.at, g.source_service_id AS src, g.target_service_id AS dst,
+                    sa.name AS src_name, sa.is_external AS src_external, sb.name AS dst_name, sb.first_seen AS dst_first
+               FROM lattice.graph_events g
+               JOIN lattice.services sa ON sa.user_id = g.user_id AND sa.id = g.source_service_id
+               JOIN lattice.services sb ON sb.user_id = g.user_id AND sb.id = g.target_service_id
+              WHERE g.id > graph_from AND g.id <= graph_to AND g.kind = 'edge_added'
+              ORDER BY g.id LOOP
+        r := lattice.alert_config_of(e.user_id) -> 'rules' -> 'topology';
+        CONTINUE WHEN NOT (r ->> 'enabled')::boolean;
+        change := CASE WHEN e.src_external THEN 'new_external_caller' ELSE 'new_caller' END;
+        IF (r ->> change)::boolean AND e.dst_first < e.at - interval '1 hour' THEN
+            RETURN NEXT ROW(e.user_id, 'topology', change || ':' || e.src || '>' || e.dst,
+                jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
+                                   'target_id', e.dst, 'target', e.dst_name),
+                e.dst,
+                format('%s has a new %scaller: %s', e.dst_name,
+                       CASE WHEN e.src_external THEN 'external ' ELSE '' END, e.src_name),
+                jsonb_build_object('change', change, 'at', e.at), true)::lattice.alert_candidate;
+        END IF;
+        IF (r ->> 'new_cycle')::boolean THEN
+            WITH RECURSIVE reach(n) AS (
+                SELECT k.target_service_id FROM lattice.connections k
+                 WHERE k.user_id = e.user_id AND k.source_service_id = e.dst
+                UNION
+                SELECT k.target_service_id FROM reach
+                  JOIN lattice.connections k ON k.user_id = e.user_id AND k.source_service_id = reach.n)
+            SELECT EXISTS (SELECT FROM reach WHERE reach.n = e.src) INTO cycle;
+            IF cycle THEN
+                RETURN NEXT ROW(e.user_id, 'topology', 'new_cycle:' || e.src || '>' || e.dst,
+                    jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
+                                       'target_id', e.dst, 'target', e.dst_name),
+                    e.dst, format('a new call %s → %s closes a cycle', e.src_name, e.dst_name),
+                    jsonb_build_object('change', 'new_cycle', 'at', e.at), true)::lattice.alert_candidate;
+            END IF;
+        END IF;
+    END LOOP;
+
+    FOR e IN SELECT c.user_id, c.at, c.service_id, c.subject, c.old_value, s.name
+               FROM lattice.service_changes c
+               JOIN lattice.services s ON s.user_id = c.user_id AND s.id = c.service_id
+              WHERE c.id > change_from AND c.id <= change_to AND c.kind = 'dependency_removed'
+              ORDER BY c.id LOOP
+        r := lattice.alert_config_of(e.user_id) -> 'rules' -> 'topology';
+        CONTINUE WHEN NOT ((r ->> 'enabled')::boolean AND (r ->> 'dependency_removed')::boolean);
+        RETURN NEXT ROW(e.user_id, 'topology', 'dependency_removed:' || e.service_id || ':' || e.subject,
+            jsonb_build_object('type', 'package', 'service_id', e.service_id, 'service', e.name, 'package', e.subject),
+            e.service_id, format('%s no longer depends on %s', e.name, e.subject),
+            jsonb_build_object('change', 'dependency_removed', 'at', e.at, 'version', e.old_value),
+            true)::lattice.alert_candidate;
+    END LOOP;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_channel_forget(channel uuid)
@@ -425,10 +456,14 @@ AS $function$ SELECT lattice.alert_merge(lattice.alert_defaults(), config) $func
 
 CREATE OR REPLACE FUNCTION lattice.alert_config_of(account uuid)
  RETURNS jsonb
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    SELECT lattice.alert_config((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account))
+#variable_conflict use_column
+BEGIN
+    RETURN (
+    SELECT lattice.alert_config((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account)));
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_defaults()
@@ -574,23 +609,31 @@ $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_incident_view(i lattice.alert_incidents)
  RETURNS jsonb
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
+#variable_conflict use_column
+BEGIN
+    RETURN (
     SELECT lattice.alert_incident_json(i, (SELECT m.until FROM lattice.alert_mutes m
                                             WHERE m.user_id = i.user_id AND m.rule = i.rule
-                                              AND m.subject_key = i.subject_key AND m.until > pg_catalog.now()))
+                                              AND m.subject_key = i.subject_key AND m.until > pg_catalog.now())));
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_max_window(rule text)
  RETURNS interval
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
+#variable_conflict use_column
+BEGIN
+    RETURN (
     SELECT pg_catalog.make_interval(mins => GREATEST(
         (lattice.alert_defaults() #>> ARRAY['rules', rule, 'window_minutes'])::integer,
         (SELECT pg_catalog.max((s.config #>> ARRAY['rules', rule, 'window_minutes'])::integer)
-           FROM lattice.alert_settings s)))
+           FROM lattice.alert_settings s))));
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_merge(base jsonb, patch jsonb)
@@ -660,20 +703,25 @@ $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_prune(at timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS void
- LANGUAGE sql
+ LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-    DELETE FROM lattice.alert_incidents x
-     WHERE x.status = 'resolved' AND x.resolved_at < COALESCE(at, lattice.clock_now()) - interval '90 days';
-    DELETE FROM lattice.alert_mutes m WHERE m.until < COALESCE(at, lattice.clock_now());
+BEGIN
+    at := COALESCE(at, lattice.clock_now());
+    DELETE FROM lattice.alert_incidents x WHERE x.status = 'resolved' AND x.resolved_at < at - interval '90 days';
+    DELETE FROM lattice.alert_mutes m WHERE m.until < at;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_recent_traffic(rule text, lo timestamp with time zone, hi timestamp with time zone)
  RETURNS TABLE(user_id uuid, kind text, key text, a uuid, b uuid, method text, path text, bucket timestamp with time zone, requests bigint, errors bigint, hist bigint[], r jsonb)
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH t AS MATERIALIZED (
         SELECT x.user_id, 'route' AS kind, x.service_id || ' ' || x.method || ' ' || x.path AS key,
                x.service_id AS a, NULL::uuid AS b, x.method, x.path, x.bucket,
@@ -686,13 +734,17 @@ AS $function$
                e.call_count, e.error_count, e.latency_hist
           FROM lattice.edge_stats e
          WHERE e.bucket > lo AND e.bucket <= hi
+    ), changed AS MATERIALIZED (
+        -- the accounts that changed a setting (few): read whole, joined here
+        SELECT st.user_id, st.config FROM lattice.alert_settings st
     ), cfg AS MATERIALIZED (
-        SELECT u.user_id, lattice.alert_config(st.config) -> 'rules' -> rule AS r
+        SELECT u.user_id, lattice.alert_config(changed.config) -> 'rules' -> rule AS r
           FROM (SELECT DISTINCT t.user_id FROM t) u
-          LEFT JOIN lattice.alert_settings st ON st.user_id = u.user_id
+          LEFT JOIN changed ON changed.user_id = u.user_id
     )
     SELECT t.*, cfg.r FROM t JOIN cfg ON cfg.user_id = t.user_id
-     WHERE (cfg.r ->> 'enabled')::boolean
+     WHERE (cfg.r ->> 'enabled')::boolean;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_recheck(i lattice.alert_incidents, cfg jsonb, at timestamp with time zone)
@@ -747,6 +799,19 @@ BEGIN
     ELSE
         RETURN jsonb_build_object('firing', false, 'value', i.value);
     END CASE;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION lattice.alert_service_name(account uuid, service uuid)
+ RETURNS text
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+DECLARE
+    n text;
+BEGIN
+    SELECT s.name INTO n FROM lattice.services s WHERE s.user_id = account AND s.id = service;
+    RETURN n;
 END
 $function$;
 
@@ -1172,10 +1237,14 @@ CREATE OR REPLACE FUNCTION lattice_http.alert_channels_list(req jsonb, body text
 AS $function$
 DECLARE
     account uuid := lattice.authenticate(req, 'read');
+    c lattice.alert_channels;
+    items jsonb := '[]';
 BEGIN
-    RETURN lattice.http_json(200, jsonb_build_object('channels', COALESCE(
-        (SELECT jsonb_agg(lattice.alert_channel_json(c) ORDER BY c.created_at, c.id)
-           FROM lattice.alert_channels c WHERE c.user_id = account), '[]')));
+    -- row by row: on Citus a whole row stays on the coordinator
+    FOR c IN SELECT * FROM lattice.alert_channels x WHERE x.user_id = account ORDER BY x.created_at, x.id LOOP
+        items := items || jsonb_build_array(lattice.alert_channel_json(c));
+    END LOOP;
+    RETURN lattice.http_json(200, jsonb_build_object('channels', items));
 END
 $function$;
 
@@ -1188,8 +1257,9 @@ AS $function$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     i lattice.alert_incidents := lattice.alert_incident_get(account, req);
+    at timestamptz := now();
 BEGIN
-    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, now())
+    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, at)
      WHERE x.user_id = account AND x.id = i.id
     RETURNING * INTO i;
     RETURN lattice.http_json(200, jsonb_build_object('incident', lattice.alert_incident_view(i)));
@@ -1206,6 +1276,7 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     i lattice.alert_incidents := lattice.alert_incident_get(account, req);
+    at timestamptz := now();
 BEGIN
     IF jsonb_typeof(b -> 'minutes') IS DISTINCT FROM 'number' OR (b ->> 'minutes')::numeric <> trunc((b ->> 'minutes')::numeric)
        OR (b ->> 'minutes')::numeric NOT BETWEEN 1 AND 10080 THEN
@@ -1215,7 +1286,7 @@ BEGIN
     INSERT INTO lattice.alert_mutes (user_id, rule, subject_key, until)
     VALUES (account, i.rule, i.subject_key, now() + make_interval(mins => (b ->> 'minutes')::integer))
     ON CONFLICT (user_id, rule, subject_key) DO UPDATE SET until = EXCLUDED.until;
-    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, now())
+    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, at)
      WHERE x.user_id = account AND x.id = i.id
     RETURNING * INTO i;
     RETURN lattice.http_json(200, jsonb_build_object('incident', lattice.alert_incident_view(i)));
@@ -1235,6 +1306,7 @@ DECLARE
     lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 100);
     before bigint;
     items jsonb;
+    i lattice.alert_incidents;
 BEGIN
     IF which NOT IN ('open', 'all') THEN
         PERFORM lattice.raise_http(400, 'invalid_query', 'status must be open or all', jsonb_build_object('path', 'query.status'));
@@ -1251,12 +1323,14 @@ BEGIN
         END IF;
         before := (req #>> '{query,before}')::bigint;
     END IF;
-    SELECT COALESCE(jsonb_agg(lattice.alert_incident_view(i) ORDER BY i.id DESC), '[]') INTO items
-      FROM (SELECT * FROM lattice.alert_incidents x
-             WHERE x.user_id = account AND (which = 'all' OR x.status = 'open')
-               AND (service IS NULL OR x.service_id = service OR (x.subject ->> 'source_id')::uuid = service)
-               AND (before IS NULL OR x.id < before)
-             ORDER BY x.id DESC LIMIT lim) i;
+    items := '[]';
+    FOR i IN SELECT * FROM lattice.alert_incidents x
+              WHERE x.user_id = account AND (which = 'all' OR x.status = 'open')
+                AND (service IS NULL OR x.service_id = service OR (x.subject ->> 'source_id')::uuid = service)
+                AND (before IS NULL OR x.id < before)
+              ORDER BY x.id DESC LIMIT lim LOOP
+        items := items || jsonb_build_array(lattice.alert_incident_view(i));
+    END LOOP;
     RETURN lattice.http_json(200, jsonb_build_object('incidents', items,
         'next_before', CASE WHEN jsonb_array_length(items) = lim THEN items -> (lim - 1) -> 'id' END));
 END
@@ -1735,6 +1809,7 @@ REVOKE ALL ON FUNCTION lattice.alert_prune(timestamp with time zone) FROM PUBLIC
 GRANT EXECUTE ON FUNCTION lattice.alert_prune(timestamp with time zone) TO lattice_admin;
 REVOKE ALL ON FUNCTION lattice.alert_recent_traffic(text,timestamp with time zone,timestamp with time zone) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.alert_recheck(lattice.alert_incidents,jsonb,timestamp with time zone) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.alert_service_name(uuid,uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.alert_tick(timestamp with time zone) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.alert_tick(timestamp with time zone) TO lattice_admin;
 REVOKE ALL ON FUNCTION lattice.alert_traffic(text,uuid,uuid,uuid,text,text,timestamp with time zone,timestamp with time zone) FROM PUBLIC;

@@ -10,6 +10,9 @@
 -- after a cursor (graph_events.id, service_changes.id), this hour's refused
 -- ingest (usage_hourly, partial index) -- and then the open incidents, one
 -- small look-up each.
+--
+-- Functions that read tenant tables with parameters are PL/pgSQL: Citus
+-- plans their statements with the values, not SQL functions' parameters.
 
 -- Settings ---------------------------------------------------------------------
 
@@ -316,9 +319,13 @@ $$;
 
 -- The account's configuration, as the tick reads it.
 CREATE FUNCTION lattice.alert_config_of(account uuid) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT lattice.alert_config((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account))
+#variable_conflict use_column
+BEGIN
+    RETURN (
+    SELECT lattice.alert_config((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account)));
+END
 $$;
 
 -- Request volume, 5xx and p95 of a service, route or edge over a window
@@ -421,8 +428,11 @@ CREATE TYPE lattice.alert_candidate AS (
 -- Services whose last report fell out of the liveness window in (since, at].
 CREATE FUNCTION lattice.alert_candidates_down(at timestamptz, since timestamptz)
 RETURNS SETOF lattice.alert_candidate
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT s.user_id, 'service_down', s.id::text,
            pg_catalog.jsonb_build_object('type', 'service', 'service_id', s.id, 'service', s.name,
                                          'environment', s.environment),
@@ -431,18 +441,23 @@ AS $$
       FROM lattice.services s
      WHERE NOT s.is_external
        AND s.last_seen < at - lattice.ingest_setting('inactive_after')
-       AND s.last_seen >= since - lattice.ingest_setting('inactive_after')
+       AND s.last_seen >= since - lattice.ingest_setting('inactive_after');
+END
 $$;
 
 -- The longest window any account gives a rule: the traffic rules read the
 -- buckets of that span only (10 minutes unless an account asked for more).
 CREATE FUNCTION lattice.alert_max_window(rule text) RETURNS interval
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
     SELECT pg_catalog.make_interval(mins => GREATEST(
         (lattice.alert_defaults() #>> ARRAY['rules', rule, 'window_minutes'])::integer,
         (SELECT pg_catalog.max((s.config #>> ARRAY['rules', rule, 'window_minutes'])::integer)
-           FROM lattice.alert_settings s)))
+           FROM lattice.alert_settings s))));
+END
 $$;
 
 -- Traffic in (lo, hi]: per service and route (route_stats) and per edge
@@ -452,8 +467,11 @@ $$;
 CREATE FUNCTION lattice.alert_recent_traffic(rule text, lo timestamptz, hi timestamptz)
 RETURNS TABLE (user_id uuid, kind text, key text, a uuid, b uuid, method text, path text, bucket timestamptz,
                requests bigint, errors bigint, hist bigint[], r jsonb)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH t AS MATERIALIZED (
         SELECT x.user_id, 'route' AS kind, x.service_id || ' ' || x.method || ' ' || x.path AS key,
                x.service_id AS a, NULL::uuid AS b, x.method, x.path, x.bucket,
@@ -466,22 +484,45 @@ AS $$
                e.call_count, e.error_count, e.latency_hist
           FROM lattice.edge_stats e
          WHERE e.bucket > lo AND e.bucket <= hi
+    ), changed AS MATERIALIZED (
+        -- the accounts that changed a setting (few): read whole, joined here
+        SELECT st.user_id, st.config FROM lattice.alert_settings st
     ), cfg AS MATERIALIZED (
-        SELECT u.user_id, lattice.alert_config(st.config) -> 'rules' -> rule AS r
+        SELECT u.user_id, lattice.alert_config(changed.config) -> 'rules' -> rule AS r
           FROM (SELECT DISTINCT t.user_id FROM t) u
-          LEFT JOIN lattice.alert_settings st ON st.user_id = u.user_id
+          LEFT JOIN changed ON changed.user_id = u.user_id
     )
     SELECT t.*, cfg.r FROM t JOIN cfg ON cfg.user_id = t.user_id
-     WHERE (cfg.r ->> 'enabled')::boolean
+     WHERE (cfg.r ->> 'enabled')::boolean;
+END
+$$;
+
+-- A service's name, or NULL when it is gone.  (Each look-up is one
+-- account's: on Citus one shard.)
+CREATE FUNCTION lattice.alert_service_name(account uuid, service uuid) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    n text;
+BEGIN
+    SELECT s.name INTO n FROM lattice.services s WHERE s.user_id = account AND s.id = service;
+    RETURN n;
+END
 $$;
 
 -- Services and edges whose 5xx share over their window reached the
 -- threshold, with enough requests.
 CREATE FUNCTION lattice.alert_candidates_errors(at timestamptz)
 RETURNS SETOF lattice.alert_candidate
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    WITH w AS (
+#variable_conflict use_column
+DECLARE
+    w record;
+    sa text;
+    sb text;
+BEGIN
+    FOR w IN
         SELECT t.user_id, t.kind = 'edge' AS edge, t.a, t.b, t.r,
                pg_catalog.sum(t.requests) AS requests, pg_catalog.sum(t.errors) AS errors
           FROM lattice.alert_recent_traffic('error_rate', at - lattice.alert_max_window('error_rate')
@@ -489,55 +530,64 @@ AS $$
          WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
                             - lattice.ingest_bucket_width()
          GROUP BY t.user_id, t.kind = 'edge', t.a, t.b, t.r
-    )
-    SELECT w.user_id, 'error_rate',
-           CASE WHEN w.edge THEN w.a || '>' || w.b ELSE w.a::text END,
-           CASE WHEN w.edge
-                THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', w.a, 'source', sa.name,
-                                                   'target_id', w.b, 'target', sb.name)
-                ELSE pg_catalog.jsonb_build_object('type', 'service', 'service_id', w.a, 'service', sa.name) END,
-           COALESCE(w.b, w.a),
-           pg_catalog.format('%s: %s%% of %s requests failed in the last %s minutes',
-                             CASE WHEN w.edge THEN sa.name || ' → ' || sb.name ELSE sa.name END,
-                             pg_catalog.round(w.errors * 100.0 / w.requests, 1), w.requests, w.r ->> 'window_minutes'),
-           pg_catalog.jsonb_build_object('requests', w.requests, 'errors', w.errors,
-                                         'percent', pg_catalog.round(w.errors * 100.0 / w.requests, 2)),
-           false
-      FROM w
-      JOIN lattice.services sa ON sa.user_id = w.user_id AND sa.id = w.a
-      LEFT JOIN lattice.services sb ON sb.user_id = w.user_id AND sb.id = w.b
-     WHERE w.requests >= (w.r ->> 'min_requests')::bigint
-       AND w.errors * 100.0 / w.requests >= (w.r ->> 'threshold_percent')::numeric
+        HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
+           AND pg_catalog.sum(t.errors) * 100.0 / pg_catalog.sum(t.requests) >= (t.r ->> 'threshold_percent')::numeric
+    LOOP
+        sa := lattice.alert_service_name(w.user_id, w.a);
+        sb := CASE WHEN w.edge THEN lattice.alert_service_name(w.user_id, w.b) END;
+        CONTINUE WHEN sa IS NULL OR (w.edge AND sb IS NULL);
+        RETURN NEXT ROW(w.user_id, 'error_rate',
+            CASE WHEN w.edge THEN w.a || '>' || w.b ELSE w.a::text END,
+            CASE WHEN w.edge
+                 THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', w.a, 'source', sa,
+                                                    'target_id', w.b, 'target', sb)
+                 ELSE pg_catalog.jsonb_build_object('type', 'service', 'service_id', w.a, 'service', sa) END,
+            COALESCE(w.b, w.a),
+            pg_catalog.format('%s: %s%% of %s requests failed in the last %s minutes',
+                              CASE WHEN w.edge THEN sa || ' → ' || sb ELSE sa END,
+                              pg_catalog.round(w.errors * 100.0 / w.requests, 1), w.requests, w.r ->> 'window_minutes'),
+            pg_catalog.jsonb_build_object('requests', w.requests, 'errors', w.errors,
+                                          'percent', pg_catalog.round(w.errors * 100.0 / w.requests, 2)),
+            false)::lattice.alert_candidate;
+    END LOOP;
+END
 $$;
 
 -- Routes and edges whose p95 over their window is above the threshold, or
 -- above week_factor times their p95 in the same window a week before.
 CREATE FUNCTION lattice.alert_candidates_latency(at timestamptz)
 RETURNS SETOF lattice.alert_candidate
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    WITH w AS MATERIALIZED (
-        SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
-               pg_catalog.sum(t.requests) AS requests,
-               lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - lattice.alert_max_window('latency')
-                                                       - lattice.ingest_bucket_width(), at) t
-         WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
-                            - lattice.ingest_bucket_width()
-         GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
-        HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
-    ), prev AS MATERIALIZED (
-        -- the same window a week before, summed per route and edge
-        SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
-               lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
-          FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - lattice.alert_max_window('latency')
-                                                       - lattice.ingest_bucket_width(), at - interval '7 days') p
-         WHERE (p.r ->> 'week_factor')::numeric > 0
-           AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
-                          - lattice.ingest_bucket_width()
-         GROUP BY p.user_id, p.key, p.r
-        HAVING pg_catalog.sum(p.requests) >= (p.r ->> 'min_requests')::bigint
-    ), f AS (
+#variable_conflict use_column
+DECLARE
+    f record;
+    sa text;
+    sb text;
+BEGIN
+    FOR f IN
+        WITH w AS MATERIALIZED (
+            SELECT t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r,
+                   pg_catalog.sum(t.requests) AS requests,
+                   lattice.hist_percentile(lattice.hist_sum(t.hist), 0.95) AS p95
+              FROM lattice.alert_recent_traffic('latency', at - lattice.alert_max_window('latency')
+                                                           - lattice.ingest_bucket_width(), at) t
+             WHERE t.bucket > at - pg_catalog.make_interval(mins => (t.r ->> 'window_minutes')::integer)
+                                - lattice.ingest_bucket_width()
+             GROUP BY t.user_id, t.kind, t.key, t.a, t.b, t.method, t.path, t.r
+            HAVING pg_catalog.sum(t.requests) >= (t.r ->> 'min_requests')::bigint
+        ), prev AS MATERIALIZED (
+            -- the same window a week before, summed per route and edge
+            SELECT p.user_id, p.key, pg_catalog.sum(p.requests) AS requests,
+                   lattice.hist_percentile(lattice.hist_sum(p.hist), 0.95) AS p95
+              FROM lattice.alert_recent_traffic('latency', at - interval '7 days' - lattice.alert_max_window('latency')
+                                                           - lattice.ingest_bucket_width(), at - interval '7 days') p
+             WHERE (p.r ->> 'week_factor')::numeric > 0
+               AND p.bucket > at - interval '7 days' - pg_catalog.make_interval(mins => (p.r ->> 'window_minutes')::integer)
+                              - lattice.ingest_bucket_width()
+             GROUP BY p.user_id, p.key, p.r
+            HAVING pg_catalog.sum(p.requests) >= (p.r ->> 'min_requests')::bigint
+        )
         SELECT w.*, prev.p95 AS week_p95,
                CASE WHEN w.p95 >= (w.r ->> 'p95_ms')::numeric THEN (w.r ->> 'p95_ms')::double precision
                     ELSE (w.r ->> 'week_factor')::double precision * prev.p95 END AS fired_at_ms
@@ -545,91 +595,98 @@ AS $$
          WHERE w.p95 >= (w.r ->> 'p95_ms')::numeric
             OR ((w.r ->> 'week_factor')::numeric > 0 AND prev.p95 > 0
                 AND w.p95 >= (w.r ->> 'week_factor')::numeric * prev.p95)
-    )
-    SELECT f.user_id, 'latency',
-           CASE WHEN f.kind = 'edge' THEN f.a || '>' || f.b ELSE f.a || ' ' || f.method || ' ' || f.path END,
-           CASE WHEN f.kind = 'edge'
-                THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', f.a, 'source', sa.name,
-                                                   'target_id', f.b, 'target', sb.name)
-                ELSE pg_catalog.jsonb_build_object('type', 'route', 'service_id', f.a, 'service', sa.name,
-                                                   'method', f.method, 'path', f.path) END,
-           COALESCE(f.b, f.a),
-           pg_catalog.format('%s: p95 %s ms over the last %s minutes (%s)',
-                             CASE WHEN f.kind = 'edge' THEN sa.name || ' → ' || sb.name
-                                  ELSE sa.name || ' ' || f.method || ' ' || f.path END,
-                             pg_catalog.round(f.p95::numeric), f.r ->> 'window_minutes',
-                             CASE WHEN f.p95 >= (f.r ->> 'p95_ms')::numeric THEN 'threshold ' || (f.r ->> 'p95_ms') || ' ms'
-                                  ELSE pg_catalog.round((f.p95 / f.week_p95)::numeric, 1) || '× last week''s '
-                                       || pg_catalog.round(f.week_p95::numeric) || ' ms' END),
-           pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-               'requests', f.requests, 'p95_ms', pg_catalog.round(f.p95::numeric, 1),
-               'week_p95_ms', pg_catalog.round(f.week_p95::numeric, 1), 'fired_at_ms', f.fired_at_ms)),
-           false
-      FROM f
-      JOIN lattice.services sa ON sa.user_id = f.user_id AND sa.id = f.a
-      LEFT JOIN lattice.services sb ON sb.user_id = f.user_id AND sb.id = f.b
+    LOOP
+        sa := lattice.alert_service_name(f.user_id, f.a);
+        sb := CASE WHEN f.kind = 'edge' THEN lattice.alert_service_name(f.user_id, f.b) END;
+        CONTINUE WHEN sa IS NULL OR (f.kind = 'edge' AND sb IS NULL);
+        RETURN NEXT ROW(f.user_id, 'latency',
+            CASE WHEN f.kind = 'edge' THEN f.a || '>' || f.b ELSE f.a || ' ' || f.method || ' ' || f.path END,
+            CASE WHEN f.kind = 'edge'
+                 THEN pg_catalog.jsonb_build_object('type', 'edge', 'source_id', f.a, 'source', sa,
+                                                    'target_id', f.b, 'target', sb)
+                 ELSE pg_catalog.jsonb_build_object('type', 'route', 'service_id', f.a, 'service', sa,
+                                                    'method', f.method, 'path', f.path) END,
+            COALESCE(f.b, f.a),
+            pg_catalog.format('%s: p95 %s ms over the last %s minutes (%s)',
+                              CASE WHEN f.kind = 'edge' THEN sa || ' → ' || sb ELSE sa || ' ' || f.method || ' ' || f.path END,
+                              pg_catalog.round(f.p95::numeric), f.r ->> 'window_minutes',
+                              CASE WHEN f.p95 >= (f.r ->> 'p95_ms')::numeric THEN 'threshold ' || (f.r ->> 'p95_ms') || ' ms'
+                                   ELSE pg_catalog.round((f.p95 / f.week_p95)::numeric, 1) || '× last week''s '
+                                        || pg_catalog.round(f.week_p95::numeric) || ' ms' END),
+            pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                'requests', f.requests, 'p95_ms', pg_catalog.round(f.p95::numeric, 1),
+                'week_p95_ms', pg_catalog.round(f.week_p95::numeric, 1), 'fired_at_ms', f.fired_at_ms)),
+            false)::lattice.alert_candidate;
+    END LOOP;
+END
 $$;
 
 -- Topology events with ids in (from_id, to_id]: a new caller of an
 -- established service (seen for an hour), a new external caller, a new
 -- cycle, a package dependency removed.  Events open and resolve at once.
+-- Each event's checks are one account's statements (on Citus, one shard).
 CREATE FUNCTION lattice.alert_candidates_topology(graph_from bigint, graph_to bigint,
                                                   change_from bigint, change_to bigint)
 RETURNS SETOF lattice.alert_candidate
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    WITH e AS (
-        SELECT g.user_id, g.id, g.at, g.source_service_id AS src, g.target_service_id AS dst,
-               sa.name AS src_name, sa.is_external AS src_external, sb.name AS dst_name, sb.first_seen AS dst_first,
-               lattice.alert_config_of(g.user_id) -> 'rules' -> 'topology' AS r
-          FROM lattice.graph_events g
-          JOIN lattice.services sa ON sa.user_id = g.user_id AND sa.id = g.source_service_id
-          JOIN lattice.services sb ON sb.user_id = g.user_id AND sb.id = g.target_service_id
-         WHERE g.id > graph_from AND g.id <= graph_to AND g.kind = 'edge_added'
-    )
-    SELECT e.user_id, 'topology',
-           CASE WHEN e.src_external THEN 'new_external_caller:' ELSE 'new_caller:' END || e.src || '>' || e.dst,
-           pg_catalog.jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
-                                         'target_id', e.dst, 'target', e.dst_name),
-           e.dst,
-           pg_catalog.format('%s has a new %scaller: %s', e.dst_name,
-                             CASE WHEN e.src_external THEN 'external ' ELSE '' END, e.src_name),
-           pg_catalog.jsonb_build_object('change', CASE WHEN e.src_external THEN 'new_external_caller' ELSE 'new_caller' END,
-                                         'at', e.at),
-           true
-      FROM e
-     WHERE (e.r ->> 'enabled')::boolean AND e.dst_first < e.at - interval '1 hour'
-       AND (e.r ->> CASE WHEN e.src_external THEN 'new_external_caller' ELSE 'new_caller' END)::boolean
-    UNION ALL
-    SELECT e.user_id, 'topology', 'new_cycle:' || e.src || '>' || e.dst,
-           pg_catalog.jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
-                                         'target_id', e.dst, 'target', e.dst_name),
-           e.dst,
-           pg_catalog.format('a new call %s → %s closes a cycle', e.src_name, e.dst_name),
-           pg_catalog.jsonb_build_object('change', 'new_cycle', 'at', e.at),
-           true
-      FROM e
-     WHERE (e.r ->> 'enabled')::boolean AND (e.r ->> 'new_cycle')::boolean
-       AND EXISTS (WITH RECURSIVE reach(n) AS (
-                       SELECT k.target_service_id FROM lattice.connections k
-                        WHERE k.user_id = e.user_id AND k.source_service_id = e.dst
-                       UNION
-                       SELECT k.target_service_id FROM reach
-                         JOIN lattice.connections k ON k.user_id = e.user_id AND k.source_service_id = reach.n)
-                   SELECT FROM reach WHERE reach.n = e.src)
-    UNION ALL
-    SELECT c.user_id, 'topology', 'dependency_removed:' || c.service_id || ':' || c.subject,
-           pg_catalog.jsonb_build_object('type', 'package', 'service_id', c.service_id, 'service', s.name,
-                                         'package', c.subject),
-           c.service_id,
-           pg_catalog.format('%s no longer depends on %s', s.name, c.subject),
-           pg_catalog.jsonb_build_object('change', 'dependency_removed', 'at', c.at, 'version', c.old_value),
-           true
-      FROM lattice.service_changes c
-      JOIN lattice.services s ON s.user_id = c.user_id AND s.id = c.service_id
-     WHERE c.id > change_from AND c.id <= change_to AND c.kind = 'dependency_removed'
-       AND (lattice.alert_config_of(c.user_id) #>> '{rules,topology,enabled}')::boolean
-       AND (lattice.alert_config_of(c.user_id) #>> '{rules,topology,dependency_removed}')::boolean
+DECLARE
+    e record;
+    r jsonb;
+    change text;
+    cycle boolean;
+BEGIN
+    FOR e IN SELECT g.user_id, g.at, g.source_service_id AS src, g.target_service_id AS dst,
+                    sa.name AS src_name, sa.is_external AS src_external, sb.name AS dst_name, sb.first_seen AS dst_first
+               FROM lattice.graph_events g
+               JOIN lattice.services sa ON sa.user_id = g.user_id AND sa.id = g.source_service_id
+               JOIN lattice.services sb ON sb.user_id = g.user_id AND sb.id = g.target_service_id
+              WHERE g.id > graph_from AND g.id <= graph_to AND g.kind = 'edge_added'
+              ORDER BY g.id LOOP
+        r := lattice.alert_config_of(e.user_id) -> 'rules' -> 'topology';
+        CONTINUE WHEN NOT (r ->> 'enabled')::boolean;
+        change := CASE WHEN e.src_external THEN 'new_external_caller' ELSE 'new_caller' END;
+        IF (r ->> change)::boolean AND e.dst_first < e.at - interval '1 hour' THEN
+            RETURN NEXT ROW(e.user_id, 'topology', change || ':' || e.src || '>' || e.dst,
+                jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
+                                   'target_id', e.dst, 'target', e.dst_name),
+                e.dst,
+                format('%s has a new %scaller: %s', e.dst_name,
+                       CASE WHEN e.src_external THEN 'external ' ELSE '' END, e.src_name),
+                jsonb_build_object('change', change, 'at', e.at), true)::lattice.alert_candidate;
+        END IF;
+        IF (r ->> 'new_cycle')::boolean THEN
+            WITH RECURSIVE reach(n) AS (
+                SELECT k.target_service_id FROM lattice.connections k
+                 WHERE k.user_id = e.user_id AND k.source_service_id = e.dst
+                UNION
+                SELECT k.target_service_id FROM reach
+                  JOIN lattice.connections k ON k.user_id = e.user_id AND k.source_service_id = reach.n)
+            SELECT EXISTS (SELECT FROM reach WHERE reach.n = e.src) INTO cycle;
+            IF cycle THEN
+                RETURN NEXT ROW(e.user_id, 'topology', 'new_cycle:' || e.src || '>' || e.dst,
+                    jsonb_build_object('type', 'edge', 'source_id', e.src, 'source', e.src_name,
+                                       'target_id', e.dst, 'target', e.dst_name),
+                    e.dst, format('a new call %s → %s closes a cycle', e.src_name, e.dst_name),
+                    jsonb_build_object('change', 'new_cycle', 'at', e.at), true)::lattice.alert_candidate;
+            END IF;
+        END IF;
+    END LOOP;
+
+    FOR e IN SELECT c.user_id, c.at, c.service_id, c.subject, c.old_value, s.name
+               FROM lattice.service_changes c
+               JOIN lattice.services s ON s.user_id = c.user_id AND s.id = c.service_id
+              WHERE c.id > change_from AND c.id <= change_to AND c.kind = 'dependency_removed'
+              ORDER BY c.id LOOP
+        r := lattice.alert_config_of(e.user_id) -> 'rules' -> 'topology';
+        CONTINUE WHEN NOT ((r ->> 'enabled')::boolean AND (r ->> 'dependency_removed')::boolean);
+        RETURN NEXT ROW(e.user_id, 'topology', 'dependency_removed:' || e.service_id || ':' || e.subject,
+            jsonb_build_object('type', 'package', 'service_id', e.service_id, 'service', e.name, 'package', e.subject),
+            e.service_id, format('%s no longer depends on %s', e.name, e.subject),
+            jsonb_build_object('change', 'dependency_removed', 'at', e.at, 'version', e.old_value),
+            true)::lattice.alert_candidate;
+    END LOOP;
+END
 $$;
 
 -- Ingest refused: by quota (the usage roll-up's refused counts, per
@@ -638,39 +695,45 @@ $$;
 -- day: their plugins now drop data).
 CREATE FUNCTION lattice.alert_candidates_ingest(at timestamptz, since timestamptz)
 RETURNS SETOF lattice.alert_candidate
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT q.user_id, 'ingest_refused', 'quota:' || q.subject,
-           pg_catalog.jsonb_build_object('type', 'service', 'service', q.subject, 'cause', 'quota'),
-           NULL::uuid,
-           pg_catalog.format('%s: %s ingest requests refused by the quota in the last hour; the plugin dropped that data',
-                             q.subject, q.refused),
-           pg_catalog.jsonb_build_object('refused', q.refused), false
-      FROM (SELECT u.user_id, u.subject, pg_catalog.sum(u.refused) AS refused
-              FROM lattice.usage_hourly u
-             WHERE u.class = 'ingest' AND u.refused > 0 AND u.hour >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
-             GROUP BY u.user_id, u.subject
-            HAVING pg_catalog.max(u.updated_at) > since) q
-     WHERE (lattice.alert_config_of(q.user_id) #>> '{rules,ingest_refused,enabled}')::boolean
-       AND q.refused > COALESCE((SELECT (x.value ->> 'refused')::bigint FROM lattice.alert_incidents x
-                                  WHERE x.user_id = q.user_id AND x.rule = 'ingest_refused'
-                                    AND x.subject_key = 'quota:' || q.subject
-                                    AND x.opened_at >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
-                                  ORDER BY x.opened_at DESC LIMIT 1), 0)
-    UNION ALL
-    SELECT a.user_id, 'ingest_refused', 'entitlement',
-           pg_catalog.jsonb_build_object('type', 'account', 'cause', 'entitlement'),
-           NULL::uuid,
-           'ingest is refused: the account has no active subscription or trial, so the plugins drop their data',
-           pg_catalog.jsonb_build_object('status', a.e -> 'status'), false
-      FROM (SELECT d.user_id, lattice.entitlement(d.user_id) AS e
-              FROM (SELECT DISTINCT s.user_id FROM lattice.services s
-                     WHERE NOT s.is_external AND s.last_seen >= at - interval '1 day') d
-             WHERE NOT EXISTS (SELECT FROM lattice.alert_incidents x
-                                WHERE x.user_id = d.user_id AND x.rule = 'ingest_refused'
-                                  AND x.subject_key = 'entitlement' AND x.status = 'open')) a
-     WHERE NOT COALESCE((a.e ->> 'may_ingest')::boolean, false)
-       AND (lattice.alert_config_of(a.user_id) #>> '{rules,ingest_refused,enabled}')::boolean
+DECLARE
+    q record;
+    seen bigint;
+    e jsonb;
+BEGIN
+    FOR q IN SELECT u.user_id, u.subject, pg_catalog.sum(u.refused) AS refused
+               FROM lattice.usage_hourly u
+              WHERE u.class = 'ingest' AND u.refused > 0 AND u.hour >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
+              GROUP BY u.user_id, u.subject
+             HAVING pg_catalog.max(u.updated_at) > since LOOP
+        CONTINUE WHEN NOT (lattice.alert_config_of(q.user_id) #>> '{rules,ingest_refused,enabled}')::boolean;
+        SELECT (x.value ->> 'refused')::bigint INTO seen FROM lattice.alert_incidents x
+         WHERE x.user_id = q.user_id AND x.rule = 'ingest_refused' AND x.subject_key = 'quota:' || q.subject
+           AND x.opened_at >= pg_catalog.date_trunc('hour', at) - interval '1 hour'
+         ORDER BY x.opened_at DESC LIMIT 1;
+        CONTINUE WHEN q.refused <= COALESCE(seen, 0);
+        RETURN NEXT ROW(q.user_id, 'ingest_refused', 'quota:' || q.subject,
+            jsonb_build_object('type', 'service', 'service', q.subject, 'cause', 'quota'), NULL::uuid,
+            format('%s: %s ingest requests refused by the quota in the last hour; the plugin dropped that data',
+                   q.subject, q.refused),
+            jsonb_build_object('refused', q.refused), false)::lattice.alert_candidate;
+    END LOOP;
+
+    FOR q IN SELECT DISTINCT s.user_id FROM lattice.services s
+              WHERE NOT s.is_external AND s.last_seen >= at - interval '1 day' LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM lattice.alert_incidents x
+                               WHERE x.user_id = q.user_id AND x.rule = 'ingest_refused'
+                                 AND x.subject_key = 'entitlement' AND x.status = 'open')
+                   OR NOT (lattice.alert_config_of(q.user_id) #>> '{rules,ingest_refused,enabled}')::boolean;
+        e := lattice.entitlement(q.user_id);
+        CONTINUE WHEN COALESCE((e ->> 'may_ingest')::boolean, false);
+        RETURN NEXT ROW(q.user_id, 'ingest_refused', 'entitlement',
+            jsonb_build_object('type', 'account', 'cause', 'entitlement'), NULL::uuid,
+            'ingest is refused: the account has no active subscription or trial, so the plugins drop their data',
+            jsonb_build_object('status', e -> 'status'), false)::lattice.alert_candidate;
+    END LOOP;
+END
 $$;
 
 -- Opens an incident for a firing subject without an open one: silent when
@@ -794,12 +857,14 @@ $$;
 
 -- Housekeeping: resolved incidents are kept 90 days, mutes until they end.
 CREATE FUNCTION lattice.alert_prune(at timestamptz DEFAULT NULL) RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    DELETE FROM lattice.alert_incidents x
-     WHERE x.status = 'resolved' AND x.resolved_at < COALESCE(at, lattice.clock_now()) - interval '90 days';
-    DELETE FROM lattice.alert_mutes m WHERE m.until < COALESCE(at, lattice.clock_now());
+BEGIN
+    at := COALESCE(at, lattice.clock_now());
+    DELETE FROM lattice.alert_incidents x WHERE x.status = 'resolved' AND x.resolved_at < at - interval '90 days';
+    DELETE FROM lattice.alert_mutes m WHERE m.until < at;
+END
 $$;
 
 GRANT EXECUTE ON FUNCTION lattice.alert_tick(timestamptz), lattice.alert_prune(timestamptz) TO lattice_admin;

@@ -125,10 +125,14 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'read');
+    c lattice.alert_channels;
+    items jsonb := '[]';
 BEGIN
-    RETURN lattice.http_json(200, jsonb_build_object('channels', COALESCE(
-        (SELECT jsonb_agg(lattice.alert_channel_json(c) ORDER BY c.created_at, c.id)
-           FROM lattice.alert_channels c WHERE c.user_id = account), '[]')));
+    -- row by row: on Citus a whole row stays on the coordinator
+    FOR c IN SELECT * FROM lattice.alert_channels x WHERE x.user_id = account ORDER BY x.created_at, x.id LOOP
+        items := items || jsonb_build_array(lattice.alert_channel_json(c));
+    END LOOP;
+    RETURN lattice.http_json(200, jsonb_build_object('channels', items));
 END
 $$;
 
@@ -342,11 +346,15 @@ $$;
 
 -- The incident with the caller's mute of its rule and subject.
 CREATE FUNCTION lattice.alert_incident_view(i lattice.alert_incidents) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
     SELECT lattice.alert_incident_json(i, (SELECT m.until FROM lattice.alert_mutes m
                                             WHERE m.user_id = i.user_id AND m.rule = i.rule
-                                              AND m.subject_key = i.subject_key AND m.until > pg_catalog.now()))
+                                              AND m.subject_key = i.subject_key AND m.until > pg_catalog.now())));
+END
 $$;
 
 -- GET /api/v1/alerts/incidents?status=open|all&service=&limit=&before=
@@ -361,6 +369,7 @@ DECLARE
     lim integer := lattice.ingest_query_int(req, 'limit', 50, 1, 100);
     before bigint;
     items jsonb;
+    i lattice.alert_incidents;
 BEGIN
     IF which NOT IN ('open', 'all') THEN
         PERFORM lattice.raise_http(400, 'invalid_query', 'status must be open or all', jsonb_build_object('path', 'query.status'));
@@ -377,12 +386,14 @@ BEGIN
         END IF;
         before := (req #>> '{query,before}')::bigint;
     END IF;
-    SELECT COALESCE(jsonb_agg(lattice.alert_incident_view(i) ORDER BY i.id DESC), '[]') INTO items
-      FROM (SELECT * FROM lattice.alert_incidents x
-             WHERE x.user_id = account AND (which = 'all' OR x.status = 'open')
-               AND (service IS NULL OR x.service_id = service OR (x.subject ->> 'source_id')::uuid = service)
-               AND (before IS NULL OR x.id < before)
-             ORDER BY x.id DESC LIMIT lim) i;
+    items := '[]';
+    FOR i IN SELECT * FROM lattice.alert_incidents x
+              WHERE x.user_id = account AND (which = 'all' OR x.status = 'open')
+                AND (service IS NULL OR x.service_id = service OR (x.subject ->> 'source_id')::uuid = service)
+                AND (before IS NULL OR x.id < before)
+              ORDER BY x.id DESC LIMIT lim LOOP
+        items := items || jsonb_build_array(lattice.alert_incident_view(i));
+    END LOOP;
     RETURN lattice.http_json(200, jsonb_build_object('incidents', items,
         'next_before', CASE WHEN jsonb_array_length(items) = lim THEN items -> (lim - 1) -> 'id' END));
 END
@@ -414,8 +425,9 @@ AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
     i lattice.alert_incidents := lattice.alert_incident_get(account, req);
+    at timestamptz := now();
 BEGIN
-    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, now())
+    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, at)
      WHERE x.user_id = account AND x.id = i.id
     RETURNING * INTO i;
     RETURN lattice.http_json(200, jsonb_build_object('incident', lattice.alert_incident_view(i)));
@@ -431,6 +443,7 @@ DECLARE
     account uuid := lattice.authenticate(req, 'session');
     b jsonb := lattice.auth_body(body);
     i lattice.alert_incidents := lattice.alert_incident_get(account, req);
+    at timestamptz := now();
 BEGIN
     IF jsonb_typeof(b -> 'minutes') IS DISTINCT FROM 'number' OR (b ->> 'minutes')::numeric <> trunc((b ->> 'minutes')::numeric)
        OR (b ->> 'minutes')::numeric NOT BETWEEN 1 AND 10080 THEN
@@ -440,7 +453,7 @@ BEGIN
     INSERT INTO lattice.alert_mutes (user_id, rule, subject_key, until)
     VALUES (account, i.rule, i.subject_key, now() + make_interval(mins => (b ->> 'minutes')::integer))
     ON CONFLICT (user_id, rule, subject_key) DO UPDATE SET until = EXCLUDED.until;
-    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, now())
+    UPDATE lattice.alert_incidents x SET acknowledged_at = COALESCE(x.acknowledged_at, at)
      WHERE x.user_id = account AND x.id = i.id
     RETURNING * INTO i;
     RETURN lattice.http_json(200, jsonb_build_object('incident', lattice.alert_incident_view(i)));

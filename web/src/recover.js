@@ -106,9 +106,9 @@ if (reset) {
   }
 }
 
-// /verify-email?token=…: redeemed on load.
-const verify = document.querySelector('[data-flow=verify]');
-if (verify) {
+// A link page that redeems its token on load: POST {token} to path, then
+// ok(answer) or failed[code] (expired, used) says what happened.
+function redeemOnLoad(path, ok, failed) {
   const out = document.getElementById('verify-result');
   const show = (kind, ...body) => {
     fill(out, h(`div.alert.alert-${kind}`, { 'data-verify': kind === 'ok' ? 'verified' : 'failed' }, ...body));
@@ -119,55 +119,36 @@ if (verify) {
       return show('error', 'This link is incomplete: open it straight from the e-mail.');
     }
     try {
-      const r = await post('/auth/email/verify', { token });
-      show('ok', h('strong', 'Thank you: your address is verified.'), ' ',
-        r && r.email ? [h('span', { id: 'verified-email' }, r.email), ' is the e-mail address of your Lattice account.'] : null);
+      show('ok', ...ok(await post(path, { token })));
     } catch (err) {
       const e = asApiError(err);
-      if (e.code === 'token_expired') {
-        show('warn', h('strong', 'This link has expired.'), ' Log in and use “Re-send link” on the dashboard to get a new one.');
-      } else if (e.code === 'invalid_token') {
-        show('error', h('strong', 'This link no longer works.'), ' It was already used, or a newer one was sent since. ',
-          'If you have already verified your address, there is nothing more to do.');
-      } else if (e.status === 429) {
-        show('error', tooMany(e));
-      } else {
-        show('error', e.message);
-      }
+      if (e.code === 'token_expired') show('warn', ...failed.token_expired);
+      else if (e.code === 'invalid_token') show('error', ...failed.invalid_token);
+      else if (e.status === 429) show('error', tooMany(e));
+      else show('error', e.message);
     }
   })();
 }
 
-// /alerts/verify?token=…: an address an account added as an alert channel,
-// confirmed on load (its owner may have no Lattice account at all).
-const alertVerify = document.querySelector('[data-flow=alert-verify]');
-if (alertVerify) {
-  const out = document.getElementById('verify-result');
-  const show = (kind, ...body) => {
-    fill(out, h(`div.alert.alert-${kind}`, { 'data-verify': kind === 'ok' ? 'verified' : 'failed' }, ...body));
-    out.focus();
-  };
-  (async () => {
-    if (!/^[A-Za-z0-9_-]{16,}={0,2}$/.test(token)) {
-      return show('error', 'This link is incomplete: open it straight from the e-mail.');
-    }
-    try {
-      const r = await post('/alerts/recipients/verify', { token });
-      show('ok', h('strong', 'Thank you: the address is confirmed.'), ' ',
-        r && r.address ? ['Alerts will now be sent to ', h('span', { id: 'verified-address' }, r.address), '.']
-          : 'Alerts will now be sent to it.');
-    } catch (err) {
-      const e = asApiError(err);
-      if (e.code === 'token_expired') {
-        show('warn', h('strong', 'This link has expired.'), ' Confirmation links work for 7 days: ask the person who added the address to add it again.');
-      } else if (e.code === 'invalid_token') {
-        show('error', h('strong', 'This link no longer works.'), ' It was already used, or the address was added again since. ',
-          'If you have already confirmed it, there is nothing more to do.');
-      } else if (e.status === 429) {
-        show('error', tooMany(e));
-      } else {
-        show('error', e.message);
-      }
-    }
-  })();
+// /verify-email?token=…: the account's own address.
+if (document.querySelector('[data-flow=verify]')) {
+  redeemOnLoad('/auth/email/verify',
+    (r) => [h('strong', 'Thank you: your address is verified.'), ' ',
+      r && r.email ? [h('span', { id: 'verified-email' }, r.email), ' is the e-mail address of your Lattice account.'] : null],
+    { token_expired: [h('strong', 'This link has expired.'), ' Log in and use “Re-send link” on the dashboard to get a new one.'],
+      invalid_token: [h('strong', 'This link no longer works.'), ' It was already used, or a newer one was sent since. ',
+        'If you have already verified your address, there is nothing more to do.'] });
+}
+
+// /alerts/verify?token=…: an address an account added as an alert channel
+// (its owner may have no Lattice account at all).
+if (document.querySelector('[data-flow=alert-verify]')) {
+  redeemOnLoad('/alerts/recipients/verify',
+    (r) => [h('strong', 'Thank you: the address is confirmed.'), ' ',
+      r && r.address ? ['Alerts will now be sent to ', h('span', { id: 'verified-address' }, r.address), '.']
+        : 'Alerts will now be sent to it.'],
+    { token_expired: [h('strong', 'This link has expired.'),
+        ' Confirmation links work for 7 days: ask the person who added the address to add it again.'],
+      invalid_token: [h('strong', 'This link no longer works.'), ' It was already used, or the address was added again since. ',
+        'If you have already confirmed it, there is nothing more to do.'] });
 }
