@@ -225,10 +225,15 @@ for n in $SIZES; do
 done
 
 # ---- the candidate queries, at the last size: time, buffers, scans ----
+# The candidates are PL/pgSQL: auto_explain shows the plans of the statements
+# inside them (as notices), appended after the outer plan.
 explain() {  # explain NAME ARGS
-    q -c "SET statement_timeout = '${TIMEOUT}s'" \
-      -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM lattice.alert_candidates_$1($2)" >"$work/plan.$1" 2>/dev/null \
+    q -c "SET statement_timeout = '${TIMEOUT}s'" -c "LOAD 'auto_explain'" \
+      -c "SET auto_explain.log_min_duration = 0" -c "SET auto_explain.log_nested_statements = on" \
+      -c "SET auto_explain.log_analyze = on" -c "SET auto_explain.log_level = notice" \
+      -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM lattice.alert_candidates_$1($2)" >"$work/plan.$1" 2>"$work/nested.$1" \
         || echo "Execution Time: timeout (> ${TIMEOUT} s)" >"$work/plan.$1"
+    cat "$work/nested.$1" >>"$work/plan.$1"
     printf '%-10s %12s %s\n' "$1" "$(sed -n 's/^ *Execution Time: //p' "$work/plan.$1")" \
         "$(grep -m1 '^ *Buffers:' "$work/plan.$1" | sed 's/^ *Buffers: //')"
 }
