@@ -405,6 +405,25 @@ BEGIN
 END
 $function$;
 
+CREATE OR REPLACE FUNCTION lattice.alert_channel_body(body text, allowed text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    b jsonb := lattice.auth_body(body);
+    extra text;
+BEGIN
+    SELECT left(k, 64) INTO extra FROM jsonb_object_keys(b) k WHERE k <> ALL (allowed) LIMIT 1;
+    IF extra IS NOT NULL THEN
+        PERFORM lattice.raise_http(400, 'invalid_channel', format('unknown field "%s"', extra),
+                                   jsonb_build_object('path', extra));
+    END IF;
+    RETURN b;
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION lattice.alert_channel_forget(channel uuid)
  RETURNS void
  LANGUAGE sql
@@ -642,9 +661,12 @@ CREATE OR REPLACE FUNCTION lattice.alert_merge(base jsonb, patch jsonb)
  IMMUTABLE PARALLEL SAFE
 AS $function$
     SELECT (base - 'rules') || (COALESCE(patch, '{}') - 'rules')
-           || pg_catalog.jsonb_build_object('rules', (
-                  SELECT pg_catalog.jsonb_object_agg(r.key, r.value || COALESCE(patch #> ARRAY['rules', r.key], '{}'))
-                    FROM pg_catalog.jsonb_each(base -> 'rules') r))
+           || pg_catalog.jsonb_build_object('rules', COALESCE((
+                  SELECT pg_catalog.jsonb_object_agg(k.rule, COALESCE(base #> ARRAY['rules', k.rule], '{}')
+                                                             || COALESCE(patch #> ARRAY['rules', k.rule], '{}'))
+                    FROM (SELECT pg_catalog.jsonb_object_keys(COALESCE(base -> 'rules', '{}'))
+                          UNION SELECT pg_catalog.jsonb_object_keys(COALESCE(patch -> 'rules', '{}'))) AS k(rule)),
+                  '{}'))
 $function$;
 
 CREATE OR REPLACE FUNCTION lattice.alert_notify(i lattice.alert_incidents, event text)
@@ -679,8 +701,9 @@ DECLARE
     notify boolean;
     i lattice.alert_incidents;
 BEGIN
-    IF EXISTS (SELECT FROM lattice.alert_incidents x
-                WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.status = 'open') THEN
+    IF NOT (cfg #>> ARRAY['rules', c.rule, 'enabled'])::boolean
+       OR EXISTS (SELECT FROM lattice.alert_incidents x
+                   WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.status = 'open') THEN
         RETURN NULL;
     END IF;
     muted := EXISTS (SELECT FROM lattice.alert_mutes m
@@ -877,10 +900,6 @@ BEGIN
                                                                    st.service_change_id, change_to)
                    WHERE st.graph_event_id IS NOT NULL
     LOOP
-        IF c.rule = 'service_down'
-           AND NOT (lattice.alert_config_of(c.user_id) #>> '{rules,service_down,enabled}')::boolean THEN
-            CONTINUE;
-        END IF;
         sent := lattice.alert_open(c, at);
         IF sent IS NOT NULL THEN
             opened := opened + 1;
@@ -1054,7 +1073,7 @@ CREATE OR REPLACE FUNCTION lattice_http.alert_channel_create(req jsonb, body tex
 AS $function$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
-    b jsonb := lattice.auth_body(body);
+    b jsonb := lattice.alert_channel_body(body, '{kind,name,address,url}');
     kind text := b ->> 'kind';
     name text := btrim(COALESCE(b ->> 'name', ''));
     dest text;
@@ -1062,14 +1081,7 @@ DECLARE
     sealed bytea;
     own record;
     c lattice.alert_channels;
-    k text;
 BEGIN
-    FOR k IN SELECT jsonb_object_keys(b) LOOP
-        IF k NOT IN ('kind', 'name', 'address', 'url') THEN
-            PERFORM lattice.raise_http(400, 'invalid_channel', format('unknown field "%s"', left(k, 64)),
-                                       jsonb_build_object('path', left(k, 64)));
-        END IF;
-    END LOOP;
     IF kind IS NULL OR jsonb_typeof(b -> 'kind') <> 'string' OR kind NOT IN ('email', 'webhook', 'slack') THEN
         PERFORM lattice.raise_http(400, 'invalid_channel', 'kind must be "email", "webhook" or "slack"',
                                    jsonb_build_object('path', 'kind'));
@@ -1205,16 +1217,9 @@ CREATE OR REPLACE FUNCTION lattice_http.alert_channel_update(req jsonb, body tex
 AS $function$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
-    b jsonb := lattice.auth_body(body);
+    b jsonb := lattice.alert_channel_body(body, '{name,enabled}');
     c lattice.alert_channels := lattice.alert_channel_get(account, req);
-    k text;
 BEGIN
-    FOR k IN SELECT jsonb_object_keys(b) LOOP
-        IF k NOT IN ('name', 'enabled') THEN
-            PERFORM lattice.raise_http(400, 'invalid_channel', format('unknown field "%s"', left(k, 64)),
-                                       jsonb_build_object('path', left(k, 64)));
-        END IF;
-    END LOOP;
     IF b ? 'name' AND (jsonb_typeof(b -> 'name') <> 'string' OR length(btrim(b ->> 'name')) NOT BETWEEN 1 AND 100) THEN
         PERFORM lattice.raise_http(400, 'invalid_channel', 'name must be 1 to 100 characters', jsonb_build_object('path', 'name'));
     END IF;
@@ -1387,11 +1392,7 @@ DECLARE
 BEGIN
     PERFORM lattice.alert_validate(b);
     -- what the account changed so far, with this change over it
-    stored := COALESCE((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account), '{}');
-    stored := (stored - 'rules') || (b - 'rules')
-              || jsonb_build_object('rules', COALESCE(stored -> 'rules', '{}') || (
-                     SELECT COALESCE(jsonb_object_agg(r.key, COALESCE(stored -> 'rules' -> r.key, '{}') || r.value), '{}')
-                       FROM jsonb_each(COALESCE(b -> 'rules', '{}')) r));
+    stored := lattice.alert_merge(COALESCE((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account), '{}'), b);
     cfg := lattice.alert_config(stored);
     IF (cfg #>> '{rules,error_rate,clear_percent}')::numeric > (cfg #>> '{rules,error_rate,threshold_percent}')::numeric THEN
         PERFORM lattice.raise_http(400, 'invalid_rules', 'clear_percent must not be above threshold_percent',
@@ -1776,6 +1777,8 @@ REVOKE ALL ON FUNCTION lattice.alert_candidates_errors(timestamp with time zone)
 REVOKE ALL ON FUNCTION lattice.alert_candidates_ingest(timestamp with time zone,timestamp with time zone) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.alert_candidates_latency(timestamp with time zone) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lattice.alert_candidates_topology(bigint,bigint,bigint,bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lattice.alert_channel_body(text,text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lattice.alert_channel_body(text,text[]) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.alert_channel_forget(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lattice.alert_channel_forget(uuid) TO lattice_app;
 REVOKE ALL ON FUNCTION lattice.alert_channel_get(uuid,jsonb) FROM PUBLIC;

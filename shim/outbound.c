@@ -1041,6 +1041,14 @@ outbound_follow(PGconn *conn, PGresult **row)
 		PQenterPipelineMode(conn);
 }
 
+/* One log line for a background job's attempt. */
+static void
+log_job(long long job_id, const char *kind, const struct outbound_result *res)
+{
+	fprintf(stderr, "{\"level\":\"info\",\"msg\":\"outbox job\",\"job\":%lld,\"kind\":\"%s\",\"status\":%ld,\"ok\":%s}\n",
+			job_id, kind, res->status, res->error[0] ? "false" : "true");
+}
+
 /*
  * Claims up to max_jobs due background jobs of kinds (a text[] literal);
  * NULL when the database failed.
@@ -1089,8 +1097,7 @@ drain_once(PGconn *conn)
 		job_from_row(claimed, i, &job);
 		perform(&job, &res);
 		done = record(conn, job.id, &res);
-		fprintf(stderr, "{\"level\":\"info\",\"msg\":\"outbox job\",\"job\":%lld,\"kind\":\"%s\",\"status\":%ld,\"ok\":%s}\n",
-				job.id, job.kind, res.status, res.error[0] ? "false" : "true");
+		log_job(job.id, job.kind, &res);
 		free(res.body);
 		if (!done)
 		{
@@ -1195,8 +1202,7 @@ webhook_record(struct webhook_state *st, long long job_id, const struct outbound
 	else
 		fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"webhook result not recorded: no database\",\"job\":%lld}\n",
 				job_id);
-	fprintf(stderr, "{\"level\":\"info\",\"msg\":\"outbox job\",\"job\":%lld,\"kind\":\"webhook\",\"status\":%ld,\"ok\":%s}\n",
-			job_id, res->status, res->error[0] ? "false" : "true");
+	log_job(job_id, "webhook", res);
 	PQclear(done);
 }
 

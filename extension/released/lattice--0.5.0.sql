@@ -5908,14 +5908,18 @@ CREATE TABLE lattice.alert_settings (
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
--- Defaults overlaid with a stored (or requested) configuration.
+-- A configuration overlaid with a change, rule by rule and field by field:
+-- the defaults with what an account stored, or what it stored with a request.
 CREATE FUNCTION lattice.alert_merge(base jsonb, patch jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT (base - 'rules') || (COALESCE(patch, '{}') - 'rules')
-           || pg_catalog.jsonb_build_object('rules', (
-                  SELECT pg_catalog.jsonb_object_agg(r.key, r.value || COALESCE(patch #> ARRAY['rules', r.key], '{}'))
-                    FROM pg_catalog.jsonb_each(base -> 'rules') r))
+           || pg_catalog.jsonb_build_object('rules', COALESCE((
+                  SELECT pg_catalog.jsonb_object_agg(k.rule, COALESCE(base #> ARRAY['rules', k.rule], '{}')
+                                                             || COALESCE(patch #> ARRAY['rules', k.rule], '{}'))
+                    FROM (SELECT pg_catalog.jsonb_object_keys(COALESCE(base -> 'rules', '{}'))
+                          UNION SELECT pg_catalog.jsonb_object_keys(COALESCE(patch -> 'rules', '{}'))) AS k(rule)),
+                  '{}'))
 $$;
 
 CREATE FUNCTION lattice.alert_config(config jsonb) RETURNS jsonb
@@ -6588,10 +6592,10 @@ BEGIN
 END
 $$;
 
--- Opens an incident for a firing subject without an open one: silent when
--- muted or within the cool-down after the last message about the subject.  Events (topology)
--- are resolved as they open.  Returns whether it was notified, NULL when an
--- incident was open already.
+-- Opens an incident for a firing subject of an enabled rule without an open
+-- one: silent when muted or within the cool-down after the last message about
+-- the subject.  Events (topology) are resolved as they open.  Returns whether
+-- it was notified; NULL when nothing opened (rule off, or an incident open).
 CREATE FUNCTION lattice.alert_open(c lattice.alert_candidate, at timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -6603,8 +6607,9 @@ DECLARE
     notify boolean;
     i lattice.alert_incidents;
 BEGIN
-    IF EXISTS (SELECT FROM lattice.alert_incidents x
-                WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.status = 'open') THEN
+    IF NOT (cfg #>> ARRAY['rules', c.rule, 'enabled'])::boolean
+       OR EXISTS (SELECT FROM lattice.alert_incidents x
+                   WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.status = 'open') THEN
         RETURN NULL;
     END IF;
     muted := EXISTS (SELECT FROM lattice.alert_mutes m
@@ -6689,10 +6694,6 @@ BEGIN
                                                                    st.service_change_id, change_to)
                    WHERE st.graph_event_id IS NOT NULL
     LOOP
-        IF c.rule = 'service_down'
-           AND NOT (lattice.alert_config_of(c.user_id) #>> '{rules,service_down,enabled}')::boolean THEN
-            CONTINUE;
-        END IF;
         sent := lattice.alert_open(c, at);
         IF sent IS NOT NULL THEN
             opened := opened + 1;
@@ -6772,6 +6773,26 @@ BEGIN
 END
 $$;
 
+-- The body of a channel request: a JSON object with only the members named
+-- in allowed (400 invalid_channel, at the first other one).  The shape of
+-- lattice.billing_body, with the channels' own error code.
+CREATE FUNCTION lattice.alert_channel_body(body text, allowed text[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b jsonb := lattice.auth_body(body);
+    extra text;
+BEGIN
+    SELECT left(k, 64) INTO extra FROM jsonb_object_keys(b) k WHERE k <> ALL (allowed) LIMIT 1;
+    IF extra IS NOT NULL THEN
+        PERFORM lattice.raise_http(400, 'invalid_channel', format('unknown field "%s"', extra),
+                                   jsonb_build_object('path', extra));
+    END IF;
+    RETURN b;
+END
+$$;
+
 -- Refuses a webhook URL with the reason lattice.outbound_url_check gives.
 CREATE FUNCTION lattice.alert_url_require(url text) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -6823,11 +6844,7 @@ DECLARE
 BEGIN
     PERFORM lattice.alert_validate(b);
     -- what the account changed so far, with this change over it
-    stored := COALESCE((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account), '{}');
-    stored := (stored - 'rules') || (b - 'rules')
-              || jsonb_build_object('rules', COALESCE(stored -> 'rules', '{}') || (
-                     SELECT COALESCE(jsonb_object_agg(r.key, COALESCE(stored -> 'rules' -> r.key, '{}') || r.value), '{}')
-                       FROM jsonb_each(COALESCE(b -> 'rules', '{}')) r));
+    stored := lattice.alert_merge(COALESCE((SELECT s.config FROM lattice.alert_settings s WHERE s.user_id = account), '{}'), b);
     cfg := lattice.alert_config(stored);
     IF (cfg #>> '{rules,error_rate,clear_percent}')::numeric > (cfg #>> '{rules,error_rate,threshold_percent}')::numeric THEN
         PERFORM lattice.raise_http(400, 'invalid_rules', 'clear_percent must not be above threshold_percent',
@@ -6865,7 +6882,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
-    b jsonb := lattice.auth_body(body);
+    b jsonb := lattice.alert_channel_body(body, '{kind,name,address,url}');
     kind text := b ->> 'kind';
     name text := btrim(COALESCE(b ->> 'name', ''));
     dest text;
@@ -6873,14 +6890,7 @@ DECLARE
     sealed bytea;
     own record;
     c lattice.alert_channels;
-    k text;
 BEGIN
-    FOR k IN SELECT jsonb_object_keys(b) LOOP
-        IF k NOT IN ('kind', 'name', 'address', 'url') THEN
-            PERFORM lattice.raise_http(400, 'invalid_channel', format('unknown field "%s"', left(k, 64)),
-                                       jsonb_build_object('path', left(k, 64)));
-        END IF;
-    END LOOP;
     IF kind IS NULL OR jsonb_typeof(b -> 'kind') <> 'string' OR kind NOT IN ('email', 'webhook', 'slack') THEN
         PERFORM lattice.raise_http(400, 'invalid_channel', 'kind must be "email", "webhook" or "slack"',
                                    jsonb_build_object('path', 'kind'));
@@ -6944,16 +6954,9 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     account uuid := lattice.authenticate(req, 'session');
-    b jsonb := lattice.auth_body(body);
+    b jsonb := lattice.alert_channel_body(body, '{name,enabled}');
     c lattice.alert_channels := lattice.alert_channel_get(account, req);
-    k text;
 BEGIN
-    FOR k IN SELECT jsonb_object_keys(b) LOOP
-        IF k NOT IN ('name', 'enabled') THEN
-            PERFORM lattice.raise_http(400, 'invalid_channel', format('unknown field "%s"', left(k, 64)),
-                                       jsonb_build_object('path', left(k, 64)));
-        END IF;
-    END LOOP;
     IF b ? 'name' AND (jsonb_typeof(b -> 'name') <> 'string' OR length(btrim(b ->> 'name')) NOT BETWEEN 1 AND 100) THEN
         PERFORM lattice.raise_http(400, 'invalid_channel', 'name must be 1 to 100 characters', jsonb_build_object('path', 'name'));
     END IF;
@@ -7186,6 +7189,7 @@ GRANT EXECUTE ON FUNCTION
     lattice.alert_defaults(), lattice.alert_fields(), lattice.alert_merge(jsonb, jsonb), lattice.alert_config(jsonb),
     lattice.alert_config_of(uuid), lattice.alert_validate(jsonb), lattice.alert_validate_value(jsonb, jsonb, text),
     lattice.alert_channel_json(lattice.alert_channels), lattice.alert_channel_get(uuid, jsonb),
+    lattice.alert_channel_body(text, text[]),
     lattice.alert_url_require(text), lattice.outbound_url_check(text), lattice.webhook_secret_new(),
     lattice.alert_deliveries(uuid, integer), lattice.alert_channel_forget(uuid),
     lattice.alert_enqueue(lattice.alert_channels, text, jsonb, boolean),

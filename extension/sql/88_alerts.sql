@@ -56,14 +56,18 @@ CREATE TABLE lattice.alert_settings (
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
--- Defaults overlaid with a stored (or requested) configuration.
+-- A configuration overlaid with a change, rule by rule and field by field:
+-- the defaults with what an account stored, or what it stored with a request.
 CREATE FUNCTION lattice.alert_merge(base jsonb, patch jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT (base - 'rules') || (COALESCE(patch, '{}') - 'rules')
-           || pg_catalog.jsonb_build_object('rules', (
-                  SELECT pg_catalog.jsonb_object_agg(r.key, r.value || COALESCE(patch #> ARRAY['rules', r.key], '{}'))
-                    FROM pg_catalog.jsonb_each(base -> 'rules') r))
+           || pg_catalog.jsonb_build_object('rules', COALESCE((
+                  SELECT pg_catalog.jsonb_object_agg(k.rule, COALESCE(base #> ARRAY['rules', k.rule], '{}')
+                                                             || COALESCE(patch #> ARRAY['rules', k.rule], '{}'))
+                    FROM (SELECT pg_catalog.jsonb_object_keys(COALESCE(base -> 'rules', '{}'))
+                          UNION SELECT pg_catalog.jsonb_object_keys(COALESCE(patch -> 'rules', '{}'))) AS k(rule)),
+                  '{}'))
 $$;
 
 CREATE FUNCTION lattice.alert_config(config jsonb) RETURNS jsonb
@@ -736,10 +740,10 @@ BEGIN
 END
 $$;
 
--- Opens an incident for a firing subject without an open one: silent when
--- muted or within the cool-down after the last message about the subject.  Events (topology)
--- are resolved as they open.  Returns whether it was notified, NULL when an
--- incident was open already.
+-- Opens an incident for a firing subject of an enabled rule without an open
+-- one: silent when muted or within the cool-down after the last message about
+-- the subject.  Events (topology) are resolved as they open.  Returns whether
+-- it was notified; NULL when nothing opened (rule off, or an incident open).
 CREATE FUNCTION lattice.alert_open(c lattice.alert_candidate, at timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -751,8 +755,9 @@ DECLARE
     notify boolean;
     i lattice.alert_incidents;
 BEGIN
-    IF EXISTS (SELECT FROM lattice.alert_incidents x
-                WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.status = 'open') THEN
+    IF NOT (cfg #>> ARRAY['rules', c.rule, 'enabled'])::boolean
+       OR EXISTS (SELECT FROM lattice.alert_incidents x
+                   WHERE x.user_id = c.user_id AND x.rule = c.rule AND x.subject_key = c.key AND x.status = 'open') THEN
         RETURN NULL;
     END IF;
     muted := EXISTS (SELECT FROM lattice.alert_mutes m
@@ -837,10 +842,6 @@ BEGIN
                                                                    st.service_change_id, change_to)
                    WHERE st.graph_event_id IS NOT NULL
     LOOP
-        IF c.rule = 'service_down'
-           AND NOT (lattice.alert_config_of(c.user_id) #>> '{rules,service_down,enabled}')::boolean THEN
-            CONTINUE;
-        END IF;
         sent := lattice.alert_open(c, at);
         IF sent IS NOT NULL THEN
             opened := opened + 1;

@@ -165,12 +165,10 @@ lattice_outbound_url_check(PG_FUNCTION_ARGS)
 	for (ai = res; ai && !verdict; ai = ai->ai_next)
 	{
 		const char *refusal = outbound_address_refusal(ai->ai_addr, outbound_allow_loopback);
+		const char *strict = outbound_address_refusal(ai->ai_addr, false);
 		char		addr[NI_MAXHOST];
 
-		if (outbound_address_refusal(ai->ai_addr, false) != NULL)
-			all_loopback = all_loopback && refusal == NULL;
-		else
-			all_loopback = false;
+		all_loopback = all_loopback && strict && strcmp(strict, "loopback") == 0;
 		if (refusal)
 		{
 			if (getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST) != 0)

@@ -8,14 +8,13 @@
 // the account's audit trail, export, and deletion down to the catalog.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
-import { startShim, psql, freePort, eventually, assertErrorShape, ROOT } from './lib.mjs';
+import { startShim, startSmtpSink, psql, freePort, eventually, assertErrorShape, ROOT } from './lib.mjs';
 import { send } from './owasp_lib.mjs';
 import { capturedBody } from '../fixtures/captured.mjs';
 
@@ -35,15 +34,7 @@ const smtpOut = join(work, 'smtp.jsonl');
 
 // ---- SMTP: the receiver and the messages it got ------------------------------------
 
-async function startSmtp() {
-  const proc = spawn('/usr/bin/python3', [join(ROOT, 'tests/stripe_standin/smtp_sink.py'), String(smtpPort), smtpOut],
-                     { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise((resolve, reject) => {
-    proc.stdout.once('data', resolve);
-    proc.once('exit', (code) => reject(new Error(`smtp sink exited ${code}`)));
-  });
-  return proc;
-}
+const startSmtp = () => startSmtpSink(smtpPort, smtpOut);
 
 function qpDecode(s) {
   const bytes = [];

@@ -8,14 +8,13 @@
 // The tick is run here with an explicit time (the worker's own is off).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startShim, psql, freePort, eventually, ROOT } from './lib.mjs';
+import { startShim, startSmtpSink, psql, freePort, eventually, ROOT } from './lib.mjs';
 import { send } from './owasp_lib.mjs';
 
 const FROM = '127.0.87.1';
@@ -65,14 +64,6 @@ function verify(r) {
   return have.length === want.length && timingSafeEqual(have, want) && Math.abs(Date.now() / 1000 - Number(sig.t)) < 300;
 }
 
-function startSmtp(port) {
-  const proc = spawn('/usr/bin/python3', [join(ROOT, 'tests/stripe_standin/smtp_sink.py'), String(port), smtpOut],
-                     { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    proc.stdout.once('data', () => resolve(proc));
-    proc.once('exit', (code) => reject(new Error(`smtp sink exited ${code}`)));
-  });
-}
 // Subjects of the alert messages delivered to the account's address
 function subjects() {
   if (!existsSync(smtpOut)) return [];
@@ -97,7 +88,7 @@ before(async () => {
   setting('lattice.outbound_allow_loopback', 'on');
   receiver = await startReceiver();
   const smtpPort = await freePort();
-  smtp = await startSmtp(smtpPort);
+  smtp = await startSmtpSink(smtpPort, smtpOut);
   shim = await startShim({ cwd: ROOT, env: {
     LATTICE_SMTP_URL: `smtp://127.0.0.1:${smtpPort}`, LATTICE_SMTP_TLS: 'none', LATTICE_SMTP_TIMEOUT_MS: '3000',
     LATTICE_OUTBOX_POLL_MS: '100', LATTICE_WEBHOOK_TIMEOUT_MS: '6000' } });

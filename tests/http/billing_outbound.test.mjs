@@ -4,7 +4,7 @@
 // server (python3-aiosmtpd).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { startStripeStandin } from '../stripe_standin/server.mjs';
+import { startSmtpSink } from './lib.mjs';
 
 const root = process.env.LATTICE_ROOT ?? new URL('../..', import.meta.url).pathname;
 const work = process.env.LATTICE_WORK ?? mkdtempSync(join(tmpdir(), 'billing-'));
@@ -30,15 +31,7 @@ function freePort() {
   });
 }
 
-async function startSmtp() {
-  const proc = spawn('/usr/bin/python3', [join(root, 'tests/stripe_standin/smtp_sink.py'), String(smtpPort), smtpOut],
-                     { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise((resolve, reject) => {
-    proc.stdout.once('data', resolve);
-    proc.once('exit', (code) => reject(new Error(`smtp sink exited ${code}`)));
-  });
-  return proc;
-}
+const startSmtp = () => startSmtpSink(smtpPort, smtpOut);
 
 const env = () => ({ ...process.env, LATTICE_DB: conninfo, LATTICE_STRIPE_API_BASE: stripe.url,
                      LATTICE_STRIPE_SECRET_KEY: stripe.secretKey, LATTICE_SMTP_URL: `smtp://127.0.0.1:${smtpPort}`,

@@ -187,3 +187,15 @@ export function assertErrorShape(assert, r, status, code) {
   assert.equal(typeof j.error.message, 'string');
   assert.match(j.error.request_id, /^[A-Za-z0-9._-]{1,64}$/);
 }
+
+// Starts the SMTP receiver (tests/stripe_standin/smtp_sink.py, python3-aiosmtpd)
+// on port, appending each message it accepts to the JSON-lines file out;
+// resolves with the process once it listens.
+export function startSmtpSink(port, out) {
+  const proc = spawn('/usr/bin/python3', [`${ROOT}/tests/stripe_standin/smtp_sink.py`, String(port), out],
+                     { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    proc.stdout.once('data', () => resolve(proc));
+    proc.once('exit', (code) => reject(new Error(`smtp sink exited ${code}`)));
+  });
+}
