@@ -66,6 +66,9 @@ export function waitText(err) {
   return `in ${hrs} hour${hrs === 1 ? '' : 's'}`;
 }
 
+// What a 429 says to the person, with its wait when the server gave one.
+export const tooManyText = (err) => `Too many attempts. Wait ${waitText(err) || 'a few minutes'} and try again.`;
+
 // A field of an API object under either naming (ingest speaks camelCase,
 // identity and billing snake_case).
 export function pick(obj, ...names) {

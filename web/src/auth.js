@@ -3,7 +3,7 @@
 // to an account with two-factor authentication takes two steps: the API
 // answers 401 mfa_required, the form then asks for a code and sends
 // {email, password, code} again.
-import { post, ApiError, waitText } from './api.js';
+import { post, ApiError, tooManyText } from './api.js';
 import './site.js';
 
 const form = document.querySelector('form[data-auth]');
@@ -33,7 +33,7 @@ function messageFor(err, mode) {
   if (err.code === 'invalid_code') return 'That code is not valid. Enter the current 6-digit code from your authenticator app (it changes every 30 seconds), or a recovery code you have not used yet.';
   if (err.code === 'already_exists' || err.code === 'email_taken') return 'An account with this email already exists. Log in instead?';
   if (err.code === 'invalid_password') return 'Choose a password of 10 to 1024 characters.';
-  if (err.status === 429) return `Too many attempts. Wait ${waitText(err) || 'a few minutes'} and try again.`;
+  if (err.status === 429) return tooManyText(err);
   if (err.status === 0) return err.message;
   return err.message || (mode === 'signup' ? 'Sign-up failed.' : 'Log-in failed.');
 }

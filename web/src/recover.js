@@ -4,7 +4,7 @@
 // load), /alerts/verify?token=… (confirm an address an account sends its
 // alerts to, on load).  None needs a session.  See docs/account.md and
 // docs/alerts.md.
-import { post, ApiError, waitText } from './api.js';
+import { post, ApiError, tooManyText } from './api.js';
 import { h, fill } from './ui.js';
 import './site.js';
 
@@ -13,7 +13,6 @@ const doneBox = document.getElementById('flow-done');
 const token = new URLSearchParams(location.search).get('token') || '';
 
 const asApiError = (err) => (err instanceof ApiError ? err : new ApiError(0, null));
-const tooMany = (e) => `Too many attempts. Wait ${waitText(e) || 'a few minutes'} and try again.`;
 const forgotLink = () => h('a', { href: '/forgot-password' }, 'Ask for a new link');
 
 function showError(form, message, field) {
@@ -65,7 +64,7 @@ if (forgot) {
         'Nothing arrived? Look in the spam folder, or ask again in a few minutes.');
     } catch (err) {
       const e = asApiError(err);
-      if (e.status === 429) return showError(forgot, tooMany(e));
+      if (e.status === 429) return showError(forgot, tooManyText(e));
       if (e.code === 'invalid_input' || e.code === 'invalid_email') return showError(forgot, 'Enter a valid e-mail address.', 'email');
       showError(forgot, e.message);
     }
@@ -99,7 +98,7 @@ if (reset) {
         if (e.code === 'invalid_token') return deadLink('This link no longer works: it was already used, or a newer link was sent since.');
         if (e.code === 'token_expired') return deadLink('This link has expired: reset links work for one hour.');
         if (e.code === 'invalid_password') return showError(reset, 'Choose a password of 10 to 1024 characters.', 'password');
-        if (e.status === 429) return showError(reset, tooMany(e));
+        if (e.status === 429) return showError(reset, tooManyText(e));
         showError(reset, e.message);
       }
     });
@@ -124,7 +123,7 @@ function redeemOnLoad(path, ok, failed) {
       const e = asApiError(err);
       if (e.code === 'token_expired') show('warn', ...failed.token_expired);
       else if (e.code === 'invalid_token') show('error', ...failed.invalid_token);
-      else if (e.status === 429) show('error', tooMany(e));
+      else if (e.status === 429) show('error', tooManyText(e));
       else show('error', e.message);
     }
   })();

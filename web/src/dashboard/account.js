@@ -2,7 +2,7 @@
 // change of password), two-factor authentication (enrolment with a QR code,
 // recovery codes, turning it off), the sessions, the account's own activity,
 // the export of everything it owns, and its deletion.  See docs/account.md.
-import { get, post, del, waitText } from '../api.js';
+import { get, post, del, tooManyText } from '../api.js';
 import { h, fill, listOf, date, timeEl, empty, failure, viewHead, toast, confirmDialog } from './common.js';
 import { copyText } from '../ui.js';
 
@@ -125,9 +125,9 @@ function explain(err) {
     case 'mfa_not_enabled': return ['Two-factor authentication is not on.', null];
     case 'mfa_already_enabled': return ['Two-factor authentication is already on.', null];
     case 'invalid_email': return ['Enter a valid e-mail address.', 'email'];
-    case 'too_many_attempts': return [`Too many attempts. Wait ${waitText(err) || 'a few minutes'} and try again.`, null];
+    case 'too_many_attempts': return [tooManyText(err), null];
     default:
-      if (err.status === 429) return [`Too many attempts. Wait ${waitText(err) || 'a few minutes'} and try again.`, null];
+      if (err.status === 429) return [tooManyText(err), null];
       return [err.message || 'That did not work.', (err.details && typeof err.details.path === 'string') ? err.details.path.replace(/^\$?\.?/, '') : null];
   }
 }

@@ -3,7 +3,7 @@
 // names the field in error.details.path); the channels (e-mail, signed
 // webhook, Slack) with a test send, enable/disable, a new signing secret
 // (shown once), deletion and their delivery log.
-import { get, post, patch, del, api, waitText } from '../api.js';
+import { get, post, patch, del, api, tooManyText } from '../api.js';
 import { h, fill, listOf, date, timeEl, empty, failure, viewHead, toast, confirmDialog } from './common.js';
 import { RULES, ruleName, subjectNodes, stateBadges } from './incidents.js';
 
@@ -39,7 +39,6 @@ const ORDER = Object.keys(FIELDS);
 const byOrder = (a, b) => (ORDER.indexOf(a) + 1 || 999) - (ORDER.indexOf(b) + 1 || 999) || a.localeCompare(b);
 const KINDS = { email: 'E-mail', webhook: 'Webhook', slack: 'Slack' };
 const pathOf = (err) => (err && err.details && typeof err.details.path === 'string' ? err.details.path : null);
-const tooMany = (err) => `Too many attempts. Try again ${waitText(err) || 'in a minute'}.`;
 
 export async function render(root, ctx) {
   let gone = false;
@@ -61,7 +60,7 @@ export async function render(root, ctx) {
         await fn();
       } catch (err) {
         if (err.status === 401) throw err;
-        toast(err.status === 429 ? tooMany(err) : err.message, 'error');
+        toast(err.status === 429 ? tooManyText(err) : err.message, 'error');
       } finally {
         btn.disabled = false;
         btn.removeAttribute('aria-busy');
@@ -211,7 +210,7 @@ export async function render(root, ctx) {
         toast('Alert rules saved');
       } catch (err) {
         if (err.status === 401) throw err;
-        error.textContent = err.status === 429 ? tooMany(err) : err.message;
+        error.textContent = err.status === 429 ? tooManyText(err) : err.message;
         error.hidden = false;
         const path = pathOf(err);
         const input = path ? [...form.querySelectorAll('[data-path]')].find((x) => x.dataset.path === path) : null;
@@ -290,7 +289,7 @@ export async function render(root, ctx) {
           await fn(b);
         } catch (err) {
           if (err.status === 401) throw err;
-          say('bad', err.status === 429 ? tooMany(err) : err.message);
+          say('bad', err.status === 429 ? tooManyText(err) : err.message);
         } finally {
           b.disabled = false;
           b.removeAttribute('aria-busy');
@@ -306,7 +305,7 @@ export async function render(root, ctx) {
       } catch (err) {
         if (err.status === 401) throw err;
         const d = err.details || {};
-        say('bad', h('strong', { 'data-delivered': 'false' }, 'Not delivered: '), err.status === 429 ? tooMany(err) : err.message,
+        say('bad', h('strong', { 'data-delivered': 'false' }, 'Not delivered: '), err.status === 429 ? tooManyText(err) : err.message,
           d.status != null ? ` (answer ${d.status})` : '', d.error && d.error !== err.message ? ` — ${d.error}` : '');
       }
       loadChannels(true);
@@ -432,7 +431,7 @@ export async function render(root, ctx) {
       await loadChannels();
     } catch (err) {
       if (err.status === 401) throw err;
-      addError.textContent = err.status === 429 ? tooMany(err) : err.message;
+      addError.textContent = err.status === 429 ? tooManyText(err) : err.message;
       addError.hidden = false;
       const path = pathOf(err);
       const input = path && addForm.querySelector(`[data-path="${CSS.escape(path)}"]`);
