@@ -8,7 +8,10 @@
 -- volatile fields (see src/ingest_validate.c): an identical re-submission is
 -- recognised by it and only moves last_seen.  Liveness (active/inactive) is
 -- derived from last_seen when read, so it costs no write.  An is_external
--- service is a caller seen in traces that never registered itself.
+-- node never registered itself: a caller or callee seen only in traces
+-- (kind external; an is_external row of kind service reads as external),
+-- or a database or queue that OpenTelemetry spans name (kind database,
+-- queue); each is drawn with its own shape.
 
 CREATE TABLE lattice.services (
     id                  uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
@@ -25,6 +28,8 @@ CREATE TABLE lattice.services (
     deployment_type     text,
     status              text NOT NULL DEFAULT 'active',
     is_external         boolean NOT NULL DEFAULT false,
+    kind                text NOT NULL DEFAULT 'service'
+                        CHECK (kind IN ('service', 'external', 'database', 'queue')),
     discovered_by       jsonb,
     metadata            jsonb,
     instance_id         text,
@@ -32,7 +37,8 @@ CREATE TABLE lattice.services (
     first_seen          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     last_seen           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (user_id, name, environment),
-    PRIMARY KEY (user_id, id)
+    PRIMARY KEY (user_id, id),
+    CHECK (kind = 'service' OR is_external)
 );
 
 -- attrs: the route as the plugin described it (middlewareChain,

@@ -377,6 +377,7 @@ BEGIN
         metadata = svc -> 'metadata',
         status = 'active',
         is_external = false,
+        kind = 'service',
         instance_id = chk.instance_id,
         snapshot_hash = chk.hash,
         last_seen = pg_catalog.now()
@@ -542,6 +543,65 @@ CREATE TYPE lattice.ingest_edge AS (
     last_at     timestamptz
 );
 
+-- Records edges source -> target per bucket: edge_stats, the connections'
+-- totals, and an edge_added event for each new connection.  Returns how many
+-- connections are new.  The user is passed (not read from the session) so
+-- the background worker can record an account's edges too.
+CREATE FUNCTION lattice.ingest_edges(tenant uuid, batch lattice.ingest_edge[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    edges jsonb;
+BEGIN
+    INSERT INTO lattice.edge_stats AS s
+        (user_id, source_service_id, target_service_id, bucket, call_count, error_count,
+         total_duration_ms, latency_hist)
+    SELECT ingest_edges.tenant, e.source, e.target, e.bucket, pg_catalog.sum(e.calls), pg_catalog.sum(e.errors),
+           pg_catalog.sum(e.total_ms), lattice.hist_sum(e.hist)
+      FROM pg_catalog.unnest(ingest_edges.batch) e
+     GROUP BY e.source, e.target, e.bucket
+     ORDER BY 2, 3, 4
+    ON CONFLICT (user_id, source_service_id, target_service_id, bucket) DO UPDATE SET
+        call_count = s.call_count + EXCLUDED.call_count,
+        error_count = s.error_count + EXCLUDED.error_count,
+        total_duration_ms = s.total_duration_ms + EXCLUDED.total_duration_ms,
+        latency_hist = lattice.hist_add(s.latency_hist, EXCLUDED.latency_hist);
+
+    WITH up AS (
+        INSERT INTO lattice.connections AS k
+            (user_id, source_service_id, target_service_id, call_count, error_count, client_error_count,
+             total_duration_ms, latency_hist, first_seen, last_seen)
+        SELECT ingest_edges.tenant, e.source, e.target, pg_catalog.sum(e.calls), pg_catalog.sum(e.errors),
+               pg_catalog.sum(e.client_errors), pg_catalog.sum(e.total_ms), lattice.hist_sum(e.hist),
+               pg_catalog.min(e.first_at), pg_catalog.max(e.last_at)
+          FROM pg_catalog.unnest(ingest_edges.batch) e
+         GROUP BY e.source, e.target
+         ORDER BY 2, 3
+        ON CONFLICT (user_id, source_service_id, target_service_id) DO UPDATE SET
+            call_count = k.call_count + EXCLUDED.call_count,
+            error_count = k.error_count + EXCLUDED.error_count,
+            client_error_count = k.client_error_count + EXCLUDED.client_error_count,
+            total_duration_ms = k.total_duration_ms + EXCLUDED.total_duration_ms,
+            latency_hist = lattice.hist_add(k.latency_hist, EXCLUDED.latency_hist),
+            first_seen = LEAST(k.first_seen, EXCLUDED.first_seen),
+            last_seen = GREATEST(k.last_seen, EXCLUDED.last_seen)
+        RETURNING (xmax = 0) AS inserted, k.source_service_id, k.target_service_id, k.first_seen
+    )
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'source', up.source_service_id, 'target', up.target_service_id, 'at', up.first_seen))
+               FILTER (WHERE up.inserted), '[]')
+      INTO edges
+      FROM up;
+    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
+    SELECT ingest_edges.tenant, e.at, 'edge_added', e.source, e.target
+      FROM pg_catalog.jsonb_to_recordset(edges) AS e(source uuid, target uuid, at timestamptz)
+    ON CONFLICT DO NOTHING;
+
+    RETURN pg_catalog.jsonb_array_length(edges);
+END
+$$;
+
 -- Applies a validated {"traces": [...]} document: per-route buckets, edges
 -- caller -> service (an unknown caller becomes an external node), liveness.
 -- A trace whose service never registered is reported in `failures`.
@@ -559,7 +619,6 @@ DECLARE
     new_edges bigint := 0;
     new_buckets bigint := 0;
     known jsonb;
-    edges jsonb;
     results jsonb;
     failures jsonb;
 BEGIN
@@ -615,8 +674,8 @@ BEGIN
 
     -- Callers that are no known service become external nodes.
     WITH added AS (
-        INSERT INTO lattice.services (user_id, name, environment, is_external, status)
-        SELECT DISTINCT uid, r.caller, r.environment, true, 'external'
+        INSERT INTO lattice.services (user_id, name, environment, is_external, kind, status)
+        SELECT DISTINCT uid, r.caller, r.environment, true, 'external', 'external'
           FROM pg_catalog.unnest(batch) r
          WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
            AND NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(known) k WHERE k ->> 'name' = r.caller)
@@ -687,50 +746,7 @@ BEGIN
                      GROUP BY 1, 2, 3, 4) c) src
      WHERE src.source IS NOT NULL AND src.source <> src.target;
 
-    INSERT INTO lattice.edge_stats AS s
-        (user_id, source_service_id, target_service_id, bucket, call_count, error_count,
-         total_duration_ms, latency_hist)
-    SELECT uid, e.source, e.target, e.bucket, pg_catalog.sum(e.calls), pg_catalog.sum(e.errors),
-           pg_catalog.sum(e.total_ms), lattice.hist_sum(e.hist)
-      FROM pg_catalog.unnest(edge_batch) e
-     GROUP BY e.source, e.target, e.bucket
-     ORDER BY 2, 3, 4
-    ON CONFLICT (user_id, source_service_id, target_service_id, bucket) DO UPDATE SET
-        call_count = s.call_count + EXCLUDED.call_count,
-        error_count = s.error_count + EXCLUDED.error_count,
-        total_duration_ms = s.total_duration_ms + EXCLUDED.total_duration_ms,
-        latency_hist = lattice.hist_add(s.latency_hist, EXCLUDED.latency_hist);
-
-    WITH up AS (
-        INSERT INTO lattice.connections AS k
-            (user_id, source_service_id, target_service_id, call_count, error_count, client_error_count,
-             total_duration_ms, latency_hist, first_seen, last_seen)
-        SELECT uid, e.source, e.target, pg_catalog.sum(e.calls), pg_catalog.sum(e.errors),
-               pg_catalog.sum(e.client_errors), pg_catalog.sum(e.total_ms), lattice.hist_sum(e.hist),
-               pg_catalog.min(e.first_at), pg_catalog.max(e.last_at)
-          FROM pg_catalog.unnest(edge_batch) e
-         GROUP BY e.source, e.target
-         ORDER BY 2, 3
-        ON CONFLICT (user_id, source_service_id, target_service_id) DO UPDATE SET
-            call_count = k.call_count + EXCLUDED.call_count,
-            error_count = k.error_count + EXCLUDED.error_count,
-            client_error_count = k.client_error_count + EXCLUDED.client_error_count,
-            total_duration_ms = k.total_duration_ms + EXCLUDED.total_duration_ms,
-            latency_hist = lattice.hist_add(k.latency_hist, EXCLUDED.latency_hist),
-            first_seen = LEAST(k.first_seen, EXCLUDED.first_seen),
-            last_seen = GREATEST(k.last_seen, EXCLUDED.last_seen)
-        RETURNING (xmax = 0) AS inserted, k.source_service_id, k.target_service_id, k.first_seen
-    )
-    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-               'source', up.source_service_id, 'target', up.target_service_id, 'at', up.first_seen))
-               FILTER (WHERE up.inserted), '[]')
-      INTO edges
-      FROM up;
-    new_edges := pg_catalog.jsonb_array_length(edges);
-    INSERT INTO lattice.graph_events (user_id, at, kind, source_service_id, target_service_id)
-    SELECT uid, e.at, 'edge_added', e.source, e.target
-      FROM pg_catalog.jsonb_to_recordset(edges) AS e(source uuid, target uuid, at timestamptz)
-    ON CONFLICT DO NOTHING;
+    new_edges := lattice.ingest_edges(uid, edge_batch);
 
     -- A service sending traces is alive; written at most once a minute.
     UPDATE lattice.services s SET last_seen = pg_catalog.now()
@@ -1050,7 +1066,8 @@ GRANT EXECUTE ON FUNCTION
     lattice.ingest_setting(text), lattice.ingest_bucket_width(), lattice.service_liveness(timestamptz, boolean),
     lattice.may_ingest(uuid), lattice.require_ingest(uuid), lattice.check_service_limit(uuid),
     lattice.ingest_graph_changed(), lattice.ingest_tenant(), lattice.ingest_prune(uuid),
-    lattice.ingest_metadata(text), lattice.ingest_trace_doc(jsonb), lattice.ingest_traces(text),
+    lattice.ingest_metadata(text), lattice.ingest_edges(uuid, lattice.ingest_edge[]),
+    lattice.ingest_trace_doc(jsonb), lattice.ingest_traces(text),
     lattice.ingest_legacy_metrics(text), lattice.scrub_text(text), lattice.scrub_json(jsonb),
     lattice.error_message_shape(text), lattice.error_top_frame(jsonb),
     lattice.error_fingerprint(text, text, text), lattice.ingest_error_items(jsonb),

@@ -48,7 +48,7 @@ key_well_formed(const char *key, size_t len)
 {
 	size_t		i;
 
-	if (len != KEY_TEXT_LEN || strncmp(key, "ltc_", 4) != 0)
+	if (len != KEY_TEXT_LEN || strncmp(key, LATTICE_API_KEY_PREFIX, strlen(LATTICE_API_KEY_PREFIX)) != 0)
 		return false;
 	for (i = 4; i < len; i++)
 	{
@@ -245,7 +245,7 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 	if (!lattice_secret_get("pepper", NULL, pepper, kid))
 		elog(ERROR, "lattice: no active pepper; run lattice.rotate_secret('pepper')");
 	random_part = lattice_random_token(KEY_RANDOM_BYTES);
-	out->key = psprintf("ltc_%s", random_part);
+	out->key = psprintf(LATTICE_API_KEY_PREFIX "%s", random_part);
 	sodium_memzero(random_part, strlen(random_part));
 	out->prefix = pnstrdup(out->key, KEY_PREFIX_LEN);
 	key_hash(out->key, strlen(out->key), pepper, hash);

@@ -276,6 +276,15 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 	if (!lattice_tenant_token_active())
 		lattice_deferred_flush();
 
+	/*
+	 * An API key may come as a bearer credential too (OpenTelemetry
+	 * exporters send Authorization: Bearer); its prefix tells it from a JWT.
+	 */
+	if (!api_key && bearer && strncmp(bearer, LATTICE_API_KEY_PREFIX, strlen(LATTICE_API_KEY_PREFIX)) == 0)
+	{
+		api_key = bearer;
+		bearer = NULL;
+	}
 	if (need == NEED_INGEST && !api_key && bearer)
 		lattice_raise_http(401, "credential_not_accepted",
 						   "ingest takes an API key (X-Lattice-API-Key), not a bearer token",

@@ -28,6 +28,7 @@ typedef struct GraphNode
 	uint32		version;
 	uint32		framework;
 	uint32		language;
+	uint32		kind;			/* service, external, database or queue */
 	bool		is_external;
 	TimestampTz last_seen;
 } GraphNode;

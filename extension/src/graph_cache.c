@@ -105,7 +105,8 @@ graph_prepare_all(void)
 			"SELECT version, xmin::text::bigint FROM lattice.graph_versions WHERE user_id = $1");
 	if (nodes_plan == NULL)
 		nodes_plan = graph_prepare(
-			"SELECT id, name, environment, status, version, framework, language, is_external, last_seen"
+			"SELECT id, name, environment, status, version, framework, language, is_external, last_seen,"
+			"       CASE WHEN is_external AND kind = 'service' THEN 'external' ELSE kind END"
 			"  FROM lattice.services WHERE user_id = $1 ORDER BY id");
 	if (edges_plan == NULL)
 		edges_plan = graph_prepare(
@@ -251,6 +252,7 @@ graph_load_nodes(LatticeGraph *g, Datum tenant, StringInfo strings)
 			node->language = graph_intern(strings, tup, desc, 7);
 			node->is_external = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 			node->last_seen = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+			node->kind = graph_intern(strings, tup, desc, 10);
 		}
 		SPI_freetuptable(SPI_tuptable);
 		graph_check_size((Size) g->n * NODE_BYTES + strings->len, g->n, 0);

@@ -214,6 +214,8 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 		graph_json_str(&buf, graph_str(g, node->framework));
 		appendStringInfoString(&buf, ",\"language\":");
 		graph_json_str(&buf, graph_str(g, node->language));
+		appendStringInfoString(&buf, ",\"kind\":");
+		graph_json_str(&buf, graph_str(g, node->kind));
 		appendStringInfo(&buf, ",\"is_external\":%s,\"last_seen\":",
 						 node->is_external ? "true" : "false");
 		graph_json_ts(&buf, node->last_seen);

@@ -261,7 +261,7 @@ lattice_graph_impact_summary(PG_FUNCTION_ARGS)
  *		direction: 'dependencies' (downstream), 'dependents' or 'impact'
  *		(upstream; impact ignores depth).
  *		{"service", "direction", "depth", "requested_depth", "count",
- *		 "services": [{id, name, environment, status, is_external, distance,
+ *		 "services": [{id, name, environment, status, kind, is_external, distance,
  *		 weakest_calls, worst_error_rate}], "more_beyond_depth", "truncated"}
  */
 PG_FUNCTION_INFO_V1(lattice_graph_reach_json);
@@ -316,6 +316,8 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 		graph_json_str(&buf, graph_str(g, node->environment));
 		appendStringInfoString(&buf, ",\"status\":");
 		graph_json_str(&buf, graph_str(g, node->status));
+		appendStringInfoString(&buf, ",\"kind\":");
+		graph_json_str(&buf, graph_str(g, node->kind));
 		appendStringInfo(&buf, ",\"is_external\":%s,\"distance\":%d,\"weakest_calls\":" INT64_FORMAT
 						 ",\"worst_error_rate\":",
 						 node->is_external ? "true" : "false", g->dist[v], r.weakest_calls[i]);

@@ -21,6 +21,7 @@
 
 #define LATTICE_SECRET_BYTES	32	/* pepper and JWT keys: 256 bits */
 #define LATTICE_KID_MAX			32
+#define LATTICE_API_KEY_PREFIX	"ltc_"	/* tells a key from a JWT wherever it comes */
 
 /* Argon2id parameters (password.c): OWASP's minimum, see there */
 #define LATTICE_PWHASH_OPSLIMIT 2

@@ -322,6 +322,17 @@ alert_work(void)
 		elog(ERROR, "lattice alerts: the tick failed");
 }
 
+/*
+ * OpenTelemetry client spans whose server half never came: their external
+ * edges (extension/sql/36_ingest_otlp.sql), with every roll-up.
+ */
+static void
+otlp_work(void)
+{
+	if (SPI_execute("SELECT lattice.otlp_expire_all()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "lattice otlp: the expiry failed");
+}
+
 void
 lattice_rate_worker_main(Datum main_arg)
 {
@@ -361,6 +372,7 @@ lattice_rate_worker_main(Datum main_arg)
 			TimestampDifferenceExceeds(last_rate, GetCurrentTimestamp(), rate_usage_interval * 1000 - 100))
 		{
 			worker_transaction("lattice usage roll-up", rate_work);
+			worker_transaction("lattice otlp expiry", otlp_work);
 			last_rate = GetCurrentTimestamp();
 		}
 		if (TimestampDifferenceExceeds(last_lifecycle, GetCurrentTimestamp(), LIFECYCLE_INTERVAL_MS))

@@ -14,7 +14,8 @@ CREATE FUNCTION pg_temp.record_services(kind text, rows lattice.services[]) RETU
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO lattice.graph_events (user_id, at, kind, service_id, name, environment)
-    SELECT r.user_id, CASE kind WHEN 'service_added' THEN r.first_seen ELSE now() END, kind, r.id, r.name, r.environment
+    SELECT r.user_id, CASE record_services.kind WHEN 'service_added' THEN r.first_seen ELSE now() END,
+           record_services.kind, r.id, r.name, r.environment
       FROM unnest(rows) r;
     PERFORM lattice.graph_bump(t) FROM (SELECT DISTINCT r.user_id FROM unnest(rows) r) u(t);
 END

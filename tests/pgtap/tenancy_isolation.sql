@@ -27,7 +27,8 @@ LANGUAGE sql AS $$
         WHEN col = 'email' THEN quote_literal(gen_random_uuid()::text || '@example.com')
         WHEN col = 'purpose' THEN quote_literal('verify_email')
         WHEN col = 'kind' THEN quote_literal('email')         -- a kind every table with one accepts
-        WHEN col = 'status' THEN quote_literal('resolved')
+        WHEN col = 'status' AND typ = 'text'::regtype THEN quote_literal('resolved')
+        WHEN typ = '"char"'::regtype THEN quote_literal('c')
         WHEN typ = 'uuid'::regtype THEN 'gen_random_uuid()'
         WHEN typ IN ('text'::regtype, 'character varying'::regtype) THEN quote_literal('seed-' || left(md5(random()::text), 8))
         WHEN typ IN ('integer'::regtype, 'bigint'::regtype, 'smallint'::regtype,
