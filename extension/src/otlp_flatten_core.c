@@ -53,6 +53,7 @@ typedef struct SpanAttrs
 	const char *target;
 	const char *peer_service;
 	const char *address;
+	const char *url;			/* url.full / http.url: the host when nothing else names it */
 	int64_t		port;
 	int64_t		status;
 	const char *db;
@@ -271,6 +272,10 @@ span_attr(void *ctx, const char *key, struct json_object *value)
 		prefer(&a->target, false, s);
 	else if (strcmp(key, "peer.service") == 0)
 		a->peer_service = s;
+	else if (strcmp(key, "url.full") == 0)
+		prefer(&a->url, true, s);
+	else if (strcmp(key, "http.url") == 0)
+		prefer(&a->url, false, s);
 	else if (strcmp(key, "server.address") == 0)
 		prefer(&a->address, true, s);
 	else if (strcmp(key, "net.peer.name") == 0)
@@ -315,12 +320,10 @@ add_string(struct json_object *o, const char *key, const char *s)
 		json_object_object_add(o, key, json_object_new_string(s));
 }
 
-/* At most max bytes of s, not cutting a UTF-8 sequence */
+/* At most max bytes of s[0..len), not cutting a UTF-8 sequence */
 static struct json_object *
-cut_string(const char *s, size_t max)
+cut_bytes(const char *s, size_t len, size_t max)
 {
-	size_t		len = strlen(s);
-
 	if (len > max)
 	{
 		len = max;
@@ -379,8 +382,12 @@ exceptions_of(struct json_object *events, int64_t span_start)
 		if (member(ev, "timeUnixNano") == NULL || !int64_value(member(ev, "timeUnixNano"), &at) || at <= 0)
 			at = span_start;
 		x = json_object_new_object();
-		json_object_object_add(x, "type", cut_string(e.type ? e.type : "Error", OTLP_MAX_PEER));
-		json_object_object_add(x, "message", cut_string(e.message ? e.message : "", OTLP_MAX_MESSAGE));
+		if (e.type == NULL)
+			e.type = "Error";
+		if (e.message == NULL)
+			e.message = "";
+		json_object_object_add(x, "type", cut_bytes(e.type, strlen(e.type), OTLP_MAX_PEER));
+		json_object_object_add(x, "message", cut_bytes(e.message, strlen(e.message), OTLP_MAX_MESSAGE));
 		json_object_object_add(x, "frames", frames_of(e.stack));
 		json_object_object_add(x, "at", json_object_new_double((double) (at / 1000) / 1e6));
 		if (out == NULL)
@@ -403,6 +410,21 @@ peer_of(const SpanAttrs *a, char *buf, size_t len)
 		snprintf(buf, len, "%s:%lld", a->address, (long long) a->port);
 	else if (a->address && *a->address)
 		snprintf(buf, len, "%s", a->address);
+	else if (a->url && strstr(a->url, "://"))
+	{
+		/* scheme://[userinfo@]host[:port][/?#...] */
+		const char *host = strstr(a->url, "://") + 3;
+		size_t		n = strcspn(host, "/?#");
+		const char *at = memchr(host, '@', n);
+
+		if (at)
+		{
+			n -= (size_t) (at + 1 - host);
+			host = at + 1;
+		}
+		if (n > 0 && n < len)
+			snprintf(buf, len, "%.*s", (int) n, host);
+	}
 }
 
 /* The kind, as an integer or its enum name (both are valid OTLP/JSON) */
@@ -687,8 +709,8 @@ add_frame(struct json_object *frames, const char *fn, size_t fn_len, const char 
 	struct json_object *fr = json_object_new_object();
 
 	if (fn_len > 0)
-		json_object_object_add(fr, "function_name", json_object_new_string_len(fn, (int) (fn_len > OTLP_MAX_PEER ? OTLP_MAX_PEER : fn_len)));
-	json_object_object_add(fr, "filename", json_object_new_string_len(file, (int) (file_len > OTLP_MAX_NAME ? OTLP_MAX_NAME : file_len)));
+		json_object_object_add(fr, "function_name", cut_bytes(fn, fn_len, OTLP_MAX_PEER));
+	json_object_object_add(fr, "filename", cut_bytes(file, file_len, OTLP_MAX_NAME));
 	if (line > 0)
 		json_object_object_add(fr, "lineno", json_object_new_int64(line));
 	json_object_array_add(frames, fr);

@@ -5,7 +5,7 @@
 -- queue nodes, exceptions as error groups, credentials, tenancy.
 -- tests/http/otel_sdk.test.mjs sends the same through the real SDKs.
 BEGIN;
-SELECT plan(51);
+SELECT plan(52);
 
 \ir helpers.psql
 
@@ -182,12 +182,14 @@ SELECT is((SELECT call_count || ' ' || total_duration_ms FROM lattice.connection
           '1 25', 'the edge E -> F, with the server''s figures');
 
 SELECT is(pg_temp.export(:'key_a', jsonb_build_array(pg_temp.resource('shop-g', jsonb_build_array(
-              pg_temp.span('f3', 'a7', NULL, 'GET', 3, '{"http.request.method": "GET", "server.address": "api.example.com", "server.port": 443}'))))) -> 'body',
+              pg_temp.span('f3', 'a7', NULL, 'GET', 3, '{"http.request.method": "GET", "server.address": "api.example.com", "server.port": 443}'),
+              pg_temp.span('f3', 'a6', NULL, 'POST', 3, '{"url.full": "https://user@pay.example:8443/charge?card=1"}'))))) -> 'body',
           '{}', 'a call to something that never reports');
 UPDATE lattice.otlp_pending SET expires_at = now() - interval '1 second' WHERE user_id = :'a';
 SELECT is(lattice.otlp_expire_all() >= 2, true, 'once its window has passed the worker''s sweep records it');
 SELECT is(pg_temp.node(:'a', 'api.example.com:443'), 'external (external)', 'as an external node named by server.address:port');
 SELECT is(pg_temp.calls(:'a', 'shop-g', 'api.example.com:443'), 1::bigint, 'with the edge');
+SELECT is(pg_temp.calls(:'a', 'shop-g', 'pay.example:8443'), 1::bigint, 'or by the host of url.full');
 
 SET LOCAL lattice.otlp_match_capacity = 1;
 SELECT is(pg_temp.export(:'key_a', jsonb_build_array(pg_temp.resource('shop-h', jsonb_build_array(
