@@ -131,6 +131,20 @@ export function methodTag(m) {
 
 export const serviceHref = (id) => `/dashboard/service?id=${encodeURIComponent(id)}`;
 
+// What a node of the graph is: a registered service, an external caller or
+// callee known only by name, a database system, or a messaging destination.
+// Servers before `kind` send is_external alone: service or external then
+// (and an external node of kind service is external, as the server reads it).
+export const NODE_KINDS = ['service', 'external', 'database', 'queue'];
+export function nodeKind(n) {
+  const k = String(n.kind ?? '').toLowerCase();
+  const external = Boolean(n.is_external ?? n.isExternal ?? n.external ?? (n.type === 'external' || n.status === 'external'));
+  if (NODE_KINDS.includes(k) && !(k === 'service' && external)) return k;
+  return external ? 'external' : 'service';
+}
+// database and queue nodes are not services (no page of their own), like external ones
+export const isExternalKind = (kind) => kind !== 'service';
+
 // A key's scopes as badges (ingest, read); null when the server sent none.
 export const SCOPES = {
   ingest: 'The plugins send metadata, traces and errors with it. Give each service an ingest-only key.',

@@ -4,11 +4,13 @@
 // mode (blast radius with distances), cycles, a focal view with depth control
 // for large graphs, live updates (Server-Sent Events, live.js), and a red
 // ring on services with an open alert incident (one GET, refreshed slowly).
+// Nodes by kind: services (circles), external callers (diamonds), databases
+// (barrels) and messaging queues (tags); only services have a page.
 import cytoscape from 'cytoscape';
 import dagre from 'cytoscape-dagre';
 import fcose from 'cytoscape-fcose';
 import { get } from '../api.js';
-import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, serviceHref, statusBadge, isMissingRoute, poll } from './common.js';
+import { h, fill, listOf, pick, num, pct, ago, failure, viewHead, serviceHref, statusBadge, isMissingRoute, poll, nodeKind, isExternalKind } from './common.js';
 import { onGraphChange } from './live.js';
 import { openIncidents, incidentServiceIds, ruleName } from './incidents.js';
 
@@ -27,14 +29,18 @@ export const FULL_GRAPH_LIMIT = 300;
 
 const sid = (x) => String(x);
 export function normalise(d) {
-  const nodes = listOf(d, 'nodes', 'services').map((n) => ({
-    id: sid(n.id ?? n.service_id ?? n.name),
-    name: n.name ?? n.label ?? String(n.id),
-    environment: n.environment ?? null,
-    status: String(n.status ?? 'active').toLowerCase(),
-    external: Boolean(n.is_external ?? n.isExternal ?? n.external ?? (n.type === 'external' || n.kind === 'external' || n.status === 'external')),
-    raw: n,
-  }));
+  const nodes = listOf(d, 'nodes', 'services').map((n) => {
+    const kind = nodeKind(n);
+    return {
+      id: sid(n.id ?? n.service_id ?? n.name),
+      name: n.name ?? n.label ?? String(n.id),
+      environment: n.environment ?? null,
+      status: String(n.status ?? 'active').toLowerCase(),
+      kind,
+      external: isExternalKind(kind),
+      raw: n,
+    };
+  });
   const edges = listOf(d, 'edges', 'connections', 'links').map((e) => {
     const calls = Number(pick(e, 'calls', 'count', 'callCount', 'call_count', 'requests') ?? 0);
     const errors = Number(pick(e, 'errors', 'errorCount', 'error_count') ?? 0);
@@ -54,7 +60,7 @@ export function normalise(d) {
   const ids = new Set(nodes.map((n) => n.id));
   // a caller we only know from edges is an external node
   for (const e of edges) for (const end of [e.source, e.target]) {
-    if (!ids.has(end)) { ids.add(end); nodes.push({ id: end, name: end, environment: null, status: 'external', external: true, raw: {} }); }
+    if (!ids.has(end)) { ids.add(end); nodes.push({ id: end, name: end, environment: null, status: 'external', kind: 'external', external: true, raw: {} }); }
   }
   return { nodes, edges, version: pick(d, 'version', 'graph_version', 'graphVersion') };
 }
@@ -84,6 +90,9 @@ const STYLE = [
     'text-outline-color': '#0b1020', 'text-outline-width': 2, 'min-zoomed-font-size': 7 } },
   { selector: 'node[status = "inactive"]', style: { 'background-color': '#475569', 'border-color': '#64748b', color: '#94a3b8' } },
   { selector: 'node[?external]', style: { shape: 'round-diamond', 'background-color': '#0ea5e9', 'border-color': '#7dd3fc' } },
+  // a database stands taller than wide, so the barrel reads as a cylinder
+  { selector: 'node[kind = "database"]', style: { shape: 'barrel', height: (n) => Math.round(1.3 * n.data('size')), 'background-color': '#14b8a6', 'border-color': '#5eead4' } },
+  { selector: 'node[kind = "queue"]', style: { shape: 'tag', 'background-color': '#d946ef', 'border-color': '#f0abfc' } },
   { selector: 'edge', style: {
     width: 'data(w)', 'line-color': 'data(colour)', 'target-arrow-color': 'data(colour)', 'target-arrow-shape': 'triangle',
     'curve-style': 'bezier', 'arrow-scale': 0.8, opacity: 0.85 } },
@@ -99,6 +108,13 @@ const STYLE = [
   // an open alert incident: a ring outside the border, whatever else marks the node
   { selector: 'node.incident', style: { 'outline-width': 4, 'outline-color': '#ef4444', 'outline-offset': 3, 'outline-opacity': 1 } },
 ];
+
+// the detail panel's badge, and a line on what such a node is
+const KIND_LABEL = { external: 'external caller', database: 'database', queue: 'queue' };
+const KIND_NOTE = {
+  database: 'A database your services call, seen in their traces. It has no page of its own.',
+  queue: 'A messaging destination your services publish to or consume from, seen in their traces.',
+};
 
 export async function render(root, ctx) {
   const params = ctx.params;
@@ -119,6 +135,7 @@ export async function render(root, ctx) {
   const overlay = h('div.state-box', { role: 'status' }, h('span.spinner'), ' Loading the graph…');
   const stats = h('div.graph-stats', { 'aria-live': 'polite' });
   const legend = h('div.graph-legend', h('span.lg-active', 'active'), h('span.lg-inactive', 'inactive'), h('span.lg-external', 'external caller'),
+    h('span.lg-database', 'database'), h('span.lg-queue', 'queue'),
     h('span.lg-impact', 'impacted'), h('span.lg-cycle', 'cycle'), h('span.lg-incident', 'open incident'));
   const box = h('div.graph-box', canvas, stats, legend, overlay);
 
@@ -180,7 +197,7 @@ export async function render(root, ctx) {
     for (const e of v.edges) { deg.set(e.source, (deg.get(e.source) || 0) + 1); deg.set(e.target, (deg.get(e.target) || 0) + 1); }
     const maxCalls = Math.max(1, ...v.edges.map((e) => e.calls));
     return [
-      ...v.nodes.map((n) => ({ group: 'nodes', data: { id: n.id, name: n.name, status: n.status, external: n.external,
+      ...v.nodes.map((n) => ({ group: 'nodes', data: { id: n.id, name: n.name, status: n.status, external: n.external, kind: n.kind,
         environment: n.environment, size: 18 + Math.min(22, 3 * Math.sqrt(deg.get(n.id) || 0)) } })),
       ...v.edges.map((e) => ({ group: 'edges', data: { id: `${e.source}->${e.target}`, source: e.source, target: e.target,
         calls: e.calls, errorRate: e.errorRate, w: 1 + 5 * Math.log1p(e.calls) / Math.log1p(maxCalls), colour: errColour(e.errorRate) } })),
@@ -278,7 +295,8 @@ export async function render(root, ctx) {
     const name = (x) => state.all.nodes.find((m) => m.id === x)?.name ?? x;
     const edgeRow = (e, other) => h('li', h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); select(other); cy.getElementById(other).select(); } }, name(other)),
       h('span.muted', ` · ${num(e.calls)} calls · ${pct(e.errorRate)} errors`));
-    fill(detail, h('h2', n.name), n.external ? h('p', h('span.badge', 'external caller')) : h('p', statusBadge(n.status), ' ', n.environment ? h('span.badge.badge-brand', n.environment) : null),
+    fill(detail, h('h2', n.name), n.external ? h('p', h('span.badge', { class: `badge-${n.kind}`, 'data-kind': n.kind }, KIND_LABEL[n.kind])) : h('p', statusBadge(n.status), ' ', n.environment ? h('span.badge.badge-brand', n.environment) : null),
+      KIND_NOTE[n.kind] ? h('p.muted', KIND_NOTE[n.kind]) : null,
       n.raw && (n.raw.lastSeen || n.raw.last_seen) ? h('p.muted', `Last seen ${ago(n.raw.lastSeen || n.raw.last_seen)}`) : null,
       incidentsOf(id).length ? h('div.alert.alert-error.graph-incidents', { 'data-incidents': String(incidentsOf(id).length) },
         h('strong', 'Open incidents: '), h('ul.list-plain', incidentsOf(id).map((i) => h('li', `${ruleName(i.rule)}: ${i.summary || ''}`))),

@@ -1,10 +1,12 @@
 // Onboarding: create an ingest-only key (shown once), copy the snippet with
-// it filled in, and wait live for the first service to report.
+// it filled in (the Lattice plugin, or any OpenTelemetry SDK or Collector
+// over OTLP/HTTP), and wait live for the first service to report.
 import { get, post } from '../api.js';
 import { h, fill, listOf, pick, serviceHref, viewHead } from './common.js';
 import { onGraphChange } from './live.js';
 import { initTabs } from '../ui.js';
-import { expressSnippet, nextSnippet } from './snippets.js';
+import { expressSnippet, nextSnippet, otlpEndpoint, otelNodeSnippet, otelPythonSnippet, otelGoEnv, otelGoSnippet,
+  otelJavaSnippet, otelNextEnv, otelNextSnippet, otelNextNodeSnippet, otelCollectorSnippet } from './snippets.js';
 
 export async function render(root) {
   let key = null;
@@ -43,13 +45,33 @@ export async function render(root) {
     const k = key && key.key;
     const tab = (id, label, selected) => h('button', { role: 'tab', id: `tab-${id}`, 'aria-controls': `panel-${id}`,
       'aria-selected': String(selected), tabindex: selected ? '0' : '-1', type: 'button' }, label);
-    const panel = (id, text, hidden) => h('div', { role: 'tabpanel', id: `panel-${id}`, 'aria-labelledby': `tab-${id}`, hidden },
-      h('div.code', h('button.btn.btn-small.copy', { type: 'button', 'data-copy': '' }, 'Copy'), h('pre', h('code', text))));
-    const tabs = h('div.tabs', { 'data-tabs': '' }, h('div', { role: 'tablist', 'aria-label': 'Framework' },
-      tab('express', 'Express', true), tab('next', 'Next.js', false)),
-      panel('express', expressSnippet(k), false), panel('next', nextSnippet(k), true));
-    fill(snippetStep, h('h2', 'Add the plugin to a service'),
-      h('p.muted', k ? 'The ingest key is filled in below.' : 'Create the ingest key first; it will be filled in below.'), tabs);
+    const code = (text) => h('div.code', h('button.btn.btn-small.copy', { type: 'button', 'data-copy': '' }, 'Copy'), h('pre', h('code', text)));
+    // a panel holds one snippet, or several [caption, text] in order
+    const panel = (id, content, hidden) => h('div', { role: 'tabpanel', id: `panel-${id}`, 'aria-labelledby': `tab-${id}`, hidden },
+      typeof content === 'string' ? code(content) : content.map(([caption, text]) => [h('p.snippet-caption', caption), code(text)]));
+    // one tab box: [id, label, content] per tab, the first selected
+    const tabs = (label, list) => h('div.tabs', { 'data-tabs': '' },
+      h('div', { role: 'tablist', 'aria-label': label }, list.map(([id, name], i) => tab(id, name, i === 0))),
+      list.map(([id, , content], i) => panel(id, content, i !== 0)));
+    fill(snippetStep, h('h2', 'Connect a service'),
+      h('p.muted', k ? 'The ingest key is filled in below.' : 'Create the ingest key first; it will be filled in below.'),
+      h('h3', 'With the Lattice plugin'),
+      h('p.muted', 'Express and Next.js: routes, packages, traces and errors.'),
+      tabs('Framework', [['express', 'Express', expressSnippet(k)], ['next', 'Next.js', nextSnippet(k)]]),
+      h('h3', 'Or with OpenTelemetry'),
+      h('p.muted', 'Any OpenTelemetry SDK or Collector that exports traces over OTLP/HTTP (protobuf or JSON) to ',
+        h('code', { id: 'otlp-endpoint' }, otlpEndpoint()),
+        '. gRPC is not supported: keep ', h('code', 'OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf'), '. Traces only, no metrics or logs. ',
+        'Older SDKs name the environment ', h('code', 'deployment.environment'), ' instead.'),
+      tabs('OpenTelemetry', [
+        ['otel-node', 'Node.js', otelNodeSnippet(k)],
+        ['otel-python', 'Python', otelPythonSnippet(k)],
+        ['otel-go', 'Go', [['The environment:', otelGoEnv(k)], ['Then, once at start (the otlptracehttp exporter):', otelGoSnippet()]]],
+        ['otel-java', 'Java', otelJavaSnippet(k)],
+        ['otel-next', 'Next.js', [['The environment:', otelNextEnv(k)], ['Then instrumentation.ts, with @vercel/otel:', otelNextSnippet()],
+          ['Or, without @vercel/otel, the Node SDK:', otelNextNodeSnippet(k)]]],
+        ['otel-collector', 'Collector', otelCollectorSnippet(k)],
+      ]));
     initTabs(snippetStep);
   }
 

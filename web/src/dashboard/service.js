@@ -2,7 +2,7 @@
 // summary, routes with traffic, packages, upstream/downstream, recent changes
 // and errors.
 import { get } from '../api.js';
-import { h, fill, listOf, pick, num, ms, pct, ago, date, timeEl, empty, failure, statusBadge, methodTag, serviceHref, viewHead } from './common.js';
+import { h, fill, listOf, pick, num, ms, pct, ago, date, timeEl, empty, failure, statusBadge, methodTag, serviceHref, viewHead, nodeKind } from './common.js';
 import { changeItem } from './changes.js';
 import { openIncidents, incidentStrip } from './incidents.js';
 
@@ -74,7 +74,7 @@ export async function render(root, ctx) {
     const list = listOf(res, 'services', 'nodes', 'dependents', 'dependencies').filter((n) => nid(n) !== id);
     if (list.length === 0) return h('p.muted', `No ${label.toLowerCase()} services seen.`);
     return h('ul.list-plain', list.map((n) => h('li',
-      n.isExternal || n.is_external ? h('span', n.name, ' ', h('span.badge', 'external')) : h('a', { href: serviceHref(nid(n)) }, n.name ?? nid(n)),
+      nodeKind(n) !== 'service' ? h('span', n.name, ' ', h('span.badge', { class: `badge-${nodeKind(n)}` }, nodeKind(n))) : h('a', { href: serviceHref(nid(n)) }, n.name ?? nid(n)),
       n.environment ? h('span.muted', ` · ${n.environment}`) : null,
       n.requestCount != null ? h('span.muted', ` · ${num(n.requestCount)} calls · p95 ${ms(n.p95Ms)} · ${pct(n.errorRate)} errors`) : null)));
   };

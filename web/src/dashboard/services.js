@@ -1,6 +1,8 @@
 // Services overview: stat tiles, filters and search, a card per service.
-// Refreshes itself so a new service appears without a reload.
-import { h, fill, allServices, pick, num, ago, timeEl, poll, empty, failure, statusBadge, serviceHref, viewHead } from './common.js';
+// Refreshes itself so a new service appears without a reload.  Registered
+// services only: GET /services leaves external nodes out, and with them
+// databases and queues (external too); one sent anyway is not listed.
+import { h, fill, allServices, pick, num, ago, timeEl, poll, empty, failure, statusBadge, serviceHref, viewHead, nodeKind } from './common.js';
 
 const routesOf = (s) => pick(s, 'routeCount', 'routesCount', 'route_count', 'routes_count') ?? (Array.isArray(s.routes) ? s.routes.length : null);
 const depsOf = (s) => pick(s, 'dependencyCount', 'dependenciesCount', 'dependency_count', 'dependencies_count') ?? (Array.isArray(s.dependencies) ? s.dependencies.length : null);
@@ -79,7 +81,7 @@ export async function render(root, ctx) {
   }
 
   async function load() {
-    services = (await allServices()).sort((a, b) => String(a.name).localeCompare(String(b.name)));
+    services = (await allServices()).filter((s) => nodeKind(s) === 'service').sort((a, b) => String(a.name).localeCompare(String(b.name)));
     draw();
   }
 
