@@ -58,6 +58,7 @@ typedef struct SpanAttrs
 	int64_t		status;
 	const char *db;
 	const char *db_name;
+	bool		db_query;		/* a statement or operation: a call, not a pool's connect */
 	const char *mq;
 	const char *destination;
 	const char *rpc_system;
@@ -295,6 +296,9 @@ span_attr(void *ctx, const char *key, struct json_object *value)
 		prefer(&a->db, true, s);
 	else if (strcmp(key, "db.system") == 0)
 		prefer(&a->db, false, s);
+	else if (strcmp(key, "db.query.text") == 0 || strcmp(key, "db.statement") == 0 ||
+			 strcmp(key, "db.operation.name") == 0 || strcmp(key, "db.operation") == 0)
+		a->db_query = true;
 	else if (strcmp(key, "db.namespace") == 0)
 		prefer(&a->db_name, true, s);
 	else if (strcmp(key, "db.name") == 0)
@@ -531,6 +535,13 @@ flatten_span(Flattener *f, const Resource *r, struct json_object *span)
 	{
 		reject(f, why);
 		return;
+	}
+	/* a database span that names neither a database nor a query (a pool
+	   handing out a connection) is work inside the service, not a call */
+	if (a.db && !a.db_name && !a.db_query)
+	{
+		a.db = NULL;
+		kind = 1;
 	}
 	status = member(span, "status");
 	if (status && member(status, "code") && !int64_value(member(status, "code"), &code))

@@ -5,7 +5,7 @@
 -- queue nodes, exceptions as error groups, credentials, tenancy.
 -- tests/http/otel_sdk.test.mjs sends the same through the real SDKs.
 BEGIN;
-SELECT plan(52);
+SELECT plan(53);
 
 \ir helpers.psql
 
@@ -123,6 +123,7 @@ INSERT INTO kv SELECT 'one', pg_temp.export(:'key_a', jsonb_build_array(
         pg_temp.span('a1', 'b1', 'a2', 'GET /stock/:sku', 2,
                      '{"http.request.method": "GET", "http.route": "/stock/:sku", "http.response.status_code": 200}', 985, 20),
         pg_temp.span('a1', 'b2', 'b1', 'pg.query:SELECT', 3, '{"db.system": "postgresql", "db.name": "stock"}', 980, 4),
+        pg_temp.span('a1', 'b4', 'b1', 'pg-pool.connect', 3, '{"db.system.name": "postgresql"}', 982, 1),
         pg_temp.span('a1', 'b3', 'b1', 'publish', 4, '{"messaging.system": "kafka", "messaging.destination.name": "orders"}', 975, 1)))));
 SELECT is(pg_temp.v('one') -> 'body', '{}', 'a clean export answers {}');
 SELECT is(pg_temp.node(:'a', 'shop-a'), 'service', 'a resource registers its service');
@@ -144,6 +145,7 @@ SELECT ok((SELECT lattice.hist_percentile(latency_hist, 0.5) FROM lattice.route_
 SELECT is(pg_temp.calls(:'a', 'shop-a', 'shop-b'), 1::bigint, 'a client span and its server child make the edge A -> B');
 SELECT is(pg_temp.node(:'a', 'postgresql/stock'), 'database (external)', 'a db.system span names a database node');
 SELECT is(pg_temp.calls(:'a', 'shop-b', 'postgresql/stock'), 1::bigint, 'called by B');
+SELECT is(pg_temp.node(:'a', 'postgresql'), NULL, 'a pool''s connect span (no database, no query) is no call');
 SELECT is(pg_temp.node(:'a', 'kafka orders'), 'queue (external)', 'a producer span names a queue node');
 SELECT is(pg_temp.calls(:'a', 'shop-b', 'kafka orders'), 1::bigint, 'B publishes to it');
 SELECT is(pg_temp.node(:'a', 'stock:3001'), NULL, 'a matched client span makes no external node');
