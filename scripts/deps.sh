@@ -14,6 +14,8 @@ packages=(
 packages+=(systemd strace)
 # tests/shell/pitr.sh, deploy/pgbackrest/: WAL archiving, base backups, point-in-time restores
 packages+=(pgbackrest)
+# shim/otlp: protoc-c generates the OTLP protobuf C at build time, the shim links libprotobuf-c
+packages+=(libprotobuf-c-dev protobuf-c-compiler)
 # tests/shell/promtool.sh, deploy/prometheus/: promtool checks the alert rules and a live /metrics
 # (Debian ships promtool only in the prometheus package; its service is not needed)
 packages+=(prometheus)
@@ -32,6 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian's postgresql package starts a main cluster on 5432; ours use their own.
 # Likewise nginx: the HTTP suite runs its own (tests/http/proxy_nginx.test.mjs).
-if [ -d tests ] && [ -f tests/package.json ] && [ ! -d tests/node_modules ]; then
-    (cd tests && npm ci --silent --no-audit --no-fund)
+# Again when the lock is newer than the last install (a machine with an older
+# node_modules gets the new packages); the stamp is written after npm ci.
+if [ -d tests ] && [ -f tests/package.json ] && { [ ! -d tests/node_modules ] ||
+        [ tests/package-lock.json -nt tests/node_modules/.lattice-deps-stamp ]; }; then
+    (cd tests && npm ci --silent --no-audit --no-fund && touch node_modules/.lattice-deps-stamp)
 fi

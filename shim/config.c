@@ -36,6 +36,7 @@ static const struct key keys[] = {
     INT("pool_wait_ms", pool_wait_ms, 1, 600000),
     INT("threads", threads, 1, 2000),
     LONG("body_max", body_max, 0, 1L << 30),
+    LONG("otlp_inflated_max", otlp_inflated_max, 0, 1L << 30),
     INT("header_max", header_max, 1024, 1 << 20),
     INT("uri_max", uri_max, 64, 1 << 20),
     INT("request_timeout_ms", request_timeout_ms, 100, 3600000),
@@ -72,6 +73,7 @@ static void defaults(void)
     cfg.pool_wait_ms = 2000;
     cfg.threads = 64;
     cfg.body_max = 1L << 20;
+    cfg.otlp_inflated_max = 8L << 20;
     cfg.header_max = 16384;
     cfg.uri_max = 4096;
     cfg.request_timeout_ms = 10000;

@@ -61,7 +61,7 @@ static json_object *forwarded_headers(struct mg_connection *conn, const char *li
 }
 
 static char *build_req(struct mg_connection *conn, const struct route *rt, const struct route_match *m,
-                       const struct reply *r)
+                       const struct reply *r, const struct otlp_req *otlp)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     json_object *req = json_object_new_object();
@@ -93,6 +93,8 @@ static char *build_req(struct mg_connection *conn, const struct route *rt, const
     if (rt->headers)
         json_object_object_add(req, "headers", forwarded_headers(conn, rt->headers));
 
+    if (otlp)
+        json_object_object_add(req, "otlp", otlp_req_json(otlp));
     char *out = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(req);
     return out;
@@ -422,6 +424,10 @@ static void answer_row(struct mg_connection *conn, struct reply *r, const struct
     row_headers(conn, r, rt, row, extra);
 
     const char *body = PQgetisnull(row, 0, 2) ? NULL : PQgetvalue(row, 0, 2);
+    if (r->otlp_proto) { /* a protobuf export: a protobuf answer */
+        otlp_reply_answer(r, status, body, extra);
+        return;
+    }
     char *patched = status >= 400 && body ? with_request_id(body, r->request_id) : NULL;
     if (patched)
         body = patched;
@@ -537,6 +543,9 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
     size_t body_len = 0;
     if (read_body(conn, r, &body, &body_len) != 0)
         return;
+    struct otlp_req otlp;
+    if ((rt->flags & R_OTLP) && otlp_prepare(conn, r, &body, &body_len, &otlp) != 0)
+        return;
     if (body && (rt->flags & R_JSON) && !is_json_type(mg_get_header(conn, "Content-Type"))) {
         reply_error(r, 415, "unsupported_media_type", "the body must be application/json", NULL, NULL);
         free(body);
@@ -547,7 +556,7 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
         free(body);
         return;
     }
-    char *req = build_req(conn, rt, m, r);
+    char *req = build_req(conn, rt, m, r, rt->flags & R_OTLP ? &otlp : NULL);
     bool read_only = strcmp(ri->request_method, "GET") == 0 || strcmp(ri->request_method, "HEAD") == 0;
 
     struct call call = { 0 };

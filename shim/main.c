@@ -152,7 +152,7 @@ static int handle(struct mg_connection *conn, void *cbdata)
     bool forwarding_ok = origin_of(ri->remote_addr, ri->is_ssl, ri->http_headers, ri->num_headers, &client, why,
                                    sizeof(why)) == 0;
     struct reply r = { .conn = conn, .request_id = rid, .client = client.addr, .tls = client.tls,
-                       .head = strcmp(method, "HEAD") == 0 };
+                       .head = strcmp(method, "HEAD") == 0, .otlp_proto = otlp_wants_proto(conn, path) };
     struct request_log log = { .route = ROUTE_UNMATCHED };
     struct conn_state *cs = mg_get_user_connection_data(conn);
     size_t uri_len = (path ? strlen(path) : 0) + (ri->query_string ? strlen(ri->query_string) + 1 : 0);

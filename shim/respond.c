@@ -122,6 +122,10 @@ bool reply_start_chunked(struct reply *r, int status, const char *content_type, 
 void reply_error(struct reply *r, int status, const char *code, const char *message,
                  const char *details_json, const char *extra_headers)
 {
+    if (r->otlp_proto) {
+        otlp_reply_status(r, status, code, message, extra_headers);
+        return;
+    }
     char *body = error_body(code, message, details_json, r->request_id);
     reply_send(r, status, "application/json", extra_headers, body, body ? strlen(body) : 0, false);
     free(body);

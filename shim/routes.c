@@ -9,6 +9,8 @@
  *            R_CORS  browsers on cfg.cors_origins may call it (the SDK's)
  *            R_STREAM  the function returns SETOF rows, read one at a time; a
  *                    first row with 200 is written as the rows come (chunked)
+ *            R_OTLP  OTLP/HTTP: a gzip, protobuf or JSON body reaches SQL as
+ *                    OTLP/JSON; protobuf requests get protobuf answers (otlp.c)
  *   timeout  T_FAST / T_NORMAL / T_SLOW: statement_timeout_<class>_ms
  *   headers  extra request headers copied into req.headers (lower-case,
  *            comma separated), e.g. "stripe-signature,idempotency-key"
@@ -77,6 +79,9 @@ const struct route routes[] = {
     { "PATCH", "/api/v1/errors/{id}",              "error_update",    R_JSON,         T_NORMAL, NULL },
     { "GET",  "/api/v1/performance/metrics",       "performance_metrics", 0,          T_SLOW,   NULL },
 
+    /* OpenTelemetry OTLP/HTTP (shim/otlp.c, docs/shim.md "OTLP traces") */
+    { "POST", "/otlp/v1/traces",                   "otlp_traces",     R_OTLP,         T_NORMAL, NULL },
+
     /* alerts: extension/sql/89_http_alerts.sql, docs/alerts.md */
     { "GET",  "/api/v1/alerts/rules",              "alert_rules_get", 0,              T_FAST,   NULL },
     { "PUT",  "/api/v1/alerts/rules",              "alert_rules_put", R_JSON,         T_NORMAL, NULL },
@@ -120,6 +125,7 @@ const struct route routes[] = {
     { "POST", "/api/v1/_test/write",               "_test_write",     R_TEST,         T_NORMAL, NULL },
     { "GET",  "/api/v1/_test/missing",             "_test_missing",   R_TEST,         T_NORMAL, NULL },
     { "GET",  "/api/v1/_test/stream",              "_test_stream",    R_TEST | R_STREAM, T_SLOW, NULL },
+    { "POST", "/api/v1/_test/otlp",                "_test_otlp",      R_TEST | R_OTLP, T_NORMAL, NULL },
 };
 
 const int nroutes = (int) (sizeof(routes) / sizeof(routes[0]));

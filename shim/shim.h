@@ -17,6 +17,8 @@
 #include <json-c/json.h>
 #include <libpq-fe.h>
 
+#include "utf8.h"
+
 #define SHIM_VERSION "0.1.0"
 #define SHIM_SCHEMA_VERSION "1.0.0" /* the plugins' wire protocol */
 #define REQUEST_ID_MAX 64
@@ -33,6 +35,7 @@ struct shim_config {
     int pool_wait_ms;
     int threads;
     long body_max;
+    long otlp_inflated_max;       /* an OTLP body once inflated (otlp.c) */
     int header_max;
     int uri_max;
     int request_timeout_ms;
@@ -75,6 +78,7 @@ enum route_flags {
     R_OUTBOUND = 1 << 5,     /* runs the outbox job its answer names, after COMMIT (outbound.h) */
     R_EVENTS = 1 << 6,       /* a 200 answer becomes a Server-Sent Events stream (events.c) */
     R_STREAM = 1 << 7,       /* SETOF rows read one by one; a 200 is written as they come (stream.c) */
+    R_OTLP = 1 << 8,         /* OTLP/HTTP: gzip, protobuf or JSON in, protobuf answers to protobuf (otlp.c) */
 };
 
 struct route {
@@ -151,6 +155,7 @@ struct reply {
     bool head;                /* HEAD: headers only */
     bool tls;                 /* the client's scheme is https: HSTS */
     bool close;               /* Connection: close */
+    bool otlp_proto;          /* an OTLP protobuf export: errors are google.rpc.Status (otlp.c) */
     int status;
     size_t bytes;
 };
@@ -174,6 +179,29 @@ struct request_log {
 
 void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m,
                   struct request_log *log);
+
+/* ---- otlp.c ----------------------------------------------------------- */
+
+struct otlp_req {
+    bool proto;               /* the body was protobuf, now its OTLP/JSON */
+    long rejected_spans;      /* dropped by the decoder (otlp_json.h) */
+    char rejected_message[192];
+};
+
+/* The request is a protobuf export to an R_OTLP route: its answers, errors
+   included, are protobuf (r->otlp_proto). */
+bool otlp_wants_proto(struct mg_connection *conn, const char *path);
+/* After the body is read: inflates it, checks its type, decodes protobuf
+   into OTLP/JSON; *body then holds the text for SQL ("{}" when empty).
+   0, or an HTTP status already answered (*body freed). */
+int otlp_prepare(struct mg_connection *conn, struct reply *r, char **body, size_t *len, struct otlp_req *o);
+/* req.otlp: {"encoding", "rejectedSpans", "rejectedMessage"?} */
+json_object *otlp_req_json(const struct otlp_req *o);
+/* reply_error of a protobuf export: a google.rpc.Status. */
+void otlp_reply_status(struct reply *r, int status, const char *code, const char *message, const char *extra_headers);
+/* The function's answer to a protobuf export: an ExportTraceServiceResponse,
+   or a google.rpc.Status when status >= 400. */
+void otlp_reply_answer(struct reply *r, int status, const char *body, const char *extra_headers);
 
 /* ---- stream.c --------------------------------------------------------- */
 
@@ -267,7 +295,6 @@ void log_request_info(const char *request_id, const char *fmt, ...) __attribute_
 
 bool request_id_sane(const char *s);
 void request_id_generate(char out[REQUEST_ID_MAX + 1]);
-bool utf8_valid(const char *s, size_t len);
 double now_seconds(void);
 int64_t now_ms(void);
 void iso8601_now(char *buf, size_t len);

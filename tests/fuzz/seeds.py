@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Seed corpora for the fuzz targets, built from the captured plugin requests
-(tests/fixtures/captured/*.json: method, path, query, headers, raw body) and
-the shim's route table.  Deterministic: the same fixtures give the same seeds.
+(tests/fixtures/captured/*.json: method, path, query, headers, raw body), the
+recorded OpenTelemetry exports (tests/fixtures/otlp) and the shim's route table.  Deterministic: the same fixtures give the same seeds.
 
     seeds.py ROOT OUTDIR     writes OUTDIR/<target>/<n>
 """
 import base64
 import glob
+import gzip
 import hashlib
 import hmac
 import json
@@ -17,7 +18,8 @@ import urllib.parse
 
 root, out = sys.argv[1], sys.argv[2]
 seeds = {t: [] for t in ("fuzz_stripe_signature", "fuzz_jwt", "fuzz_ingest_match", "fuzz_shim_request",
-                         "fuzz_ingest_check", "fuzz_ingest_validate")}
+                         "fuzz_ingest_check", "fuzz_ingest_validate", "fuzz_otlp_decode",
+                         "fuzz_otlp_flatten")}
 
 captured = []
 for f in sorted(glob.glob(os.path.join(root, "tests/fixtures/captured/*.json"))):
@@ -134,6 +136,19 @@ for i, scope in enumerate([b'"ingest read"', b'"read"', b'"ingest"', b'""', b'["
                b'"exp":1800003600,"jti":"scope%d","scope":%s}' % (i, scope))
     signing = b64(header) + b"." + b64(payload)
     seeds["fuzz_jwt"].append(signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest()))
+
+# ---- OTLP: the SDK's recorded protobuf exports (the gzip one inflated), and
+# the JSON answers the function gives (fuzz_otlp_decode packs those too)
+for f in sorted(glob.glob(os.path.join(root, "tests/fixtures/otlp/*.pb*"))):
+    with open(f, "rb") as fh:
+        raw = fh.read()
+    seeds["fuzz_otlp_decode"].append(gzip.decompress(raw) if f.endswith(".gz") else raw)
+seeds["fuzz_otlp_decode"] += [b"", b'{}', b'{"partialSuccess":{"rejectedSpans":"2","errorMessage":"two dropped"}}']
+# the flattener: the SDK's own OTLP/JSON export
+for f in sorted(glob.glob(os.path.join(root, "tests/fixtures/otlp/*.json"))):
+    with open(f, "rb") as fh:
+        seeds["fuzz_otlp_flatten"].append(fh.read())
+seeds["fuzz_otlp_flatten"] += [b'{}', b'{"resourceSpans":[]}']
 
 for target, items in seeds.items():
     d = os.path.join(out, target)

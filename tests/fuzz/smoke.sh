@@ -14,7 +14,8 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 seconds=${LATTICE_FUZZ_SECONDS:-12}
 out=$root/.build/fuzz
-targets=(fuzz_stripe_signature fuzz_jwt fuzz_ingest_match fuzz_shim_request fuzz_ingest_validate fuzz_ingest_check)
+targets=(fuzz_stripe_signature fuzz_jwt fuzz_ingest_match fuzz_shim_request fuzz_ingest_validate fuzz_ingest_check
+         fuzz_otlp_decode fuzz_otlp_flatten)
 
 echo "1..$((1 + 2 * ${#targets[@]}))"
 if log=$(make -s -C tests/fuzz all 2>&1); then

@@ -116,6 +116,7 @@ const TABLE = {
   'POST /api/v1/ingest/metadata':              { need: 'ingest', ok: [200], body: ingestBody.metadata },
   'POST /api/v1/performance/traces/batch':     { need: 'ingest', ok: [201], body: ingestBody.traces },
   'POST /api/v1/errors/batch':                 { need: 'ingest', ok: [201], body: ingestBody.errors },
+  'POST /otlp/v1/traces':                      { need: 'ingest', ok: [200], body: () => '{}' },
   'POST /api/v1/errors':                       { need: 'ingest', ok: [201], body: ingestBody.error },
   'POST /api/v1/breadcrumbs':                  { need: 'ingest', ok: [201], body: ingestBody.breadcrumbs },
   'POST /api/v1/metrics':                      { need: 'ingest', ok: [201], body: ingestBody.metrics },
