@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HTTP suite's identity, ingest, graph, billing, rate, account-lifecycle and alert cases through a
+# The HTTP suite's identity, ingest, OpenTelemetry, graph, billing, rate, account-lifecycle and alert cases through a
 # real shim pointed at the Citus coordinator: the same tests as on one node
 # (tests/http/), and a worker going down (worker_down.test.mjs), each test a
 # TAP line here.  Needs LATTICE_CITUS_DIR.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.." || exit 1
 . "${LATTICE_CITUS_DIR:?a started cluster}/env"
 export LATTICE_ROOT=$PWD LATTICE_CLUSTER=$LATTICE_CITUS_DIR/coord LATTICE_CITUS_DIR
 files=(identity_auth authz_matrix ingest_protocol ingest_read_api graph_api billing_webhook owasp_api_top10 owasp_bad_input events_live metrics_ops
-       billing_lifecycle rate_classes rate_headers account_lifecycle alerts)
+       billing_lifecycle rate_classes rate_headers account_lifecycle alerts otel_sdk)
 paths=()
 for f in "${files[@]}"; do paths+=("tests/http/$f.test.mjs"); done
 paths+=(tests/citus/worker_down.test.mjs)
