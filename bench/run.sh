@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/lattice-bench.XXXXXX)
 chmod 0755 "$work"
-cleanup() { scripts/cluster.sh stop "$work/pg" >/dev/null 2>&1; rm -rf "$work"; }
+cleanup() { scripts/cluster.sh stop "$work/pg" >/dev/null 2>&1; cp "$work/pg/postgres.log" .build/bench-postgres.log 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 LATTICE_PG_FSYNC=off scripts/cluster.sh start "$work/pg" >/dev/null || exit 1
 # shellcheck disable=SC1091

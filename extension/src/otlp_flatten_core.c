@@ -550,6 +550,14 @@ flatten_span(Flattener *f, const Resource *r, struct json_object *span)
 		return;
 	}
 
+	/*
+	 * Work inside a service (INTERNAL, UNSPECIFIED) shows on the map only
+	 * as a database call or an exception: the rest is accepted and dropped.
+	 */
+	exceptions = exceptions_of(member(span, "events"), start);
+	if (kind <= 1 && a.db == NULL && a.mq == NULL && exceptions == NULL)
+		return;
+
 	o = json_object_new_object();
 	json_object_object_add(o, "i", json_object_new_int((int) json_object_array_length(f->spans) + 1));
 	add_string(o, "service", r->service);
@@ -585,7 +593,6 @@ flatten_span(Flattener *f, const Resource *r, struct json_object *span)
 	add_string(o, "db_name", a.db_name);
 	add_string(o, "mq", a.mq);
 	add_string(o, "destination", a.destination);
-	exceptions = exceptions_of(member(span, "events"), start);
 	if (exceptions)
 		json_object_object_add(o, "exceptions", exceptions);
 	json_object_array_add(f->spans, o);
