@@ -300,3 +300,32 @@ test('SDK export with a wrong key: the exporter gets 401, nothing is recorded', 
   // nor any span kept to wait for its match
   if (pendingTable) assert.ok(pending() <= pendingBefore, `lattice.otlp_pending grew: ${pendingBefore} -> ${pending()}`);
 });
+
+test('an exhausted ingest quota: 429 with Retry-After (exporters retry it), per service', async () => {
+  served();
+  // an account on a plan of 2 ingest requests an hour per service, before its first request
+  const plan = `otel-quota-${randomUUID().slice(0, 8)}`;
+  psql(`INSERT INTO lattice.plans (id, name, price_cents, ingest_per_service_per_hour) VALUES ('${plan}', 'q', 0, 2)`);
+  const id = psql(`SELECT lattice.create_user('${plan}@example.com', 'a fine long password', 'Quota')`);
+  psql(`UPDATE lattice.users SET plan_id = '${plan}' WHERE id = '${id}'`);
+  const key = psql(`SELECT key FROM lattice.api_key_create('${id}', 'otel-quota', NULL, NULL, '{read,ingest}')`);
+  const now = BigInt(Date.now()) * 1000000n;
+  const body = (service) => JSON.stringify({ resourceSpans: [{
+    resource: { attributes: [{ key: 'service.name', value: { stringValue: service } }] },
+    scopeSpans: [{ spans: [{ traceId: randomUUID().replaceAll('-', ''), spanId: randomUUID().slice(0, 8) + 'abcdef01',
+      name: 'GET /q', kind: SERVER, startTimeUnixNano: String(now), endTimeUnixNano: String(now + 2000000n),
+      attributes: [{ key: 'http.request.method', value: { stringValue: 'GET' } },
+                   { key: 'http.route', value: { stringValue: '/q' } }] }] }] }] });
+  const post = (service) => send(shim, 'POST', '/otlp/v1/traces', { from: FROM, body: body(service),
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${key}` } });
+  const statuses = [];
+  for (let i = 0; i < 3; i++) statuses.push(await post('quota-a'));
+  assert.deepEqual(statuses.map((r) => r.status), [200, 200, 429], statuses.map((r) => r.text).join(' | '));
+  const refused = statuses[2];
+  assert.equal(refused.json.error.code, 'rate_limited');
+  assert.ok(Number(refused.headers['retry-after']) > 0, 'Retry-After');
+  assert.equal((await post('quota-b')).status, 200, 'another service has its own quota');
+  const count = psql(`SELECT sum(st.request_count) FROM lattice.route_stats st JOIN lattice.services s ON s.id = st.service_id
+                       WHERE s.user_id = '${id}' AND s.name = 'quota-a' AND st.path = '/q'`);
+  assert.equal(count, '2', 'the refused request recorded nothing');
+});
