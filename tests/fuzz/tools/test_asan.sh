@@ -20,7 +20,7 @@ echo "test-asan: built $out/shim/lattice-shim ($san)"
 status=0
 # 1. the extension's and shim's pure-C parts: every input the fuzzers know
 make -s -C tests/fuzz all >/dev/null || exit 1
-for t in fuzz_stripe_signature fuzz_jwt fuzz_ingest_match fuzz_shim_request fuzz_ingest_validate fuzz_otlp_decode; do
+for t in fuzz_stripe_signature fuzz_jwt fuzz_ingest_match fuzz_shim_request fuzz_ingest_validate fuzz_otlp_decode fuzz_otlp_flatten; do
     dirs=("$root/.build/fuzz/seeds/$t")
     [ -d "tests/fuzz/regressions/$t" ] && dirs+=("tests/fuzz/regressions/$t")
     [ -d "$root/.build/fuzz/corpus/$t" ] && dirs+=("$root/.build/fuzz/corpus/$t")
