@@ -81,7 +81,16 @@ function call(method, path, body) {
   return send(shim, method, path, { from: FROM, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 const tick = (offset) => JSON.parse(psql(`SELECT lattice.alert_tick(now() + interval '${offset}')`));
-const setting = (name, value) => { psql(`ALTER SYSTEM SET ${name} = ${value}`); psql('SELECT pg_reload_conf()'); };
+// A server setting, then a wait until the postmaster has read it (a new
+// session shows it): the pool's sessions, signalled by it, apply it at their
+// next statement.  pg_reload_conf() itself returns before that.
+const setting = (name, value) => {
+  psql(`ALTER SYSTEM SET ${name} = ${value}`);
+  psql('SELECT pg_reload_conf()');
+  const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  for (let i = 0; value !== 'DEFAULT' && i < 100 && psql(`SHOW ${name}`) !== value; i++) pause(20);
+  pause(50);
+};
 
 before(async () => {
   setting('lattice.alert_interval', '0');

@@ -325,7 +325,8 @@ test('an exhausted ingest quota: 429 with Retry-After (exporters retry it), per 
   assert.equal(refused.json.error.code, 'rate_limited');
   assert.ok(Number(refused.headers['retry-after']) > 0, 'Retry-After');
   assert.equal((await post('quota-b')).status, 200, 'another service has its own quota');
-  const count = psql(`SELECT sum(st.request_count) FROM lattice.route_stats st JOIN lattice.services s ON s.id = st.service_id
-                       WHERE s.user_id = '${id}' AND s.name = 'quota-a' AND st.path = '/q'`);
+  const count = psql(`SELECT sum(st.request_count) FROM lattice.route_stats st
+                       JOIN lattice.services s ON s.user_id = st.user_id AND s.id = st.service_id
+                      WHERE st.user_id = '${id}' AND s.user_id = '${id}' AND s.name = 'quota-a' AND st.path = '/q'`);
   assert.equal(count, '2', 'the refused request recorded nothing');
 });
