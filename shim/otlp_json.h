@@ -1,9 +1,10 @@
 /*
  * OTLP traces without HTTP: an ExportTraceServiceRequest (protobuf) to its
- * OTLP/JSON text (otlp_json.c), and the answers to protobuf: the
- * ExportTraceServiceResponse of a JSON answer, the google.rpc.Status of an
- * error (otlp_answer.c).  protobuf-c and json-c only, no civetweb: the shim's
- * otlp.c and tests/fuzz/fuzz_otlp_decode.c share it.
+ * OTLP/JSON text (otlp_json.c, with otlp_guard.c and otlp_writer.c), and the
+ * answers to protobuf: the ExportTraceServiceResponse of a JSON answer, the
+ * google.rpc.Status of an error (otlp_answer.c).  protobuf-c and json-c
+ * only, no civetweb: the shim's otlp.c and tests/fuzz/fuzz_otlp_decode.c
+ * share it.
  */
 #ifndef LATTICE_OTLP_JSON_H
 #define LATTICE_OTLP_JSON_H

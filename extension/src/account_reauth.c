@@ -7,21 +7,20 @@
  *
  * Each check is limited per account (shared-memory counters, so they hold
  * across connections) and every failure is audited.  A passed second factor
- * is remembered for the rest of the transaction only; session.c asks
- * lattice_account_mfa_gate() before it opens a session, so no route can open
+ * is remembered for the rest of the transaction only; auth_session.c asks
+ * lattice_mfa_gate() (auth_mfa.c) before it opens a session, so no route can open
  * one for an account with two-factor authentication without the code.
  * The account's rows are read and written as its role (tenant.c), as the
  * rest of the request does: on Citus a transaction reaches a shard as one
  * role.  The TOTP secret is opened by account_totp.c with the pepper.
  */
-#include "lattice.h"
-#include "identity.h"
+#include "common.h"
+#include "auth.h"
+#include "tenant.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
-#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -29,9 +28,6 @@
 #define REAUTH_LIMIT	10			/* password checks per account per window */
 #define MFA_LIMIT		10			/* second-factor checks per account per window */
 #define REAUTH_WINDOW	900			/* seconds */
-
-static LocalTransactionId mfa_passed_lxid = InvalidLocalTransactionId;
-static pg_uuid_t mfa_passed_user;
 
 /* The tenant, proved by a session or a password in this transaction (or a link) */
 static void
@@ -50,7 +46,7 @@ require_holder(pg_uuid_t *tenant, bool link_ok, const char *fn)
 static void
 limit_attempts(const char *scope, const pg_uuid_t *tenant, int64 limit)
 {
-	lattice_enforce_attempts(scope, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(tenant))),
+	lattice_enforce_attempts(scope, lattice_uuid_text(tenant),
 							 limit, REAUTH_WINDOW);
 }
 
@@ -65,8 +61,7 @@ password_matches(const pg_uuid_t *tenant, text *pw, Jsonb *req)
 
 	limit_attempts("reauth_account", tenant, REAUTH_LIMIT);
 	lattice_as_tenant_role(tenant, &sw);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_connect("lattice");
 	lattice_spi_prepare_kept(&plan, "SELECT password_hash FROM lattice.users WHERE id = $1",
 							 1, (Oid[]) {UUIDOID});
 	if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(tenant)}, NULL, true, 1) != SPI_OK_SELECT)
@@ -117,16 +112,12 @@ lattice_account_password_set(PG_FUNCTION_ARGS)
 	LatticeRoleSwitch sw;
 
 	require_holder(&tenant, true, "lattice.account_password_set");
-	if (PG_ARGISNULL(0))
-		lattice_raise_http(400, "invalid_password", "password must be 10 to 1024 characters",
-						   NULL, NULL);
-	pw = PG_GETARG_TEXT_PP(0);
+	pw = PG_ARGISNULL(0) ? cstring_to_text("") : PG_GETARG_TEXT_PP(0);
 	lattice_password_check_length(VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
 	hash = lattice_password_hash_cstr(VARDATA_ANY(pw), VARSIZE_ANY_EXHDR(pw));
 
 	lattice_as_tenant_role(&tenant, &sw);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice.account_password_set: SPI_connect failed");
+	lattice_spi_connect("lattice.account_password_set");
 	if (SPI_execute_with_args("UPDATE lattice.users SET password_hash = $1, updated_at = $2 WHERE id = $3",
 							  3, (Oid[]) {TEXTOID, TIMESTAMPTZOID, UUIDOID},
 							  (Datum[]) {CStringGetTextDatum(hash), TimestampTzGetDatum(lattice_clock_now()),
@@ -263,8 +254,7 @@ mfa_check(const pg_uuid_t *tenant, const char *code, Jsonb *req)
 		code = digits;
 	}
 	lattice_as_tenant_role(tenant, &sw);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_connect("lattice");
 	ok = totp ? mfa_totp(tenant, code) : mfa_recovery_code(tenant, code);
 	SPI_finish();
 	lattice_restore_role(&sw);
@@ -275,8 +265,7 @@ mfa_check(const pg_uuid_t *tenant, const char *code, Jsonb *req)
 					  totp ? "{\"method\": \"totp\"}" : "{\"method\": \"recovery_code\"}", req);
 		return false;
 	}
-	mfa_passed_lxid = MyProc->lxid;
-	mfa_passed_user = *tenant;
+	lattice_auth_second_factor_passed();
 	lattice_audit(totp ? "mfa.verified" : "mfa.recovery_code_used", tenant, NULL, NULL, req);
 	return true;
 }
@@ -296,49 +285,6 @@ lattice_account_mfa_verify(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(mfa_check(&tenant, PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0)),
 							 PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1)));
 }
-
-/* Whether the account has two-factor authentication on */
-static bool
-mfa_enabled(const pg_uuid_t *user_id)
-{
-	static SPIPlanPtr plan = NULL;
-	bool		enabled;
-	LatticeRoleSwitch sw;
-
-	lattice_as_tenant_role(user_id, &sw);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
-	lattice_spi_prepare_kept(&plan,
-							 "SELECT 1 FROM lattice.account_mfa WHERE user_id = $1 AND enabled_at IS NOT NULL",
-							 1, (Oid[]) {UUIDOID});
-	if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(user_id)}, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "lattice: reading the second factor failed");
-	enabled = SPI_processed == 1;
-	SPI_finish();
-	lattice_restore_role(&sw);
-	return enabled;
-}
-
-static bool
-mfa_passed(const pg_uuid_t *user_id)
-{
-	return mfa_passed_lxid == MyProc->lxid &&
-		memcmp(&mfa_passed_user, user_id, sizeof(pg_uuid_t)) == 0;
-}
-
-/*
- * Raises 401 mfa_required when the account has two-factor authentication
- * on and this transaction has not verified a code for it.
- */
-void
-lattice_account_mfa_gate(const pg_uuid_t *user_id)
-{
-	if (!mfa_passed(user_id) && mfa_enabled(user_id))
-		lattice_raise_http(401, "mfa_required", "this account needs its two-factor code", NULL, NULL);
-}
-
-static LocalTransactionId deleting_lxid = InvalidLocalTransactionId;
-static pg_uuid_t deleting_user;
 
 /*
  * lattice.account_delete_begin(password text, code text, req jsonb) -> text
@@ -364,15 +310,14 @@ lattice_account_delete_begin(PG_FUNCTION_ARGS)
 				 errdetail("An account is deleted from a dashboard session.")));
 	if (!password_matches(&tenant, PG_ARGISNULL(0) ? cstring_to_text("") : PG_GETARG_TEXT_PP(0), req))
 		PG_RETURN_TEXT_P(cstring_to_text("wrong_password"));
-	if (mfa_enabled(&tenant) && !mfa_passed(&tenant))
+	if (lattice_mfa_enabled(&tenant) && !lattice_mfa_passed(&tenant))
 	{
 		if (PG_ARGISNULL(1))
 			PG_RETURN_TEXT_P(cstring_to_text("mfa_required"));
 		if (!mfa_check(&tenant, text_to_cstring(PG_GETARG_TEXT_PP(1)), req))
 			PG_RETURN_TEXT_P(cstring_to_text("invalid_code"));
 	}
-	deleting_lxid = MyProc->lxid;
-	deleting_user = tenant;
+	lattice_auth_deleting_proved();
 	lattice_tenant_token_issue_as(&tenant, true);	/* for the workers, on Citus */
 	PG_RETURN_NULL();
 }
@@ -387,10 +332,9 @@ PG_FUNCTION_INFO_V1(lattice_account_deleting);
 Datum
 lattice_account_deleting(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
+	const LatticeAuthContext *ctx = lattice_auth_context();
 
-	if (deleting_lxid == MyProc->lxid && lattice_get_tenant(&tenant) &&
-		memcmp(&deleting_user, &tenant, sizeof(pg_uuid_t)) == 0)
+	if (ctx != NULL && ctx->deleting)
 		PG_RETURN_BOOL(true);
 	/* a Citus worker: the coordinator's signed token says so */
 	PG_RETURN_BOOL(lattice_tenant_token_deleting());

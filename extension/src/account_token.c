@@ -8,7 +8,7 @@
  * reads the pending tokens of one account and purpose (one shard on Citus)
  * and compares every hash in constant time.  A valid claim makes the account
  * the transaction's tenant with the method "link": the caller may then do
- * what the purpose allows, but a link never opens a session (session.c
+ * what the purpose allows, but a link never opens a session (auth_session.c
  * wants a password).  Issuing a token supersedes the pending ones of the
  * same purpose (and address, for alert recipients), so at most one link of
  * each kind works at a time.
@@ -18,8 +18,10 @@
  * address has an account or not, so that request writes nothing on the
  * account's own shard.
  */
+#include "common.h"
+#include "auth.h"
 #include "lattice.h"
-#include "identity.h"
+#include "tenant.h"
 
 #include <sodium.h>
 
@@ -115,8 +117,7 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 		nulls[3] = 'n';
 	values[4] = TimestampTzGetDatum(now);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice.account_token_issue: SPI_connect failed");
+	lattice_spi_connect("lattice.account_token_issue");
 	if (SPI_execute_with_args("UPDATE lattice.account_tokens SET used_at = $3"
 							  " WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL"
 							  " AND (NOT $5 OR email IS NOT DISTINCT FROM $4)",
@@ -226,8 +227,7 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	hash = lattice_secret_hash(token, len);
 
 	/* the account's pending tokens of these purposes, read as the owner */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice.account_token_claim: SPI_connect failed");
+	lattice_spi_connect("lattice.account_token_claim");
 	if (reset)
 		lattice_spi_prepare_kept(&reset_pending_plan,
 								 "SELECT NULL::uuid, token_hash, expires_at, email, 'reset_password'"
@@ -275,10 +275,8 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	if (expired)
 		refuse("token_expired", "the link has expired: ask for a new one");
 
-	lattice_set_tenant(&user_id);
-	lattice_auth_note(LATTICE_AUTH_LINK, NULL);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice.account_token_claim: SPI_connect failed");
+	lattice_set_authenticated(&user_id, LATTICE_AUTH_LINK, NULL, 0);
+	lattice_spi_connect("lattice.account_token_claim");
 	if (reset)
 	{
 		/* the owner's table: this link and any other pending one are used up */
@@ -353,8 +351,7 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
 	send = lattice_rate_check("forgot_email", email, FORGOT_EMAIL_LIMIT, 3600, &r);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice.password_forgot: SPI_connect failed");
+	lattice_spi_connect("lattice.password_forgot");
 	lattice_spi_prepare_kept(&lookup_plan,
 							 "SELECT e.user_id FROM lattice.account_emails e WHERE e.email = $1",
 							 1, (Oid[]) {TEXTOID});

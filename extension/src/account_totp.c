@@ -5,7 +5,7 @@
  *
  * A TOTP secret is 20 bytes of libsodium randomness.  The person gets it
  * once, in base32, for the authenticator app; the table keeps it sealed
- * under the server pepper (secret_seal.c), so the API role, which reads that
+ * under the server pepper (auth_seal.c), so the API role, which reads that
  * table, learns nothing.
  *
  * A code is checked against the steps before, at and after the current one,
@@ -16,8 +16,8 @@
  * Recovery codes are 50 bits of randomness in lowercase base32, shown as
  * xxxxx-xxxxx; only their BLAKE2b-256 is stored.
  */
-#include "lattice.h"
-#include "identity.h"
+#include "common.h"
+#include "auth.h"
 
 #include <sodium.h>
 
@@ -29,7 +29,6 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #define TOTP_SECRET_BYTES	20	/* 160 bits, as RFC 4226 recommends */
@@ -98,7 +97,7 @@ hotp(const uint8 *key, size_t keylen, uint64 counter, int digits)
 	if (ctx == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory")));
+				 errmsg("lattice: out of memory")));
 	if (pg_hmac_init(ctx, key, keylen) < 0 ||
 		pg_hmac_update(ctx, msg, sizeof(msg)) < 0 ||
 		pg_hmac_final(ctx, mac, sizeof(mac)) < 0)

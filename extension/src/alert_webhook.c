@@ -9,12 +9,13 @@
  * opens, so a name that later resolves elsewhere is still refused.
  *
  * A generic webhook's signing secret is shown to the customer once and kept
- * sealed under the pepper (secret_seal.c); each delivery attempt is signed
+ * sealed under the pepper (auth_seal.c); each delivery attempt is signed
  * when the shim claims it, with Stripe's scheme, so the receiver can verify
  * the body and its age.
  */
+#include "common.h"
+#include "auth.h"
 #include "lattice.h"
-#include "identity.h"
 #include "outbound_address_core.h"
 
 #include <netdb.h>
@@ -30,7 +31,6 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
-#include "utils/jsonb.h"
 
 #define WEBHOOK_URL_MAX			2048
 #define WEBHOOK_HOST_MAX		253
@@ -243,8 +243,7 @@ lattice_alert_webhook_headers(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "lattice.alert_webhook_headers: SPI_connect failed");
+		lattice_spi_connect("lattice.alert_webhook_headers");
 		if (SPI_execute_with_args("SELECT kind, secret_sealed FROM lattice.alert_channels"
 								  " WHERE user_id = $1 AND id = $2",
 								  2, (Oid[]) {UUIDOID, UUIDOID},

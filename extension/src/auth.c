@@ -1,13 +1,13 @@
 /*
  * auth.c
  *		lattice.authenticate(): the one entry point every API function calls
- *		first, and the writes that verification defers.
+ *		first, and what the transaction's credential is (current_*).
  *
  * It takes whatever credential the shim found in req (docs/http-contract.md):
  * api_key, then bearer, then session (+ CSRF for unsafe methods); verifies
- * it in C; sets the transaction's tenant (tenant.c); checks that the
- * credential may do what the route needs; counts the request in its quota
- * class (ratelimit_enforce.c); and returns the account id.  Or it raises
+ * it in C; sets the transaction's authenticated context (tenant.c); checks
+ * that the credential may do what the route needs; counts the request in its
+ * quota class (ratelimit_enforce.c); and returns the account id.  Or it raises
  * PT401 (no valid credential) or PT403 (insufficient_scope, csrf) with a
  * code that says why.
  *
@@ -20,156 +20,16 @@
  *   any      any valid credential (who am I, trading one for a token)
  *
  * What verification cannot write in its own transaction (a read-only GET,
- * or a refusal that rolls back) waits in deferred.c; an authentication in a
- * writing transaction writes what waits first.
+ * or a refusal that rolls back) waits in auth_deferred.c; an authentication
+ * in a writing transaction writes what waits first.
  */
+#include "common.h"
+#include "auth.h"
 #include "lattice.h"
-#include "identity.h"
+#include "tenant.h"
 
-#include "access/xact.h"
-#include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "fmgr.h"
-#include "storage/proc.h"
-#include "utils/array.h"
-#include "lib/stringinfo.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
-#include "utils/timestamp.h"
-
-/* What authenticated this transaction (stamped with its local xid) */
-static LatticeAuthMethod auth_method = LATTICE_AUTH_NONE;
-static int	auth_scopes = 0;
-static pg_uuid_t auth_credential;
-static bool auth_has_credential = false;
-static LocalTransactionId auth_lxid = InvalidLocalTransactionId;
-
-void
-lattice_auth_note(LatticeAuthMethod method, const pg_uuid_t *credential_id)
-{
-	auth_method = method;
-	auth_has_credential = credential_id != NULL;
-	if (credential_id)
-		memcpy(&auth_credential, credential_id, sizeof(pg_uuid_t));
-	auth_lxid = MyProc->lxid;
-}
-
-LatticeAuthMethod
-lattice_auth_method(void)
-{
-	if (auth_lxid != MyProc->lxid || !lattice_get_tenant(NULL))
-		return LATTICE_AUTH_NONE;
-	return auth_method;
-}
-
-/* The scopes of this transaction's key or token; ingest and read for a session */
-int
-lattice_auth_scopes(void)
-{
-	switch (lattice_auth_method())
-	{
-		case LATTICE_AUTH_API_KEY:
-		case LATTICE_AUTH_BEARER:
-			return auth_scopes;
-		case LATTICE_AUTH_SESSION:
-		case LATTICE_AUTH_PASSWORD:
-			return LATTICE_SCOPE_ALL;
-		default:
-			return 0;
-	}
-}
-
-/* ---- scopes ---- */
-
-static const struct
-{
-	const char *name;
-	int			bit;
-}			scope_names[] =
-{
-	{"ingest", LATTICE_SCOPE_INGEST},
-	{"read", LATTICE_SCOPE_READ},
-};
-
-static int
-scope_bit(const char *name, size_t len)
-{
-	for (size_t i = 0; i < lengthof(scope_names); i++)
-		if (strlen(scope_names[i].name) == len && strncmp(scope_names[i].name, name, len) == 0)
-			return scope_names[i].bit;
-	return 0;
-}
-
-/* Bits of a list of names given by a client: 400 invalid_scopes unless each is known */
-int
-lattice_scopes_from_names(const char *const *names, int n)
-{
-	int			scopes = 0;
-
-	if (n < 1)
-		lattice_raise_http(400, "invalid_scopes", "give at least one scope: ingest, read",
-						   "[{\"path\": \"scopes\", \"message\": \"must not be empty\"}]", NULL);
-	for (int i = 0; i < n; i++)
-	{
-		int			bit = names[i] ? scope_bit(names[i], strlen(names[i])) : 0;
-
-		if (bit == 0)
-			lattice_raise_http(400, "invalid_scopes", "unknown scope: the scopes are ingest and read",
-							   "[{\"path\": \"scopes\", \"message\": \"must be ingest or read\"}]", NULL);
-		scopes |= bit;
-	}
-	return scopes;
-}
-
-/* Bits of a space-separated list (a token's claim); 0 when any name is unknown */
-int
-lattice_scopes_from_text(const char *text)
-{
-	int			scopes = 0;
-	const char *p = text;
-
-	while (*p)
-	{
-		size_t		len = strcspn(p, " ");
-		int			bit = scope_bit(p, len);
-
-		if (len > 0 && bit == 0)
-			return 0;
-		scopes |= bit;
-		p += len;
-		while (*p == ' ')
-			p++;
-	}
-	return scopes;
-}
-
-/* The space-separated names of scope bits, palloc'd */
-char *
-lattice_scopes_text(int scopes)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (size_t i = 0; i < lengthof(scope_names); i++)
-		if (scopes & scope_names[i].bit)
-			appendStringInfo(&buf, "%s%s", buf.len ? " " : "", scope_names[i].name);
-	return buf.data;
-}
-
-/* The text[] of scope bits (as api_keys.scopes stores them) */
-Datum
-lattice_scopes_array(int scopes)
-{
-	Datum		names[lengthof(scope_names)];
-	int			n = 0;
-
-	for (size_t i = 0; i < lengthof(scope_names); i++)
-		if (scopes & scope_names[i].bit)
-			names[n++] = CStringGetTextDatum(scope_names[i].name);
-	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
-/* ---- the entry point ---- */
 
 typedef enum AuthNeed
 {
@@ -269,7 +129,7 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 	need = auth_need(PG_GETARG_TEXT_PP(1));
 
 	/*
-	 * deferred.c: what waits, if this transaction writes.  Not on Citus,
+	 * auth_deferred.c: what waits, if this transaction writes.  Not on Citus,
 	 * where those rows (other tenants') would be written over connections
 	 * of another role than the request's; the roll-up worker writes them.
 	 */
@@ -310,12 +170,11 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 						   "send an API key (X-Lattice-API-Key), a bearer token or a session cookie",
 						   NULL, "{\"WWW-Authenticate\": \"Bearer\"}");
 
-	lattice_set_tenant(user_id);
+	lattice_set_authenticated(user_id, method, method == LATTICE_AUTH_BEARER ? NULL : &credential,
+							  scopes);
 	if (stale)
 		lattice_credential_touch(method == LATTICE_AUTH_SESSION ? "session" : "api_key", user_id,
 								 &credential);
-	auth_scopes = scopes;
-	lattice_auth_note(method, method == LATTICE_AUTH_BEARER ? NULL : &credential);
 	auth_check_need(need, method, scopes, user_id, req);
 
 	/* ingest counts per service, once the body names it */
@@ -363,12 +222,13 @@ PG_FUNCTION_INFO_V1(lattice_current_session_id);
 Datum
 lattice_current_session_id(PG_FUNCTION_ARGS)
 {
-	LatticeAuthMethod m = lattice_auth_method();
+	const LatticeAuthContext *ctx = lattice_auth_context();
 	pg_uuid_t  *id;
 
-	if ((m != LATTICE_AUTH_SESSION && m != LATTICE_AUTH_PASSWORD) || !auth_has_credential)
+	if (ctx == NULL || (ctx->method != LATTICE_AUTH_SESSION && ctx->method != LATTICE_AUTH_PASSWORD) ||
+		!ctx->has_credential)
 		PG_RETURN_NULL();
 	id = palloc(sizeof(pg_uuid_t));
-	memcpy(id, &auth_credential, sizeof(pg_uuid_t));
+	memcpy(id, &ctx->credential, sizeof(pg_uuid_t));
 	PG_RETURN_UUID_P(id);
 }

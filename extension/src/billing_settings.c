@@ -6,6 +6,7 @@
  * cannot widen its own grace period with SET.  SQL reads them through
  * lattice.billing_setting(name), which knows the defaults.
  */
+#include "common.h"
 #include "lattice.h"
 
 #include "fmgr.h"

@@ -12,7 +12,9 @@
 #ifndef LATTICE_GRAPH_H
 #define LATTICE_GRAPH_H
 
-#include "lattice.h"
+#include "postgres.h"
+
+#include "utils/uuid.h"
 
 #include "lib/stringinfo.h"
 #include "utils/timestamp.h"
@@ -82,7 +84,7 @@ extern int	lattice_graph_stats_max_age;
 extern void lattice_graph_guc_init(void);
 extern LatticeGraph *lattice_graph_current(const char *caller);
 extern int32 lattice_graph_find(const LatticeGraph *g, const pg_uuid_t *id);
-extern int32 lattice_graph_require(const LatticeGraph *g, const char *caller, Datum id);
+extern int32 lattice_graph_require(const LatticeGraph *g, Datum id);
 extern uint32 lattice_graph_new_epoch(LatticeGraph *g);
 
 static inline const char *

@@ -12,11 +12,12 @@
  * are dropped when lattice.graph_cache_size would be exceeded.
  */
 #include "graph.h"
-#include "identity.h"
+#include "common.h"
+#include "lattice.h"
+#include "tenant.h"
 
 #include <limits.h>
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -46,9 +47,9 @@ static SPIPlanPtr nodes_plan = NULL;
 static SPIPlanPtr edges_plan = NULL;
 
 /*
- * Defines the graph GUCs on first use.  Lazily, from the graph entry points,
- * so the module's _PG_init (shared with other concerns) needs no change;
- * values set earlier as placeholders are taken over by the definition.
+ * Defines the graph GUCs, once: from _PG_init, and again harmlessly from the
+ * graph entry points; values set earlier as placeholders are taken over by
+ * the definition.
  */
 void
 lattice_graph_guc_init(void)
@@ -85,34 +86,24 @@ lattice_graph_guc_init(void)
 							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
 }
 
-static SPIPlanPtr
-graph_prepare(const char *sql)
-{
-	Oid			argtypes[1] = {UUIDOID};
-	SPIPlanPtr	plan = SPI_prepare(sql, 1, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "lattice graph: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static void
 graph_prepare_all(void)
 {
-	if (version_plan == NULL)
-		version_plan = graph_prepare(
-			"SELECT version, xmin::text::bigint FROM lattice.graph_versions WHERE user_id = $1");
-	if (nodes_plan == NULL)
-		nodes_plan = graph_prepare(
+	Oid			argtypes[1] = {UUIDOID};
+
+	lattice_spi_prepare_kept(&version_plan,
+							 "SELECT version, xmin::text::bigint FROM lattice.graph_versions WHERE user_id = $1",
+							 1, argtypes);
+	lattice_spi_prepare_kept(&nodes_plan,
 			"SELECT id, name, environment, status, version, framework, language, is_external, last_seen,"
 			"       CASE WHEN is_external AND kind = 'service' THEN 'external' ELSE kind END"
-			"  FROM lattice.services WHERE user_id = $1 ORDER BY id");
-	if (edges_plan == NULL)
-		edges_plan = graph_prepare(
+			"  FROM lattice.services WHERE user_id = $1 ORDER BY id",
+			1, argtypes);
+	lattice_spi_prepare_kept(&edges_plan,
 			"SELECT source_service_id, target_service_id, call_count, error_count,"
 			"       total_duration_ms, last_seen, declared, latency_hist"
-			"  FROM lattice.connections WHERE user_id = $1");
+			"  FROM lattice.connections WHERE user_id = $1",
+			1, argtypes);
 }
 
 static int
@@ -144,18 +135,16 @@ lattice_graph_find(const LatticeGraph *g, const pg_uuid_t *id)
 }
 
 /*
- * Index of the service id, or a not-found error (404 through the shim).  An
- * id of another tenant is simply absent from this tenant's graph.
+ * Index of the service id, or 404 not_found.  An id of another tenant is
+ * simply absent from this tenant's graph.
  */
 int32
-lattice_graph_require(const LatticeGraph *g, const char *caller, Datum id)
+lattice_graph_require(const LatticeGraph *g, Datum id)
 {
 	int32		v = lattice_graph_find(g, DatumGetUUIDP(id));
 
 	if (v < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("%s: service not found", caller)));
+		lattice_raise_http(404, "not_found", "no such service", NULL, NULL);
 	return v;
 }
 
@@ -205,7 +194,7 @@ graph_check_size(Size bytes, int64 n, int64 m)
 	if (bytes > (Size) lattice_graph_cache_kb * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("lattice graph: the graph of this tenant does not fit in lattice.graph_cache_size"),
+				 errmsg("lattice: the graph of this tenant does not fit in lattice.graph_cache_size"),
 				 errdetail("At least %lld services and %lld connections need more than %d kB.",
 						   (long long) n, (long long) m, lattice_graph_cache_kb)));
 }
@@ -316,7 +305,7 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 			e->last_seen = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
 			e->declared = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 			d = SPI_getbinval(tup, desc, 8, &isnull);
-			if (isnull || !lattice_hist_quantile(DatumGetArrayTypeP(d), 0.95, "lattice graph",
+			if (isnull || !lattice_hist_quantile(DatumGetArrayTypeP(d), 0.95, "lattice.graph",
 												 &e->p95_ms))
 				e->p95_ms = get_float8_nan();
 		}
@@ -437,10 +426,6 @@ graph_load(const pg_uuid_t *tenant, int64 version, TransactionId xmin)
 }
 
 /*
- * The current tenant's graph at its current version, loaded when missing or
- * stale.  Raises 401-mapped errors without a tenant.
- */
-/*
  * Only topology and service state bump the version; calls, errors and
  * latency move with every trace batch.  So that answers do not show them
  * frozen at the last bump, a graph older than lattice.graph_stats_max_age
@@ -453,6 +438,10 @@ graph_stats_too_old(const LatticeGraph *g)
 		lattice_clock_now() - g->loaded_at >= (int64) lattice_graph_stats_max_age * USECS_PER_SEC;
 }
 
+/*
+ * The current tenant's graph at its current version, loaded when missing or
+ * stale.  Raises an error without a tenant.
+ */
 LatticeGraph *
 lattice_graph_current(const char *caller)
 {
@@ -473,8 +462,7 @@ lattice_graph_current(const char *caller)
 		graph_cache_cxt = AllocSetContextCreate(TopMemoryContext, "lattice graph cache",
 												ALLOCSET_SMALL_SIZES);
 
-	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-		elog(ERROR, "%s: SPI_connect failed: %s", caller, SPI_result_code_string(rc));
+	lattice_spi_connect(caller);
 	graph_prepare_all();
 	args[0] = UUIDPGetDatum(&tenant);
 	rc = SPI_execute_plan(version_plan, args, NULL, true, 1);

@@ -11,7 +11,6 @@
  */
 #include "graph.h"
 
-#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
@@ -180,7 +179,7 @@ graph_reach_srf(FunctionCallInfo fcinfo, bool downstream, bool unbounded, const 
 	g = lattice_graph_current(caller);
 	if (PG_ARGISNULL(0))
 		return (Datum) 0;
-	r.start = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
+	r.start = lattice_graph_require(g, PG_GETARG_DATUM(0));
 	r.downstream = downstream;
 	r.stats = true;
 	r.requested_depth = unbounded ? -1 : graph_depth_arg(fcinfo, 1, caller);
@@ -245,7 +244,7 @@ lattice_graph_impact_summary(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "%s: return type must be a row type", caller);
-	r.start = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
+	r.start = lattice_graph_require(g, PG_GETARG_DATUM(0));
 	r.downstream = false;
 	r.stats = false;
 	r.requested_depth = -1;
@@ -284,7 +283,7 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s: service id must not be null", caller)));
-	r.start = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
+	r.start = lattice_graph_require(g, PG_GETARG_DATUM(0));
 	r.downstream = strcmp(direction, "dependencies") == 0;
 	r.stats = true;
 	r.requested_depth = impact ? -1 : graph_depth_arg(fcinfo, 2, caller);
@@ -350,7 +349,7 @@ lattice_graph_neighbours(PG_FUNCTION_ARGS)
 	g = lattice_graph_current(caller);
 	if (PG_ARGISNULL(0))
 		return (Datum) 0;
-	v = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
+	v = lattice_graph_require(g, PG_GETARG_DATUM(0));
 	for (pass = 0; pass < 2; pass++)
 	{
 		bool		out = pass == 0;
@@ -519,8 +518,8 @@ lattice_graph_paths(PG_FUNCTION_ARGS)
 	g = lattice_graph_current(caller);
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		return (Datum) 0;
-	p.from = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
-	p.to = lattice_graph_require(g, caller, PG_GETARG_DATUM(1));
+	p.from = lattice_graph_require(g, PG_GETARG_DATUM(0));
+	p.to = lattice_graph_require(g, PG_GETARG_DATUM(1));
 	graph_paths(g, &p, graph_max_paths_arg(fcinfo, 2, caller));
 	for (i = 0; i < p.npaths; i++)
 		for (h = 0; h <= p.distance; h++)
@@ -565,8 +564,8 @@ lattice_graph_paths_json(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s: from and to must not be null", caller)));
-	p.from = lattice_graph_require(g, caller, PG_GETARG_DATUM(0));
-	p.to = lattice_graph_require(g, caller, PG_GETARG_DATUM(1));
+	p.from = lattice_graph_require(g, PG_GETARG_DATUM(0));
+	p.to = lattice_graph_require(g, PG_GETARG_DATUM(1));
 	graph_paths(g, &p, graph_max_paths_arg(fcinfo, 2, caller));
 
 	initStringInfo(&buf);

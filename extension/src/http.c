@@ -1,12 +1,23 @@
 /*
  * http.c
- *		Errors that the shim turns into HTTP answers.
+ *		The one way an error reaches a client as an answer it can act on.
  *
- * SQLSTATE PTnnn carries the HTTP status (PostgREST's convention); the DETAIL
- * is a JSON object {"code", "details", "headers"} and the message stays the
- * message.  See docs/http-contract.md.
+ * The rule (docs/http-contract.md, "How errors reach the client"):
+ *
+ * - A refusal the client caused and can act on -- bad input, a bad, expired
+ *   or revoked credential, a missing scope, a quota, a conflict, something
+ *   not found -- is raised here: SQLSTATE PTnnn carries the HTTP status
+ *   (PostgREST's convention), the DETAIL a JSON object {"code", "details",
+ *   "headers"}, and the message is a plain sentence shown to people.
+ * - Every other error keeps a standard SQLSTATE through ereport(): a SQL
+ *   caller's misuse (a NULL the HTTP functions never pass, a privileged
+ *   function called without the privilege) or an internal fault.  The shim
+ *   maps those through its fixed table; no client input may rely on it.
+ *   Their messages start with the SQL function the caller called,
+ *   "lattice.<function>: ", or "lattice: " in code that serves no single
+ *   function.
  */
-#include "lattice.h"
+#include "common.h"
 
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"

@@ -18,7 +18,7 @@
  * stops at INGEST_DIGEST_MAX_DEPTH, raising PT400 before the parser recurses
  * further.
  */
-#include "lattice.h"
+#include "common.h"
 
 #include <sodium.h>
 

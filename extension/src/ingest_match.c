@@ -15,7 +15,8 @@
  * The algorithm is in ingest_match_core.c (no PostgreSQL, fuzzed as it is);
  * this file is its SQL face.
  */
-#include "lattice.h"
+
+#include "postgres.h"
 
 #include "ingest_match_core.h"
 

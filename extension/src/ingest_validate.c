@@ -4,17 +4,19 @@
  *
  * Bodies are parsed with json-c (strict mode, UTF-8 validated, bounded depth,
  * size capped before parsing, trailing bytes refused) and checked against
- * schema-v1 (protocol/schema-v1.json) plus Lattice's limits on array lengths,
+ * the rules of their kind (metadata: the JSON Schema of
+ * tests/fixtures/schema-v1.json) plus Lattice's limits on array lengths,
  * string lengths and number ranges.  Every problem is collected with its JSON
  * path; if there is any, the request is refused as a whole with one PT400
  * whose details list them all, so nothing is written.
  *
- * The rules are in ingest_validate_core.c (no PostgreSQL, fuzzed as it is);
- * this file is their SQL face and gives the core PostgreSQL's regex engine
- * and JSON lexer.  The periodic re-send of an unchanged snapshot is
- * recognised without this validation, by its digest (ingest_digest.c).
+ * The rules are in the ingest_validate_*.c files (no PostgreSQL, fuzzed as
+ * they are; ingest_validate_core.h); this file is their SQL face and gives
+ * the core PostgreSQL's regex engine and JSON lexer.  The periodic re-send
+ * of an unchanged snapshot is recognised without this validation, by its
+ * digest (ingest_digest.c).
  */
-#include "lattice.h"
+#include "common.h"
 
 #include "ingest_validate_core.h"
 

@@ -5,7 +5,11 @@
  * Plain C and json-c, so that the fuzz target (tests/fuzz/
  * fuzz_ingest_validate.c) runs in its own process the very code the
  * extension runs; ingest_validate.c is the SQL wrapper, which turns the
- * outcome into the PTnnn answer.
+ * outcome into the PTnnn answer.  The code is in the ingest_validate_*.c
+ * files, one concern each: the entry points (_core.c), the rules of each
+ * kind (_schema.c), the checks they are written with (_check.c), the
+ * patterns' C fast path (_pattern.c), UTF-8 (_utf8.c) and growing strings
+ * (_buf.c).
  *
  * What the core needs from PostgreSQL comes through two hooks the caller
  * gives (IngestHooks): the regular expressions without a C fast path, and
@@ -13,10 +17,9 @@
  * backend passes textregexeq and pg_parse_json; the fuzz target passes POSIX
  * <regex.h> (the patterns are EREs, with the same meaning in both engines)
  * and pg_parse_json from the frontend libpgcommon.a.  The rest is written
- * here, small and exact: the UTF-8 check is PostgreSQL's definition of valid
- * UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above
- * U+10FFFF), characters are counted as in a UTF8 database (Lattice's
- * clusters are UTF8), and JSON strings are escaped as escape_json() does.
+ * out, small and exact: the UTF-8 check is PostgreSQL's definition of valid
+ * UTF-8, characters are counted as in a UTF8 database, and JSON strings are
+ * escaped as escape_json() does.
  *
  * Memory: json-c's and the core's own, all malloc'd and reachable from the
  * IngestValidation until ingest_validation_free(), so a caller whose hooks
@@ -27,6 +30,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "ingest_validate_buf.h"
 
 #define INGEST_MAX_BODY			(2 * 1024 * 1024)
 #define INGEST_MAX_DEPTH		32
@@ -59,15 +64,6 @@ typedef enum IngestOutcome
 	INGEST_OUT_OF_MEMORY
 } IngestOutcome;
 
-/* A growing string; oom is set (and appends stop) when malloc fails. */
-typedef struct IngestBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-	bool		oom;
-} IngestBuf;
-
 typedef struct IngestValidation
 {
 	/* the answer, when outcome is neither INGEST_OK nor INGEST_UNKNOWN_KIND */
@@ -98,14 +94,5 @@ extern IngestOutcome ingest_validate(IngestValidation *v, const char *kind,
 
 /* Releases everything v holds; v can be validated with again after init. */
 extern void ingest_validation_free(IngestValidation *v);
-
-/* Exported for the fuzz target's cross-checks against the reference code. */
-
-/* Characters in s when it is valid UTF-8, else -1 (NUL counts as valid). */
-extern int	ingest_utf8_chars(const char *s, int len);
-
-/* The patterns with a C fast path, NULL-terminated, and that fast path. */
-extern const char *const ingest_fast_patterns[];
-extern bool ingest_fast_match(const char *s, int len, const char *pattern, bool *handled);
 
 #endif							/* LATTICE_INGEST_VALIDATE_CORE_H */

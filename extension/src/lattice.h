@@ -1,51 +1,22 @@
 /*
  * lattice.h
- *		Shared declarations of the lattice extension.
+ *		What the parts without a header of their own export: the rate
+ *		counters' entry points, billing, alerts and histograms, and the
+ *		initialisers _PG_init calls.
  *
- * Each concern has its own file in src/: tenant.c holds the transaction's
- * tenant, the others build on it.  Functions exported to SQL are declared
- * with PG_FUNCTION_INFO_V1 next to their definitions.
+ * The other concerns have their own header: common.h (the leaf helpers),
+ * tenant.h, auth.h (identity), ratelimit.h (the counters' internals),
+ * graph.h.  Functions exported to SQL are declared with PG_FUNCTION_INFO_V1
+ * next to their definitions.  docs/design.md maps the files and the order in
+ * which they depend on each other.
  */
 #ifndef LATTICE_H
 #define LATTICE_H
 
 #include "postgres.h"
+
 #include "datatype/timestamp.h"
 #include "utils/uuid.h"
-
-/* tenant.c: the authenticated tenant of the current transaction */
-extern void lattice_tenant_init(void);
-extern void lattice_set_tenant(const pg_uuid_t *user_id);
-extern bool lattice_get_tenant(pg_uuid_t *user_id);
-extern void lattice_clear_tenant(void);
-
-typedef struct LatticeRoleSwitch
-{
-	Oid			userid;
-	int			sec_context;
-	bool		switched;
-} LatticeRoleSwitch;
-extern void lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw);
-extern void lattice_restore_role(const LatticeRoleSwitch *sw);
-extern Oid	lattice_schema_owner(void);
-
-/* tenant_token.c: the tenant handed to the workers of a Citus cluster */
-extern void lattice_tenant_token_init(void);
-extern void lattice_tenant_token_issue(const pg_uuid_t *tenant);
-extern void lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting);
-extern bool lattice_tenant_token_deleting(void);
-extern bool lattice_tenant_token_verify(pg_uuid_t *tenant);
-extern void lattice_tenant_token_forget(void);
-extern bool lattice_tenant_token_active(void);
-
-/* secrets.c: an SPI plan prepared once per backend (needs executor/spi.h) */
-struct _SPI_plan;
-extern struct _SPI_plan *lattice_spi_prepare_kept(struct _SPI_plan **cache, const char *sql,
-												  int nargs, Oid *types);
-
-/* http.c: raise an error the shim turns into an HTTP answer (PTnnn SQLSTATE) */
-extern void lattice_raise_http(int status, const char *code, const char *message,
-							   const char *details_json, const char *headers_json) pg_attribute_noreturn();
 
 /* billing_signature.c: Stripe's signature scheme, for webhooks both ways */
 extern char *lattice_signature_header(const char *secret, size_t secret_len,
@@ -66,7 +37,9 @@ typedef struct LatticeRateResult
 	int64		period_seconds; /* the window the limit counts over */
 } LatticeRateResult;
 
+/* The counters in shared memory (ratelimit.c), the quotas (ratelimit_enforce.c) */
 extern void lattice_rate_init(void);
+extern void lattice_rate_enforce_init(void);
 
 /* The quota classes authentication counts in (ingest counts per service) */
 typedef enum LatticeQuotaClass
@@ -110,14 +83,10 @@ extern bool lattice_rate_last_result(LatticeRateResult *out);
 struct ArrayType;
 extern bool lattice_hist_quantile(struct ArrayType *h, double q, const char *fn, double *out);
 
-/* deferred.c: the queue of deferred identity writes (shared when preloaded) */
-extern void lattice_deferred_init(void);
-extern int	lattice_deferred_flush(void);
-
 /* billing_settings.c: billing GUCs */
 extern void lattice_billing_init(void);
 
-/* true when lattice is loaded through shared_preload_libraries */
-extern bool lattice_preloaded;
+/* worker.c: the background worker that runs the periodic jobs */
+extern void lattice_worker_register(void);
 
 #endif							/* LATTICE_H */

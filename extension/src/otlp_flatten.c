@@ -8,14 +8,13 @@
  * lattice.ingest_otlp to map.  A document that is not an export request at
  * all is a 400 invalid_otlp naming where it went wrong.
  */
-#include "lattice.h"
+#include "common.h"
 #include "otlp_flatten_core.h"
 
 #include <stdlib.h>
 
 #include "fmgr.h"
 #include "utils/builtins.h"
-#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 static int64

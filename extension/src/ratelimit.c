@@ -176,7 +176,6 @@ void
 lattice_rate_init(void)
 {
 	rate_define_gucs();
-	rate_enforce_init();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -185,7 +184,6 @@ lattice_rate_init(void)
 	shmem_request_hook = rate_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = rate_shmem_startup;
-	rate_worker_register();
 }
 
 /* Raises the no-preload error for functions that need the counters. */
@@ -388,7 +386,7 @@ rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
 	int			answer = 0;
 
 	if (ncells < 1 || ncells > RATE_CELLS_MAX)
-		elog(ERROR, "lattice rate limits: %d cells in one check", ncells);
+		elog(ERROR, "lattice: %d rate cells in one check", ncells);
 	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < ncells; i++)
 	{
@@ -478,11 +476,12 @@ lattice_rate_check(const char *scope, const char *key, int64 limit,
 {
 	RateKey		k;
 
-	rate_require_shmem("lattice_rate_check");
-	if (limit < 1 || period_seconds < 1 || period_seconds > 366 * SECS_PER_DAY)
+	rate_require_shmem("lattice.rate_check");
+	if (limit < 1 || period_seconds < 1 || period_seconds > RATE_PERIOD_MAX_DAYS * SECS_PER_DAY)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lattice_rate_check: limit must be positive and the period between 1 second and 366 days")));
+				 errmsg("lattice.rate_check: limit must be positive and the period between 1 second and %d days",
+						RATE_PERIOD_MAX_DAYS)));
 	rate_scoped_key(scope, key, &k);
 	rate_check_key(&k, scope, key, limit, period_seconds, limit, out);
 	return out->allowed;

@@ -5,7 +5,9 @@
  * ratelimit.c          shared memory, GUCs, the GCRA check, LRU eviction
  * ratelimit_enforce.c  tenant and address quotas, headers, SQL entry points
  * ratelimit_admin.c    the DBA's view, memory figures, the benchmark loop
- * ratelimit_worker.c   hourly usage roll-up into lattice.usage_hourly
+ * ratelimit_usage.c    hourly usage roll-up into lattice.usage_hourly
+ *
+ * What the rest of the extension uses of them is in lattice.h.
  */
 #ifndef LATTICE_RATELIMIT_H
 #define LATTICE_RATELIMIT_H
@@ -29,6 +31,7 @@
 #define RATE_KIND_INGEST	5	/* class ingest, one service: BLAKE2b-128(tenant, name) */
 #define RATE_KIND_INGEST_ACCOUNT 6	/* the tenant-wide ingest ceiling: the tenant's uuid */
 
+#define RATE_PERIOD_MAX_DAYS 366	/* the longest period lattice.rate_check counts over */
 #define RATE_SCOPE_LEN		16
 #define RATE_LABEL_LEN		64	/* an IPv6 address, a service name, a truncated key */
 
@@ -122,11 +125,7 @@ extern void rate_scoped_key(const char *scope, const char *key, RateKey *out);
 extern void rate_entry_state(const RateEntry *e, TimestampTz now, int64 *remaining,
 							 int64 *reset_seconds);
 
-/* ratelimit_enforce.c */
-extern void rate_enforce_init(void);
-
-/* ratelimit_worker.c */
-extern void rate_worker_register(void);
+/* ratelimit_usage.c */
 extern int64 rate_flush_usage(void);
 
 #endif							/* LATTICE_RATELIMIT_H */

@@ -2,9 +2,9 @@
  * ratelimit_admin.c
  *		What a DBA sees of the counters, and the benchmark loop.
  */
+#include "common.h"
 #include "ratelimit.h"
 
-#include "catalog/pg_authid.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -12,7 +12,6 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
-#include "utils/uuid.h"
 
 static void
 rate_require_admin(const char *caller)
@@ -75,8 +74,7 @@ lattice_rate_counters_all(PG_FUNCTION_ARGS)
 		if (e->has_tenant)
 		{
 			/* a class counter: the tenant, and the service for ingest */
-			char	   *tenant = DatumGetCString(DirectFunctionCall1(uuid_out,
-																	 UUIDPGetDatum(&e->tenant)));
+			char	   *tenant = lattice_uuid_text(&e->tenant);
 
 			values[1] = CStringGetTextDatum(e->key.kind == RATE_KIND_INGEST ?
 											psprintf("%s/%s", tenant, e->label) : tenant);
@@ -202,8 +200,7 @@ lattice_rate_flush_usage(PG_FUNCTION_ARGS)
 	int64		rows;
 
 	rate_require_shmem("lattice.rate_flush_usage");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice.rate_flush_usage: SPI_connect failed");
+	lattice_spi_connect("lattice.rate_flush_usage");
 	rows = rate_flush_usage();
 	SPI_finish();
 	PG_RETURN_INT64(rows);

@@ -19,7 +19,9 @@
  * RateLimit headers itself.  It is cleared at the end of every transaction,
  * like the tenant.
  */
+#include "common.h"
 #include "ratelimit.h"
+#include "tenant.h"
 
 #include <sys/socket.h>
 
@@ -75,7 +77,7 @@ rate_xact_callback(XactEvent event, void *arg)
 }
 
 void
-rate_enforce_init(void)
+lattice_rate_enforce_init(void)
 {
 	RegisterXactCallback(rate_xact_callback, NULL);
 }
@@ -240,27 +242,16 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 	if (!sw.switched)
 		SetUserIdAndSecContext(lattice_schema_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice rate limits: SPI_connect failed");
-	if (plan_query == NULL)
-	{
-		Oid			argtype = UUIDOID;
-		SPIPlanPtr	p;
-
-		p = SPI_prepare("SELECT p.rate_limit_per_hour, p.dashboard_per_hour,"
-						"       p.ingest_per_service_per_hour, p.max_services"
-						"  FROM lattice.users u"
-						"  JOIN lattice.plans p ON p.id OPERATOR(pg_catalog.=) u.plan_id"
-						" WHERE u.id OPERATOR(pg_catalog.=) $1",
-						1, &argtype);
-		if (p == NULL)
-			elog(ERROR, "lattice rate limits: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plan_query = p;
-	}
+	lattice_spi_connect("lattice");
+	lattice_spi_prepare_kept(&plan_query,
+							 "SELECT p.rate_limit_per_hour, p.dashboard_per_hour,"
+							 "       p.ingest_per_service_per_hour, p.max_services"
+							 "  FROM lattice.users u"
+							 "  JOIN lattice.plans p ON p.id OPERATOR(pg_catalog.=) u.plan_id"
+							 " WHERE u.id OPERATOR(pg_catalog.=) $1",
+							 1, (Oid[]) {UUIDOID});
 	if (SPI_execute_plan(plan_query, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "lattice rate limits: plan lookup failed");
+		elog(ERROR, "lattice: reading the account's plan failed");
 	if (SPI_processed == 1)
 	{
 		HeapTuple	row = SPI_tuptable->vals[0];
@@ -367,7 +358,7 @@ lattice_rate_enforce_account(LatticeQuotaClass klass, const pg_uuid_t *user_id,
 		out->allowed = true;
 		return;
 	}
-	rate_require_shmem("lattice_rate_enforce_account");
+	rate_require_shmem("lattice.authenticate");
 	rate_plan_limits(user_id, &plan);
 	rate_account_cell(klass, user_id, &plan, &cell);
 	rate_check_cells(&cell, 1, out);

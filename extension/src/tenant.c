@@ -3,27 +3,22 @@
  *		The tenant of the current transaction, behind row-level security.
  *
  * Every tenant table's policies compare user_id with lattice.current_user_id().
- * The value lives in a backend-local variable that only C code of this
- * extension sets (the authentication functions, the audited admin switch and,
- * for tests, a superuser-only setter).  It is not a GUC, so SET, set_config,
- * RESET and SET ROLE cannot reach it, and it is cleared at the end of every
- * transaction, and when the subtransaction that set it aborts, so a pooled
- * connection never carries one request's tenant into the next.
+ * The tenant is part of the authenticated context (tenant.h), a backend-local
+ * value that only C code of this extension sets: the authentication
+ * functions, the audited admin switch and, for tests, a superuser-only
+ * setter.  It is not a GUC, so SET, set_config, RESET and SET ROLE cannot
+ * reach it; it is cleared at the end of every transaction and when the
+ * subtransaction that set it aborts, so a pooled connection never carries
+ * one request's tenant into the next.
  */
-#include "lattice.h"
+#include "tenant.h"
 
-#include "access/htup_details.h"
 #include "access/xact.h"
-#include "catalog/pg_authid.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_namespace.h"
-#include "commands/user.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
-#include "utils/syscache.h"
 
-static pg_uuid_t tenant_id;
+static LatticeAuthContext ctx;
 static bool tenant_set = false;
 static int	tenant_nest_level = 0;	/* subtransaction level that set it */
 static bool tenant_from_token = false;	/* a worker's: see tenant_token.c */
@@ -64,6 +59,7 @@ lattice_tenant_init(void)
 /*
  * Sets the tenant for the rest of the transaction.  Only callable from C:
  * callers must have verified a credential (or be the audited admin switch).
+ * A new tenant starts a new context: nothing proved for another one stays.
  */
 static void
 tenant_assign(const pg_uuid_t *user_id, bool from_token)
@@ -72,7 +68,11 @@ tenant_assign(const pg_uuid_t *user_id, bool from_token)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
 				 errmsg("lattice: a tenant can only be set inside a transaction")));
-	memcpy(&tenant_id, user_id, sizeof(pg_uuid_t));
+	if (!tenant_set || memcmp(&ctx.tenant, user_id, sizeof(pg_uuid_t)) != 0)
+	{
+		memset(&ctx, 0, sizeof(ctx));
+		ctx.tenant = *user_id;
+	}
 	tenant_set = true;
 	tenant_from_token = from_token;
 	tenant_nest_level = GetCurrentTransactionNestLevel();
@@ -83,24 +83,62 @@ tenant_assign(const pg_uuid_t *user_id, bool from_token)
  * transaction (nothing on a single node).
  */
 void
-lattice_set_tenant(const pg_uuid_t *user_id)
+lattice_set_authenticated(const pg_uuid_t *user_id, LatticeAuthMethod method,
+						  const pg_uuid_t *credential, int scopes)
 {
 	tenant_assign(user_id, false);
 	lattice_tenant_token_issue(user_id);
+	ctx.method = method;
+	ctx.scopes = scopes;
+	ctx.has_credential = credential != NULL;
+	if (credential)
+		ctx.credential = *credential;
+}
+
+void
+lattice_set_tenant(const pg_uuid_t *user_id)
+{
+	lattice_set_authenticated(user_id, LATTICE_AUTH_NONE, NULL, 0);
 }
 
 bool
 lattice_get_tenant(pg_uuid_t *user_id)
 {
 	if (tenant_set && user_id)
-		memcpy(user_id, &tenant_id, sizeof(pg_uuid_t));
+		memcpy(user_id, &ctx.tenant, sizeof(pg_uuid_t));
 	return tenant_set;
+}
+
+const LatticeAuthContext *
+lattice_auth_context(void)
+{
+	return tenant_set ? &ctx : NULL;
+}
+
+LatticeAuthMethod
+lattice_auth_method(void)
+{
+	return tenant_set ? ctx.method : LATTICE_AUTH_NONE;
+}
+
+void
+lattice_auth_second_factor_passed(void)
+{
+	Assert(tenant_set);
+	ctx.second_factor = true;
+}
+
+void
+lattice_auth_deleting_proved(void)
+{
+	Assert(tenant_set);
+	ctx.deleting = true;
 }
 
 void
 lattice_clear_tenant(void)
 {
-	memset(&tenant_id, 0, sizeof(tenant_id));
+	memset(&ctx, 0, sizeof(ctx));
 	tenant_set = false;
 	tenant_from_token = false;
 	tenant_nest_level = 0;
@@ -130,7 +168,7 @@ lattice_current_user_id(PG_FUNCTION_ARGS)
 	if (!tenant_set)
 		PG_RETURN_NULL();
 	result = palloc(sizeof(pg_uuid_t));
-	memcpy(result, &tenant_id, sizeof(pg_uuid_t));
+	memcpy(result, &ctx.tenant, sizeof(pg_uuid_t));
 	PG_RETURN_UUID_P(result);
 }
 
@@ -199,7 +237,7 @@ lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw)
 
 	GetUserIdAndSecContext(&sw->userid, &sw->sec_context);
 	sw->switched = false;
-	if (user_id == NULL || !tenant_set || memcmp(user_id, &tenant_id, sizeof(pg_uuid_t)) != 0)
+	if (user_id == NULL || !tenant_set || memcmp(user_id, &ctx.tenant, sizeof(pg_uuid_t)) != 0)
 		return;
 	if (!OidIsValid(app_role))
 		app_role = get_role_oid("lattice_app", false);
@@ -212,19 +250,4 @@ lattice_restore_role(const LatticeRoleSwitch *sw)
 {
 	if (sw->switched)
 		SetUserIdAndSecContext(sw->userid, sw->sec_context);
-}
-
-/* The owner of schema lattice: the role that reads what no API role may */
-Oid
-lattice_schema_owner(void)
-{
-	Oid			nsp = get_namespace_oid("lattice", false);
-	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "lattice: cache lookup failed for namespace %u", nsp);
-	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
-	ReleaseSysCache(tup);
-	return owner;
 }

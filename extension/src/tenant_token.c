@@ -26,12 +26,11 @@
  * The key is cached per backend; a token that fails verification re-reads
  * it once, so a rotated key takes effect without restarts.
  */
-#include "lattice.h"
-#include "identity.h"
+#include "common.h"
+#include "tenant.h"
 
 #include <sodium.h>
 
-#include "access/xact.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -100,8 +99,7 @@ load_cluster_key(bool force)
 		return false;
 	cluster_key_checked = now;
 	as_owner(&save_userid, &save_sec);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_connect("lattice");
 	lattice_spi_prepare_kept(&plan, "SELECT key FROM lattice.cluster_key", 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 2) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: reading the cluster key failed");
@@ -131,8 +129,7 @@ current_dist_xid(DistXid *out)
 	bool		isnull;
 
 	memset(out, 0, sizeof(*out));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_connect("lattice");
 	lattice_spi_prepare_kept(&plan,
 							 "SELECT initiator_node_identifier, transaction_number, transaction_stamp"
 							 "  FROM pg_catalog.get_current_transaction_id()", 0, NULL);
@@ -245,8 +242,7 @@ lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting)
 				   " SET LOCAL citus.propagate_set_commands TO 'local';"
 				   " SET LOCAL lattice.tenant_token TO '%s';"
 				   " END$lattice$", text);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_connect("lattice");
 	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "lattice: setting the tenant token failed");
 	SPI_finish();

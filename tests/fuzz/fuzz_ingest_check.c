@@ -5,7 +5,7 @@
  * etc., as tests/run.sh exports them).  The backend is not instrumented,
  * so coverage feedback stops at this file and the run is a mutation fuzzer
  * over the captured bodies.  The rules themselves are fuzzed with coverage, in process, by
- * fuzz_ingest_validate.c (the core, ingest_validate_core.c); this target
+ * fuzz_ingest_validate.c (the core, ingest_validate_*.c); this target
  * stays for what only the backend has: PostgreSQL's text input, regex
  * engine and error texts, the PTnnn answer, and releasing the core's memory
  * on every way out.

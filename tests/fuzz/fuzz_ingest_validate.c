@@ -1,7 +1,8 @@
 /*
  * libFuzzer target: ingest validation in process, with coverage feedback.
- * It calls the core the extension runs (extension/src/ingest_validate_core.c)
- * with the hooks a backend would give it, taken from outside the backend:
+ * It calls the core the extension runs (extension/src/ingest_validate_*.c,
+ * entry points in ingest_validate_core.h) with the hooks a backend would
+ * give it, taken from outside the backend:
  * PostgreSQL's JSON lexer from the frontend libpgcommon.a (the same
  * pg_parse_json; only json_errdetail() is backend-only, so a refusal's text
  * differs) and POSIX <regex.h> for the EREs without a C fast path.
@@ -32,6 +33,8 @@
 #include "mb/pg_wchar.h"
 
 #include "ingest_validate_core.h"
+#include "ingest_validate_pattern.h"
+#include "ingest_validate_utf8.h"
 
 static const char *const kinds[] = {"metadata", "traces", "errors", "error", "breadcrumbs", "metrics"};
 

@@ -1,6 +1,6 @@
 /*
- * libFuzzer target: the HS256 token reader (extension/src/jwt_token.c and
- * jwt_json.c), as the extension runs them.
+ * libFuzzer target: the HS256 token reader (extension/src/auth_jwt_token.c and
+ * auth_jwt_json.c), as the extension runs them.
  *
  * Input: a token.  It is parsed and verified under a fixed key as it is;
  * then, since a fuzzer cannot forge an HMAC, the same header and payload are
@@ -17,7 +17,7 @@
 
 #include <sodium.h>
 
-#include "jwt_token.h"
+#include "auth_jwt_token.h"
 
 static const unsigned char key[JWT_TOKEN_KEY_BYTES] = "fuzz-key-0123456789abcdef-012345";
 #define NOW		1800000000

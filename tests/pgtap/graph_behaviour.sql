@@ -240,14 +240,14 @@ SELECT throws_ok($$SELECT * FROM lattice.graph_dependents('d0000000-0000-0000-00
                  'depth 0 is refused');
 
 -- tenancy: another tenant's id is not found, wherever it is used
-SELECT throws_ok($$SELECT * FROM lattice.graph_impact('d0000000-0000-0000-0002-00000000000a')$$, 'P0002',
-                 'lattice.graph_impact: service not found', 'a forged id of another tenant: impact says not found');
+SELECT throws_ok($$SELECT * FROM lattice.graph_impact('d0000000-0000-0000-0002-00000000000a')$$, 'PT404',
+                 'no such service', 'a forged id of another tenant: impact says not found');
 SELECT throws_ok($$SELECT * FROM lattice.graph_paths('d0000000-0000-0000-0001-00000000000a', 'd0000000-0000-0000-0002-00000000000a')$$,
-                 'P0002', NULL, 'paths to another tenant''s service: not found');
+                 'PT404', NULL, 'paths to another tenant''s service: not found');
 SELECT throws_ok($$SELECT lattice.graph_reach_json('d0000000-0000-0000-0002-00000000000a', 'dependencies', 3)$$,
-                 'P0002', NULL, 'dependencies of another tenant''s service: not found');
+                 'PT404', NULL, 'dependencies of another tenant''s service: not found');
 SELECT throws_ok($$SELECT * FROM lattice.graph_neighbours('d0000000-0000-0000-0002-00000000000a')$$,
-                 'P0002', NULL, 'neighbours of another tenant''s service: not found');
+                 'PT404', NULL, 'neighbours of another tenant''s service: not found');
 SELECT ok((SELECT bool_and(n ->> 'name' <> 'y') FROM json_array_elements(lattice.graph_json() -> 'nodes') n),
           'the graph JSON never shows another tenant''s service');
 RESET ROLE;
@@ -255,7 +255,7 @@ SELECT lattice.test_set_tenant('d0000000-0000-0000-0000-00000000000b');
 SET ROLE lattice_app;
 SELECT is((SELECT string_agg(n ->> 'name', ',') FROM json_array_elements(lattice.graph_json() -> 'nodes') n), 'y',
           'tenant B sees its own graph from the same backend cache');
-SELECT throws_ok($$SELECT * FROM lattice.graph_dependents('d0000000-0000-0000-0001-00000000000e')$$, 'P0002', NULL,
+SELECT throws_ok($$SELECT * FROM lattice.graph_dependents('d0000000-0000-0000-0001-00000000000e')$$, 'PT404', NULL,
                  'and A''s ids are not found for B');
 SELECT is((SELECT count(*)::int FROM lattice.graph_services_at(now())), 1, 'B''s history holds only B''s service');
 RESET ROLE;

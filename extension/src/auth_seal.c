@@ -1,5 +1,5 @@
 /*
- * secret_seal.c
+ * auth_seal.c
  *		Secrets kept at rest sealed under the server pepper: TOTP secrets
  *		(account_totp.c) and webhook signing secrets (alert_webhook.c).
  *
@@ -10,8 +10,7 @@
  * version (1), kid length, kid, nonce, ciphertext.  The API role may read the
  * tables that hold these values and learns nothing from them.
  */
-#include "lattice.h"
-#include "identity.h"
+#include "auth.h"
 
 #include <sodium.h>
 

@@ -1,5 +1,5 @@
 /*
- * deferred.c
+ * auth_deferred.c
  *		Identity writes a transaction cannot make itself: a key's last_used,
  *		a session's sliding expiry (both stale after a minute) and the audit
  *		row of a revoked key's use.
@@ -7,7 +7,7 @@
  * A GET runs in a read-only transaction, and a refusal rolls its transaction
  * back, yet these must be kept.  They wait in a queue and are written by the
  * next writing authentication of any backend, by the usage worker at each
- * roll-up (ratelimit_worker.c), or by lattice.flush_deferred().  With lattice
+ * roll-up (worker.c), or by lattice.flush_deferred().  With lattice
  * preloaded the queue is in shared memory, so a dashboard that only reads
  * still slides its session and a key used only for GETs still shows when it
  * was used; without preloading it is this backend's own.
@@ -17,8 +17,9 @@
  * drops touches (they are hints) and keeps audit events in the server log,
  * where each is also written at once.
  */
-#include "lattice.h"
-#include "identity.h"
+#include "common.h"
+#include "auth.h"
+#include "tenant.h"
 
 #include <arpa/inet.h>
 
@@ -245,8 +246,7 @@ lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid
 	v[2] = UUIDPGetDatum(owner);
 	v[3] = Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS);
 	lattice_as_tenant_role(owner, &sw);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lattice: SPI_connect failed");
+	lattice_spi_connect("lattice");
 	if (session)
 		lattice_spi_prepare_kept(&session_plan,
 								 "UPDATE lattice.sessions SET last_seen_at = $2,"
@@ -362,10 +362,10 @@ write_claimed(const Deferred *mine, int n)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		SPI_connect();
+		lattice_spi_connect("lattice.flush_deferred");
 		for (int i = 0; i < n; i++)
 			if (write_one(&mine[i]) < 0)
-				elog(ERROR, "writing deferred identity state failed");
+				elog(ERROR, "lattice: writing deferred identity state failed");
 		SPI_finish();
 		ReleaseCurrentSubTransaction();
 	}

@@ -1,5 +1,5 @@
 /*
- * apikey.c
+ * auth_apikey.c
  *		API keys for the plugins: creation, verification, rotation.
  *
  * A key is "ltc_" + 32 bytes of libsodium randomness in base64url (47
@@ -11,12 +11,13 @@
  *
  * last_used is kept to the minute: a verification writes only when the stored
  * minute is older than the current one, and never in a read-only transaction
- * (GET routes) -- then the touch is deferred to this backend's next writing
- * authentication (auth.c).  Locked rows are skipped, so concurrent requests
- * with one key never wait on each other.
+ * (GET routes) -- then the touch waits in the deferred queue
+ * (auth_deferred.c) for the next writing transaction.  Locked rows are
+ * skipped, so concurrent requests with one key never wait on each other.
  */
-#include "lattice.h"
-#include "identity.h"
+#include "common.h"
+#include "auth.h"
+#include "tenant.h"
 
 #include <sodium.h>
 
@@ -26,7 +27,6 @@
 #include "utils/array.h"
 #include "fmgr.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -34,6 +34,7 @@
 #define KEY_TEXT_LEN		(4 + 43)
 #define KEY_PREFIX_LEN		12
 #define KEY_HASH_BYTES		32
+#define API_KEY_NAME_MAX_CHARS 100
 
 static void
 key_hash(const char *key, size_t len, const uint8 pepper[LATTICE_SECRET_BYTES],
@@ -111,7 +112,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	 * by (account, id), so only that tenant's rows are touched, and the
 	 * pepper separately, so it never travels to where the key's row is.
 	 */
-	SPI_connect();
+	lattice_spi_connect("lattice.authenticate");
 	lattice_spi_prepare_kept(&prefix_plan,
 							 "SELECT user_id, key_id FROM lattice.api_key_prefixes WHERE prefix = $1",
 							 1, (Oid[]) {TEXTOID});
@@ -171,7 +172,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 		lattice_raise_http(401, "invalid_api_key", "the API key is not valid", NULL, NULL);
 	if (revoked)
 	{
-		char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(key_id)));
+		char	   *id = lattice_uuid_text(key_id);
 
 		lattice_defer_audit("key.used_after_revocation", user_id, id, req);
 		lattice_raise_http(401, "revoked_api_key", "the API key has been revoked", NULL, NULL);
@@ -270,7 +271,7 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 	values[8] = lattice_scopes_array(scopes);
 
 	lattice_as_tenant_role(user_id, &sw);
-	SPI_connect();
+	lattice_spi_connect("lattice.api_key_create");
 	if (SPI_execute_with_args("INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"
 							  " created_at, expires_at, rotated_from, scopes)"
 							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -288,12 +289,6 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 		elog(ERROR, "lattice: API key insert failed");
 	SPI_finish();
 	out->created_at = now;
-}
-
-static char *
-uuid_text(const pg_uuid_t *id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
 }
 
 /*
@@ -343,9 +338,8 @@ lattice_api_key_create(PG_FUNCTION_ARGS)
 				 errmsg("lattice.api_key_create: user id must not be null")));
 	user_id = PG_GETARG_UUID_P(0);
 	check_key_owner("lattice.api_key_create", user_id);
-	if (PG_ARGISNULL(1))
-		lattice_raise_http(400, "invalid_name", "key name must be 1 to 100 characters", NULL, NULL);
-	name = lattice_clean_label(PG_GETARG_TEXT_PP(1), 100, "key name");
+	name = lattice_clean_label(PG_ARGISNULL(1) ? cstring_to_text("") : PG_GETARG_TEXT_PP(1),
+							   API_KEY_NAME_MAX_CHARS, "key name");
 	if (!PG_ARGISNULL(2) && PG_GETARG_TIMESTAMPTZ(2) <= lattice_clock_now())
 		lattice_raise_http(400, "invalid_expiry", "expires_at must be in the future", NULL, NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
@@ -355,7 +349,7 @@ lattice_api_key_create(PG_FUNCTION_ARGS)
 			   NULL, scopes, &nk);
 	details = psprintf("{\"prefix\": \"%s\", \"scopes\": \"%s\"}", nk.prefix,
 					   lattice_scopes_text(scopes));
-	lattice_audit("key.created", user_id, uuid_text(&nk.id), details,
+	lattice_audit("key.created", user_id, lattice_uuid_text(&nk.id), details,
 				  PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3));
 
 	values[0] = UUIDPGetDatum(&nk.id);
@@ -398,13 +392,13 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 		lattice_raise_http(404, "not_found", "no such key", NULL, NULL);
 	key_id = PG_GETARG_UUID_P(0);
 	if (grace < 0 || grace > LATTICE_API_KEY_GRACE_MAX)
-		lattice_raise_http(400, "invalid_grace", "grace_seconds must be 0 to 2592000", NULL, NULL);
+		lattice_raise_http(400, "invalid_grace", psprintf("grace_seconds must be 0 to %d", LATTICE_API_KEY_GRACE_MAX), NULL, NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.api_key_rotate: must return a record");
 
 	old_expires = now + grace * USECS_PER_SEC;
 	lattice_as_tenant_role(&tenant, &sw);
-	SPI_connect();
+	lattice_spi_connect("lattice.api_key_rotate");
 	if (SPI_execute_with_args("SELECT name, revoked_at, expires_at, scopes FROM lattice.api_keys"
 							  " WHERE id = $1 AND user_id = $2 FOR UPDATE", 2,
 							  (Oid[]) {UUIDOID, UUIDOID},
@@ -438,8 +432,8 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 
 	key_insert(&tenant, name, (Datum) 0, true, key_id, scopes, &nk);
 	snprintf(details, sizeof(details), "{\"new_key_id\": \"%s\", \"grace_seconds\": " INT64_FORMAT "}",
-			 uuid_text(&nk.id), grace);
-	lattice_audit("key.rotated", &tenant, uuid_text(key_id), details,
+			 lattice_uuid_text(&nk.id), grace);
+	lattice_audit("key.rotated", &tenant, lattice_uuid_text(key_id), details,
 				  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2));
 
 	values[0] = UUIDPGetDatum(&nk.id);

@@ -1,13 +1,13 @@
 /*
- * jwt_token.h
+ * auth_jwt_token.h
  *		Reading and checking an HS256 access token, without PostgreSQL.
  *
  * Plain C + libsodium + json-c so that the fuzz target (tests/fuzz/) calls
- * exactly the code the extension runs; jwt.c looks the key up, maps each
+ * exactly the code the extension runs; auth_jwt.c looks the key up, maps each
  * status to its 401 and checks the account.
  */
-#ifndef LATTICE_JWT_TOKEN_H
-#define LATTICE_JWT_TOKEN_H
+#ifndef LATTICE_AUTH_JWT_TOKEN_H
+#define LATTICE_AUTH_JWT_TOKEN_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -61,7 +61,7 @@ extern JwtTokenStatus jwt_token_parse(const char *token, size_t len, JwtToken *o
 extern JwtTokenStatus jwt_token_verify(JwtToken *t, const unsigned char key[JWT_TOKEN_KEY_BYTES],
 									   int64_t now, int64_t max_ttl, int64_t skew);
 
-/* jwt_json.c: json-c in strict mode; false when not one JSON object */
+/* auth_jwt_json.c: json-c in strict mode; false when not one JSON object */
 extern bool jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size,
 								  bool *has_alg, char *kid, size_t kid_size, bool *has_kid);
 extern bool jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
@@ -69,4 +69,4 @@ extern bool jwt_json_parse_claims(const char *json, size_t len, char *sub, size_
 								  int64_t *nbf, bool *has_nbf, char *scope, size_t scope_size,
 								  bool *has_scope, bool *complete);
 
-#endif							/* LATTICE_JWT_TOKEN_H */
+#endif							/* LATTICE_AUTH_JWT_TOKEN_H */

@@ -1,5 +1,5 @@
 /*
- * jwt_json.c
+ * auth_jwt_json.c
  *		Reads a JWT's header and claims with json-c: strict mode, UTF-8
  *		validated, depth-limited, nothing trailing, objects only.
  *
@@ -8,7 +8,7 @@
  * (the fuzz target in tests/fuzz/ links it as it is) and raises nothing: the
  * caller turns false into a 401.
  */
-#include "jwt_token.h"
+#include "auth_jwt_token.h"
 
 #include <limits.h>
 #include <string.h>

@@ -1,15 +1,15 @@
 /*
- * jwt_token.c
+ * auth_jwt_token.c
  *		The steps of HS256 verification that need no database: the token's
  *		shape, its header, its signature under a given key, its claims.
  *
  * Verification accepts exactly alg HS256 (so never "none"), a valid
  * signature, and exp/nbf/iat within the skew; each refusal has its own
- * status, which jwt.c turns into its 401.  Segments are decoded with
+ * status, which auth_jwt.c turns into its 401.  Segments are decoded with
  * libsodium's strict base64url into bounded stack buffers (a token is at
- * most JWT_TOKEN_MAX_LEN bytes) and parsed by jwt_json.c.
+ * most JWT_TOKEN_MAX_LEN bytes) and parsed by auth_jwt_json.c.
  */
-#include "jwt_token.h"
+#include "auth_jwt_token.h"
 
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /*
- * session.c
+ * auth_session.c
  *		Dashboard sessions: random tokens in a cookie, stored hashed, with a
  *		sliding idle expiry under an absolute cap, and CSRF double-submit.
  *
@@ -12,8 +12,9 @@
  * constant time.  last_seen_at moves at most once a minute, and never in a
  * read-only transaction (deferred, as for API keys).
  */
-#include "lattice.h"
-#include "identity.h"
+#include "common.h"
+#include "auth.h"
+#include "tenant.h"
 
 #include <sodium.h>
 
@@ -92,7 +93,7 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 		lattice_raise_http(401, "invalid_session", "the session is not valid", NULL, NULL);
 
 	/* the token's hash names the account and the session; then that row */
-	SPI_connect();
+	lattice_spi_connect("lattice.authenticate");
 	lattice_spi_prepare_kept(&lookup_plan,
 							 "SELECT user_id, session_id FROM lattice.session_tokens WHERE token_hash = $1",
 							 1, (Oid[]) {BYTEAOID});
@@ -186,7 +187,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 				 errdetail("A session opens only after a password login or sign-up in the same transaction.")));
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.session_create: must return a record");
-	lattice_account_mfa_gate(&tenant);
+	lattice_mfa_gate(&tenant);
 
 	token = lattice_random_token(SESSION_TOKEN_BYTES);
 	addr = lattice_req_text(req, "client_addr");
@@ -208,7 +209,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 		nulls[6] = 'n';
 
 	lattice_as_tenant_role(&tenant, &sw);
-	SPI_connect();
+	lattice_spi_connect("lattice.session_create");
 	if (SPI_execute_with_args("INSERT INTO lattice.sessions (user_id, token_hash, created_at, last_seen_at,"
 							  " idle_expires_at, expires_at, client_addr, user_agent)"
 							  " VALUES ($1, $2, $3, $3, $4, $5, CAST($6 AS inet), $7) RETURNING id",
@@ -225,7 +226,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 							  NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice.session_create: insert failed");
 	SPI_finish();
-	lattice_auth_note(LATTICE_AUTH_PASSWORD, &id);
+	lattice_set_authenticated(&tenant, LATTICE_AUTH_PASSWORD, &id, 0);	/* the session is the credential now */
 
 	out[0] = UUIDPGetDatum(&id);
 	out[1] = CStringGetTextDatum(token);

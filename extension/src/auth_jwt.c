@@ -1,20 +1,21 @@
 /*
- * jwt.c
+ * auth_jwt.c
  *		HS256 access tokens: issued and verified in C.
  *
- * The signing key is a server secret (secrets.c) with a kid in the header, so
+ * The signing key is a server secret (auth_secret.c) with a kid in the header, so
  * it can rotate: tokens signed with a retired key keep verifying until the
  * longest one could have expired.  Verification accepts exactly alg HS256
  * (so never "none"), a known kid, a valid signature, and exp/nbf/iat within
  * 30 s of skew; each refusal has its own 401 code.  Reading and checking
- * the token needs no database and lives in jwt_token.c and jwt_json.c
+ * the token needs no database and lives in auth_jwt_token.c and auth_jwt_json.c
  * (libsodium's strict base64url, json-c in strict mode; fuzzed as they are
  * in tests/fuzz/); this file finds the key, maps each status to its 401 and
  * checks that the account still exists.
  */
-#include "lattice.h"
-#include "identity.h"
-#include "jwt_token.h"
+#include "common.h"
+#include "auth.h"
+#include "tenant.h"
+#include "auth_jwt_token.h"
 
 #include <sodium.h>
 
@@ -119,7 +120,7 @@ lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id, int *scopes)
 	memcpy(user_id, DatumGetUUIDP(uuid_d), sizeof(pg_uuid_t));
 
 	/* a deleted account's tokens die with it */
-	SPI_connect();
+	lattice_spi_connect("lattice.authenticate");
 	if (SPI_execute_with_args("SELECT 1 FROM lattice.users WHERE id = $1", 1, (Oid[]) {UUIDOID},
 							  &uuid_d, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: account lookup failed");
@@ -181,14 +182,14 @@ lattice_jwt_issue(PG_FUNCTION_ARGS)
 		scopes = LATTICE_SCOPE_ALL;
 	scope = lattice_scopes_text(scopes);
 	if (ttl < 1 || ttl > LATTICE_JWT_MAX_TTL)
-		lattice_raise_http(400, "invalid_ttl", "ttl_seconds must be 1 to 3600", NULL, NULL);
+		lattice_raise_http(400, "invalid_ttl", psprintf("ttl_seconds must be 1 to %d", LATTICE_JWT_MAX_TTL), NULL, NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.jwt_issue: must return a record");
 	if (!lattice_secret_get("jwt", NULL, key, kid))
 		elog(ERROR, "lattice.jwt_issue: no active JWT key; run lattice.rotate_secret('jwt')");
 
 	now = unix_seconds(lattice_clock_now());
-	sub = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&tenant)));
+	sub = lattice_uuid_text(&tenant);
 	jti = lattice_random_token(12);
 	/* kid, sub and jti are base64url or uuid text: nothing to escape */
 	header = psprintf("{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid);
