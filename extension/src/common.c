@@ -30,6 +30,13 @@ static bool clock_pinned = false;
 static void
 clock_xact_callback(XactEvent event, void *arg)
 {
+	if (lattice_xact_ended(event))
+		clock_pinned = false;
+}
+
+bool
+lattice_xact_ended(XactEvent event)
+{
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
@@ -37,10 +44,9 @@ clock_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			clock_pinned = false;
-			break;
+			return true;
 		default:
-			break;
+			return false;
 	}
 }
 

@@ -13,6 +13,7 @@
 
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
@@ -23,6 +24,12 @@
  */
 extern void lattice_common_init(void);
 extern TimestampTz lattice_clock_now(void);
+
+/*
+ * Transaction-scoped state lives in C variables that a transaction callback
+ * clears when this says the transaction has ended (commit, abort, prepare).
+ */
+extern bool lattice_xact_ended(XactEvent event);
 
 /* Members of the request object the shim passes (NULL / false when absent) */
 extern char *lattice_req_text(Jsonb *req, const char *key);

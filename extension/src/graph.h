@@ -102,6 +102,7 @@ graph_error_rate(const GraphEdge *e)
 /* graph_json.c: JSON writers shared by the emitters */
 extern void graph_json_uuid(StringInfo buf, const pg_uuid_t *id);
 extern void graph_json_str(StringInfo buf, const char *s);
+extern void graph_json_node_open(StringInfo buf, const LatticeGraph *g, const GraphNode *node);
 extern void graph_json_ts(StringInfo buf, TimestampTz t);
 extern void graph_json_float(StringInfo buf, double v);
 extern void graph_json_node_brief(StringInfo buf, const LatticeGraph *g, int32 v);

@@ -47,6 +47,18 @@ graph_json_str(StringInfo buf, const char *s)
 		escape_json(buf, s);
 }
 
+/* A node's object up to its environment: {"id":…,"name":…,"environment":… */
+void
+graph_json_node_open(StringInfo buf, const LatticeGraph *g, const GraphNode *node)
+{
+	appendStringInfoString(buf, "{\"id\":");
+	graph_json_uuid(buf, &node->id);
+	appendStringInfoString(buf, ",\"name\":");
+	graph_json_str(buf, graph_str(g, node->name));
+	appendStringInfoString(buf, ",\"environment\":");
+	graph_json_str(buf, graph_str(g, node->environment));
+}
+
 void
 graph_json_ts(StringInfo buf, TimestampTz t)
 {
@@ -200,12 +212,7 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 		if (!first)
 			appendStringInfoChar(&buf, ',');
 		first = false;
-		appendStringInfoString(&buf, "{\"id\":");
-		graph_json_uuid(&buf, &node->id);
-		appendStringInfoString(&buf, ",\"name\":");
-		graph_json_str(&buf, graph_str(g, node->name));
-		appendStringInfoString(&buf, ",\"environment\":");
-		graph_json_str(&buf, graph_str(g, node->environment));
+		graph_json_node_open(&buf, g, node);
 		appendStringInfoString(&buf, ",\"status\":");
 		graph_json_str(&buf, graph_str(g, node->status));
 		appendStringInfoString(&buf, ",\"version\":");

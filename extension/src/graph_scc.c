@@ -400,12 +400,7 @@ lattice_graph_order_json(PG_FUNCTION_ARGS)
 		}
 		else
 			appendStringInfoChar(&buf, ',');
-		appendStringInfoString(&buf, "{\"id\":");
-		graph_json_uuid(&buf, &node->id);
-		appendStringInfoString(&buf, ",\"name\":");
-		graph_json_str(&buf, graph_str(g, node->name));
-		appendStringInfoString(&buf, ",\"environment\":");
-		graph_json_str(&buf, graph_str(g, node->environment));
+		graph_json_node_open(&buf, g, node);
 		if (gc.cycle_no[c] > 0)
 			appendStringInfo(&buf, ",\"cycle\":%d}", gc.cycle_no[c]);
 		else

@@ -307,12 +307,7 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 
 		if (i > 0)
 			appendStringInfoChar(&buf, ',');
-		appendStringInfoString(&buf, "{\"id\":");
-		graph_json_uuid(&buf, &node->id);
-		appendStringInfoString(&buf, ",\"name\":");
-		graph_json_str(&buf, graph_str(g, node->name));
-		appendStringInfoString(&buf, ",\"environment\":");
-		graph_json_str(&buf, graph_str(g, node->environment));
+		graph_json_node_open(&buf, g, node);
 		appendStringInfoString(&buf, ",\"status\":");
 		graph_json_str(&buf, graph_str(g, node->status));
 		appendStringInfoString(&buf, ",\"kind\":");

@@ -70,9 +70,7 @@ static SPIPlanPtr plan_query = NULL;
 static void
 rate_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_PARALLEL_ABORT)
+	if (lattice_xact_ended(event))
 		last_result_set = false;
 }
 

@@ -11,6 +11,7 @@
  * subtransaction that set it aborts, so a pooled connection never carries
  * one request's tenant into the next.
  */
+#include "common.h"
 #include "tenant.h"
 
 #include "access/xact.h"
@@ -26,18 +27,8 @@ static bool tenant_from_token = false;	/* a worker's: see tenant_token.c */
 static void
 tenant_xact_callback(XactEvent event, void *arg)
 {
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			lattice_clear_tenant();
-			break;
-		default:
-			break;
-	}
+	if (lattice_xact_ended(event))
+		lattice_clear_tenant();
 }
 
 static void
