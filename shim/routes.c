@@ -97,7 +97,7 @@ const struct route routes[] = {
     { "POST", "/api/v1/alerts/incidents/{id}/acknowledge", "alert_incident_acknowledge", 0, T_FAST, NULL },
     { "POST", "/api/v1/alerts/incidents/{id}/mute", "alert_incident_mute", R_JSON,    T_FAST,   NULL },
 
-    /* account lifecycle: extension/sql/86_account.sql, docs/account.md */
+    /* account lifecycle: extension/sql/87_http_account.sql, docs/account.md */
     { "POST", "/api/v1/auth/password/forgot",      "auth_password_forgot", R_JSON,    T_NORMAL, NULL },
     { "POST", "/api/v1/auth/password/reset",       "auth_password_reset",  R_JSON,    T_SLOW,   NULL },
     { "POST", "/api/v1/auth/email/verify",         "auth_email_verify",    R_JSON,    T_NORMAL, NULL },

@@ -35,7 +35,7 @@ CREATE TABLE lattice.users (
     updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
--- API keys (src/apikey.c): the plaintext is shown once and never stored.
+-- API keys (src/auth_apikey.c): the plaintext is shown once and never stored.
 -- prefix: the key's first 12 characters, for lookup and display; key_hash:
 -- BLAKE2b-256 of the key keyed with the server pepper named by pepper_kid.
 -- A rotated key points at its predecessor, whose expires_at the rotation

@@ -5,7 +5,7 @@
 -- A service is (tenant, name, environment); the plugin's own service id
 -- changes at every process start and is only kept as instance_id.
 -- snapshot_hash is the hash of the last metadata snapshot without its
--- volatile fields (see src/ingest_validate.c): an identical re-submission is
+-- volatile fields (see src/ingest_digest.c): an identical re-submission is
 -- recognised by it and only moves last_seen.  Liveness (active/inactive) is
 -- derived from last_seen when read, so it costs no write.  An is_external
 -- node never registered itself: a caller or callee seen only in traces

@@ -189,9 +189,10 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('la
 
 -- Entitlement and limits ------------------------------------------------------
 
--- May this account ingest?  The billing rules (lattice.entitlement, 80_billing)
--- decide when installed; otherwise: the 7-day trial from sign-up, or a
--- trialing/active subscription.  Runs as the caller: RLS keeps it to the tenant.
+-- May this account ingest?  lattice.entitlement (80_billing.sql, later in
+-- this script) decides; it is looked up when called, and without it the
+-- answer is the sign-up trial (users.trial_ends_at) or a trialing/active
+-- subscription.  Runs as the caller: RLS keeps it to the tenant.
 CREATE FUNCTION lattice.may_ingest(user_id uuid) RETURNS boolean
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -208,7 +209,9 @@ END
 $$;
 
 -- Raises 402 subscription_required when the tenant may not ingest; returns
--- the headers the answer carries (billing warnings).
+-- the headers the answer carries (billing warnings).  The billing rule is
+-- lattice.require_ingest_entitlement (80_billing.sql), looked up when called
+-- as lattice.entitlement is above.
 CREATE FUNCTION lattice.require_ingest(user_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -225,8 +228,8 @@ BEGIN
 END
 $$;
 
--- A new (registered) service must fit the plan's max_services: 403 as the
--- original server answered, with its counts.
+-- A new (registered) service must fit the plan's max_services: else 403
+-- service_limit_exceeded, with the account's count and the plan's maximum.
 CREATE FUNCTION lattice.check_service_limit(user_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -249,9 +252,9 @@ END
 $$;
 
 -- The single place where ingest reports a change of graph topology or of a
--- node's state (new service or external node, new edge, service attributes).
--- GRAPH VERSION CALL SITE: lattice.bump_graph_version() belongs to the graph
--- engineer (70_graph.sql); called only when it is installed.
+-- node's state (new service or external node, new edge, service attributes):
+-- it moves the tenant's graph version with lattice.bump_graph_version()
+-- (70_graph.sql, later in this script), looked up when called.
 CREATE FUNCTION lattice.ingest_graph_changed() RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -543,6 +546,38 @@ CREATE TYPE lattice.ingest_edge AS (
     last_at     timestamptz
 );
 
+-- One call between two nodes: its ends, when it started, how long it took
+-- and its HTTP status.
+CREATE TYPE lattice.ingest_call AS (
+    source      uuid,
+    target      uuid,
+    at          timestamptz,
+    duration_ms double precision,
+    status      integer
+);
+
+-- Calls summed per edge and bucket, for lattice.ingest_edges: the calls,
+-- the 5xx and the 4xx, the time they took (total and histogram), the first
+-- and the last.  A call without both ends, or from a node to itself, is
+-- left out.  NULL when nothing is left.
+CREATE FUNCTION lattice.ingest_edge_batch(calls lattice.ingest_call[]) RETURNS lattice.ingest_edge[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.array_agg(ROW(e.source, e.target, e.bucket, e.n, e.e5, e.e4, e.total, e.h, e.first, e.last)
+                                ::lattice.ingest_edge ORDER BY e.source, e.target, e.bucket)
+      FROM (SELECT c.source, c.target,
+                   pg_catalog.date_bin(lattice.ingest_bucket_width(), c.at, timestamptz '2000-01-01') AS bucket,
+                   pg_catalog.count(*) AS n,
+                   pg_catalog.count(*) FILTER (WHERE c.status >= 500) AS e5,
+                   pg_catalog.count(*) FILTER (WHERE c.status BETWEEN 400 AND 499) AS e4,
+                   pg_catalog.sum(c.duration_ms) AS total,
+                   lattice.hist_of(pg_catalog.array_agg(c.duration_ms)) AS h,
+                   pg_catalog.min(c.at) AS first, pg_catalog.max(c.at) AS last
+              FROM pg_catalog.unnest(calls) c
+             WHERE c.source IS NOT NULL AND c.target IS NOT NULL AND c.source <> c.target
+             GROUP BY 1, 2, 3) e
+$$;
+
 -- Records edges source -> target per bucket: edge_stats, the connections'
 -- totals, and an edge_added event for each new connection.  Returns how many
 -- connections are new.  The user is passed (not read from the session) so
@@ -721,30 +756,23 @@ BEGIN
     )
     SELECT pg_catalog.count(*) FILTER (WHERE up.inserted) INTO new_buckets FROM up;
 
-    -- Edges caller -> service, per bucket.  The caller is looked up by name
-    -- (in `known`), preferring the callee's environment and registered services.
-    SELECT pg_catalog.array_agg(ROW(src.source, src.target, src.bucket, src.n, src.e5, src.e4, src.total, src.h,
-                                    src.first, src.last)::lattice.ingest_edge ORDER BY src.source, src.target, src.bucket)
+    -- Edges caller -> service.  Each caller is looked up by name once (in
+    -- `known`), preferring the callee's environment and registered services.
+    SELECT lattice.ingest_edge_batch(pg_catalog.array_agg(
+               ROW(c.source, r.service_id, r.at, r.duration_ms, r.status)::lattice.ingest_call))
       INTO edge_batch
-      FROM (SELECT c.*, (SELECT x.id
-                           FROM pg_catalog.jsonb_to_recordset(known)
-                                AS x(id uuid, name text, environment text, is_external boolean,
-                                     last_seen timestamptz)
-                          WHERE x.name = c.caller
-                          ORDER BY (x.environment = c.environment) DESC, x.is_external, x.last_seen DESC
-                          LIMIT 1) AS source
-              FROM (SELECT r.service_id AS target, r.caller, r.environment,
-                           pg_catalog.date_bin(width, r.at, timestamptz '2000-01-01') AS bucket,
-                           pg_catalog.count(*) AS n,
-                           pg_catalog.count(*) FILTER (WHERE r.status >= 500) AS e5,
-                           pg_catalog.count(*) FILTER (WHERE r.status BETWEEN 400 AND 499) AS e4,
-                           pg_catalog.sum(r.duration_ms) AS total,
-                           lattice.hist_of(pg_catalog.array_agg(r.duration_ms)) AS h,
-                           pg_catalog.min(r.at) AS first, pg_catalog.max(r.at) AS last
-                      FROM pg_catalog.unnest(batch) r
-                     WHERE r.service_id IS NOT NULL AND r.caller IS NOT NULL
-                     GROUP BY 1, 2, 3, 4) c) src
-     WHERE src.source IS NOT NULL AND src.source <> src.target;
+      FROM pg_catalog.unnest(batch) r
+      JOIN (SELECT n.caller, n.environment,
+                   (SELECT x.id
+                      FROM pg_catalog.jsonb_to_recordset(known)
+                           AS x(id uuid, name text, environment text, is_external boolean, last_seen timestamptz)
+                     WHERE x.name = n.caller
+                     ORDER BY (x.environment = n.environment) DESC, x.is_external, x.last_seen DESC
+                     LIMIT 1) AS source
+              FROM (SELECT DISTINCT b.caller, b.environment FROM pg_catalog.unnest(batch) b
+                     WHERE b.service_id IS NOT NULL AND b.caller IS NOT NULL) n) c
+        ON c.caller = r.caller AND c.environment = r.environment
+     WHERE r.service_id IS NOT NULL;
 
     new_edges := lattice.ingest_edges(uid, edge_batch);
 
@@ -1066,7 +1094,8 @@ GRANT EXECUTE ON FUNCTION
     lattice.ingest_setting(text), lattice.ingest_bucket_width(), lattice.service_liveness(timestamptz, boolean),
     lattice.may_ingest(uuid), lattice.require_ingest(uuid), lattice.check_service_limit(uuid),
     lattice.ingest_graph_changed(), lattice.ingest_tenant(), lattice.ingest_prune(uuid),
-    lattice.ingest_metadata(text), lattice.ingest_edges(uuid, lattice.ingest_edge[]),
+    lattice.ingest_metadata(text), lattice.ingest_edge_batch(lattice.ingest_call[]),
+    lattice.ingest_edges(uuid, lattice.ingest_edge[]),
     lattice.ingest_trace_doc(jsonb), lattice.ingest_traces(text),
     lattice.ingest_legacy_metrics(text), lattice.scrub_text(text), lattice.scrub_json(jsonb),
     lattice.error_message_shape(text), lattice.error_top_frame(jsonb),

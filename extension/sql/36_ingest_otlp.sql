@@ -187,17 +187,17 @@ BEGIN
 END
 $$;
 
--- Edges whose far end is a name (external, database, queue nodes): each
--- (source name or id, target) of `calls` resolved to nodes, then recorded.
--- calls: [{from, to, to_kind, from_kind, environment, at, ms, status}] where
--- from/to are a service id or, for a node, its name.  Returns the number
--- of new nodes and edges.
+-- Edges with an end that is a name (external, database, queue nodes): the
+-- ends of each call resolved to nodes (created when new), then recorded.
+-- calls: [{source, source_kind, target, target_kind, environment, at, ms,
+-- status}], where an end without a kind is a service id and an end with a
+-- kind is the name of a node of that kind.  Returns the number of new nodes
+-- and edges.
 CREATE FUNCTION lattice.otlp_named_edges(tenant uuid, calls jsonb) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    width interval := lattice.ingest_bucket_width();
     names jsonb := '{}';
     n record;
     node record;
@@ -216,24 +216,15 @@ BEGIN
         created := created + node.added::integer;
     END LOOP;
 
-    SELECT pg_catalog.array_agg(ROW(e.source, e.target, e.bucket, e.n, e.e5, e.e4, e.total, e.h, e.first, e.last)
-                                ::lattice.ingest_edge ORDER BY e.source, e.target, e.bucket)
+    SELECT lattice.ingest_edge_batch(pg_catalog.array_agg(ROW(
+               CASE WHEN c.source_kind IS NULL THEN c.source::uuid
+                    ELSE (names ->> (c.source || E'\n' || c.environment))::uuid END,
+               CASE WHEN c.target_kind IS NULL THEN c.target::uuid
+                    ELSE (names ->> (c.target || E'\n' || c.environment))::uuid END,
+               c.at, c.ms, c.status)::lattice.ingest_call))
       INTO batch
-      FROM (SELECT CASE WHEN c.source_kind IS NULL THEN c.source::uuid
-                        ELSE (names ->> (c.source || E'\n' || c.environment))::uuid END AS source,
-                   CASE WHEN c.target_kind IS NULL THEN c.target::uuid
-                        ELSE (names ->> (c.target || E'\n' || c.environment))::uuid END AS target,
-                   pg_catalog.date_bin(width, c.at, timestamptz '2000-01-01') AS bucket,
-                   pg_catalog.count(*) AS n,
-                   pg_catalog.count(*) FILTER (WHERE c.status >= 500) AS e5,
-                   pg_catalog.count(*) FILTER (WHERE c.status BETWEEN 400 AND 499) AS e4,
-                   pg_catalog.sum(c.ms) AS total,
-                   lattice.hist_of(pg_catalog.array_agg(c.ms)) AS h,
-                   pg_catalog.min(c.at) AS first, pg_catalog.max(c.at) AS last
-              FROM pg_catalog.jsonb_to_recordset(calls) AS c(source text, source_kind text, target text,
-                       target_kind text, environment text, at timestamptz, ms double precision, status integer)
-             GROUP BY 1, 2, 3) e
-     WHERE e.source IS NOT NULL AND e.target IS NOT NULL AND e.source <> e.target;
+      FROM pg_catalog.jsonb_to_recordset(calls) AS c(source text, source_kind text, target text,
+               target_kind text, environment text, at timestamptz, ms double precision, status integer);
     RETURN created + lattice.ingest_edges(tenant, batch);
 END
 $$;

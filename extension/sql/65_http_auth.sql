@@ -1,7 +1,7 @@
--- Identity routes: sign-up, login, logout, me, sessions, token,
--- API keys.  Each is one lattice_http function (docs/http-contract.md); the
--- rules and every credential check are C (src/auth.c, password.c,
--- session.c, jwt.c, apikey.c).  Cookies: lattice_session (HttpOnly) and
+-- Authentication routes: sign-up, login, logout, me, sessions, token, API
+-- keys.  Each is one lattice_http function (docs/http-contract.md); the
+-- rules and every credential check are C (25_auth.sql: src/auth*.c,
+-- src/account.c).  Cookies: lattice_session (HttpOnly) and
 -- lattice_csrf (readable, echoed in X-CSRF-Token), SameSite=Lax, Path=/,
 -- Secure when the request came over TLS.
 
@@ -85,6 +85,23 @@ RETURNS lattice.http_response
 LANGUAGE sql VOLATILE
 AS $$ SELECT lattice.http_json(status, body, headers) $$;
 
+-- Opens a session for the account: the answer {user} with the session's
+-- cookies, which live as long as the session may.
+CREATE FUNCTION lattice.session_answer(status integer, account uuid, req jsonb)
+RETURNS lattice.http_response
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+BEGIN
+    SELECT * INTO s FROM lattice.session_create(req);
+    RETURN lattice.http_json(status, jsonb_build_object('user', lattice.user_json(account)),
+        lattice.session_cookies(s.token, s.csrf,
+                    extract(epoch FROM s.expires_at - lattice.clock_now())::integer, req));
+END
+$$;
+
 -- POST /api/v1/auth/signup {email, password, name} -> 201 {user} + cookies
 CREATE FUNCTION lattice_http.auth_signup(req jsonb, body text)
 RETURNS lattice.http_response
@@ -93,7 +110,6 @@ AS $$
 DECLARE
     b jsonb;
     account uuid;
-    s record;
     u record;
 BEGIN
     PERFORM lattice.rate_enforce_address(req, 'signup');
@@ -104,10 +120,7 @@ BEGIN
     -- lives on Citus, and the link is written on the coordinator's side
     SELECT x.email, x.name INTO u FROM lattice.users x WHERE x.id = account;
     PERFORM lattice.account_send_verification(account, u.email, u.name);
-    SELECT * INTO s FROM lattice.session_create(req);
-    RETURN lattice.http_json(201, jsonb_build_object('user', lattice.user_json(account)),
-        lattice.session_cookies(s.token, s.csrf,
-                    extract(epoch FROM s.expires_at - lattice.clock_now())::integer, req));
+    RETURN lattice.session_answer(201, account, req);
 END
 $$;
 
@@ -121,7 +134,6 @@ AS $$
 DECLARE
     b jsonb;
     account uuid;
-    s record;
     code text;
 BEGIN
     PERFORM lattice.rate_enforce_address(req, 'login');
@@ -139,10 +151,7 @@ BEGIN
             RETURN lattice.http_error(401, 'invalid_code', 'the code is wrong or was already used');
         END IF;
     END IF;
-    SELECT * INTO s FROM lattice.session_create(req);
-    RETURN lattice.http_json(200, jsonb_build_object('user', lattice.user_json(account)),
-        lattice.session_cookies(s.token, s.csrf,
-                    extract(epoch FROM s.expires_at - lattice.clock_now())::integer, req));
+    RETURN lattice.session_answer(200, account, req);
 END
 $$;
 
@@ -389,6 +398,7 @@ GRANT EXECUTE ON FUNCTION
     lattice.auth_uuid_param(jsonb, text),
     lattice.session_cookies(text, text, integer, jsonb),
     lattice.user_json(uuid),
+    lattice.session_answer(integer, uuid, jsonb),
     lattice.auth_answer(integer, jsonb, jsonb),
     lattice.api_key_json(anyelement, timestamptz)
     TO lattice_app;

@@ -1,8 +1,8 @@
 -- GET /api/v1/usage: the tenant's quota classes (api, ingest per service,
 -- dashboard) this hour, what each refused in the last 24 hours, and the
 -- last 24 rolled-up hours by class.  The top-level limit, remaining,
--- reset_seconds, period_seconds and this_hour are the api class, as before
--- the classes.  The request itself counts (authenticate checks it).
+-- reset_seconds, period_seconds and this_hour are the api class's.  The
+-- request itself counts (authenticate checks it).
 CREATE FUNCTION lattice_http.usage(req jsonb, body text)
 RETURNS lattice.http_response
 LANGUAGE plpgsql VOLATILE

@@ -7,14 +7,18 @@
 --    set it and an older event never overwrites a newer state.
 --  * Entitlement: lattice.entitlement(user_id) says what the account may do;
 --    ingest asks it, the API adds its warning header.
---  * Outbound calls (Stripe's API, e-mail) are rows of lattice.outbox, never
---    made inside a transaction: the shim claims a job, performs the call with
---    no transaction open, and records the result through
---    lattice_worker.outbox_complete(), which may chain a next job.
+--  * Outbound calls (Stripe's API, e-mail, alert webhooks) are rows of
+--    lattice.outbox, never made inside a transaction: the shim claims a job,
+--    performs the call with no transaction open, and records the result
+--    through lattice_worker.outbox_complete(), which may chain a next job.
 --
 -- Cross-tenant work (a webhook finding its customer, the shim draining the
 -- outbox) happens in SECURITY DEFINER functions with a pinned search_path
 -- that touch only the account an event or job names.
+--
+-- What the e-mails say is in 78_email_templates.sql; the billing routes, and
+-- the answers of the webhook and of the actions that call Stripe, in
+-- 85_http_billing.sql.
 
 -- C entry points ------------------------------------------------------------
 
@@ -191,26 +195,6 @@ AS $$
                 THEN pg_catalog.to_timestamp((v #>> '{}')::double precision) END
 $$;
 
-CREATE FUNCTION lattice.html_escape(s text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$
-    SELECT replace(replace(replace(replace(replace(s, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
-                           '"', '&quot;'), '''', '&#39;')
-$$;
-
--- A date as the e-mails write it: "March 9, 2027" (UTC).
-CREATE FUNCTION lattice.email_date(t timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT to_char(t AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY')
-$$;
-
-CREATE FUNCTION lattice.billing_money(cents bigint, currency text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT to_char(COALESCE(cents, 0) / 100.0, 'FM999999990.00') || ' ' || upper(COALESCE(currency, 'usd'))
-$$;
-
 -- Secrets (admin) -------------------------------------------------------------
 
 -- Adds a webhook endpoint secret; the others stay active until retired, so a
@@ -281,141 +265,8 @@ $$;
 
 -- E-mail ----------------------------------------------------------------------
 
--- The subject, plain text and HTML of one lifecycle e-mail.  Every message
--- ends with the same transactional footer (no unsubscribe: these are about
--- the account itself).
-CREATE FUNCTION lattice.billing_email_content(template text, name text, data jsonb,
-                                              OUT subject text, OUT text_body text, OUT html_body text)
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    lines text[];
-    footer text := 'You receive this message because you have a Lattice account; it is about '
-                   'your account and billing, so it is sent regardless of preferences.';
-    origin text := COALESCE(data ->> 'origin', '');
-BEGIN
-    CASE template
-    WHEN 'welcome' THEN
-        subject := 'Welcome to Lattice';
-        lines := ARRAY['Your Lattice account is ready.',
-                       'Your free trial runs until ' || COALESCE(data ->> 'trial_ends', 'the end of the trial') || '.',
-                       'Create an API key in the dashboard and point your plugins at Lattice: ' || origin || '/dashboard'];
-    WHEN 'trial_ending' THEN
-        subject := 'Your Lattice trial ends on ' || COALESCE(data ->> 'trial_end', 'soon');
-        lines := ARRAY['Your Lattice trial ends on ' || COALESCE(data ->> 'trial_end', 'soon') || '.',
-                       'Your subscription then continues at ' || COALESCE(data ->> 'price', 'the plan price')
-                       || ' a year. Manage it at ' || origin || '/dashboard/billing'];
-    WHEN 'payment_failed' THEN
-        subject := 'Your Lattice payment failed';
-        lines := ARRAY['We could not collect ' || COALESCE(data ->> 'amount', 'your payment')
-                       || ' for invoice ' || COALESCE(data ->> 'number', '') || '.',
-                       'Ingest keeps working for a grace period. Update your card at ' || origin || '/dashboard/billing'];
-    WHEN 'subscription_canceled' THEN
-        subject := 'Your Lattice subscription has been canceled';
-        lines := ARRAY['Your Lattice subscription has ended. Your data is kept read-only until '
-                       || COALESCE(data ->> 'kept_until', 'the retention period ends') || '.',
-                       'You can subscribe again at any time: ' || origin || '/dashboard/billing'];
-    WHEN 'receipt' THEN
-        subject := 'Your Lattice receipt ' || COALESCE(data ->> 'number', '');
-        lines := ARRAY['Thank you. We received ' || COALESCE(data ->> 'amount', 'your payment')
-                       || ' for invoice ' || COALESCE(data ->> 'number', '') || '.',
-                       'Invoice: ' || COALESCE(data ->> 'hosted_invoice_url', origin || '/dashboard/billing')];
-    WHEN 'trial_ending_soon' THEN
-        subject := 'Your Lattice trial ends on ' || COALESCE(data ->> 'trial_end', 'soon');
-        lines := ARRAY['Your free Lattice trial ends on ' || COALESCE(data ->> 'trial_end', 'soon') || '.',
-                       'Subscribe before then to keep your services reporting: ' || origin || '/dashboard/billing'];
-    WHEN 'trial_ended' THEN
-        subject := 'Your Lattice trial has ended';
-        lines := ARRAY['Your free Lattice trial has ended, so Lattice no longer accepts data from your services.',
-                       'Your data is kept read-only until ' || COALESCE(data ->> 'kept_until', 'the retention period ends')
-                       || '. Subscribe to continue: ' || origin || '/dashboard/billing'];
-    WHEN 'renewal_reminder' THEN
-        subject := 'Your Lattice subscription renews on ' || COALESCE(data ->> 'renews_on', 'soon');
-        lines := ARRAY['Your Lattice subscription renews on ' || COALESCE(data ->> 'renews_on', 'soon')
-                       || ' for ' || COALESCE(data ->> 'amount', 'the plan price') || '.',
-                       'Nothing to do if you want to continue. To change or cancel it: ' || origin || '/dashboard/billing'];
-    WHEN 'retention_warning' THEN
-        subject := 'Your Lattice data will be removed on ' || COALESCE(data ->> 'kept_until', 'soon');
-        lines := ARRAY['Your Lattice account has no active subscription. Its service data will be removed on '
-                       || COALESCE(data ->> 'kept_until', 'soon') || '.',
-                       'Subscribe before then to keep it, or download a copy: ' || origin || '/dashboard/account'];
-    WHEN 'data_purged' THEN
-        subject := 'Your Lattice service data has been removed';
-        lines := ARRAY['As announced, the service data of your Lattice account has been removed.',
-                       'Your account and invoices remain; you can subscribe again at any time: ' || origin || '/dashboard/billing'];
-    WHEN 'verify_email' THEN
-        subject := 'Confirm your e-mail address for Lattice';
-        lines := ARRAY['Please confirm that this is your address by opening this link (it works for 48 hours):',
-                       COALESCE(data ->> 'link', ''),
-                       'If you did not sign up for Lattice, you can ignore this message.'];
-    WHEN 'email_change_verify' THEN
-        subject := 'Confirm your new e-mail address for Lattice';
-        lines := ARRAY['Open this link to make ' || COALESCE(data ->> 'new_email', 'this address')
-                       || ' the address of your Lattice account (it works for 24 hours):',
-                       COALESCE(data ->> 'link', ''),
-                       'If you did not ask for this, ignore this message: nothing changes.'];
-    WHEN 'email_change_requested' THEN
-        subject := 'A change of your Lattice e-mail address was requested';
-        lines := ARRAY['Someone signed in to your Lattice account asked to change its address to '
-                       || COALESCE(data ->> 'new_email', 'another address') || '.',
-                       'This address stays in use until the new one is confirmed. If it was not you, change your password: '
-                       || origin || '/forgot-password'];
-    WHEN 'email_changed' THEN
-        subject := 'The e-mail address of your Lattice account was changed';
-        lines := ARRAY['The address of your Lattice account is now ' || COALESCE(data ->> 'new_email', 'a new one') || '.',
-                       'If it was not you, contact us by replying to this message.'];
-    WHEN 'password_reset' THEN
-        subject := 'Reset your Lattice password';
-        lines := ARRAY['Open this link to choose a new password (it works for one hour, once):',
-                       COALESCE(data ->> 'link', ''),
-                       'If you did not ask for this, ignore this message: your password stays as it is.'];
-    WHEN 'password_changed' THEN
-        subject := 'Your Lattice password was changed';
-        lines := ARRAY['The password of your Lattice account was just changed, and your other sessions were signed out.',
-                       'If it was not you, reset it now: ' || origin || '/forgot-password'];
-    WHEN 'mfa_enabled' THEN
-        subject := 'Two-factor authentication is on for your Lattice account';
-        lines := ARRAY['Signing in to your Lattice account now needs a code from your authenticator app.',
-                       'Keep your recovery codes somewhere safe. If it was not you, reset your password: '
-                       || origin || '/forgot-password'];
-    WHEN 'mfa_disabled' THEN
-        subject := 'Two-factor authentication is off for your Lattice account';
-        lines := ARRAY['Signing in to your Lattice account no longer needs a code.',
-                       'If it was not you, reset your password now: ' || origin || '/forgot-password'];
-    WHEN 'account_deleted' THEN
-        subject := 'Your Lattice account has been deleted';
-        lines := ARRAY['Your Lattice account and all of its data have been deleted, and any subscription cancelled.',
-                       'Only the invoices are kept, for ' || COALESCE(data ->> 'kept_years', '10')
-                       || ' years, as accounting and tax law require.'];
-    WHEN 'alert' THEN
-        subject := COALESCE(data ->> 'subject', 'Lattice alert');
-        lines := ARRAY[COALESCE(data ->> 'summary', ''),
-                       COALESCE(data ->> 'detail', ''),
-                       'See it in the dashboard: ' || origin || '/dashboard/alerts'];
-        footer := 'You receive this message because this address is an alert channel of a Lattice account; '
-                  'its owner can remove it under Alerts in the dashboard.';
-    WHEN 'alert_recipient_verify' THEN
-        subject := 'Confirm that Lattice may send alerts to this address';
-        lines := ARRAY['The Lattice account of ' || COALESCE(data ->> 'owner', 'a Lattice customer')
-                       || ' wants to send its alerts to this address. Open this link to agree (it works for 7 days):',
-                       COALESCE(data ->> 'link', ''),
-                       'If you do not expect this, ignore this message: nothing will be sent.'];
-        footer := 'You receive this message once because someone entered this address as an alert channel.';
-    ELSE
-        RAISE EXCEPTION 'lattice.billing_email_content: unknown template "%"', template
-            USING ERRCODE = 'invalid_parameter_value';
-    END CASE;
-    text_body := 'Hello' || COALESCE(' ' || name, '') || E',\r\n\r\n'
-                 || array_to_string(lines, E'\r\n\r\n') || E'\r\n\r\n-- \r\nLattice\r\n' || footer || E'\r\n';
-    html_body := '<!doctype html><html><body><p>Hello' || COALESCE(' ' || lattice.html_escape(name), '') || ',</p>'
-                 || (SELECT string_agg('<p>' || lattice.html_escape(l) || '</p>', '') FROM unnest(lines) AS l)
-                 || '<hr><p style="color:#666;font-size:12px">Lattice. ' || lattice.html_escape(footer)
-                 || '</p></body></html>';
-END
-$$;
-
--- Queues one lifecycle e-mail to an account.  Sent by the shim's worker.
+-- Queues one e-mail to an account, rendered from its template
+-- (78_email_templates.sql).  Sent by the shim's worker.
 CREATE FUNCTION lattice.outbox_email(account uuid, template text, data jsonb DEFAULT '{}',
                                      to_email text DEFAULT NULL, to_name text DEFAULT NULL)
 RETURNS bigint
@@ -897,69 +748,8 @@ BEGIN
 END
 $$;
 
--- The webhook: size, signature, then store-once and apply.  SECURITY
--- DEFINER because an event names its account only inside the payload; the
--- signature check comes first, so only Stripe can make it act.
-CREATE FUNCTION lattice.stripe_webhook_receive(signature text, body text, req jsonb)
-RETURNS lattice.http_response
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    secrets text[];
-    verdict text;
-    ev jsonb;
-    inserted integer;
-    outcome text;
-BEGIN
-    IF body IS NULL OR body = '' THEN
-        RETURN lattice.http_error(400, 'invalid_input', 'the webhook body is empty');
-    END IF;
-    IF pg_catalog.octet_length(body) > lattice.billing_setting('webhook_max_bytes') THEN
-        RETURN lattice.http_error(413, 'too_large', 'the webhook body is too large',
-                                  pg_catalog.jsonb_build_object('max_bytes', lattice.billing_setting('webhook_max_bytes')));
-    END IF;
 
-    SELECT pg_catalog.array_agg(w.secret ORDER BY w.id DESC) INTO secrets
-      FROM (SELECT x.id, x.secret FROM lattice.webhook_secrets x
-             WHERE x.expires_at IS NULL OR x.expires_at > pg_catalog.now()
-             ORDER BY x.id DESC LIMIT 8) w;
-    verdict := lattice.stripe_signature_verdict(signature, body, secrets,
-                                                lattice.billing_setting('webhook_tolerance'),
-                                                pg_catalog.statement_timestamp());
-    IF verdict = 'no_secret' THEN
-        RETURN lattice.http_error(503, 'billing_not_configured', 'no webhook secret is configured');
-    ELSIF verdict <> 'valid' THEN
-        RETURN lattice.http_error(400, 'invalid_signature', 'the Stripe-Signature header does not verify',
-                                  pg_catalog.jsonb_build_object('reason', verdict));
-    END IF;
-
-    BEGIN
-        ev := body::jsonb;
-    EXCEPTION WHEN invalid_text_representation OR program_limit_exceeded THEN
-        RETURN lattice.http_error(400, 'invalid_json', 'the webhook body is not JSON');
-    END;
-    IF pg_catalog.jsonb_typeof(ev) <> 'object' OR pg_catalog.jsonb_typeof(ev -> 'id') <> 'string'
-       OR pg_catalog.jsonb_typeof(ev -> 'type') <> 'string' OR pg_catalog.jsonb_typeof(ev -> 'created') <> 'number'
-       OR pg_catalog.length(ev ->> 'id') > 255 OR pg_catalog.length(ev ->> 'type') > 255 THEN
-        RETURN lattice.http_error(400, 'invalid_event', 'the event needs a string id and type and a numeric created');
-    END IF;
-
-    INSERT INTO lattice.stripe_events (id, type, created, livemode, payload)
-    VALUES (ev ->> 'id', ev ->> 'type', lattice.stripe_time(ev -> 'created'),
-            COALESCE((ev ->> 'livemode')::boolean, false), ev)
-    ON CONFLICT (id) DO NOTHING;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    IF inserted = 0 THEN
-        RETURN lattice.http_json(200, pg_catalog.jsonb_build_object('received', true, 'duplicate', true));
-    END IF;
-
-    outcome := lattice.stripe_apply_event(ev ->> 'id');
-    RETURN lattice.http_json(200, pg_catalog.jsonb_build_object('received', true, 'outcome', outcome));
-END
-$$;
-
--- Billing actions (the API, as the tenant) ------------------------------------------
+-- Interactive Stripe calls (the API, as the tenant) -----------------------------------
 
 -- Queues an interactive Stripe call for the current tenant; the shim performs
 -- it right after the request's COMMIT (route flag `outbound`).
@@ -1030,105 +820,6 @@ BEGIN
 END
 $$;
 
--- POST /billing/checkout: creates (or reuses) the customer, then a Checkout
--- Session; answers {url} once the shim has run the job chain.
-CREATE FUNCTION lattice.billing_checkout(req jsonb) RETURNS lattice.http_response
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    account uuid := lattice.current_user_id();
-    u record;
-    customer text;
-    job bigint;
-BEGIN
-    SELECT x.id, x.email, x.name, x.email_verified_at, pl.stripe_price_id INTO u
-      FROM lattice.users x JOIN lattice.plans pl ON pl.id = x.plan_id WHERE x.id = account;
-    IF NOT FOUND THEN
-        PERFORM lattice.raise_http(401, 'unauthorized', 'no authenticated account');
-    END IF;
-    IF u.email_verified_at IS NULL THEN
-        PERFORM lattice.raise_http(403, 'email_unverified',
-            'confirm your e-mail address first: receipts and notices go there');
-    END IF;
-    IF u.stripe_price_id IS NULL THEN
-        PERFORM lattice.raise_http(503, 'billing_not_configured', 'the plan has no Stripe price yet');
-    END IF;
-    IF EXISTS (SELECT FROM lattice.subscriptions s WHERE s.user_id = account
-                AND s.status IN ('trialing', 'active', 'past_due', 'unpaid', 'paused')) THEN
-        PERFORM lattice.raise_http(409, 'already_subscribed',
-            'the account already has a subscription; manage it in the billing portal');
-    END IF;
-    SELECT bc.stripe_customer_id INTO customer FROM lattice.billing_customers bc WHERE bc.user_id = account;
-    IF customer IS NULL THEN
-        job := lattice.outbox_enqueue_stripe('checkout.customer', 'POST', '/v1/customers',
-            pg_catalog.jsonb_build_array(
-                pg_catalog.jsonb_build_array('email', u.email),
-                pg_catalog.jsonb_build_array('name', u.name),
-                pg_catalog.jsonb_build_array('metadata[user_id]', account::text)),
-            -- one customer per account, even when two checkouts race
-            'lattice-customer-' || account::text);
-    ELSE
-        job := lattice.outbox_enqueue_stripe('checkout.session', 'POST', '/v1/checkout/sessions',
-            lattice.billing_checkout_params(account, customer),
-            'lattice-checkout-' || pg_catalog.gen_random_uuid()::text);
-    END IF;
-    PERFORM lattice.audit('billing.checkout_started', NULL, pg_catalog.jsonb_build_object('job', job), req, account);
-    RETURN lattice.outbound_answer(job);
-END
-$$;
-
--- POST /billing/portal: a billing-portal session for the account's customer.
-CREATE FUNCTION lattice.billing_portal(req jsonb) RETURNS lattice.http_response
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    account uuid := lattice.current_user_id();
-    customer text;
-    job bigint;
-BEGIN
-    SELECT bc.stripe_customer_id INTO customer FROM lattice.billing_customers bc WHERE bc.user_id = account;
-    IF customer IS NULL THEN
-        PERFORM lattice.raise_http(409, 'no_customer', 'start a subscription with checkout first');
-    END IF;
-    job := lattice.outbox_enqueue_stripe('portal.session', 'POST', '/v1/billing_portal/sessions',
-        pg_catalog.jsonb_build_array(
-            pg_catalog.jsonb_build_array('customer', customer),
-            pg_catalog.jsonb_build_array('return_url', lattice.billing_public_origin() || '/dashboard/billing')),
-        'lattice-portal-' || pg_catalog.gen_random_uuid()::text);
-    PERFORM lattice.audit('billing.portal_opened', NULL, pg_catalog.jsonb_build_object('job', job), req, account);
-    RETURN lattice.outbound_answer(job);
-END
-$$;
-
--- POST /billing/cancel (at period end) and /billing/resume.
-CREATE FUNCTION lattice.billing_set_cancel(req jsonb, cancel boolean) RETURNS lattice.http_response
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    account uuid := lattice.current_user_id();
-    s record;
-    job bigint;
-BEGIN
-    SELECT x.* INTO s FROM lattice.subscriptions x WHERE x.user_id = account;
-    IF s IS NULL OR s.stripe_subscription_id IS NULL
-       OR s.status NOT IN ('trialing', 'active', 'past_due', 'unpaid', 'paused') THEN
-        PERFORM lattice.raise_http(409, 'no_subscription', 'the account has no subscription to change');
-    END IF;
-    IF s.cancel_at_period_end = cancel THEN
-        RETURN lattice.http_json(200, lattice.billing_summary(account));
-    END IF;
-    job := lattice.outbox_enqueue_stripe(CASE WHEN cancel THEN 'subscription.cancel' ELSE 'subscription.resume' END,
-        'POST', '/v1/subscriptions/' || s.stripe_subscription_id,
-        pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array('cancel_at_period_end', cancel::text)),
-        'lattice-' || CASE WHEN cancel THEN 'cancel-' ELSE 'resume-' END || pg_catalog.gen_random_uuid()::text);
-    PERFORM lattice.audit(CASE WHEN cancel THEN 'billing.cancel_requested' ELSE 'billing.resume_requested' END,
-                          s.stripe_subscription_id, pg_catalog.jsonb_build_object('job', job), req, account);
-    RETURN lattice.outbound_answer(job);
-END
-$$;
 
 -- The shim's side of the outbox --------------------------------------------------
 -- Schema lattice_worker holds only what the shim needs to drain the outbox;
@@ -1350,11 +1041,9 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lattice_worker TO lattice_api;
 GRANT EXECUTE ON FUNCTION
     lattice.entitlement(uuid), lattice.entitlement_headers(uuid), lattice.require_ingest_entitlement(uuid),
     lattice.billing_summary(uuid), lattice.billing_invoices(uuid),
-    lattice.billing_checkout(jsonb), lattice.billing_portal(jsonb), lattice.billing_set_cancel(jsonb, boolean),
     lattice.billing_checkout_params(uuid, text), lattice.outbound_answer(bigint),
     lattice.outbox_enqueue_stripe(text, text, text, jsonb, text, jsonb),
-    lattice.stripe_webhook_receive(text, text, jsonb), lattice.billing_webhook_rate(text),
-    lattice.billing_setting(text), lattice.billing_public_origin(), lattice.billing_money(bigint, text), lattice.email_date(timestamptz)
+    lattice.billing_webhook_rate(text), lattice.billing_setting(text), lattice.billing_public_origin()
     TO lattice_app;
 GRANT EXECUTE ON FUNCTION lattice.webhook_secret_add(text, timestamptz),
                           lattice.webhook_secret_retire(bigint),

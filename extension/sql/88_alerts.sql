@@ -696,7 +696,7 @@ $$;
 -- Ingest refused: by quota (the usage roll-up's refused counts, per
 -- service, more than the last incident of this hour saw) or by entitlement
 -- (an account that may not ingest while its services reported in the last
--- day: their plugins now drop data).
+-- day: what their plugins send is refused).
 CREATE FUNCTION lattice.alert_candidates_ingest(at timestamptz, since timestamptz)
 RETURNS SETOF lattice.alert_candidate
 LANGUAGE plpgsql STABLE

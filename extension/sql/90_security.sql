@@ -1,5 +1,6 @@
--- Applied last, to every object the fragments above created, so that no new
--- table or function can be forgotten:
+-- Applied to every object the parts before it created, so that no new table
+-- or function can be forgotten (92_cluster.sql, the one part after it,
+-- creates no tenant table and revokes its own functions from PUBLIC):
 --  * every table of schema lattice with a user_id column is a tenant table:
 --    RLS enabled and forced, one policy per command against current_user_id();
 --  * lattice.users is the tenant itself: its policies compare id;

@@ -184,5 +184,6 @@ $$;
 REVOKE ALL ON FUNCTION lattice.cluster_key_generate(), lattice.cluster_tables(),
                        lattice.cluster_sync_workers(), lattice.cluster_setup(integer) FROM PUBLIC;
 
--- The tenant tables an account deletion and an export walk (86_account.sql).
+-- The tenant tables an account deletion and an export walk (86_account.sql,
+-- 87_http_account.sql).
 GRANT EXECUTE ON FUNCTION lattice.cluster_tables() TO lattice_app;

@@ -1,8 +1,9 @@
--- The account lifecycle (docs/account.md, extension/sql/86_account.sql,
--- src/account_token.c, src/account_reauth.c): e-mail verification links,
--- forgotten and changed passwords, the e-mail change, the second factor and
--- its gate in front of sessions, the account's audit page, the export, the
--- deletion, the lifecycle tick, and what billing asks of an account.
+-- The account lifecycle (docs/account.md, extension/sql/86_account.sql and
+-- 87_http_account.sql, src/account_token.c, src/account_reauth.c): e-mail
+-- verification links, forgotten and changed passwords, the e-mail change,
+-- the second factor and its gate in front of sessions, the account's audit
+-- page, the export, the deletion, the lifecycle tick, and what billing asks
+-- of an account.
 --
 -- Routes are called as the shim calls them: lattice_http.<route>(req, body),
 -- each as a fresh request (no tenant yet).  An answered error keeps what the

@@ -1,6 +1,6 @@
 -- Hourly usage per tenant and quota class (api, ingest, dashboard; subject
 -- is the service for ingest, '' otherwise), rolled up from the shared-memory
--- counters by the lattice usage roll-up worker (src/ratelimit_worker.c): one
+-- counters by the lattice usage roll-up worker (src/worker.c): one
 -- write per tenant, class and subject per interval, never per request.
 -- user_id makes it a tenant table (RLS).
 

@@ -1,5 +1,6 @@
--- Identity: sessions, server secrets, and the C functions of src/auth.c,
--- password.c, session.c, jwt.c, apikey.c and secrets.c.
+-- Authentication: sessions, server secrets, and the C functions that hash
+-- passwords, create accounts, sign in, issue and check every credential
+-- (src/auth*.c, src/account.c).  The routes are in 65_http_auth.sql.
 --
 -- Functions that read secrets or look across tenants are SECURITY DEFINER
 -- (owned by the installing superuser) with a pinned search_path; each does
