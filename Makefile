@@ -8,6 +8,8 @@
 #   make valgrind    the shim under valgrind with simulated plugins
 #   make bench-load  200 simulated plugins for 10 minutes (tests/load/)
 #   make test-citus  the Citus suite: coordinator + 2 workers (builds Citus from vendor/ if missing)
+#   make lint    the static checks, as TAP: clang-format, cppcheck, -Werror builds, shellcheck, eslint
+#   make format  clang-format the C in place (extension/.clang-format, shim/.clang-format)
 
 EXT_MAKE = $(MAKE) -C extension with_llvm=no
 
@@ -71,3 +73,12 @@ valgrind: deps install shim
 	LATTICE_VALGRIND_SECONDS="$(VALGRIND_SECONDS)" tests/fuzz/tools/valgrind_run.sh
 
 .PHONY: fuzz test-asan valgrind
+
+# Static checks and formatting: scripts/lint.sh (the shell suite runs it too, tests/shell/lint.sh)
+lint: deps
+	scripts/lint.sh
+
+format: deps
+	scripts/lint.sh format
+
+.PHONY: lint format

@@ -6,7 +6,7 @@
 #   bench/run.sh            every benchmark
 #   bench/run.sh shim rate  those whose file name contains a word
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 work=$(mktemp -d /tmp/lattice-bench.XXXXXX)
 chmod 0755 "$work"
 cleanup() { scripts/cluster.sh stop "$work/pg" >/dev/null 2>&1; cp "$work/pg/postgres.log" .build/bench-postgres.log 2>/dev/null; rm -rf "$work"; }

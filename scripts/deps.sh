@@ -19,6 +19,10 @@ packages+=(libprotobuf-c-dev protobuf-c-compiler)
 # tests/shell/promtool.sh, deploy/prometheus/: promtool checks the alert rules and a live /metrics
 # (Debian ships promtool only in the prometheus package; its service is not needed)
 packages+=(prometheus)
+# scripts/lint.sh (make lint, make format, tests/shell/lint.sh): clang-format (Debian's is 14; the
+# .clang-format files are written for it) and shellcheck; cppcheck is above, eslint is a dev
+# dependency in tests/package.json
+packages+=(clang-format shellcheck)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -31,7 +31,7 @@ fi
 mkdir -p "$run" "$run/mail"
 chmod 0755 "$run"      # the cluster directory inside must be reachable by postgres
 old_port=$(sed -n 's/.*PGPORT=\([0-9]*\).*/\1/p' "$cluster/env" 2>/dev/null || true)
-scripts/cluster.sh start "$cluster" $old_port >/dev/null
+scripts/cluster.sh start "$cluster" ${old_port:+"$old_port"} >/dev/null
 # shellcheck disable=SC1091
 . "$cluster/env"
 

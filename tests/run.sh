@@ -12,7 +12,7 @@
 # citus (tests/citus/run.sh: its own coordinator + 2 workers; skipped, with
 # one line saying so, where Citus is not installed).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
 suites=("$@")
@@ -48,7 +48,7 @@ run_regress() {
     if [ "$n" -eq 0 ]; then  # older pg_regress output
         n=$(grep -cE '^test .* \.\.\. ' "$out"); f=$(grep -cE '\.\.\. FAILED' "$out")
     fi
-    [ "$f" -gt 0 ] && { cat "$out"; cat .build/regress/regression.diffs 2>/dev/null | head -100; }
+    [ "$f" -gt 0 ] && { cat "$out"; head -100 .build/regress/regression.diffs 2>/dev/null; }
     count regress $((n - f)) "$f"
 }
 
@@ -70,14 +70,14 @@ run_pgtap() {
 
 run_prove() {  # run_prove SUITE DIR: every DIR/*.sh prints TAP
     compgen -G "$2/*${LATTICE_ONLY:-}*.sh" >/dev/null || return 0
-    prove -v "$2"/*${LATTICE_ONLY:-}*.sh >"$work/$1.log" 2>&1
+    prove -v "$2"/*"${LATTICE_ONLY:-}"*.sh >"$work/$1.log" 2>&1
     count_tap "$1" "$work/$1.log"
 }
 
 run_node() {  # run_node SUITE DIR
     local out="$work/$1.log" p f
     compgen -G "$2/*${LATTICE_ONLY:-}*.test.mjs" >/dev/null || return 0
-    node --test --test-concurrency=1 --test-reporter=tap "$2"/*${LATTICE_ONLY:-}*.test.mjs >"$out" 2>&1
+    node --test --test-concurrency=1 --test-reporter=tap "$2"/*"${LATTICE_ONLY:-}"*.test.mjs >"$out" 2>&1
     p=$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$out" | tail -1); p=${p:-0}
     f=$(sed -n 's/^# fail \([0-9]*\)/\1/p' "$out" | tail -1); f=${f:-1}
     [ "$f" -gt 0 ] && grep -B2 -A30 '^not ok\|^    not ok\|^        not ok' "$out" | head -200

@@ -12,4 +12,4 @@ if ! tests/citus/cluster.sh start "$dir/cluster" >"$dir/start.log" 2>&1; then
     cat "$dir/start.log"
     echo "Files=1, Tests=1"; echo "Failed 1/1 subtests"; exit 1
 fi
-LATTICE_CITUS_DIR="$dir/cluster" prove -v tests/citus/*${LATTICE_ONLY:-}*.test.sh
+LATTICE_CITUS_DIR="$dir/cluster" prove -v tests/citus/*"${LATTICE_ONLY:-}"*.test.sh

@@ -23,22 +23,31 @@ echo "1..16"
 # placement
 got=$(coord -c "SELECT string_agg(DISTINCT c.kind || '=' || (p.partmethod IS NOT NULL)::text, ',' ORDER BY c.kind || '=' || (p.partmethod IS NOT NULL)::text)
                   FROM lattice.cluster_tables() c LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.rel")
-[ "$got" = "distributed=true,local=false,reference=true" ] \
-    && ok "every distributed and reference table is placed, the local ones stay local" \
-    || not_ok "placement" "$got"
+if [ "$got" = "distributed=true,local=false,reference=true" ]; then
+    ok "every distributed and reference table is placed, the local ones stay local"
+else
+    not_ok "placement" "$got"
+fi
 got=$(coord -c "SELECT count(*) FROM pg_dist_partition p JOIN lattice.cluster_tables() c ON c.rel = p.logicalrelid
                  WHERE c.kind = 'distributed' AND p.colocationid <> (SELECT colocationid FROM pg_dist_partition
                                                                        WHERE logicalrelid = 'lattice.users'::regclass)")
-[ "$got" = 0 ] && ok "every tenant table is co-located with users" || not_ok "co-location" "$got"
+if [ "$got" = 0 ]; then ok "every tenant table is co-located with users"; else not_ok "co-location" "$got"; fi
 got=$(coord -c "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'lattice'::regnamespace")
-[ "$got" -ge 15 ] && ok "the foreign keys are back after distributing ($got)" || not_ok "foreign keys" "$got"
+if [ "$got" -ge 15 ]; then
+    ok "the foreign keys are back after distributing ($got)"
+else
+    not_ok "foreign keys" "$got"
+fi
 for w in "${workers[@]}"; do
     # shellcheck disable=SC2086
     set -- $w
     got=$(on "$1" "$2" -c "SELECT (SELECT count(*) FROM lattice.secrets) || ' ' || (SELECT count(*) FROM lattice.plans)
                            || ' ' || (SELECT count(*) FROM lattice.cluster_key)")
-    [ "$got" = "0 0 1" ] && ok "worker $2: no secrets or plans of its own, the cluster key" \
-        || not_ok "worker $2 secrets plans key" "$got"
+    if [ "$got" = "0 0 1" ]; then
+        ok "worker $2: no secrets or plans of its own, the cluster key"
+    else
+        not_ok "worker $2 secrets plans key" "$got"
+    fi
 done
 
 # two tenants, rows on whichever shards their ids hash to
@@ -51,21 +60,32 @@ as_tenant() {  # as_tenant UUID SQL: as lattice_app with the tenant set on the c
     coord -c "BEGIN" -c "SELECT lattice.test_set_tenant('$1')" -c "SET LOCAL ROLE lattice_app" -c "$2" -c "COMMIT" | sed -n '2,$p' | grep -v '^$'
 }
 got=$(as_tenant "$a" "SELECT string_agg(name, ',' ORDER BY name) FROM lattice.services")
-[ "$got" = "a-1,a-2,a-3" ] && ok "tenant A sees exactly its services, from every shard" || not_ok "A's services" "$got"
+if [ "$got" = "a-1,a-2,a-3" ]; then
+    ok "tenant A sees exactly its services, from every shard"
+else
+    not_ok "A's services" "$got"
+fi
 got=$(as_tenant "$b" "SELECT count(*) FROM lattice.services WHERE user_id = '$a'")
-[ "$got" = 0 ] && ok "tenant B routed to A's shard sees nothing" || not_ok "B on A's shard" "$got"
+if [ "$got" = 0 ]; then ok "tenant B routed to A's shard sees nothing"; else not_ok "B on A's shard" "$got"; fi
 got=$(as_tenant "$b" "UPDATE lattice.services SET name = 'x' WHERE user_id = '$a'" 2>&1; coord -c "SELECT count(*) FROM lattice.services WHERE user_id = '$a' AND name LIKE 'a-%'")
-[ "${got##*$'\n'}" = 3 ] && ok "tenant B cannot change A's rows" || not_ok "B writes A" "$got"
+if [ "${got##*$'\n'}" = 3 ]; then ok "tenant B cannot change A's rows"; else not_ok "B writes A" "$got"; fi
 
 # a DBA acting as a tenant: its audit row and its reads, one role, one transaction
 coord -c "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lattice_test_dba')
           THEN CREATE ROLE lattice_test_dba LOGIN IN ROLE lattice_admin; END IF; END\$\$"
 got=$(coord -U lattice_test_dba -c "BEGIN" -c "SELECT lattice.act_as_tenant('$a', 'support ticket 7')" \
             -c "SELECT count(*) FROM lattice.services" -c "COMMIT" 2>&1 | grep -v '^$')
-[ "$got" = 3 ] && ok "a DBA acting as tenant A reads A's services, from every shard" || not_ok "act as tenant" "$got"
+if [ "$got" = 3 ]; then
+    ok "a DBA acting as tenant A reads A's services, from every shard"
+else
+    not_ok "act as tenant" "$got"
+fi
 got=$(coord -c "SELECT actor || ' ' || action FROM lattice.audit_log WHERE user_id = '$a' AND action = 'admin.act_as_tenant'")
-[ "$got" = "lattice_test_dba admin.act_as_tenant" ] && ok "and it is audited under the DBA's name" \
-    || not_ok "act as tenant audited" "$got"
+if [ "$got" = "lattice_test_dba admin.act_as_tenant" ]; then
+    ok "and it is audited under the DBA's name"
+else
+    not_ok "act as tenant audited" "$got"
+fi
 
 # straight on the workers
 total=0
@@ -77,11 +97,19 @@ for w in "${workers[@]}"; do
         total=$((total + n))
     done
 done
-[ "$total" = 0 ] && ok "lattice_app straight on the workers sees no row of any shard" || not_ok "direct" "$total"
+if [ "$total" = 0 ]; then
+    ok "lattice_app straight on the workers sees no row of any shard"
+else
+    not_ok "direct" "$total"
+fi
 
 token=$(coord -c "BEGIN" -c "SELECT lattice.test_set_tenant('$a')" -c "SHOW lattice.tenant_token" -c "COMMIT" | sed -n 2p)
-[ ${#token} -gt 80 ] && ok "the coordinator issues a tenant token in the transaction" || not_ok "token" "$token"
-set -- ${workers[0]}
+if [ ${#token} -gt 80 ]; then
+    ok "the coordinator issues a tenant token in the transaction"
+else
+    not_ok "token" "$token"
+fi
+set -- "$W1_HOST" "$W1_PORT"  # workers[0]
 shard=$(on "$1" "$2" -c "SELECT relname FROM pg_class WHERE relname ~ '^services_[0-9]+$' AND relkind = 'r' LIMIT 1")
 refused() {  # refused TOKEN DETAIL
     local out
@@ -98,5 +126,8 @@ check "a made-up token is refused" refused "not-a-token" "malformed"
 # the workers' set-up again (as after adding a worker): the same key, tenants unaffected
 got=$(coord -c "SELECT lattice.cluster_sync_workers()")
 again=$(as_tenant "$a" "SELECT count(*) FROM lattice.services")
-[ "$got" = 2 ] && [ "$again" = 3 ] && ok "cluster_sync_workers() again: 2 workers, tenant A still sees its 3 services" \
-    || not_ok "cluster_sync_workers" "$got / $again"
+if [ "$got" = 2 ] && [ "$again" = 3 ]; then
+    ok "cluster_sync_workers() again: 2 workers, tenant A still sees its 3 services"
+else
+    not_ok "cluster_sync_workers" "$got / $again"
+fi

@@ -7,7 +7,7 @@
 #        (tests/fault/pgbouncer_interleave.mjs)
 # Needs tests/run.sh's environment (PGHOST, PGPORT, LATTICE_CLUSTER, LATTICE_WORK).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 echo "1..4"
 
 dir=${LATTICE_WORK:-$(mktemp -d)}/pgbouncer

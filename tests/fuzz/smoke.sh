@@ -10,7 +10,7 @@
 #
 #   LATTICE_FUZZ_SECONDS=12   seconds per target
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 seconds=${LATTICE_FUZZ_SECONDS:-12}
 out=$root/.build/fuzz

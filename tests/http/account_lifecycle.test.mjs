@@ -21,7 +21,6 @@ import { capturedBody } from '../fixtures/captured.mjs';
 // This file's own client addresses (address quotas: sign-up 20/h, forgot 10/h, link claims 30/15 min)
 const FROM = '127.0.86.1';
 const password = 'a fine long password';
-const json = { 'Content-Type': 'application/json' };
 const run = randomUUID().slice(0, 8);
 const addr = (tag) => `acct-${tag}-${run}@example.com`;
 

@@ -64,12 +64,6 @@ export function createTenants(n, plan, tag) {
   return tenants;
 }
 
-function lettersOf(n) { // a word the path normaliser keeps as it is
-  let s = '';
-  do { s += String.fromCharCode(97 + (n % 26)); n = Math.floor(n / 26); } while (n > 0);
-  return s;
-}
-
 class Plugin {
   constructor(load, index, tenant, service, peer, greedy) {
     Object.assign(this, { load, index, tenant, service, peer, greedy });

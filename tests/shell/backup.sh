@@ -2,7 +2,7 @@
 # pg_dump / pg_restore round trip: two tenants' data in every table of the
 # extension comes back identical in a fresh database.  TAP output for prove.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 src=lattice_backup_src; dst=lattice_backup_dst
 dump=$(mktemp /tmp/lattice-dump.XXXXXX)
 trap 'rm -f "$dump"; dropdb --if-exists $src 2>/dev/null; dropdb --if-exists $dst 2>/dev/null' EXIT
@@ -26,6 +26,7 @@ digest() {
                             false, true, '')))[1]::text AS t
           FROM pg_class c WHERE c.relnamespace = 'lattice'::regnamespace AND c.relkind = 'r') s"
 }
+# shellcheck disable=SC2034  # read by the check below: its condition is eval'd
 before=$(digest $src)
 pg_dump -Fc -d $src -f "$dump" 2>"$dump.err"
 rc=$?
@@ -37,7 +38,7 @@ createdb $dst && PGOPTIONS='-c session_replication_role=replica' \
 rc=$?
 check "pg_restore into a fresh database succeeds" "[ $rc -eq 0 ] || { sed 's/^/# /' '$dump.err'; false; }"
 after=$(digest $dst)
-echo "$after" | sed "s/^/# /"
+echo "# ${after//$'\n'/$'\n'# }"
 check "every row of every table comes back" "[ \"\$before\" = \"\$after\" ] || { diff <(echo \"\$before\") <(echo \"\$after\") | sed 's/^/# /'; false; }"
 n=$(psql -XAt -d $dst -c "SELECT count(*) FROM lattice.users")
 check "both tenants restored (2 users)" "[ '$n' = 2 ]"

@@ -8,7 +8,7 @@
 # the smoke cases over HTTPS.  TAP output for prove; run by tests/run.sh shell
 # (PGHOST/PGPORT/PGDATABASE: its throwaway cluster).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 shim_bin=${LATTICE_SHIM_BIN:-$root/shim/lattice-shim}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -47,7 +47,7 @@ cp "$units/lattice-shim@.service" "$units/lattice-shim@8081.service"
 
 verify() {  # systemd-analyze verify, and any warning (an unknown key) fails too
     local out
-    out=$(cd "$units" && systemd-analyze verify "./$1" 2>&1) && [ -z "$out" ] || { echo "$out"; return 1; }
+    { out=$(cd "$units" && systemd-analyze verify "./$1" 2>&1) && [ -z "$out" ]; } || { echo "$out"; return 1; }
 }
 check "systemd-analyze verify lattice-shim.service" verify lattice-shim.service
 check "systemd-analyze verify lattice-shim@8081.service (the template)" verify lattice-shim@8081.service
@@ -279,8 +279,8 @@ smtp_pid=$!
         case $value in \"*\") value=${value#\"}; value=${value%\"} ;; esac
         export "$name=$value"
     done <deploy/lattice-shim.env
-    export LATTICE_SMTP_URL="smtp://127.0.0.1:$smtp_port" LATTICE_SMTP_TLS=none LATTICE_SMTP_USERNAME= \
-           LATTICE_SMTP_PASSWORD= LATTICE_STRIPE_API_BASE=http://127.0.0.1:9 LATTICE_OUTBOX_POLL_MS=200
+    export LATTICE_SMTP_URL="smtp://127.0.0.1:$smtp_port" LATTICE_SMTP_TLS=none LATTICE_SMTP_USERNAME='' \
+           LATTICE_SMTP_PASSWORD='' LATTICE_STRIPE_API_BASE=http://127.0.0.1:9 LATTICE_OUTBOX_POLL_MS=200
     export LATTICE_SHIM_PORT=$shim_port LATTICE_SHIM_WEB_ROOT=$web \
            LATTICE_SHIM_CONNINFO="host=$PGHOST port=$PGPORT dbname=${PGDATABASE:-lattice} user=lattice_shim"
     exec "${tracer[@]}" "$shim_bin" --config "$conf" >"$work/shim.out" 2>"$work/shim.err"
@@ -298,7 +298,7 @@ c() { curl -sS --max-time 10 --interface "$client" --resolve "lattice.example.co
 up=0
 for _ in $(seq 100); do
     if [ "$(c -o /dev/null -w '%{http_code}' "$https_url/api/v1/health" 2>/dev/null)" = 200 ]; then up=1; break; fi
-    kill -0 "$shim_pid" 2>/dev/null && kill -0 "$nginx_pid" 2>/dev/null || break
+    { kill -0 "$shim_pid" 2>/dev/null && kill -0 "$nginx_pid" 2>/dev/null; } || break
     sleep 0.1
 done
 if [ $up = 1 ]; then ok "the shim starts from deploy/lattice-shim.conf behind nginx: GET /api/v1/health over TLS is 200"
@@ -397,7 +397,7 @@ check "/metrics: 404 through nginx, 200 on the shim's loopback port" metrics
 bodies() {  # nginx's client_max_body_size = the shim's body_max: at the limit the shim reads it, one byte more nginx refuses
     local max at over
     max=$(sed -n 's/^body_max = \([0-9]*\)$/\1/p' "$conf")
-    grep -qx '    client_max_body_size 1m;' "$ng/site.conf" && [ "$max" = 1048576 ] ||
+    { grep -qx '    client_max_body_size 1m;' "$ng/site.conf" && [ "$max" = 1048576 ]; } ||
         { echo "client_max_body_size 1m and body_max = $max are no longer equal"; return 1; }
     # valid JSON of exactly max bytes: {"email":"x@example.com","pad":"aaa...a"}
     local head='{"email":"x@example.com","pad":"' tail='"}'
@@ -427,10 +427,10 @@ check "a client's own Forwarded header does not reach the shim (200, not 400 bad
 
 # ---- SIGTERM drain, as systemd stops the unit ---------------------------------------
 drain() {
-    local start end rc ms target=$shim_pid
-    [ ${#tracer[@]} -gt 0 ] && target=$(cat "/proc/$shim_pid/task/$shim_pid/children")
+    local start end rc ms targets=("$shim_pid")
+    [ ${#tracer[@]} -gt 0 ] && read -ra targets <"/proc/$shim_pid/task/$shim_pid/children"
     start=$(date +%s%N)
-    kill -TERM $target
+    kill -TERM "${targets[@]}"
     wait "$shim_pid"; rc=$?
     end=$(date +%s%N)
     shim_pid=''
@@ -508,8 +508,8 @@ else
 fi
 
 roll() {
-    local i rc
-    for i in $(seq 400); do echo "url = \"$https_url/api/v1/auth/me\""; echo 'output = "/dev/null"'; done >"$work/roll.curl"
+    local rc
+    for _ in $(seq 400); do echo "url = \"$https_url/api/v1/auth/me\""; echo 'output = "/dev/null"'; done >"$work/roll.curl"
     c -K "$work/roll.curl" -b "$jar" -w '%{stderr}%{http_code}\n' 2>"$work/roll.codes" &   # stderr: unbuffered
     local cpid=$!
     for _ in $(seq 100); do [ "$(grep -c . "$work/roll.codes")" -ge 50 ] && break; sleep 0.02; done

@@ -49,13 +49,14 @@ start() {
     base="http://127.0.0.1:$port"
     read_key=$(sed -n 's/.*Demo read key (API) *\(ltc_[^ ]*\).*/\1/p' "$out")
 }
+# shellcheck source=/dev/null  # the cluster's env file, written by scripts/cluster.sh
 q() { (. "$dir/pg/env" && psql -XAtq -c "$1"); }
 
 # stop: SIGINT to run.sh; every process it started must be gone
 stop() {
     local procs p left=
     procs="$(descendants "$run_pid") $(head -1 "$dir/pg/data/postmaster.pid" 2>/dev/null)"
-    echo "# before SIGINT: $(ps -o comm= -p "$(echo $procs | tr ' ' ,)" | sort | uniq -c | tr -s ' \n' ' ')"
+    echo "# before SIGINT: $(ps -o comm= -p "$(xargs <<<"$procs" | tr ' ' ,)" | sort | uniq -c | tr -s ' \n' ' ')"
     kill -INT "$run_pid"
     for _ in $(seq 300); do alive "$run_pid" || break; sleep 0.1; done
     wait "$run_pid" 2>/dev/null

@@ -3,7 +3,7 @@
 # required keys, their types, semantic versions, and that it agrees with the
 # control file.  TAP output for prove.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 m=META.json
 semver='^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$'
 t=0

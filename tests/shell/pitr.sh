@@ -55,7 +55,7 @@ verify_units() {  # any warning (an unknown key, a missing unit) fails too
     mkdir -p "$work/units"
     for u in "${units[@]}"; do cp "$art/$u" "$work/units/"; done
     for u in "${units[@]}"; do
-        out=$(cd "$work/units" && systemd-analyze verify "./$u" 2>&1) && [ -z "$out" ] || { echo "$u: $out"; return 1; }
+        { out=$(cd "$work/units" && systemd-analyze verify "./$u" 2>&1) && [ -z "$out" ]; } || { echo "$u: $out"; return 1; }
     done
 }
 check "systemd-analyze verify: the full and differential backup services and their timers" verify_units
@@ -65,7 +65,7 @@ schedule() {  # the full backup weekly on Sunday, the differential on the other 
     f=$(sed -n 's/^OnCalendar=//p' "$art/pgbackrest-lattice-full.timer")
     d=$(sed -n 's/^OnCalendar=//p' "$art/pgbackrest-lattice-diff.timer")
     systemd-analyze calendar "$f" "$d" || return 1
-    [ "$f" = "Sun *-*-* 01:30:00" ] && [ "$d" = "Mon..Sat *-*-* 01:30:00" ] || { echo "full: $f, diff: $d"; return 1; }
+    { [ "$f" = "Sun *-*-* 01:30:00" ] && [ "$d" = "Mon..Sat *-*-* 01:30:00" ]; } || { echo "full: $f, diff: $d"; return 1; }
     grep -qx 'ExecStart=/usr/bin/pgbackrest --stanza=lattice --type=full backup' "$art/pgbackrest-lattice-full.service" &&
     grep -qx 'ExecStart=/usr/bin/pgbackrest --stanza=lattice --type=diff backup' "$art/pgbackrest-lattice-diff.service" &&
     grep -qx 'User=postgres' "$art/pgbackrest-lattice-full.service" && grep -qx 'User=postgres' "$art/pgbackrest-lattice-diff.service"
@@ -77,10 +77,11 @@ src_port=$(free_port)
 start_source() {
     scripts/cluster.sh start "$src" "$src_port" >/dev/null || return 1
     # the conf.d snippet, verbatim (a later line wins, as in conf.d)
-    cat "$art/postgresql-backup.conf" >>"$src/data/postgresql.conf" &&
-    scripts/cluster.sh restart "$src" || { tail -20 "$src/postgres.log"; return 1; }
+    { cat "$art/postgresql-backup.conf" >>"$src/data/postgresql.conf" &&
+      scripts/cluster.sh restart "$src"; } || { tail -20 "$src/postgres.log"; return 1; }
 }
 # at DIR psql ARGS: psql into the cluster of DIR (its env file: socket, port)
+# shellcheck source=/dev/null  # the cluster's env file, written by scripts/cluster.sh
 at() { local dir=$1; shift; ( . "$dir/env" && "$@" ); }
 q() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
 src_psql() { at "$src" q "$@"; }
@@ -184,6 +185,7 @@ step3() {
 check "step 3: another sign-up, another ingest and API key, a billing webhook (all in the source)" step3
 
 # pgbackrest check switches WAL and waits until the segment is in the repository
+# shellcheck disable=SC2016  # expanded by eval, inside check
 check "the WAL of step 3 is archived (pgbackrest check), then the source stops" \
     eval 'pgbr check && scripts/cluster.sh stop "$src" && pgbr info'
 
@@ -284,6 +286,7 @@ check "the restored cluster accepts new writes (a sign-up, an ingest)" new_write
 
 # the promoted cluster archives its timeline 2 into the same stanza: the
 # next scheduled backup continues from it
+# shellcheck disable=SC2016  # expanded by eval (and sh -c), inside check
 check "the promoted cluster archives into the same repository (pgbackrest check)" \
     eval 'at "$by_time" sh -c '"'"'runuser -u postgres -- pgbackrest --stanza=lattice --pg1-path="$PGHOST/data" --pg1-socket-path="$PGHOST" --pg1-port="$PGPORT" check'"'"
 

@@ -5,7 +5,7 @@
 # valid exposition format (`promtool check metrics`) with the database
 # figures in it.  TAP.  Needs the cluster tests/run.sh starts (PG* set).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 shim_bin=${LATTICE_SHIM_BIN:-$root/shim/lattice-shim}
 work=$(mktemp -d /tmp/lattice-promtool.XXXXXX)
@@ -48,10 +48,10 @@ check "GET /metrics answers 200" grep -qx 200 "$work/code"
 check "promtool check metrics: the live scrape is valid exposition format" \
     sh -c "promtool check metrics <'$work/metrics.txt'"
 database_side() {
-    grep -qx 'lattice_db_up 1' "$work/metrics.txt" &&
+    { grep -qx 'lattice_db_up 1' "$work/metrics.txt" &&
         grep -q '^lattice_outbox_jobs{kind="email",state="pending"} ' "$work/metrics.txt" &&
         grep -q '^lattice_rate_refused_this_hour{class="ingest"} ' "$work/metrics.txt" &&
         grep -q '^lattice_statement_errors_total{class="42"} ' "$work/metrics.txt" &&
-        grep -q '^lattice_pool_waits_total ' "$work/metrics.txt" || { grep '^lattice_db\|^lattice_outbox\|^lattice_statement' "$work/metrics.txt"; return 1; }
+        grep -q '^lattice_pool_waits_total ' "$work/metrics.txt"; } || { grep '^lattice_db\|^lattice_outbox\|^lattice_statement' "$work/metrics.txt"; return 1; }
 }
 check "the scrape holds the database figures (lattice_db_up 1) and the statement errors" database_side

@@ -3,7 +3,7 @@
 # or its environment, with exit status 2 and a message naming the setting,
 # and binds nothing.  TAP.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 bin=${LATTICE_SHIM_BIN:-shim/lattice-shim}
 work=$(mktemp -d /tmp/lattice-shim-config.XXXXXX)
 trap 'rm -rf "$work"' EXIT

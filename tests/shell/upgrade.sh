@@ -6,7 +6,7 @@
 # extension/lattice--A--B.sql.  Also checks that the catalog digest itself
 # sees a difference (so the comparison is not vacuous).  TAP.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" extension/lattice.control)
 released=()
 for f in extension/released/lattice--*.sql; do

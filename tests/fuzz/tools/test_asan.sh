@@ -5,7 +5,7 @@
 # built with the same sanitizers) replay every seed, regression and saved
 # corpus input.  Any sanitizer report fails the run.
 set -uo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../../.." || exit 1
 root=$PWD
 out=$root/.build/asan
 san="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"

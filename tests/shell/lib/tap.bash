@@ -7,7 +7,7 @@ not_ok() { t=$((t+1)); echo "not ok $t - $1"; shift; for l in "$@"; do printf '%
 # (run in the caller's shell, not a subshell: checks may wait for its processes)
 check() {
     local desc=$1; shift
-    if "$@" >"$work/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
+    if "$@" >"${work:?}/check.out" 2>&1; then ok "$desc"; else not_ok "$desc" "$(cat "$work/check.out")"; fi
 }
 # free_port: a loopback TCP port nothing listens on
 # shellcheck source=../../../scripts/lib/free_port.bash
