@@ -19,14 +19,17 @@ struct key {
     const char *name;
     enum kind kind;
     void *ptr;
-    size_t size;      /* for strings */
-    long min, max;    /* for numbers */
+    size_t size;   /* for strings */
+    long min, max; /* for numbers */
 };
 
+/* table rows, one a line */
+/* clang-format off */
 #define INT(n, f, lo, hi) { n, K_INT, &cfg.f, 0, lo, hi }
 #define LONG(n, f, lo, hi) { n, K_LONG, &cfg.f, 0, lo, hi }
 #define STR(n, f) { n, K_STR, cfg.f, sizeof(cfg.f), 0, 0 }
 #define BOOL(n, f) { n, K_BOOL, &cfg.f, 0, 0, 1 }
+/* clang-format on */
 
 static const struct key keys[] = {
     STR("listen", listen),
@@ -111,9 +114,11 @@ static int set_key(const char *name, const char *value, char *err, size_t errlen
             return 0;
         }
         if (k->kind == K_BOOL) {
-            if (!strcmp(value, "1") || !strcasecmp(value, "true") || !strcasecmp(value, "yes") || !strcasecmp(value, "on"))
+            if (!strcmp(value, "1") || !strcasecmp(value, "true") || !strcasecmp(value, "yes") ||
+                !strcasecmp(value, "on"))
                 *(bool *) k->ptr = true;
-            else if (!strcmp(value, "0") || !strcasecmp(value, "false") || !strcasecmp(value, "no") || !strcasecmp(value, "off"))
+            else if (!strcmp(value, "0") || !strcasecmp(value, "false") || !strcasecmp(value, "no") ||
+                     !strcasecmp(value, "off"))
                 *(bool *) k->ptr = false;
             else {
                 snprintf(err, errlen, "config: %s must be a boolean", name);

@@ -166,13 +166,13 @@ static int read_body(struct mg_connection *conn, struct reply *r, char **out, si
 enum call_outcome { CALL_OK, CALL_ERROR, CALL_BROKEN, CALL_STREAM };
 
 struct call {
-    PGresult *row;     /* the function's answer */
-    PGresult *err;     /* the first error */
-    int err_stage;     /* 0 = tx settings, 1 = prepare, 2 = execute */
+    PGresult *row; /* the function's answer */
+    PGresult *err; /* the first error */
+    int err_stage; /* 0 = tx settings, 1 = prepare, 2 = execute */
 };
 
-static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int timeout_ms,
-                                  const char *req, const char *body, bool single_row, struct call *out)
+static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int timeout_ms, const char *req,
+                                  const char *body, bool single_row, struct call *out)
 {
     PGconn *c = p->conn;
     const struct route *rt = &routes[idx];
@@ -186,7 +186,8 @@ static enum call_outcome run_call(struct pooled *p, int idx, bool read_only, int
     char sql[320];
     snprintf(sql, sizeof(sql),
              "SELECT r.status, r.headers::text, r.body, lattice_http.tenant_id()::text, "
-             "lattice_http.rate_state() FROM lattice_http.%s($1::jsonb, $2::text) r", rt->function);
+             "lattice_http.rate_state() FROM lattice_http.%s($1::jsonb, $2::text) r",
+             rt->function);
     memset(out, 0, sizeof(*out));
 
     if (!(named ? PQsendQueryPrepared(c, read_only ? "tx_ro" : "tx_rw", 1, tparams, NULL, NULL, 0)
@@ -297,8 +298,8 @@ static bool header_value_ok(const char *s)
 
 static bool hop_by_hop(const char *name)
 {
-    static const char *const refused[] = { "connection", "content-length", "transfer-encoding", "keep-alive",
-                                           "upgrade", "te", "trailer", "x-request-id", "date" };
+    static const char *const refused[] = { "connection", "content-length", "transfer-encoding", "keep-alive", "upgrade",
+                                           "te",         "trailer",        "x-request-id",      "date" };
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
         if (strcasecmp(name, refused[i]) == 0)
             return true;
@@ -460,8 +461,9 @@ static void answer_error(struct mg_connection *conn, struct reply *r, const stru
             json_object_object_get_ex(d, "headers", &headers);
         }
         headers_from_json(headers, extra, &elen, r->request_id);
-        reply_error(r, status, code && json_object_is_type(code, json_type_string) ? json_object_get_string(code) : "error",
-                    msg, details ? json_object_to_json_string_ext(details, JSON_C_TO_STRING_PLAIN) : NULL, extra);
+        reply_error(r, status,
+                    code && json_object_is_type(code, json_type_string) ? json_object_get_string(code) : "error", msg,
+                    details ? json_object_to_json_string_ext(details, JSON_C_TO_STRING_PLAIN) : NULL, extra);
         json_object_put(d);
         return;
     }
@@ -478,7 +480,10 @@ static void answer_error(struct mg_connection *conn, struct reply *r, const stru
                   msg ? msg : PQresultErrorMessage(e));
     if (he.retry_after && elen + 20 < sizeof(extra))
         strcat(extra, "Retry-After: 1\r\n");
-    const char *shown = he.status < 500 ? msg : he.status == 504 ? "the request took too long" : he.status == 503 ? "the database is unavailable" : "internal error";
+    const char *shown = he.status < 500    ? msg
+                        : he.status == 504 ? "the request took too long"
+                        : he.status == 503 ? "the database is unavailable"
+                                           : "internal error";
     reply_error(r, he.status, he.code, shown, NULL, extra);
 }
 
@@ -510,7 +515,8 @@ static void answer_health(struct reply *r)
 {
     char ts[40], body[256];
     iso8601_now(ts, sizeof(ts));
-    int n = snprintf(body, sizeof(body), "{\"status\":\"ok\",\"version\":\"%s\",\"schemaVersion\":\"%s\",\"timestamp\":\"%s\"}",
+    int n = snprintf(body, sizeof(body),
+                     "{\"status\":\"ok\",\"version\":\"%s\",\"schemaVersion\":\"%s\",\"timestamp\":\"%s\"}",
                      SHIM_VERSION, SHIM_SCHEMA_VERSION, ts);
     reply_send(r, 200, "application/json", NULL, body, (size_t) n, false);
 }

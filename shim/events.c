@@ -45,11 +45,11 @@
 struct stream {
     char tenant[UUID_LEN + 1];
     char addr[48];
-    int efd;            /* eventfd the listener signals */
-    int64_t sent;       /* last version the client knows of */
-    int64_t pending;    /* newest version not sent yet, 0 = none */
-    int64_t due_ms;     /* when the merged event goes out */
-    bool refetch;       /* the listener reconnected: notifications were lost */
+    int efd;         /* eventfd the listener signals */
+    int64_t sent;    /* last version the client knows of */
+    int64_t pending; /* newest version not sent yet, 0 = none */
+    int64_t due_ms;  /* when the merged event goes out */
+    bool refetch;    /* the listener reconnected: notifications were lost */
 };
 
 struct recent {
@@ -68,20 +68,24 @@ static struct {
 
 static pthread_t listener;
 static bool listener_started;
-static int wake_fd = -1;          /* stops the listener */
+static int wake_fd = -1; /* stops the listener */
 static atomic_bool stopping, listener_up;
 static atomic_long m_notifications, m_delivered, m_refused, m_reconnects;
 
 static void signal_fd(int fd)
 {
     uint64_t one = 1;
-    if (write(fd, &one, sizeof(one)) < 0) { /* EAGAIN: already signalled */ }
+    if (write(fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: already signalled */
+    }
 }
 
 static void drain_fd(int fd)
 {
     uint64_t n;
-    if (read(fd, &n, sizeof(n)) < 0) { /* EAGAIN: nothing to drain */ }
+    if (read(fd, &n, sizeof(n)) < 0) {
+        /* EAGAIN: nothing to drain */
+    }
 }
 
 /* ---- the listener ---- */
@@ -171,10 +175,16 @@ static void quiet_notice(void *arg, const char *message)
 /* Connects without blocking the stop: PQconnectPoll against the wake fd. */
 static PGconn *listener_connect(void)
 {
-    const char *kw[] = { "dbname", "application_name", "connect_timeout", "keepalives", "keepalives_idle",
-                         "keepalives_interval", "keepalives_count", NULL };
-    const char *val[] = { cfg.events_conninfo[0] ? cfg.events_conninfo : cfg.conninfo, "lattice-shim-events",
-                          "5", "1", "10", "5", "3", NULL };
+    const char *kw[] = { "dbname",          "application_name",    "connect_timeout",  "keepalives",
+                         "keepalives_idle", "keepalives_interval", "keepalives_count", NULL };
+    const char *val[] = { cfg.events_conninfo[0] ? cfg.events_conninfo : cfg.conninfo,
+                          "lattice-shim-events",
+                          "5",
+                          "1",
+                          "10",
+                          "5",
+                          "3",
+                          NULL };
     PGconn *c = PQconnectStartParams(kw, val, 1);
     if (!c)
         return NULL;
@@ -534,8 +544,8 @@ void events_serve(struct mg_connection *conn, struct reply *r, const char *body)
         atomic_fetch_add(&m_refused, 1);
         r->close = true;
         reply_error(r, refused, "too_many_streams",
-                    refused == 429 ? "too many event streams from this address" : "too many event streams",
-                    NULL, "Retry-After: 5\r\n");
+                    refused == 429 ? "too many event streams from this address" : "too many event streams", NULL,
+                    "Retry-After: 5\r\n");
         return;
     }
     char hello[128];
@@ -553,7 +563,8 @@ size_t events_metrics(char *buf, size_t cap)
     pthread_mutex_lock(&ev.mu);
     int streams = ev.count;
     pthread_mutex_unlock(&ev.mu);
-    int n = snprintf(buf, cap,
+    int n = snprintf(
+        buf, cap,
         "# HELP lattice_events_streams Open Server-Sent Events streams.\n# TYPE lattice_events_streams gauge\nlattice_events_streams %d\n"
         "# HELP lattice_events_streams_max Configured events_max.\n# TYPE lattice_events_streams_max gauge\nlattice_events_streams_max %d\n"
         "# HELP lattice_events_listener_connected 1 while the LISTEN connection is up.\n# TYPE lattice_events_listener_connected gauge\nlattice_events_listener_connected %d\n"

@@ -21,13 +21,13 @@
 #include <strings.h>
 
 #define PROXIES_MAX 64
-#define CHAIN_MAX 32           /* hops in one header */
-#define HEADER_VALUE_MAX 1024  /* one forwarding header's value */
-#define VALUE_MAX 256          /* one Forwarded parameter's value */
+#define CHAIN_MAX 32          /* hops in one header */
+#define HEADER_VALUE_MAX 1024 /* one forwarding header's value */
+#define VALUE_MAX 256         /* one Forwarded parameter's value */
 
 struct ip {
-    int family;                /* AF_INET or AF_INET6 */
-    unsigned char a[16];       /* IPv4 in the first 4 bytes */
+    int family;          /* AF_INET or AF_INET6 */
+    unsigned char a[16]; /* IPv4 in the first 4 bytes */
 };
 
 struct net {
@@ -41,7 +41,7 @@ static int nproxies;
 enum proto { P_NONE = -1, P_HTTP = 0, P_HTTPS = 1 };
 
 struct hop {
-    bool hidden;               /* unknown, obfuscated, or no for= at all */
+    bool hidden; /* unknown, obfuscated, or no for= at all */
     struct ip ip;
     enum proto proto;
 };
@@ -379,10 +379,11 @@ static int parse_forwarded(const char *v, struct hop *hops, int *n, char *why, s
             return -1;
         }
         element_open = true;
-        bool *seen = nlen == 3 && !strncasecmp(name, "for", 3) ? &seen_for
-                   : nlen == 5 && !strncasecmp(name, "proto", 5) ? &seen_proto
-                   : nlen == 2 && !strncasecmp(name, "by", 2) ? &seen_by
-                   : nlen == 4 && !strncasecmp(name, "host", 4) ? &seen_host : NULL;
+        bool *seen = nlen == 3 && !strncasecmp(name, "for", 3)     ? &seen_for
+                     : nlen == 5 && !strncasecmp(name, "proto", 5) ? &seen_proto
+                     : nlen == 2 && !strncasecmp(name, "by", 2)    ? &seen_by
+                     : nlen == 4 && !strncasecmp(name, "host", 4)  ? &seen_host
+                                                                   : NULL;
         if (seen && *seen) {
             snprintf(why, whylen, "Forwarded repeats %.*s= in one element", (int) nlen, name);
             return -1;
@@ -489,8 +490,8 @@ static int origin_from_headers(const struct ip *peer, const struct mg_header *hs
     return 0;
 }
 
-int origin_of(const char *peer, bool peer_tls, const struct mg_header *hs, int nh, struct client_origin *o,
-              char *why, size_t whylen)
+int origin_of(const char *peer, bool peer_tls, const struct mg_header *hs, int nh, struct client_origin *o, char *why,
+              size_t whylen)
 {
     snprintf(o->addr, sizeof(o->addr), "%s", peer ? peer : "");
     o->tls = peer_tls;

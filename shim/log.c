@@ -64,8 +64,8 @@ void log_access(const struct mg_request_info *ri, const char *client, const char
     json_object_object_add(o, "request_id", str_or_null(request_id));
     json_object_object_add(o, "method", str_or_null(ri->request_method));
     json_object_object_add(o, "route", str_or_null(route));
-    json_object_object_add(o, "path", path && utf8_valid(path, strlen(path)) && strlen(path) <= 512
-                                          ? json_object_new_string(path) : NULL);
+    json_object_object_add(
+        o, "path", path && utf8_valid(path, strlen(path)) && strlen(path) <= 512 ? json_object_new_string(path) : NULL);
     json_object_object_add(o, "status", json_object_new_int(status));
     json_object_object_add(o, "bytes", json_object_new_int64((int64_t) bytes));
     json_object_object_add(o, "duration_ms", json_object_new_double(seconds * 1000.0));

@@ -23,13 +23,17 @@
 /* ---- per-address connection cap ---- */
 
 struct conn_state {
-    bool counted;           /* holds a slot in addr_counts */
+    bool counted; /* holds a slot in addr_counts */
     char addr[48];
-    double idle_since;      /* connection opened or last answer written */
+    double idle_since; /* connection opened or last answer written */
 };
 
 static pthread_mutex_t addr_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct { char addr[48]; int count; } *addr_counts;
+struct addr_count {
+    char addr[48];
+    int count;
+};
+static struct addr_count *addr_counts;
 static int addr_slots;
 
 /* Counts this connection against its address; false when over the cap. */
@@ -151,8 +155,12 @@ static int handle(struct mg_connection *conn, void *cbdata)
     char why[160] = "";
     bool forwarding_ok = origin_of(ri->remote_addr, ri->is_ssl, ri->http_headers, ri->num_headers, &client, why,
                                    sizeof(why)) == 0;
-    struct reply r = { .conn = conn, .request_id = rid, .client = client.addr, .tls = client.tls,
-                       .head = strcmp(method, "HEAD") == 0, .otlp_proto = otlp_wants_proto(conn, path) };
+    struct reply r = { .conn = conn,
+                       .request_id = rid,
+                       .client = client.addr,
+                       .tls = client.tls,
+                       .head = strcmp(method, "HEAD") == 0,
+                       .otlp_proto = otlp_wants_proto(conn, path) };
     struct request_log log = { .route = ROUTE_UNMATCHED };
     struct conn_state *cs = mg_get_user_connection_data(conn);
     size_t uri_len = (path ? strlen(path) : 0) + (ri->query_string ? strlen(ri->query_string) + 1 : 0);
@@ -169,7 +177,8 @@ static int handle(struct mg_connection *conn, void *cbdata)
         /* a TCP-level cap: a proxy's connections carry many clients */
         atomic_fetch_add(&m_connections_refused, 1);
         r.close = true;
-        reply_error(&r, 429, "too_many_connections", "too many connections from this address", NULL, "Retry-After: 1\r\n");
+        reply_error(&r, 429, "too_many_connections", "too many connections from this address", NULL,
+                    "Retry-After: 1\r\n");
     } else if (!forwarding_ok) {
         reply_error(&r, 400, "bad_forwarding_header", why, NULL, NULL);
     } else if (!path || uri_len > (size_t) cfg.uri_max) {
@@ -324,19 +333,22 @@ int main(int argc, char **argv)
     bool tls = cfg.tls_cert[0] != '\0';
     mg_init_library(tls ? MG_FEATURES_TLS : 0);
     char ports[128], threads[16], req_to[16], ka_to[16], hdr_max[16];
-    snprintf(ports, sizeof(ports), strchr(cfg.listen, ':') ? "[%s]:%d%s" : "%s:%d%s", cfg.listen, cfg.port, tls ? "s" : "");
+    snprintf(ports, sizeof(ports), strchr(cfg.listen, ':') ? "[%s]:%d%s" : "%s:%d%s", cfg.listen, cfg.port,
+             tls ? "s" : "");
     snprintf(threads, sizeof(threads), "%d", cfg.threads);
     snprintf(req_to, sizeof(req_to), "%d", cfg.request_timeout_ms);
     snprintf(ka_to, sizeof(ka_to), "%d", cfg.keepalive_timeout_ms);
     snprintf(hdr_max, sizeof(hdr_max), "%d", cfg.header_max);
     const char *options[32];
     int n = 0;
+    /* one option and its value a line */
+    /* clang-format off */
     options[n++] = "listening_ports"; options[n++] = ports;
     options[n++] = "num_threads"; options[n++] = threads;
     options[n++] = "request_timeout_ms"; options[n++] = req_to;
     options[n++] = "keep_alive_timeout_ms"; options[n++] = ka_to;
     options[n++] = "enable_keep_alive"; options[n++] = "yes";
-    options[n++] = "tcp_nodelay"; options[n++] = "1";  /* else ~40 ms per response (STYLE.md) */
+    options[n++] = "tcp_nodelay"; options[n++] = "1";  /* else ~40 ms per response (Nagle + delayed ACK) */
     options[n++] = "max_request_size"; options[n++] = hdr_max;
     options[n++] = "listen_backlog"; options[n++] = "512";
     options[n++] = "connection_queue"; options[n++] = "256";
@@ -350,6 +362,7 @@ int main(int argc, char **argv)
         options[n++] = "ssl_certificate"; options[n++] = cfg.tls_cert;
         options[n++] = "ssl_protocol_version"; options[n++] = "4"; /* TLS 1.2 and later */
     }
+    /* clang-format on */
     options[n] = NULL;
 
     struct mg_callbacks callbacks = { 0 };

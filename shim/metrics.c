@@ -29,7 +29,7 @@ static const double buckets[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 
 struct route_metrics {
     atomic_ulong status[STATUS_SLOTS];
-    atomic_ulong bucket[NBUCKETS];  /* non-cumulative; summed on output */
+    atomic_ulong bucket[NBUCKETS]; /* non-cumulative; summed on output */
     atomic_ulong count;
     atomic_ulong sum_us;
 };
@@ -130,11 +130,11 @@ static void put(struct out *o, const char *fmt, ...)
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool fetching;       /* one read at a time; other scrapes wait for it */
-    int64_t fetched_ms;  /* 0 = never */
+    bool fetching;      /* one read at a time; other scrapes wait for it */
+    int64_t fetched_ms; /* 0 = never */
     bool up;
-    double seconds;      /* how long the last read took */
-    char *series;        /* the figures as exposition lines, "" when down */
+    double seconds; /* how long the last read took */
+    char *series;   /* the figures as exposition lines, "" when down */
 } db = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
 /* One pipeline on a pooled connection: the read-only, short-timeout
@@ -259,16 +259,20 @@ static void db_format(struct out *o, json_object *f)
         }
     }
     if (number_of(f, "outbox_oldest_pending_seconds", &v))
-        put(o, "# HELP lattice_outbox_oldest_pending_seconds Age of the oldest outbox job not finished (pending or running); 0 when none.\n"
-               "# TYPE lattice_outbox_oldest_pending_seconds gauge\n"
-               "lattice_outbox_oldest_pending_seconds %.3f\n", v);
+        put(o,
+            "# HELP lattice_outbox_oldest_pending_seconds Age of the oldest outbox job not finished (pending or running); 0 when none.\n"
+            "# TYPE lattice_outbox_oldest_pending_seconds gauge\n"
+            "lattice_outbox_oldest_pending_seconds %.3f\n",
+            v);
     put(o, "# HELP lattice_stripe_webhook_events Stripe webhook events stored, by outcome.\n"
            "# TYPE lattice_stripe_webhook_events gauge\n");
     put_labelled(o, object_of(f, "stripe_events"), "lattice_stripe_webhook_events", "", "outcome");
     json_object *classes = object_of(f, "rate_classes");
     static const char *const what[2][3] = {
-        { "used", "lattice_rate_used_this_hour", "Requests allowed this hour (real clock), summed over every key of a quota class." },
-        { "refused", "lattice_rate_refused_this_hour", "Requests refused (429) this hour (real clock), summed over every key of a quota class." },
+        { "used", "lattice_rate_used_this_hour",
+          "Requests allowed this hour (real clock), summed over every key of a quota class." },
+        { "refused", "lattice_rate_refused_this_hour",
+          "Requests refused (429) this hour (real clock), summed over every key of a quota class." },
     };
     for (int w = 0; w < 2; w++) {
         put(o, "# HELP %s %s\n# TYPE %s gauge\n", what[w][1], what[w][2], what[w][1]);
@@ -281,14 +285,20 @@ static void db_format(struct out *o, json_object *f)
     }
     json_object *table = object_of(f, "rate_table");
     if (number_of(table, "size", &v))
-        put(o, "# HELP lattice_rate_table_size Keys the shared rate table holds (lattice.rate_table_size).\n"
-               "# TYPE lattice_rate_table_size gauge\nlattice_rate_table_size %.17g\n", v);
+        put(o,
+            "# HELP lattice_rate_table_size Keys the shared rate table holds (lattice.rate_table_size).\n"
+            "# TYPE lattice_rate_table_size gauge\nlattice_rate_table_size %.17g\n",
+            v);
     if (number_of(table, "entries", &v))
-        put(o, "# HELP lattice_rate_table_entries Keys in use in the shared rate table.\n"
-               "# TYPE lattice_rate_table_entries gauge\nlattice_rate_table_entries %.17g\n", v);
+        put(o,
+            "# HELP lattice_rate_table_entries Keys in use in the shared rate table.\n"
+            "# TYPE lattice_rate_table_entries gauge\nlattice_rate_table_entries %.17g\n",
+            v);
     if (number_of(table, "evictions", &v))
-        put(o, "# HELP lattice_rate_table_evictions_total Keys evicted from the full rate table since PostgreSQL started.\n"
-               "# TYPE lattice_rate_table_evictions_total counter\nlattice_rate_table_evictions_total %.17g\n", v);
+        put(o,
+            "# HELP lattice_rate_table_evictions_total Keys evicted from the full rate table since PostgreSQL started.\n"
+            "# TYPE lattice_rate_table_evictions_total counter\nlattice_rate_table_evictions_total %.17g\n",
+            v);
 }
 
 /* Reads the database figures unless a read less than DB_CACHE_MS old (or
@@ -329,10 +339,11 @@ static void db_series(struct out *o)
         db.fetching = false;
         pthread_cond_broadcast(&db.cv);
     }
-    put(o, "# HELP lattice_db_up 1 when the last read of the database figures (lattice_http.metrics_db) answered.\n"
-           "# TYPE lattice_db_up gauge\nlattice_db_up %d\n"
-           "# HELP lattice_db_scrape_duration_seconds Time the last read of the database figures took.\n"
-           "# TYPE lattice_db_scrape_duration_seconds gauge\nlattice_db_scrape_duration_seconds %.6f\n",
+    put(o,
+        "# HELP lattice_db_up 1 when the last read of the database figures (lattice_http.metrics_db) answered.\n"
+        "# TYPE lattice_db_up gauge\nlattice_db_up %d\n"
+        "# HELP lattice_db_scrape_duration_seconds Time the last read of the database figures took.\n"
+        "# TYPE lattice_db_scrape_duration_seconds gauge\nlattice_db_scrape_duration_seconds %.6f\n",
         db.up ? 1 : 0, db.seconds);
     if (db.up)
         put(o, "%s", db.series);
@@ -358,8 +369,8 @@ void metrics_serve(struct reply *r)
         for (int s = 0; s < STATUS_SLOTS; s++) {
             unsigned long v = atomic_load_explicit(&rm[i].status[s], memory_order_relaxed);
             if (v)
-                put(&o, "lattice_http_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} %lu\n",
-                    route_label(i), method_of(i), s + STATUS_MIN, v);
+                put(&o, "lattice_http_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} %lu\n", route_label(i),
+                    method_of(i), s + STATUS_MIN, v);
         }
     put(&o, "# HELP lattice_http_request_duration_seconds Time from request parsed to answer written.\n"
             "# TYPE lattice_http_request_duration_seconds histogram\n");
@@ -373,12 +384,13 @@ void metrics_serve(struct reply *r)
             put(&o, "lattice_http_request_duration_seconds_bucket{route=\"%s\",method=\"%s\",le=\"%g\"} %lu\n",
                 route_label(i), method_of(i), buckets[b], cum);
         }
-        put(&o, "lattice_http_request_duration_seconds_bucket{route=\"%s\",method=\"%s\",le=\"+Inf\"} %lu\n"
-                "lattice_http_request_duration_seconds_sum{route=\"%s\",method=\"%s\"} %.6f\n"
-                "lattice_http_request_duration_seconds_count{route=\"%s\",method=\"%s\"} %lu\n",
+        put(&o,
+            "lattice_http_request_duration_seconds_bucket{route=\"%s\",method=\"%s\",le=\"+Inf\"} %lu\n"
+            "lattice_http_request_duration_seconds_sum{route=\"%s\",method=\"%s\"} %.6f\n"
+            "lattice_http_request_duration_seconds_count{route=\"%s\",method=\"%s\"} %lu\n",
             route_label(i), method_of(i), count, route_label(i), method_of(i),
-            (double) atomic_load_explicit(&rm[i].sum_us, memory_order_relaxed) / 1e6, route_label(i),
-            method_of(i), count);
+            (double) atomic_load_explicit(&rm[i].sum_us, memory_order_relaxed) / 1e6, route_label(i), method_of(i),
+            count);
     }
     int size, in_use, waiting, healthy;
     pool_stats(&size, &in_use, &waiting, &healthy);
@@ -400,8 +412,9 @@ void metrics_serve(struct reply *r)
         "# HELP lattice_pool_wait_seconds_total Time those requests waited, summed.\n"
         "# TYPE lattice_pool_wait_seconds_total counter\nlattice_pool_wait_seconds_total %.6f\n",
         atomic_load(&m_pool_waits), (double) atomic_load(&m_pool_wait_us) / 1e6);
-    put(&o, "# HELP lattice_statement_errors_total Errors PostgreSQL returned to the shim, by SQLSTATE class (its first two characters; PT = the extension's HTTP errors, PTnnn).\n"
-            "# TYPE lattice_statement_errors_total counter\n");
+    put(&o,
+        "# HELP lattice_statement_errors_total Errors PostgreSQL returned to the shim, by SQLSTATE class (its first two characters; PT = the extension's HTTP errors, PTnnn).\n"
+        "# TYPE lattice_statement_errors_total counter\n");
     for (int a = 0; a < CLASS_CHARS; a++)
         for (int b = 0; b < CLASS_CHARS; b++) {
             unsigned long v = atomic_load_explicit(&stmt_errors[a * CLASS_CHARS + b], memory_order_relaxed);
@@ -410,14 +423,15 @@ void metrics_serve(struct reply *r)
         }
     struct outbound_webhook_stats wh;
     outbound_webhook_stats(&wh);
-    put(&o, "# HELP lattice_webhook_deliveries_in_flight Alert webhook deliveries under way (the webhook thread's and \"send test\").\n"
-            "# TYPE lattice_webhook_deliveries_in_flight gauge\nlattice_webhook_deliveries_in_flight %ld\n"
-            "# HELP lattice_webhook_attempts_total Alert webhook delivery attempts this shim ended, by outcome.\n"
-            "# TYPE lattice_webhook_attempts_total counter\n"
-            "lattice_webhook_attempts_total{outcome=\"delivered\"} %lu\n"
-            "lattice_webhook_attempts_total{outcome=\"not_2xx\"} %lu\n"
-            "lattice_webhook_attempts_total{outcome=\"refused\"} %lu\n"
-            "lattice_webhook_attempts_total{outcome=\"failed\"} %lu\n",
+    put(&o,
+        "# HELP lattice_webhook_deliveries_in_flight Alert webhook deliveries under way (the webhook thread's and \"send test\").\n"
+        "# TYPE lattice_webhook_deliveries_in_flight gauge\nlattice_webhook_deliveries_in_flight %ld\n"
+        "# HELP lattice_webhook_attempts_total Alert webhook delivery attempts this shim ended, by outcome.\n"
+        "# TYPE lattice_webhook_attempts_total counter\n"
+        "lattice_webhook_attempts_total{outcome=\"delivered\"} %lu\n"
+        "lattice_webhook_attempts_total{outcome=\"not_2xx\"} %lu\n"
+        "lattice_webhook_attempts_total{outcome=\"refused\"} %lu\n"
+        "lattice_webhook_attempts_total{outcome=\"failed\"} %lu\n",
         wh.in_flight, wh.delivered, wh.not_2xx, wh.refused, wh.failed);
     char events[2048];
     events_metrics(events, sizeof(events));

@@ -68,7 +68,7 @@ static enum gz gunzip(const char *in, size_t in_len, size_t max, char **out, siz
     memset(&zs, 0, sizeof(zs));
     if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK)
         return GZ_NOMEM;
-    size_t limit = max + 1; /* one byte past max proves it is over */
+    size_t limit = max + 1;                               /* one byte past max proves it is over */
     size_t cap = in_len < limit / 4 ? in_len * 4 : limit; /* a first guess, grown by doubling */
     if (cap < 4096)
         cap = limit < 4096 ? limit : 4096;
@@ -132,14 +132,10 @@ static int inflate_body(struct reply *r, char **body, size_t *len)
     char *plain = NULL;
     size_t plain_len = 0;
     switch (gunzip(*body, *len, (size_t) cfg.otlp_inflated_max, &plain, &plain_len)) {
-    case GZ_OK:
-        break;
-    case GZ_CORRUPT:
-        return refuse(r, body, 400, "invalid_gzip", "the body is not valid gzip");
-    case GZ_TOO_LARGE:
-        return refuse(r, body, 413, "too_large", "the inflated body is too large");
-    case GZ_NOMEM:
-        return refuse(r, body, 503, "unavailable", "out of memory");
+    case GZ_OK: break;
+    case GZ_CORRUPT: return refuse(r, body, 400, "invalid_gzip", "the body is not valid gzip");
+    case GZ_TOO_LARGE: return refuse(r, body, 413, "too_large", "the inflated body is too large");
+    case GZ_NOMEM: return refuse(r, body, 503, "unavailable", "out of memory");
     }
     free(*body);
     *body = plain_len ? plain : NULL;
@@ -153,16 +149,12 @@ static int decode_body(struct reply *r, char **body, size_t *len, struct otlp_re
 {
     struct otlp_decoded d;
     switch (otlp_traces_to_json((const uint8_t *) *body, *len, (size_t) cfg.otlp_inflated_max * OTLP_JSON_FACTOR, &d)) {
-    case OTLP_DECODED:
-        break;
+    case OTLP_DECODED: break;
     case OTLP_MALFORMED:
         return refuse(r, body, 400, "invalid_protobuf", "the body is not an OTLP ExportTraceServiceRequest");
-    case OTLP_TOO_DEEP:
-        return refuse(r, body, 400, "invalid_protobuf", "the body nests messages too deeply");
-    case OTLP_TOO_LARGE:
-        return refuse(r, body, 413, "too_large", "the decoded request is too large");
-    case OTLP_NO_MEMORY:
-        return refuse(r, body, 503, "unavailable", "out of memory");
+    case OTLP_TOO_DEEP: return refuse(r, body, 400, "invalid_protobuf", "the body nests messages too deeply");
+    case OTLP_TOO_LARGE: return refuse(r, body, 413, "too_large", "the decoded request is too large");
+    case OTLP_NO_MEMORY: return refuse(r, body, 503, "unavailable", "out of memory");
     }
     free(*body);
     *body = d.json;
@@ -182,7 +174,8 @@ int otlp_prepare(struct mg_connection *conn, struct reply *r, char **body, size_
         return refuse(r, body, 415, "unsupported_encoding", "Content-Encoding must be gzip or identity");
     enum content ct = content_of(mg_get_header(conn, "Content-Type"));
     if (ct == CT_OTHER || (ct == CT_NONE && *body))
-        return refuse(r, body, 415, "unsupported_media_type", "the body must be application/x-protobuf or application/json");
+        return refuse(r, body, 415, "unsupported_media_type",
+                      "the body must be application/x-protobuf or application/json");
     o->proto = ct == CT_PROTO;
     int rc = 0;
     if (*body && gzip)
@@ -233,8 +226,9 @@ void otlp_reply_answer(struct reply *r, int status, const char *body, const char
             json_object_object_get_ex(err, "code", &code);
             json_object_object_get_ex(err, "message", &msg);
         }
-        otlp_reply_status(r, status, code && json_object_is_type(code, json_type_string) ? json_object_get_string(code) : "error",
-                          msg && json_object_is_type(msg, json_type_string) ? json_object_get_string(msg) : "", extra_headers);
+        otlp_reply_status(
+            r, status, code && json_object_is_type(code, json_type_string) ? json_object_get_string(code) : "error",
+            msg && json_object_is_type(msg, json_type_string) ? json_object_get_string(msg) : "", extra_headers);
         json_object_put(root);
         return;
     }
@@ -242,7 +236,8 @@ void otlp_reply_answer(struct reply *r, int status, const char *body, const char
     size_t n = 0;
     uint8_t *pb = otlp_response_pack(body, &n, &shape_ok);
     if (!shape_ok) /* committed all the same: the client must not send it again */
-        log_error(r->request_id, "otlp: the function's answer is not {} or {\"partialSuccess\": ...}; sent an empty response");
+        log_error(r->request_id,
+                  "otlp: the function's answer is not {} or {\"partialSuccess\": ...}; sent an empty response");
     reply_send(r, status, "application/x-protobuf", extra_headers, pb ? (const char *) pb : "", pb ? n : 0, false);
     free(pb);
 }

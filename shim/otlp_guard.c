@@ -32,7 +32,10 @@ static bool varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *v)
 
 enum otlp_decode_status otlp_wire_depth_ok(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len)
 {
-    struct { const ProtobufCMessageDescriptor *desc; size_t end; } st[OTLP_WIRE_DEPTH_MAX];
+    struct {
+        const ProtobufCMessageDescriptor *desc;
+        size_t end;
+    } st[OTLP_WIRE_DEPTH_MAX];
     int top = 0;
     size_t pos = 0;
     st[0].desc = desc;
@@ -61,8 +64,9 @@ enum otlp_decode_status otlp_wire_depth_ok(const ProtobufCMessageDescriptor *des
         case 2: {
             if (!varint(p, st[top].end, &pos, &n) || n > st[top].end - pos)
                 return OTLP_MALFORMED;
-            const ProtobufCFieldDescriptor *f =
-                tag >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(st[top].desc, (unsigned) (tag >> 3)) : NULL;
+            const ProtobufCFieldDescriptor *f = tag >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(
+                                                                             st[top].desc, (unsigned) (tag >> 3))
+                                                                       : NULL;
             if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
                 if (top + 1 == OTLP_WIRE_DEPTH_MAX)
                     return OTLP_TOO_DEEP;
@@ -73,8 +77,7 @@ enum otlp_decode_status otlp_wire_depth_ok(const ProtobufCMessageDescriptor *des
                 pos += (size_t) n;
             break;
         }
-        default: /* groups (3, 4) and the undefined 6, 7: protobuf-c refuses them too */
-            return OTLP_MALFORMED;
+        default: /* groups (3, 4) and the undefined 6, 7: protobuf-c refuses them too */ return OTLP_MALFORMED;
         }
     }
 }

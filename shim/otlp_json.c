@@ -91,8 +91,7 @@ static void any(struct ow_out *o, const PbAnyValue *v, int depth)
         ow_key(o, &first, "bytesValue");
         ow_base64(o, v->bytes_value.data, v->bytes_value.len);
         break;
-    default: /* not set: an empty value */
-        break;
+    default: /* not set: an empty value */ break;
     }
     ow_put(o, "}", 1);
 }
@@ -299,7 +298,9 @@ static void resource_spans(struct conv *c, bool *first, const PbResourceSpans *r
         for (size_t i = 0; i < rs->n_scope_spans; i++) {
             const Opentelemetry__Proto__Trace__V1__ScopeSpans *ss = rs->scope_spans[i];
             const Opentelemetry__Proto__Common__V1__InstrumentationScope *sc = ss->scope;
-            struct scope_view v = { .present = sc != NULL, .spans = ss->spans, .n_spans = ss->n_spans,
+            struct scope_view v = { .present = sc != NULL,
+                                    .spans = ss->spans,
+                                    .n_spans = ss->n_spans,
                                     .schema_url = ss->schema_url };
             if (sc) {
                 v.name = sc->name;
@@ -311,9 +312,12 @@ static void resource_spans(struct conv *c, bool *first, const PbResourceSpans *r
             scope_spans(c, &sfirst, &v);
         }
         for (size_t i = 0; i < rs->n_instrumentation_library_spans; i++) {
-            const Opentelemetry__Proto__Trace__V1__InstrumentationLibrarySpans *ls = rs->instrumentation_library_spans[i];
+            const Opentelemetry__Proto__Trace__V1__InstrumentationLibrarySpans *ls =
+                rs->instrumentation_library_spans[i];
             const Opentelemetry__Proto__Common__V1__InstrumentationLibrary *lib = ls->instrumentation_library;
-            struct scope_view v = { .present = lib != NULL, .spans = ls->spans, .n_spans = ls->n_spans,
+            struct scope_view v = { .present = lib != NULL,
+                                    .spans = ls->spans,
+                                    .n_spans = ls->n_spans,
                                     .schema_url = ls->schema_url };
             if (lib) {
                 v.name = lib->name;

@@ -13,26 +13,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define OTLP_ANY_DEPTH_MAX 8    /* AnyValue nesting; deeper: the span holding it is rejected */
-#define OTLP_WIRE_DEPTH_MAX 64  /* message nesting on the wire; deeper: the request is refused */
+#define OTLP_ANY_DEPTH_MAX 8      /* AnyValue nesting; deeper: the span holding it is rejected */
+#define OTLP_WIRE_DEPTH_MAX 64    /* message nesting on the wire; deeper: the request is refused */
 #define OTLP_DECODE_MEM_FACTOR 16 /* protobuf-c may hold this many bytes per input byte, plus 1 MiB */
 
 enum otlp_decode_status {
     OTLP_DECODED,
-    OTLP_MALFORMED,     /* not an ExportTraceServiceRequest */
-    OTLP_TOO_DEEP,      /* messages nested deeper than OTLP_WIRE_DEPTH_MAX */
-    OTLP_TOO_LARGE,     /* the decoded message or the JSON over its bound */
+    OTLP_MALFORMED, /* not an ExportTraceServiceRequest */
+    OTLP_TOO_DEEP,  /* messages nested deeper than OTLP_WIRE_DEPTH_MAX */
+    OTLP_TOO_LARGE, /* the decoded message or the JSON over its bound */
     OTLP_NO_MEMORY,
 };
 
 struct otlp_decoded {
-    char *json;             /* malloc'd, NUL-terminated; NULL unless OTLP_DECODED */
+    char *json; /* malloc'd, NUL-terminated; NULL unless OTLP_DECODED */
     size_t len;
-    long spans;             /* spans written */
-    long rejected_spans;    /* spans dropped: rejected_utf8 + rejected_depth */
-    long rejected_utf8;     /* a string of theirs (or of their resource or scope) is not UTF-8 */
-    long rejected_depth;    /* an attribute value nested deeper than OTLP_ANY_DEPTH_MAX */
-    char message[192];      /* why, for partial success; "" when nothing was rejected */
+    long spans;          /* spans written */
+    long rejected_spans; /* spans dropped: rejected_utf8 + rejected_depth */
+    long rejected_utf8;  /* a string of theirs (or of their resource or scope) is not UTF-8 */
+    long rejected_depth; /* an attribute value nested deeper than OTLP_ANY_DEPTH_MAX */
+    char message[192];   /* why, for partial success; "" when nothing was rejected */
 };
 
 /* Decodes pb (len bytes) into out; the JSON is at most json_max bytes

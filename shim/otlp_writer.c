@@ -90,9 +90,7 @@ void ow_str(struct ow_out *o, const char *s)
         case '\n': ow_puts(o, "\\n"); break;
         case '\r': ow_puts(o, "\\r"); break;
         case '\t': ow_puts(o, "\\t"); break;
-        default:
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-            ow_puts(o, esc);
+        default: snprintf(esc, sizeof(esc), "\\u%04x", c); ow_puts(o, esc);
         }
     }
     ow_put(o, s + n - run, run);

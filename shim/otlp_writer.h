@@ -21,7 +21,7 @@ struct ow_out {
     char *buf;
     size_t len, cap, max;
     bool over, nomem;
-    enum ow_fault fault;  /* of the element being written */
+    enum ow_fault fault; /* of the element being written */
 };
 
 /* Appends n bytes, or s. */
@@ -42,7 +42,7 @@ void ow_key_str(struct ow_out *o, bool *first, const char *name, const char *s);
 void ow_opt_str(struct ow_out *o, bool *first, const char *name, const char *s);
 void ow_opt_uint(struct ow_out *o, bool *first, const char *name, uint32_t v);
 void ow_key_int(struct ow_out *o, bool *first, const char *name, int v);
-void ow_key_u64(struct ow_out *o, bool *first, const char *name, uint64_t v);   /* as a string */
+void ow_key_u64(struct ow_out *o, bool *first, const char *name, uint64_t v); /* as a string */
 void ow_opt_hex(struct ow_out *o, bool *first, const char *name, const uint8_t *data, size_t len);
 
 /* Values: bytes as a base64 string; a double, NaN and infinities as strings. */

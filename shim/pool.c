@@ -31,8 +31,8 @@ static struct {
     int size;
     int in_use;
     int waiting;
-    int failures;        /* consecutive failed connects */
-    int64_t retry_at;    /* no new connect before (ms) */
+    int failures;     /* consecutive failed connects */
+    int64_t retry_at; /* no new connect before (ms) */
 } pool = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 atomic_long m_pool_errors, m_pool_timeouts, m_pool_reconnects;
@@ -40,11 +40,9 @@ atomic_long m_pool_errors, m_pool_timeouts, m_pool_reconnects;
 atomic_long m_pool_waits, m_pool_wait_us;
 
 /* The two statements of every request, see dispatch.c. */
-const char *const SQL_TX_RO =
-    "SELECT pg_catalog.set_config('transaction_read_only', 'on', true), "
-    "pg_catalog.set_config('statement_timeout', $1, true)";
-const char *const SQL_TX_RW =
-    "SELECT pg_catalog.set_config('statement_timeout', $1, true)";
+const char *const SQL_TX_RO = "SELECT pg_catalog.set_config('transaction_read_only', 'on', true), "
+                              "pg_catalog.set_config('statement_timeout', $1, true)";
+const char *const SQL_TX_RW = "SELECT pg_catalog.set_config('statement_timeout', $1, true)";
 
 int pool_init(void)
 {

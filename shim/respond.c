@@ -62,18 +62,16 @@ static int head_format(char *buf, size_t cap, const struct reply *r, int status,
                      "%s%s%s%s"
                      "%s%s\r\n",
                      status, mg_get_response_code_text(r->conn, status), http_date(),
-                     r->request_id ? r->request_id : "-",
-                     page ? cfg.csp_page : API_CSP,
+                     r->request_id ? r->request_id : "-", page ? cfg.csp_page : API_CSP,
                      r->tls ? "Strict-Transport-Security: max-age=31536000; includeSubDomains\r\n" : "",
                      has_header(extra, "Cache-Control") ? "" : "Cache-Control: no-store\r\n",
-                     r->close ? "Connection: close\r\n" : "",
-                     typed ? "Content-Type: " : "", typed ? content_type : "", typed ? "\r\n" : "",
-                     framing, extra);
+                     r->close ? "Connection: close\r\n" : "", typed ? "Content-Type: " : "", typed ? content_type : "",
+                     typed ? "\r\n" : "", framing, extra);
     return n < 0 || (size_t) n >= cap ? -1 : n;
 }
 
-void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers,
-                const char *body, size_t body_len, bool page)
+void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers, const char *body,
+                size_t body_len, bool page)
 {
     const char *extra = extra_headers ? extra_headers : "";
     bool no_body = status == 204 || status == 304;
@@ -119,8 +117,8 @@ bool reply_start_chunked(struct reply *r, int status, const char *content_type, 
     return ok;
 }
 
-void reply_error(struct reply *r, int status, const char *code, const char *message,
-                 const char *details_json, const char *extra_headers)
+void reply_error(struct reply *r, int status, const char *code, const char *message, const char *details_json,
+                 const char *extra_headers)
 {
     if (r->otlp_proto) {
         otlp_reply_status(r, status, code, message, extra_headers);

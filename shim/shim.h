@@ -35,7 +35,7 @@ struct shim_config {
     int pool_wait_ms;
     int threads;
     long body_max;
-    long otlp_inflated_max;       /* an OTLP body once inflated (otlp.c) */
+    long otlp_inflated_max; /* an OTLP body once inflated (otlp.c) */
     int header_max;
     int uri_max;
     int request_timeout_ms;
@@ -49,16 +49,16 @@ struct shim_config {
     char cors_origins[1024];
     char access_log[512];
     char metrics_allow[256];
-    char trusted_proxies[2048];   /* CIDRs whose forwarding headers count (forwarded.c) */
+    char trusted_proxies[2048]; /* CIDRs whose forwarding headers count (forwarded.c) */
     char csp_page[512];
     bool test_routes;
     bool prepared_statements; /* off behind a transaction pooler (PgBouncer < 1.21) */
     /* live changes (events.c) */
-    int events_max;               /* SSE streams in all; 0 = threads / 2 */
+    int events_max; /* SSE streams in all; 0 = threads / 2 */
     int events_per_address_max;
     int events_heartbeat_ms;
     int events_merge_ms;
-    char events_conninfo[512];    /* the LISTEN connection; empty = conninfo */
+    char events_conninfo[512]; /* the LISTEN connection; empty = conninfo */
 };
 
 extern struct shim_config cfg;
@@ -75,27 +75,32 @@ enum route_flags {
     R_TEST = 1 << 2,         /* only with test_routes = 1 (the HTTP suite) */
     R_LOCAL_HEALTH = 1 << 3, /* answered by the shim, no database */
     R_LOCAL_METRICS = 1 << 4,
-    R_OUTBOUND = 1 << 5,     /* runs the outbox job its answer names, after COMMIT (outbound.h) */
-    R_EVENTS = 1 << 6,       /* a 200 answer becomes a Server-Sent Events stream (events.c) */
-    R_STREAM = 1 << 7,       /* SETOF rows read one by one; a 200 is written as they come (stream.c) */
-    R_OTLP = 1 << 8,         /* OTLP/HTTP: gzip, protobuf or JSON in, protobuf answers to protobuf (otlp.c) */
+    R_OUTBOUND = 1 << 5, /* runs the outbox job its answer names, after COMMIT (outbound.h) */
+    R_EVENTS = 1 << 6,   /* a 200 answer becomes a Server-Sent Events stream (events.c) */
+    R_STREAM = 1 << 7,   /* SETOF rows read one by one; a 200 is written as they come (stream.c) */
+    R_OTLP = 1 << 8,     /* OTLP/HTTP: gzip, protobuf or JSON in, protobuf answers to protobuf (otlp.c) */
 };
 
 struct route {
     const char *method;
-    const char *pattern;      /* literal segments and {name} parameters */
-    const char *function;     /* lattice_http.<function>; NULL when local */
+    const char *pattern;  /* literal segments and {name} parameters */
+    const char *function; /* lattice_http.<function>; NULL when local */
     unsigned flags;
     enum timeout_class timeout;
-    const char *headers;      /* extra request headers passed in req.headers */
+    const char *headers; /* extra request headers passed in req.headers */
 };
 
 #define ROUTE_PARAMS_MAX 8
 
 struct route_match {
-    int index;                /* into routes[], or -1 */
+    int index; /* into routes[], or -1 */
     int nparams;
-    struct { const char *name; size_t name_len; const char *value; size_t value_len; } params[ROUTE_PARAMS_MAX];
+    struct {
+        const char *name;
+        size_t name_len;
+        const char *value;
+        size_t value_len;
+    } params[ROUTE_PARAMS_MAX];
 };
 
 extern const struct route routes[];
@@ -138,7 +143,7 @@ void pool_stats(int *size, int *in_use, int *waiting, int *healthy);
 struct http_error {
     int status;
     const char *code;
-    int retry_after;          /* seconds, 0 = no header */
+    int retry_after; /* seconds, 0 = no header */
 };
 
 /* Maps a SQLSTATE of an error not raised through lattice.raise_http. */
@@ -151,24 +156,24 @@ char *error_body(const char *code, const char *message, const char *details_json
 struct reply {
     struct mg_connection *conn;
     const char *request_id;
-    const char *client;       /* the client's address (forwarded.c), NULL = the peer */
-    bool head;                /* HEAD: headers only */
-    bool tls;                 /* the client's scheme is https: HSTS */
-    bool close;               /* Connection: close */
-    bool otlp_proto;          /* an OTLP protobuf export: errors are google.rpc.Status (otlp.c) */
+    const char *client; /* the client's address (forwarded.c), NULL = the peer */
+    bool head;          /* HEAD: headers only */
+    bool tls;           /* the client's scheme is https: HSTS */
+    bool close;         /* Connection: close */
+    bool otlp_proto;    /* an OTLP protobuf export: errors are google.rpc.Status (otlp.c) */
     int status;
     size_t bytes;
 };
 
 /* Writes a complete response.  extra_headers: "Name: value\r\n" lines or NULL. */
-void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers,
-                const char *body, size_t body_len, bool page);
+void reply_send(struct reply *r, int status, const char *content_type, const char *extra_headers, const char *body,
+                size_t body_len, bool page);
 /* The head of a streamed answer: no Content-Length, Transfer-Encoding:
    chunked; false when the write failed. */
 bool reply_start_chunked(struct reply *r, int status, const char *content_type, const char *extra_headers);
 /* A JSON error answer in the contract's shape (request_id added). */
-void reply_error(struct reply *r, int status, const char *code, const char *message,
-                 const char *details_json, const char *extra_headers);
+void reply_error(struct reply *r, int status, const char *code, const char *message, const char *details_json,
+                 const char *extra_headers);
 
 /* ---- dispatch.c -------------------------------------------------------- */
 
@@ -177,14 +182,13 @@ struct request_log {
     char tenant[40];
 };
 
-void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m,
-                  struct request_log *log);
+void dispatch_api(struct mg_connection *conn, struct reply *r, const struct route_match *m, struct request_log *log);
 
 /* ---- otlp.c ----------------------------------------------------------- */
 
 struct otlp_req {
-    bool proto;               /* the body was protobuf, now its OTLP/JSON */
-    long rejected_spans;      /* dropped by the decoder (otlp_json.h) */
+    bool proto;          /* the body was protobuf, now its OTLP/JSON */
+    long rejected_spans; /* dropped by the decoder (otlp_json.h) */
     char rejected_message[192];
 };
 
@@ -214,8 +218,7 @@ bool stream_drain(PGconn *c, PGresult **err);
    last chunk once the transaction committed.  An error or a client gone
    cuts the answer (no last chunk, connection closed).  Returns true when c
    is idle again, false when it must be dropped. */
-bool stream_serve(struct reply *r, PGconn *c, const PGresult *first, const char *extra_headers,
-                  const char *function);
+bool stream_serve(struct reply *r, PGconn *c, const PGresult *first, const char *extra_headers, const char *function);
 
 /* ---- events.c ---------------------------------------------------------- */
 
@@ -234,9 +237,9 @@ size_t events_metrics(char *buf, size_t cap);
 /* ---- forwarded.c ------------------------------------------------------- */
 
 struct client_origin {
-    char addr[48];            /* the client: the peer, or what a trusted proxy forwarded */
-    bool tls;                 /* the client spoke https (to the shim or to the proxy) */
-    bool via_proxy;           /* the peer is in trusted_proxies */
+    char addr[48];  /* the client: the peer, or what a trusted proxy forwarded */
+    bool tls;       /* the client spoke https (to the shim or to the proxy) */
+    bool via_proxy; /* the peer is in trusted_proxies */
 };
 
 /* Parses trusted_proxies (comma-separated CIDRs); -1 with err naming the entry. */
@@ -245,8 +248,8 @@ bool proxy_trusted(const char *addr);
 /* The client of a request from peer (whose connection is TLS or not) with
    these header lines; -1 with why (400 bad_forwarding_header) when a trusted
    peer's forwarding headers are unusable, o then describes the peer. */
-int origin_of(const char *peer, bool peer_tls, const struct mg_header *hs, int nh, struct client_origin *o,
-              char *why, size_t whylen);
+int origin_of(const char *peer, bool peer_tls, const struct mg_header *hs, int nh, struct client_origin *o, char *why,
+              size_t whylen);
 
 /* ---- rate_headers.c ---------------------------------------------------- */
 
@@ -276,8 +279,8 @@ void metrics_serve(struct reply *r);
 /* A PostgreSQL error the shim got back: counted by SQLSTATE class (its first
    two characters; PTnnn, the extension's HTTP errors, are class PT). */
 void metrics_statement_error(const char *sqlstate);
-extern atomic_long m_connections_open, m_connections_refused, m_pool_errors, m_pool_timeouts,
-    m_pool_reconnects, m_pool_waits, m_pool_wait_us;
+extern atomic_long m_connections_open, m_connections_refused, m_pool_errors, m_pool_timeouts, m_pool_reconnects,
+    m_pool_waits, m_pool_wait_us;
 
 /* ---- log.c ------------------------------------------------------------- */
 

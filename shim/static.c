@@ -38,7 +38,10 @@ int static_init(void)
     return 0;
 }
 
-static const struct { const char *ext, *type; bool text; } types[] = {
+static const struct {
+    const char *ext, *type;
+    bool text;
+} types[] = {
     { "html", "text/html; charset=utf-8", true },
     { "css", "text/css; charset=utf-8", true },
     { "js", "text/javascript; charset=utf-8", true },
@@ -214,8 +217,7 @@ void static_serve(struct mg_connection *conn, struct reply *r, const char *path)
              gzip ? "-gz" : "");
     bool immutable = strncmp(path, "/assets/", 8) == 0;
     snprintf(headers, sizeof(headers), "ETag: %s\r\nCache-Control: %s\r\nVary: Accept-Encoding\r\n%s", etag,
-             immutable ? "public, max-age=31536000, immutable" : "no-cache",
-             gzip ? "Content-Encoding: gzip\r\n" : "");
+             immutable ? "public, max-age=31536000, immutable" : "no-cache", gzip ? "Content-Encoding: gzip\r\n" : "");
 
     const char *inm = mg_get_header(conn, "If-None-Match");
     if (inm && (strstr(inm, etag) || strcmp(inm, "*") == 0)) {

@@ -129,8 +129,7 @@ static void cut(struct reply *r)
     mg_disable_connection_keep_alive(r->conn);
 }
 
-bool stream_serve(struct reply *r, PGconn *c, const PGresult *first, const char *extra_headers,
-                  const char *function)
+bool stream_serve(struct reply *r, PGconn *c, const PGresult *first, const char *extra_headers, const char *function)
 {
     struct chunker k = { .r = r, .buf = malloc(CHUNK_HEAD + CHUNK_MAX + 2) };
     if (!k.buf) {

@@ -17,7 +17,8 @@ bool request_id_sane(const char *s)
         char c = s[n];
         if (n >= REQUEST_ID_MAX)
             return false;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
             return false;
     }
     return n > 0;

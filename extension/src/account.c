@@ -18,10 +18,10 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define ACCOUNT_NAME_MAX_CHARS	200	/* a person's display name */
-#define LOGIN_EMAIL_LIMIT	10		/* attempts per account per window */
-#define LOGIN_ADDR_LIMIT	100		/* attempts per client address per window */
-#define LOGIN_WINDOW		900		/* seconds */
+#define ACCOUNT_NAME_MAX_CHARS 200 /* a person's display name */
+#define LOGIN_EMAIL_LIMIT	   10  /* attempts per account per window */
+#define LOGIN_ADDR_LIMIT	   100 /* attempts per client address per window */
+#define LOGIN_WINDOW		   900 /* seconds */
 
 /*
  * Validates and inserts one account.  The trial starts now, as long as the
@@ -34,17 +34,17 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 			bool becomes_tenant)
 {
 	LatticeRoleSwitch sw;
-	char	   *email;
-	char	   *name;
-	char	   *hash;
-	text	   *pw;
-	Datum		values[7];
-	bool		isnull;
+	char *email;
+	char *name;
+	char *hash;
+	text *pw;
+	Datum values[7];
+	bool isnull;
 
 	if (PG_ARGISNULL(0) || (email = lattice_normalise_email(PG_GETARG_TEXT_PP(0))) == NULL)
 		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
 	if (PG_ARGISNULL(1))
-		lattice_password_check_length("", 0);	/* raises invalid_password */
+		lattice_password_check_length("", 0); /* raises invalid_password */
 	name = lattice_clean_label(PG_ARGISNULL(2) ? cstring_to_text("") : PG_GETARG_TEXT_PP(2),
 							   ACCOUNT_NAME_MAX_CHARS, "name");
 	pw = PG_GETARG_TEXT_PP(1);
@@ -64,19 +64,21 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	values[3] = TimestampTzGetDatum(lattice_clock_now());
 	if (SPI_execute_with_args("SELECT pg_catalog.gen_random_uuid(),"
 							  "       $1 + pg_catalog.make_interval(days => p.trial_days)"
-							  "  FROM lattice.plans p WHERE p.id = 'standard'", 1,
-							  (Oid[]) {TIMESTAMPTZOID}, values + 3, NULL, true, 1) != SPI_OK_SELECT ||
+							  "  FROM lattice.plans p WHERE p.id = 'standard'",
+							  1, (Oid[]) {TIMESTAMPTZOID}, values + 3, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "lattice: the standard plan is missing");
-	memcpy(user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-												&isnull)), sizeof(pg_uuid_t));
+	memcpy(user_id,
+		   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		   sizeof(pg_uuid_t));
 	values[4] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	values[5] = UUIDPGetDatum(user_id);
 
 	/* the address's row first: its primary key settles a concurrent sign-up */
 	if (SPI_execute_with_args("INSERT INTO lattice.account_emails (email, user_id) VALUES ($1, $2)"
-							  " ON CONFLICT (email) DO NOTHING", 2, (Oid[]) {TEXTOID, UUIDOID},
-							  (Datum[]) {values[0], values[5]}, NULL, false, 0) != SPI_OK_INSERT)
+							  " ON CONFLICT (email) DO NOTHING",
+							  2, (Oid[]) {TEXTOID, UUIDOID}, (Datum[]) {values[0], values[5]}, NULL,
+							  false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice: account insert failed");
 	if (SPI_processed != 1)
 		lattice_raise_http(409, "email_taken", "an account with this email exists", NULL, NULL);
@@ -88,15 +90,17 @@ user_insert(FunctionCallInfo fcinfo, pg_uuid_t *user_id, char **email_out, char 
 	if (SPI_execute_with_args("INSERT INTO lattice.users (id, email, password_hash, name, trial_ends_at,"
 							  " created_at, updated_at, email_verified_at)"
 							  " VALUES ($6, $1, $2, $3, $5, $4, $4, CASE WHEN $7 THEN $4 END)",
-							  7, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, BOOLOID},
+							  7,
+							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+									   UUIDOID, BOOLOID},
 							  values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice: account insert failed");
 	lattice_restore_role(&sw);
 	/* the welcome e-mail, through the outbox like every other */
 	if (SPI_execute_with_args("SELECT lattice.billing_welcome($1, $2, $3, $4)", 4,
 							  (Oid[]) {UUIDOID, TEXTOID, TEXTOID, TIMESTAMPTZOID},
-							  (Datum[]) {values[5], values[0], values[2], values[4]}, NULL, false, 0)
-		!= SPI_OK_SELECT)
+							  (Datum[]) {values[5], values[0], values[2], values[4]}, NULL, false,
+							  0) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: welcome e-mail failed");
 	SPI_finish();
 	*email_out = email;
@@ -111,9 +115,9 @@ PG_FUNCTION_INFO_V1(lattice_create_user);
 Datum
 lattice_create_user(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
-	char	   *email;
-	char	   *name;
+	pg_uuid_t *id = palloc(sizeof(pg_uuid_t));
+	char *email;
+	char *name;
 
 	if (!lattice_caller_is_privileged())
 		ereport(ERROR,
@@ -134,10 +138,10 @@ PG_FUNCTION_INFO_V1(lattice_signup_user);
 Datum
 lattice_signup_user(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
-	Jsonb	   *req = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
-	char	   *email;
-	char	   *name;
+	pg_uuid_t *id = palloc(sizeof(pg_uuid_t));
+	Jsonb *req = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	char *email;
+	char *name;
 
 	/* the per-address limit of sign-ups is the route's (rate_enforce_address) */
 	user_insert(fcinfo, id, &email, &name, true);
@@ -157,18 +161,18 @@ PG_FUNCTION_INFO_V1(lattice_login);
 Datum
 lattice_login(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
-	char	   *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
-	text	   *pw = PG_ARGISNULL(1) ? cstring_to_text("") : PG_GETARG_TEXT_PP(1);
+	Jsonb *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	char *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
+	text *pw = PG_ARGISNULL(1) ? cstring_to_text("") : PG_GETARG_TEXT_PP(1);
 	const char *pw_s = VARDATA_ANY(pw);
-	size_t		pw_len = VARSIZE_ANY_EXHDR(pw);
-	char	   *hash = NULL;
-	pg_uuid_t  *id = NULL;
-	bool		ok;
-	Datum		values[2];
+	size_t pw_len = VARSIZE_ANY_EXHDR(pw);
+	char *hash = NULL;
+	pg_uuid_t *id = NULL;
+	bool ok;
+	Datum values[2];
 
-	lattice_enforce_attempts("login_addr", lattice_req_text(req, "client_addr"),
-					 LOGIN_ADDR_LIMIT, LOGIN_WINDOW);
+	lattice_enforce_attempts("login_addr", lattice_req_text(req, "client_addr"), LOGIN_ADDR_LIMIT,
+							 LOGIN_WINDOW);
 	lattice_enforce_attempts("login_email", email, LOGIN_EMAIL_LIMIT, LOGIN_WINDOW);
 
 	if (email != NULL)
@@ -180,7 +184,7 @@ lattice_login(PG_FUNCTION_ARGS)
 			elog(ERROR, "lattice.login: account lookup failed");
 		if (SPI_processed == 1)
 		{
-			bool		isnull;
+			bool isnull;
 
 			values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 			if (SPI_execute_with_args("SELECT id, password_hash FROM lattice.users WHERE id = $1", 1,
@@ -189,13 +193,13 @@ lattice_login(PG_FUNCTION_ARGS)
 		}
 		if (SPI_processed == 1)
 		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			bool isnull;
+			Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
 			id = SPI_palloc(sizeof(pg_uuid_t));
 			memcpy(id, DatumGetUUIDP(d), sizeof(pg_uuid_t));
 			hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-			if (hash != NULL)	/* outlive SPI_finish */
+			if (hash != NULL) /* outlive SPI_finish */
 				hash = strcpy(SPI_palloc(strlen(hash) + 1), hash);
 		}
 		SPI_finish();
@@ -214,16 +218,17 @@ lattice_login(PG_FUNCTION_ARGS)
 	lattice_set_authenticated(id, LATTICE_AUTH_PASSWORD, NULL, 0);
 	if (crypto_pwhash_str_needs_rehash(hash, LATTICE_PWHASH_OPSLIMIT, LATTICE_PWHASH_MEMLIMIT) != 0)
 	{
-		char	   *fresh = lattice_password_hash_cstr(pw_s, pw_len);
+		char *fresh = lattice_password_hash_cstr(pw_s, pw_len);
 		LatticeRoleSwitch sw;
 
 		lattice_as_tenant_role(id, &sw);
 		lattice_spi_connect("lattice.login");
 		values[0] = CStringGetTextDatum(fresh);
 		values[1] = UUIDPGetDatum(id);
-		if (SPI_execute_with_args("UPDATE lattice.users SET password_hash = $1, updated_at = pg_catalog.now()"
-								  " WHERE id = $2", 2, (Oid[]) {TEXTOID, UUIDOID}, values, NULL,
-								  false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_with_args(
+				"UPDATE lattice.users SET password_hash = $1, updated_at = pg_catalog.now()"
+				" WHERE id = $2",
+				2, (Oid[]) {TEXTOID, UUIDOID}, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "lattice.login: rehash failed");
 		SPI_finish();
 		lattice_restore_role(&sw);

@@ -25,9 +25,9 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define REAUTH_LIMIT	10			/* password checks per account per window */
-#define MFA_LIMIT		10			/* second-factor checks per account per window */
-#define REAUTH_WINDOW	900			/* seconds */
+#define REAUTH_LIMIT  10  /* password checks per account per window */
+#define MFA_LIMIT	  10  /* second-factor checks per account per window */
+#define REAUTH_WINDOW 900 /* seconds */
 
 /* The tenant, proved by a session or a password in this transaction (or a link) */
 static void
@@ -36,18 +36,17 @@ require_holder(pg_uuid_t *tenant, bool link_ok, const char *fn)
 	LatticeAuthMethod m = lattice_auth_method();
 
 	if (!lattice_get_tenant(tenant) ||
-		!(m == LATTICE_AUTH_SESSION || m == LATTICE_AUTH_PASSWORD || (link_ok && m == LATTICE_AUTH_LINK)))
+		!(m == LATTICE_AUTH_SESSION || m == LATTICE_AUTH_PASSWORD ||
+		  (link_ok && m == LATTICE_AUTH_LINK)))
 		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("%s: permission denied", fn),
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s: permission denied", fn),
 				 errdetail("It acts for an account signed in with a session or a password.")));
 }
 
 static void
 limit_attempts(const char *scope, const pg_uuid_t *tenant, int64 limit)
 {
-	lattice_enforce_attempts(scope, lattice_uuid_text(tenant),
-							 limit, REAUTH_WINDOW);
+	lattice_enforce_attempts(scope, lattice_uuid_text(tenant), limit, REAUTH_WINDOW);
 }
 
 /* The account's current password; a wrong one is audited */
@@ -55,21 +54,21 @@ static bool
 password_matches(const pg_uuid_t *tenant, text *pw, Jsonb *req)
 {
 	static SPIPlanPtr plan = NULL;
-	char	   *hash = NULL;
-	bool		ok;
+	char *hash = NULL;
+	bool ok;
 	LatticeRoleSwitch sw;
 
 	limit_attempts("reauth_account", tenant, REAUTH_LIMIT);
 	lattice_as_tenant_role(tenant, &sw);
 	lattice_spi_connect("lattice");
-	lattice_spi_prepare_kept(&plan, "SELECT password_hash FROM lattice.users WHERE id = $1",
-							 1, (Oid[]) {UUIDOID});
+	lattice_spi_prepare_kept(&plan, "SELECT password_hash FROM lattice.users WHERE id = $1", 1,
+							 (Oid[]) {UUIDOID});
 	if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(tenant)}, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: reading the password failed");
 	if (SPI_processed == 1)
 	{
 		hash = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		if (hash)				/* outlive SPI_finish */
+		if (hash) /* outlive SPI_finish */
 			hash = strcpy(SPI_palloc(strlen(hash) + 1), hash);
 	}
 	SPI_finish();
@@ -89,7 +88,7 @@ PG_FUNCTION_INFO_V1(lattice_account_password_check);
 Datum
 lattice_account_password_check(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 
 	require_holder(&tenant, false, "lattice.account_password_check");
 	PG_RETURN_BOOL(password_matches(&tenant,
@@ -106,9 +105,9 @@ PG_FUNCTION_INFO_V1(lattice_account_password_set);
 Datum
 lattice_account_password_set(PG_FUNCTION_ARGS)
 {
-	text	   *pw;
-	pg_uuid_t	tenant;
-	char	   *hash;
+	text *pw;
+	pg_uuid_t tenant;
+	char *hash;
 	LatticeRoleSwitch sw;
 
 	require_holder(&tenant, true, "lattice.account_password_set");
@@ -118,18 +117,21 @@ lattice_account_password_set(PG_FUNCTION_ARGS)
 
 	lattice_as_tenant_role(&tenant, &sw);
 	lattice_spi_connect("lattice.account_password_set");
-	if (SPI_execute_with_args("UPDATE lattice.users SET password_hash = $1, updated_at = $2 WHERE id = $3",
-							  3, (Oid[]) {TEXTOID, TIMESTAMPTZOID, UUIDOID},
-							  (Datum[]) {CStringGetTextDatum(hash), TimestampTzGetDatum(lattice_clock_now()),
-							  UUIDPGetDatum(&tenant)}, NULL, false, 0) != SPI_OK_UPDATE ||
+	if (SPI_execute_with_args(
+			"UPDATE lattice.users SET password_hash = $1, updated_at = $2 WHERE id = $3", 3,
+			(Oid[]) {TEXTOID, TIMESTAMPTZOID, UUIDOID},
+			(Datum[]) {CStringGetTextDatum(hash), TimestampTzGetDatum(lattice_clock_now()),
+					   UUIDPGetDatum(&tenant)},
+			NULL, false, 0) != SPI_OK_UPDATE ||
 		SPI_processed != 1)
 		elog(ERROR, "lattice.account_password_set: update failed");
 	lattice_restore_role(&sw);
 	/* a new password ends every pending reset link (the owner's table) */
-	if (SPI_execute_with_args("UPDATE lattice.reset_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL",
-							  2, (Oid[]) {UUIDOID, TIMESTAMPTZOID},
-							  (Datum[]) {UUIDPGetDatum(&tenant), TimestampTzGetDatum(lattice_clock_now())},
-							  NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_with_args(
+			"UPDATE lattice.reset_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL", 2,
+			(Oid[]) {UUIDOID, TIMESTAMPTZOID},
+			(Datum[]) {UUIDPGetDatum(&tenant), TimestampTzGetDatum(lattice_clock_now())}, NULL, false,
+			0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_password_set: ending the reset links failed");
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -139,7 +141,7 @@ lattice_account_password_set(PG_FUNCTION_ARGS)
 static bool
 looks_like_totp(const char *code)
 {
-	int			digits = 0;
+	int digits = 0;
 
 	for (const char *c = code; *c; c++)
 	{
@@ -161,15 +163,15 @@ mfa_totp(const pg_uuid_t *tenant, const char *code)
 {
 	static SPIPlanPtr read_plan = NULL;
 	static SPIPlanPtr step_plan = NULL;
-	bool		isnull;
-	bool		last_null;
-	Datum		sealed;
-	Datum		last;
-	Datum		step;
+	bool isnull;
+	bool last_null;
+	Datum sealed;
+	Datum last;
+	Datum step;
 
 	lattice_spi_prepare_kept(&read_plan,
-							 "SELECT sealed, last_step FROM lattice.account_mfa WHERE user_id = $1",
-							 1, (Oid[]) {UUIDOID});
+							 "SELECT sealed, last_step FROM lattice.account_mfa WHERE user_id = $1", 1,
+							 (Oid[]) {UUIDOID});
 	if (SPI_execute_plan(read_plan, (Datum[]) {UUIDPGetDatum(tenant)}, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice.account_mfa_verify: reading the secret failed");
 	if (SPI_processed != 1)
@@ -179,7 +181,7 @@ mfa_totp(const pg_uuid_t *tenant, const char *code)
 	if (SPI_execute_with_args("SELECT lattice.totp_check($1, $2, $3, $4)", 4,
 							  (Oid[]) {BYTEAOID, TEXTOID, INT8OID, TIMESTAMPTZOID},
 							  (Datum[]) {sealed, CStringGetTextDatum(code), last,
-							  TimestampTzGetDatum(lattice_clock_now())},
+										 TimestampTzGetDatum(lattice_clock_now())},
 							  last_null ? "  n " : "    ", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice.account_mfa_verify: check failed");
 	step = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -191,8 +193,8 @@ mfa_totp(const pg_uuid_t *tenant, const char *code)
 							 "UPDATE lattice.account_mfa SET last_step = $2"
 							 " WHERE user_id = $1 AND (last_step IS NULL OR last_step < $2)",
 							 2, (Oid[]) {UUIDOID, INT8OID});
-	if (SPI_execute_plan(step_plan, (Datum[]) {UUIDPGetDatum(tenant), step}, NULL, false, 0)
-		!= SPI_OK_UPDATE)
+	if (SPI_execute_plan(step_plan, (Datum[]) {UUIDPGetDatum(tenant), step}, NULL, false, 0) !=
+		SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_mfa_verify: recording the step failed");
 	return SPI_processed == 1;
 }
@@ -203,17 +205,18 @@ mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
 {
 	static SPIPlanPtr match_plan = NULL;
 	static SPIPlanPtr use_plan = NULL;
-	bool		isnull;
-	Datum		id;
+	bool isnull;
+	Datum id;
 
-	lattice_spi_prepare_kept(&match_plan,
-							 "SELECT (pg_catalog.array_agg(c.id ORDER BY c.id))"
-							 "         [lattice.recovery_code_match($2, pg_catalog.array_agg(c.code_hash ORDER BY c.id))]"
-							 "  FROM lattice.account_recovery_codes c"
-							 " WHERE c.user_id = $1 AND c.used_at IS NULL",
-							 2, (Oid[]) {UUIDOID, TEXTOID});
-	if (SPI_execute_plan(match_plan, (Datum[]) {UUIDPGetDatum(tenant), CStringGetTextDatum(code)},
-						 NULL, true, 1) != SPI_OK_SELECT)
+	lattice_spi_prepare_kept(
+		&match_plan,
+		"SELECT (pg_catalog.array_agg(c.id ORDER BY c.id))"
+		"         [lattice.recovery_code_match($2, pg_catalog.array_agg(c.code_hash ORDER BY c.id))]"
+		"  FROM lattice.account_recovery_codes c"
+		" WHERE c.user_id = $1 AND c.used_at IS NULL",
+		2, (Oid[]) {UUIDOID, TEXTOID});
+	if (SPI_execute_plan(match_plan, (Datum[]) {UUIDPGetDatum(tenant), CStringGetTextDatum(code)}, NULL,
+						 true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice.account_mfa_verify: recovery code check failed");
 	if (SPI_processed != 1)
 		return false;
@@ -226,8 +229,9 @@ mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
 							 "UPDATE lattice.account_recovery_codes SET used_at = $3"
 							 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
 							 3, (Oid[]) {UUIDOID, UUIDOID, TIMESTAMPTZOID});
-	if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(tenant), id,
-						 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(use_plan,
+						 (Datum[]) {UUIDPGetDatum(tenant), id, TimestampTzGetDatum(lattice_clock_now())},
+						 NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_mfa_verify: using the recovery code failed");
 	return SPI_processed == 1;
 }
@@ -236,17 +240,17 @@ mfa_recovery_code(const pg_uuid_t *tenant, const char *code)
 static bool
 mfa_check(const pg_uuid_t *tenant, const char *code, Jsonb *req)
 {
-	bool		totp = looks_like_totp(code);
-	bool		ok;
+	bool totp = looks_like_totp(code);
+	bool ok;
 	LatticeRoleSwitch sw;
 
 	limit_attempts("mfa_account", tenant, MFA_LIMIT);
 	if (strlen(code) > 64)
 		code = "";
-	if (totp)					/* as apps show it: "123 456" */
+	if (totp) /* as apps show it: "123 456" */
 	{
-		char	   *digits = palloc0(strlen(code) + 1);
-		char	   *d = digits;
+		char *digits = palloc0(strlen(code) + 1);
+		char *d = digits;
 
 		for (const char *c = code; *c; c++)
 			if (*c != ' ')
@@ -279,7 +283,7 @@ PG_FUNCTION_INFO_V1(lattice_account_mfa_verify);
 Datum
 lattice_account_mfa_verify(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 
 	require_holder(&tenant, false, "lattice.account_mfa_verify");
 	PG_RETURN_BOOL(mfa_check(&tenant, PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0)),
@@ -299,8 +303,8 @@ PG_FUNCTION_INFO_V1(lattice_account_delete_begin);
 Datum
 lattice_account_delete_begin(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
-	pg_uuid_t	tenant;
+	Jsonb *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	pg_uuid_t tenant;
 
 	require_holder(&tenant, false, "lattice.account_delete_begin");
 	if (lattice_auth_method() != LATTICE_AUTH_SESSION)
@@ -318,7 +322,7 @@ lattice_account_delete_begin(PG_FUNCTION_ARGS)
 			PG_RETURN_TEXT_P(cstring_to_text("invalid_code"));
 	}
 	lattice_auth_deleting_proved();
-	lattice_tenant_token_issue_as(&tenant, true);	/* for the workers, on Citus */
+	lattice_tenant_token_issue_as(&tenant, true); /* for the workers, on Citus */
 	PG_RETURN_NULL();
 }
 

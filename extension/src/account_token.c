@@ -34,13 +34,13 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define TOKEN_RANDOM_BYTES	32
-#define TOKEN_RAW_BYTES		(UUID_LEN + TOKEN_RANDOM_BYTES)
-#define TOKEN_MAX_LEN		96		/* longer input is refused unread */
-#define TOKEN_PENDING_MAX	8		/* rows a claim compares against */
+#define TOKEN_RANDOM_BYTES 32
+#define TOKEN_RAW_BYTES	   (UUID_LEN + TOKEN_RANDOM_BYTES)
+#define TOKEN_MAX_LEN	   96 /* longer input is refused unread */
+#define TOKEN_PENDING_MAX  8  /* rows a claim compares against */
 
-#define CLAIM_ADDR_LIMIT	30		/* claims per client address per window */
-#define CLAIM_WINDOW		900		/* seconds */
+#define CLAIM_ADDR_LIMIT 30	 /* claims per client address per window */
+#define CLAIM_WINDOW	 900 /* seconds */
 
 /*
  * The purposes, how long their links work, and whether a new link supersedes
@@ -50,12 +50,11 @@
 typedef struct TokenPurpose
 {
 	const char *purpose;
-	int			ttl_seconds;
-	bool		per_address;
+	int ttl_seconds;
+	bool per_address;
 } TokenPurpose;
 
-static const TokenPurpose purposes[] =
-{
+static const TokenPurpose purposes[] = {
 	{"verify_email", 48 * 3600, false},
 	{"reset_password", 3600, false},
 	{"change_email", 24 * 3600, false},
@@ -78,8 +77,8 @@ purpose_of(const char *purpose)
 static char *
 token_new(const pg_uuid_t *user_id)
 {
-	uint8		raw[TOKEN_RAW_BYTES];
-	char	   *token;
+	uint8 raw[TOKEN_RAW_BYTES];
+	char *token;
 
 	memcpy(raw, user_id->data, UUID_LEN);
 	randombytes_buf(raw + UUID_LEN, TOKEN_RANDOM_BYTES);
@@ -100,14 +99,14 @@ PG_FUNCTION_INFO_V1(lattice_account_token_issue);
 Datum
 lattice_account_token_issue(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *user_id = PG_GETARG_UUID_P(0);
-	char	   *purpose = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *token = token_new(user_id);
+	pg_uuid_t *user_id = PG_GETARG_UUID_P(0);
+	char *purpose = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char *token = token_new(user_id);
 	TimestampTz now = lattice_clock_now();
 	const TokenPurpose *p = purpose_of(purpose);
 	TimestampTz expires = now + (int64) p->ttl_seconds * USECS_PER_SEC;
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Datum values[5];
+	char nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
 	values[0] = UUIDPGetDatum(user_id);
 	values[1] = CStringGetTextDatum(purpose);
@@ -122,16 +121,17 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 							  " WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL"
 							  " AND (NOT $5 OR email IS NOT DISTINCT FROM $4)",
 							  5, (Oid[]) {UUIDOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, BOOLOID},
-							  (Datum[]) {values[0], values[1], values[4], values[3], BoolGetDatum(p->per_address)},
-							  (char[]) {' ', ' ', ' ', nulls[3], ' '}, false, 0)
-		!= SPI_OK_UPDATE)
+							  (Datum[]) {values[0], values[1], values[4], values[3],
+										 BoolGetDatum(p->per_address)},
+							  (char[]) {' ', ' ', ' ', nulls[3], ' '}, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.account_token_issue: superseding failed");
 	if (SPI_execute_with_args("INSERT INTO lattice.account_tokens"
 							  " (user_id, purpose, token_hash, email, created_at, expires_at)"
 							  " VALUES ($1, $2, $3, $4, $5, $5 + pg_catalog.make_interval(secs => $6))",
-							  6, (Oid[]) {UUIDOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID},
+							  6,
+							  (Oid[]) {UUIDOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID},
 							  (Datum[]) {values[0], values[1], values[2], values[3], values[4],
-							  Float8GetDatum((double) (expires - now) / USECS_PER_SEC)},
+										 Float8GetDatum((double) (expires - now) / USECS_PER_SEC)},
 							  nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice.account_token_issue: insert failed");
 	SPI_finish();
@@ -142,10 +142,10 @@ lattice_account_token_issue(PG_FUNCTION_ARGS)
 static bool
 purposes_include_reset(ArrayType *purposes)
 {
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	bool		reset = false;
+	Datum *elems;
+	bool *nulls;
+	int n;
+	bool reset = false;
 
 	deconstruct_array(purposes, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
@@ -181,25 +181,25 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	static SPIPlanPtr use_plan = NULL;
 	static SPIPlanPtr reset_pending_plan = NULL;
 	static SPIPlanPtr reset_use_plan = NULL;
-	Jsonb	   *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
-	ArrayType  *purposes;
-	bool		reset;
-	char	   *purpose = NULL;
-	text	   *t;
-	char	   *token;
-	size_t		len;
-	uint8		raw[TOKEN_RAW_BYTES];
-	size_t		raw_len = 0;
-	pg_uuid_t	user_id;
-	bytea	   *hash;
-	int			match = -1;
-	bool		expired = false;
-	Datum		match_id = (Datum) 0;
-	char	   *email = NULL;
+	Jsonb *req = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	ArrayType *purposes;
+	bool reset;
+	char *purpose = NULL;
+	text *t;
+	char *token;
+	size_t len;
+	uint8 raw[TOKEN_RAW_BYTES];
+	size_t raw_len = 0;
+	pg_uuid_t user_id;
+	bytea *hash;
+	int match = -1;
+	bool expired = false;
+	Datum match_id = (Datum) 0;
+	char *email = NULL;
 	LatticeRoleSwitch sw;
-	TupleDesc	desc;
-	Datum		out[3];
-	bool		out_nulls[3] = {false, false, false};
+	TupleDesc desc;
+	Datum out[3];
+	bool out_nulls[3] = {false, false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.account_token_claim: must return a record");
@@ -208,8 +208,8 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	purposes = PG_GETARG_ARRAYTYPE_P(1);
 	reset = purposes_include_reset(purposes);
 
-	lattice_enforce_attempts("account_link_addr", lattice_req_text(req, "client_addr"),
-							 CLAIM_ADDR_LIMIT, CLAIM_WINDOW);
+	lattice_enforce_attempts("account_link_addr", lattice_req_text(req, "client_addr"), CLAIM_ADDR_LIMIT,
+							 CLAIM_WINDOW);
 
 	if (PG_ARGISNULL(0))
 		refuse("invalid_token", "the link is not valid");
@@ -235,22 +235,23 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 								 " ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
 								 1, (Oid[]) {UUIDOID});
 	else
-		lattice_spi_prepare_kept(&pending_plan,
-								 "SELECT id, token_hash, expires_at, email, purpose FROM lattice.account_tokens"
-								 " WHERE user_id = $1 AND purpose OPERATOR(pg_catalog.=) ANY ($2) AND used_at IS NULL"
-								 " ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
-								 2, (Oid[]) {UUIDOID, TEXTARRAYOID});
+		lattice_spi_prepare_kept(
+			&pending_plan,
+			"SELECT id, token_hash, expires_at, email, purpose FROM lattice.account_tokens"
+			" WHERE user_id = $1 AND purpose OPERATOR(pg_catalog.=) ANY ($2) AND used_at IS NULL"
+			" ORDER BY created_at DESC LIMIT " CppAsString2(TOKEN_PENDING_MAX),
+			2, (Oid[]) {UUIDOID, TEXTARRAYOID});
 	if (SPI_execute_plan(reset ? reset_pending_plan : pending_plan,
-						 (Datum[]) {UUIDPGetDatum(&user_id), PointerGetDatum(purposes)},
-						 NULL, true, 0) != SPI_OK_SELECT)
+						 (Datum[]) {UUIDPGetDatum(&user_id), PointerGetDatum(purposes)}, NULL, true,
+						 0) != SPI_OK_SELECT)
 		elog(ERROR, "lattice.account_token_claim: lookup failed");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Datum		d = SPI_getbinval(tup, td, 2, &isnull);
-		bytea	   *stored = isnull ? NULL : DatumGetByteaPP(d);
+		HeapTuple tup = SPI_tuptable->vals[i];
+		TupleDesc td = SPI_tuptable->tupdesc;
+		bool isnull;
+		Datum d = SPI_getbinval(tup, td, 2, &isnull);
+		bytea *stored = isnull ? NULL : DatumGetByteaPP(d);
 
 		/* every row is compared, a match does not end the loop early */
 		if (stored != NULL && VARSIZE_ANY_EXHDR(stored) == LATTICE_SECRET_HASH_BYTES &&
@@ -262,7 +263,7 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 				match_id = SPI_datumTransfer(match_id, false, UUID_LEN);
 			expired = DatumGetTimestampTz(SPI_getbinval(tup, td, 3, &isnull)) <= lattice_clock_now();
 			email = SPI_getvalue(tup, td, 4);
-			if (email)			/* outlive SPI_finish */
+			if (email) /* outlive SPI_finish */
 				email = strcpy(SPI_palloc(strlen(email) + 1), email);
 			purpose = SPI_getvalue(tup, td, 5);
 			purpose = strcpy(SPI_palloc(strlen(purpose) + 1), purpose);
@@ -271,7 +272,8 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	if (match < 0)
-		refuse("invalid_token", "the link is not valid: it may have been used already or replaced by a newer one");
+		refuse("invalid_token",
+			   "the link is not valid: it may have been used already or replaced by a newer one");
 	if (expired)
 		refuse("token_expired", "the link has expired: ask for a new one");
 
@@ -284,8 +286,10 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 								 "UPDATE lattice.reset_links SET used_at = $2"
 								 " WHERE account_id = $1 AND used_at IS NULL",
 								 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
-		if (SPI_execute_plan(reset_use_plan, (Datum[]) {UUIDPGetDatum(&user_id),
-							 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_plan(reset_use_plan,
+							 (Datum[]) {UUIDPGetDatum(&user_id),
+										TimestampTzGetDatum(lattice_clock_now())},
+							 NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "lattice.account_token_claim: marking the link used failed");
 	}
 	else
@@ -295,14 +299,17 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 								 "UPDATE lattice.account_tokens SET used_at = $3"
 								 " WHERE user_id = $1 AND id = $2 AND used_at IS NULL",
 								 3, (Oid[]) {UUIDOID, UUIDOID, TIMESTAMPTZOID});
-		if (SPI_execute_plan(use_plan, (Datum[]) {UUIDPGetDatum(&user_id), match_id,
-							 TimestampTzGetDatum(lattice_clock_now())}, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_plan(use_plan,
+							 (Datum[]) {UUIDPGetDatum(&user_id), match_id,
+										TimestampTzGetDatum(lattice_clock_now())},
+							 NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "lattice.account_token_claim: marking the token used failed");
 		lattice_restore_role(&sw);
 	}
 	/* a concurrent claim of the same link took it first */
 	if (SPI_processed == 0)
-		refuse("invalid_token", "the link is not valid: it may have been used already or replaced by a newer one");
+		refuse("invalid_token",
+			   "the link is not valid: it may have been used already or replaced by a newer one");
 	SPI_finish();
 
 	out[0] = UUIDPGetDatum(&user_id);
@@ -314,8 +321,8 @@ lattice_account_token_claim(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, out_nulls)));
 }
 
-#define FORGOT_ADDR_LIMIT	10		/* requests per client address per hour */
-#define FORGOT_EMAIL_LIMIT	3		/* links per address asked for per hour */
+#define FORGOT_ADDR_LIMIT  10 /* requests per client address per hour */
+#define FORGOT_EMAIL_LIMIT 3  /* links per address asked for per hour */
 
 /*
  * lattice.password_forgot(email text, req jsonb) -> void
@@ -337,32 +344,34 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 	static SPIPlanPtr insert_plan = NULL;
 	static SPIPlanPtr send_plan = NULL;
 	static SPIPlanPtr render_plan = NULL;
-	Jsonb	   *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
-	char	   *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
+	Jsonb *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	char *email = PG_ARGISNULL(0) ? NULL : lattice_normalise_email(PG_GETARG_TEXT_PP(0));
 	LatticeRateResult r;
-	bool		send;
-	pg_uuid_t	account;
-	char	   *token;
-	char	   *link;
+	bool send;
+	pg_uuid_t account;
+	char *token;
+	char *link;
 	TimestampTz now = lattice_clock_now();
 
-	lattice_enforce_attempts("forgot_addr", lattice_req_text(req, "client_addr"), FORGOT_ADDR_LIMIT, 3600);
+	lattice_enforce_attempts("forgot_addr", lattice_req_text(req, "client_addr"), FORGOT_ADDR_LIMIT,
+							 3600);
 	if (email == NULL)
 		lattice_raise_http(400, "invalid_email", "email is not a valid address", NULL, NULL);
 	send = lattice_rate_check("forgot_email", email, FORGOT_EMAIL_LIMIT, 3600, &r);
 
 	lattice_spi_connect("lattice.password_forgot");
 	lattice_spi_prepare_kept(&lookup_plan,
-							 "SELECT e.user_id FROM lattice.account_emails e WHERE e.email = $1",
-							 1, (Oid[]) {TEXTOID});
-	if (SPI_execute_plan(lookup_plan, (Datum[]) {CStringGetTextDatum(email)}, NULL, true, 1)
-		!= SPI_OK_SELECT)
+							 "SELECT e.user_id FROM lattice.account_emails e WHERE e.email = $1", 1,
+							 (Oid[]) {TEXTOID});
+	if (SPI_execute_plan(lookup_plan, (Datum[]) {CStringGetTextDatum(email)}, NULL, true, 1) !=
+		SPI_OK_SELECT)
 		elog(ERROR, "lattice.password_forgot: lookup failed");
 	if (SPI_processed == 1 && send)
 	{
-		bool		isnull;
+		bool isnull;
 
-		memcpy(&account, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		memcpy(&account,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
 	}
 	else
@@ -374,41 +383,51 @@ lattice_password_forgot(PG_FUNCTION_ARGS)
 
 	token = token_new(&account);
 	link = psprintf("/reset-password?token=%s", token);
-	lattice_spi_prepare_kept(&supersede_plan,
-							 "UPDATE lattice.reset_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL",
-							 2, (Oid[]) {UUIDOID, TIMESTAMPTZOID});
+	lattice_spi_prepare_kept(
+		&supersede_plan,
+		"UPDATE lattice.reset_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL", 2,
+		(Oid[]) {UUIDOID, TIMESTAMPTZOID});
 	if (SPI_execute_plan(supersede_plan, (Datum[]) {UUIDPGetDatum(&account), TimestampTzGetDatum(now)},
 						 NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.password_forgot: superseding failed");
 	if (send)
 	{
-		lattice_spi_prepare_kept(&insert_plan,
-								 "INSERT INTO lattice.reset_links (token_hash, account_id, email, created_at, expires_at)"
-								 " VALUES ($1, $2, $3, $4, $4 + pg_catalog.make_interval(secs => $5))",
-								 5, (Oid[]) {BYTEAOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID});
-		if (SPI_execute_plan(insert_plan, (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token))),
-							 UUIDPGetDatum(&account), CStringGetTextDatum(email), TimestampTzGetDatum(now),
-							 Float8GetDatum(purpose_of("reset_password")->ttl_seconds)}, NULL, false, 0) != SPI_OK_INSERT)
+		lattice_spi_prepare_kept(
+			&insert_plan,
+			"INSERT INTO lattice.reset_links (token_hash, account_id, email, created_at, expires_at)"
+			" VALUES ($1, $2, $3, $4, $4 + pg_catalog.make_interval(secs => $5))",
+			5, (Oid[]) {BYTEAOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID});
+		if (SPI_execute_plan(insert_plan,
+							 (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token))),
+										UUIDPGetDatum(&account), CStringGetTextDatum(email),
+										TimestampTzGetDatum(now),
+										Float8GetDatum(purpose_of("reset_password")->ttl_seconds)},
+							 NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "lattice.password_forgot: insert failed");
-		lattice_spi_prepare_kept(&send_plan,
-								 "SELECT lattice.outbox_email($1, 'password_reset',"
-								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $2),"
-								 "  $3, NULL)",
-								 3, (Oid[]) {UUIDOID, TEXTOID, TEXTOID});
-		if (SPI_execute_plan(send_plan, (Datum[]) {UUIDPGetDatum(&account), CStringGetTextDatum(link),
-							 CStringGetTextDatum(email)}, NULL, false, 1) != SPI_OK_SELECT)
+		lattice_spi_prepare_kept(
+			&send_plan,
+			"SELECT lattice.outbox_email($1, 'password_reset',"
+			"  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $2),"
+			"  $3, NULL)",
+			3, (Oid[]) {UUIDOID, TEXTOID, TEXTOID});
+		if (SPI_execute_plan(send_plan,
+							 (Datum[]) {UUIDPGetDatum(&account), CStringGetTextDatum(link),
+										CStringGetTextDatum(email)},
+							 NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "lattice.password_forgot: queuing the e-mail failed");
 	}
 	else
 	{
 		/* what outbox_email does, thrown away */
 		pfree(lattice_secret_hash(token, strlen(token)));
-		lattice_spi_prepare_kept(&render_plan,
-								 "SELECT lattice.billing_email_content('password_reset', NULL,"
-								 "  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $1,"
-								 "                                'origin', lattice.billing_public_origin()))",
-								 1, (Oid[]) {TEXTOID});
-		if (SPI_execute_plan(render_plan, (Datum[]) {CStringGetTextDatum(link)}, NULL, true, 1) != SPI_OK_SELECT)
+		lattice_spi_prepare_kept(
+			&render_plan,
+			"SELECT lattice.billing_email_content('password_reset', NULL,"
+			"  pg_catalog.jsonb_build_object('link', lattice.billing_public_origin() OPERATOR(pg_catalog.||) $1,"
+			"                                'origin', lattice.billing_public_origin()))",
+			1, (Oid[]) {TEXTOID});
+		if (SPI_execute_plan(render_plan, (Datum[]) {CStringGetTextDatum(link)}, NULL, true, 1) !=
+			SPI_OK_SELECT)
 			elog(ERROR, "lattice.password_forgot: rendering failed");
 	}
 	SPI_finish();

@@ -31,10 +31,10 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define TOTP_SECRET_BYTES	20	/* 160 bits, as RFC 4226 recommends */
-#define TOTP_SECRET_MAX		64	/* what a sealed value may hold */
-#define TOTP_STEP_USECS		(30 * USECS_PER_SEC)
-#define TOTP_CHECK_DIGITS	6
+#define TOTP_SECRET_BYTES 20 /* 160 bits, as RFC 4226 recommends */
+#define TOTP_SECRET_MAX	  64 /* what a sealed value may hold */
+#define TOTP_STEP_USECS	  (30 * USECS_PER_SEC)
+#define TOTP_CHECK_DIGITS 6
 
 /* PostgreSQL's epoch, 2000-01-01, in TOTP steps since Unix time 0 */
 #define TOTP_STEPS_BEFORE_PG_EPOCH \
@@ -51,11 +51,11 @@ static const char base32_lower[] = "abcdefghijklmnopqrstuvwxyz234567";
 static char *
 base32_encode(const uint8 *data, size_t len, const char *alphabet)
 {
-	char	   *out = palloc((len * 8 + 4) / 5 + 1);
-	size_t		o = 0;
-	size_t		i;
-	uint32		buffer = 0;
-	int			bits = 0;
+	char *out = palloc((len * 8 + 4) / 5 + 1);
+	size_t o = 0;
+	size_t i;
+	uint32 buffer = 0;
+	int bits = 0;
 
 	for (i = 0; i < len; i++)
 	{
@@ -77,15 +77,13 @@ base32_encode(const uint8 *data, size_t len, const char *alphabet)
 static uint32
 hotp(const uint8 *key, size_t keylen, uint64 counter, int digits)
 {
-	static const uint32 modulus[] = {
-		1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000
-	};
-	uint8		msg[8];
-	uint8		mac[SHA1_DIGEST_LENGTH];
+	static const uint32 modulus[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
+	uint8 msg[8];
+	uint8 mac[SHA1_DIGEST_LENGTH];
 	pg_hmac_ctx *ctx;
-	int			offset;
-	uint32		bin;
-	int			i;
+	int offset;
+	uint32 bin;
+	int i;
 
 	Assert(digits >= 1 && digits <= 8);
 	for (i = 7; i >= 0; i--)
@@ -95,14 +93,11 @@ hotp(const uint8 *key, size_t keylen, uint64 counter, int digits)
 	}
 	ctx = pg_hmac_create(PG_SHA1);
 	if (ctx == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("lattice: out of memory")));
-	if (pg_hmac_init(ctx, key, keylen) < 0 ||
-		pg_hmac_update(ctx, msg, sizeof(msg)) < 0 ||
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("lattice: out of memory")));
+	if (pg_hmac_init(ctx, key, keylen) < 0 || pg_hmac_update(ctx, msg, sizeof(msg)) < 0 ||
 		pg_hmac_final(ctx, mac, sizeof(mac)) < 0)
 	{
-		char	   *err = pstrdup(pg_hmac_error(ctx));
+		char *err = pstrdup(pg_hmac_error(ctx));
 
 		pg_hmac_free(ctx);
 		elog(ERROR, "lattice: HMAC-SHA-1 failed: %s", err);
@@ -110,10 +105,8 @@ hotp(const uint8 *key, size_t keylen, uint64 counter, int digits)
 	pg_hmac_free(ctx);
 
 	offset = mac[SHA1_DIGEST_LENGTH - 1] & 0x0f;
-	bin = ((uint32) (mac[offset] & 0x7f) << 24) |
-		((uint32) mac[offset + 1] << 16) |
-		((uint32) mac[offset + 2] << 8) |
-		(uint32) mac[offset + 3];
+	bin = ((uint32) (mac[offset] & 0x7f) << 24) | ((uint32) mac[offset + 1] << 16) |
+		((uint32) mac[offset + 2] << 8) | (uint32) mac[offset + 3];
 	sodium_memzero(mac, sizeof(mac));
 	return bin % modulus[digits];
 }
@@ -128,10 +121,10 @@ PG_FUNCTION_INFO_V1(lattice_totp_code);
 Datum
 lattice_totp_code(PG_FUNCTION_ARGS)
 {
-	bytea	   *secret = PG_GETARG_BYTEA_PP(0);
-	int64		step = PG_GETARG_INT64(1);
-	int32		digits = PG_GETARG_INT32(2);
-	uint32		code;
+	bytea *secret = PG_GETARG_BYTEA_PP(0);
+	int64 step = PG_GETARG_INT64(1);
+	int32 digits = PG_GETARG_INT32(2);
+	uint32 code;
 
 	if (digits < 6 || digits > 8)
 		ereport(ERROR,
@@ -146,8 +139,7 @@ lattice_totp_code(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lattice.totp_code: secret must not be empty")));
 
-	code = hotp((const uint8 *) VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret),
-				(uint64) step, digits);
+	code = hotp((const uint8 *) VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret), (uint64) step, digits);
 	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%0*u", (int) digits, code)));
 }
 
@@ -161,12 +153,12 @@ PG_FUNCTION_INFO_V1(lattice_totp_generate);
 Datum
 lattice_totp_generate(PG_FUNCTION_ARGS)
 {
-	uint8		secret[TOTP_SECRET_BYTES];
-	bytea	   *sealed;
-	char	   *secret_b32;
-	TupleDesc	desc;
-	Datum		out[2];
-	bool		out_nulls[2] = {false, false};
+	uint8 secret[TOTP_SECRET_BYTES];
+	bytea *sealed;
+	char *secret_b32;
+	TupleDesc desc;
+	Datum out[2];
+	bool out_nulls[2] = {false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.totp_generate: must return a record");
@@ -185,8 +177,8 @@ static bool
 totp_code_parse(text *t, char digits[TOTP_CHECK_DIGITS])
 {
 	const char *s = VARDATA_ANY(t);
-	size_t		len = VARSIZE_ANY_EXHDR(t);
-	size_t		i;
+	size_t len = VARSIZE_ANY_EXHDR(t);
+	size_t i;
 
 	while (len > 0 && s[0] == ' ')
 	{
@@ -210,7 +202,7 @@ totp_code_parse(text *t, char digits[TOTP_CHECK_DIGITS])
 static int64
 totp_step_at(TimestampTz at)
 {
-	int64		q = at / TOTP_STEP_USECS;
+	int64 q = at / TOTP_STEP_USECS;
 
 	if (at % TOTP_STEP_USECS != 0 && at < 0)
 		q--;
@@ -230,16 +222,16 @@ PG_FUNCTION_INFO_V1(lattice_totp_check);
 Datum
 lattice_totp_check(PG_FUNCTION_ARGS)
 {
-	bytea	   *sealed;
-	int64		last_step;
+	bytea *sealed;
+	int64 last_step;
 	TimestampTz at;
-	char		given[TOTP_CHECK_DIGITS];
-	bool		well_formed;
-	uint8		secret[TOTP_SECRET_MAX];
-	size_t		secret_len;
-	int64		now_step;
-	int64		matched = -1;
-	int			i;
+	char given[TOTP_CHECK_DIGITS];
+	bool well_formed;
+	uint8 secret[TOTP_SECRET_MAX];
+	size_t secret_len;
+	int64 now_step;
+	int64 matched = -1;
+	int i;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
@@ -263,9 +255,9 @@ lattice_totp_check(PG_FUNCTION_ARGS)
 	now_step = totp_step_at(at);
 	for (i = -1; i <= 1; i++)
 	{
-		int64		step = now_step + i;
-		bool		eligible = step >= 0 && step > last_step;
-		char		expected[TOTP_CHECK_DIGITS + 1];
+		int64 step = now_step + i;
+		bool eligible = step >= 0 && step > last_step;
+		char expected[TOTP_CHECK_DIGITS + 1];
 
 		snprintf(expected, sizeof(expected), "%0*u", TOTP_CHECK_DIGITS,
 				 hotp(secret, secret_len, (uint64) (step >= 0 ? step : 0), TOTP_CHECK_DIGITS));
@@ -292,25 +284,25 @@ PG_FUNCTION_INFO_V1(lattice_recovery_codes_new);
 Datum
 lattice_recovery_codes_new(PG_FUNCTION_ARGS)
 {
-	char		raw[RECOVERY_CODES][RECOVERY_CODE_CHARS];
-	Datum		codes[RECOVERY_CODES];
-	Datum		hashes[RECOVERY_CODES];
-	TupleDesc	desc;
-	Datum		out[2];
-	bool		out_nulls[2] = {false, false};
-	int			i;
+	char raw[RECOVERY_CODES][RECOVERY_CODE_CHARS];
+	Datum codes[RECOVERY_CODES];
+	Datum hashes[RECOVERY_CODES];
+	TupleDesc desc;
+	Datum out[2];
+	bool out_nulls[2] = {false, false};
+	int i;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.recovery_codes_new: must return a record");
 
 	for (i = 0; i < RECOVERY_CODES; i++)
 	{
-		bool		duplicate;
+		bool duplicate;
 
 		do
 		{
-			uint8		r[RECOVERY_CODE_CHARS];
-			int			j;
+			uint8 r[RECOVERY_CODE_CHARS];
+			int j;
 
 			/* 256 is a multiple of 32: each character is uniform */
 			randombytes_buf(r, sizeof(r));
@@ -340,13 +332,13 @@ static bool
 recovery_code_normalise(text *t, char norm[RECOVERY_CODE_CHARS])
 {
 	const char *s = VARDATA_ANY(t);
-	size_t		len = VARSIZE_ANY_EXHDR(t);
-	size_t		n = 0;
-	size_t		i;
+	size_t len = VARSIZE_ANY_EXHDR(t);
+	size_t n = 0;
+	size_t i;
 
 	for (i = 0; i < len; i++)
 	{
-		char		c = s[i];
+		char c = s[i];
 
 		if (c == ' ' || c == '-')
 			continue;
@@ -370,28 +362,27 @@ PG_FUNCTION_INFO_V1(lattice_recovery_code_match);
 Datum
 lattice_recovery_code_match(PG_FUNCTION_ARGS)
 {
-	char		norm[RECOVERY_CODE_CHARS];
-	bytea	   *hash;
-	bool		well_formed;
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	int			i;
-	int32		matched = 0;
+	char norm[RECOVERY_CODE_CHARS];
+	bytea *hash;
+	bool well_formed;
+	Datum *elems;
+	bool *nulls;
+	int n;
+	int i;
+	int32 matched = 0;
 
 	if (PG_ARGISNULL(1))
 		PG_RETURN_INT32(0);
 	well_formed = !PG_ARGISNULL(0) && recovery_code_normalise(PG_GETARG_TEXT_PP(0), norm);
 	if (!well_formed)
-		memset(norm, 0, sizeof(norm));	/* a dummy, no code's characters */
+		memset(norm, 0, sizeof(norm)); /* a dummy, no code's characters */
 	hash = lattice_secret_hash(norm, sizeof(norm));
 	sodium_memzero(norm, sizeof(norm));
 
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), BYTEAOID, -1, false, TYPALIGN_INT,
-					  &elems, &nulls, &n);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), BYTEAOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	for (i = 0; i < n; i++)
 	{
-		bytea	   *h;
+		bytea *h;
 
 		if (nulls[i])
 			continue;
@@ -399,7 +390,8 @@ lattice_recovery_code_match(PG_FUNCTION_ARGS)
 		if (VARSIZE_ANY_EXHDR(h) != LATTICE_SECRET_HASH_BYTES)
 			continue;
 		/* the first match is kept, the others still compared */
-		if ((sodium_memcmp(VARDATA_ANY(h), VARDATA(hash), LATTICE_SECRET_HASH_BYTES) == 0) & (matched == 0))
+		if ((sodium_memcmp(VARDATA_ANY(h), VARDATA(hash), LATTICE_SECRET_HASH_BYTES) == 0) &
+			(matched == 0))
 			matched = i + 1;
 	}
 	if (!well_formed)
@@ -412,8 +404,8 @@ PG_FUNCTION_INFO_V1(lattice_base32_encode);
 Datum
 lattice_base32_encode(PG_FUNCTION_ARGS)
 {
-	bytea	   *data = PG_GETARG_BYTEA_PP(0);
-	size_t		len = VARSIZE_ANY_EXHDR(data);
+	bytea *data = PG_GETARG_BYTEA_PP(0);
+	size_t len = VARSIZE_ANY_EXHDR(data);
 
 	if (len > (MaxAllocSize - VARHDRSZ - 1) / 8 * 5)
 		ereport(ERROR,

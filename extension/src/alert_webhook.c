@@ -32,28 +32,27 @@
 #include "utils/guc.h"
 #include "utils/json.h"
 
-#define WEBHOOK_URL_MAX			2048
-#define WEBHOOK_HOST_MAX		253
-#define WEBHOOK_SECRET_BYTES	32
-#define WEBHOOK_SECRET_PREFIX	"whsec_"
-#define WEBHOOK_SECRET_MAX		96	/* the prefix and base64url of the bytes */
+#define WEBHOOK_URL_MAX		  2048
+#define WEBHOOK_HOST_MAX	  253
+#define WEBHOOK_SECRET_BYTES  32
+#define WEBHOOK_SECRET_PREFIX "whsec_"
+#define WEBHOOK_SECRET_MAX	  96 /* the prefix and base64url of the bytes */
 
 static const char seal_context[] = "lattice webhook v1";
 
 static bool outbound_allow_loopback = false;
-int			lattice_alert_interval = 60;
+int lattice_alert_interval = 60;
 
 void
 lattice_alert_init(void)
 {
 	DefineCustomIntVariable("lattice.alert_interval",
-							"Seconds between two evaluations of the alert rules (0: none).",
-							NULL, &lattice_alert_interval, 60, 0, 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+							"Seconds between two evaluations of the alert rules (0: none).", NULL,
+							&lattice_alert_interval, 60, 0, 86400, PGC_SIGHUP, GUC_UNIT_S, NULL, NULL,
+							NULL);
 	DefineCustomBoolVariable("lattice.outbound_allow_loopback",
 							 "Lets webhooks reach loopback addresses over http (development and tests).",
-							 NULL, &outbound_allow_loopback, false,
-							 PGC_SUSET, 0, NULL, NULL, NULL);
+							 NULL, &outbound_allow_loopback, false, PGC_SUSET, 0, NULL, NULL, NULL);
 }
 
 /*
@@ -66,7 +65,7 @@ url_host(const char *url, bool *https, char host[WEBHOOK_HOST_MAX + 1])
 {
 	const char *p;
 	const char *end;
-	size_t		len = strlen(url);
+	size_t len = strlen(url);
 
 	if (len > WEBHOOK_URL_MAX)
 		return "too_long";
@@ -104,7 +103,7 @@ url_host(const char *url, bool *https, char host[WEBHOOK_HOST_MAX + 1])
 	}
 	else
 	{
-		size_t		n = strcspn(p, ":/?#");
+		size_t n = strcspn(p, ":/?#");
 
 		if (n == 0 || n > WEBHOOK_HOST_MAX || p + n > end)
 			return "malformed";
@@ -117,8 +116,8 @@ url_host(const char *url, bool *https, char host[WEBHOOK_HOST_MAX + 1])
 	}
 	if (p < end)
 	{
-		long		port;
-		char	   *after;
+		long port;
+		char *after;
 
 		if (*p != ':' || p + 1 == end)
 			return "malformed";
@@ -141,15 +140,15 @@ PG_FUNCTION_INFO_V1(lattice_outbound_url_check);
 Datum
 lattice_outbound_url_check(PG_FUNCTION_ARGS)
 {
-	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char		host[WEBHOOK_HOST_MAX + 1];
-	bool		https = false;
-	bool		all_loopback = true;
+	char *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char host[WEBHOOK_HOST_MAX + 1];
+	bool https = false;
+	bool all_loopback = true;
 	const char *bad;
 	struct addrinfo hints;
 	struct addrinfo *res = NULL;
 	struct addrinfo *ai;
-	char	   *verdict = NULL;
+	char *verdict = NULL;
 
 	bad = url_host(url, &https, host);
 	if (!bad && !https && !outbound_allow_loopback)
@@ -166,12 +165,13 @@ lattice_outbound_url_check(PG_FUNCTION_ARGS)
 	{
 		const char *refusal = outbound_address_refusal(ai->ai_addr, outbound_allow_loopback);
 		const char *strict = outbound_address_refusal(ai->ai_addr, false);
-		char		addr[NI_MAXHOST];
+		char addr[NI_MAXHOST];
 
 		all_loopback = all_loopback && strict && strcmp(strict, "loopback") == 0;
 		if (refusal)
 		{
-			if (getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST) != 0)
+			if (getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST) !=
+				0)
 				strlcpy(addr, "?", sizeof(addr));
 			verdict = psprintf("blocked:%s:%s", refusal, addr);
 		}
@@ -194,12 +194,12 @@ PG_FUNCTION_INFO_V1(lattice_webhook_secret_new);
 Datum
 lattice_webhook_secret_new(PG_FUNCTION_ARGS)
 {
-	uint8		raw[WEBHOOK_SECRET_BYTES];
-	char	   *encoded;
-	char	   *secret;
-	TupleDesc	desc;
-	Datum		out[2];
-	bool		out_nulls[2] = {false, false};
+	uint8 raw[WEBHOOK_SECRET_BYTES];
+	char *encoded;
+	char *secret;
+	TupleDesc desc;
+	Datum out[2];
+	bool out_nulls[2] = {false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.webhook_secret_new: must return a record");
@@ -235,11 +235,11 @@ PG_FUNCTION_INFO_V1(lattice_alert_webhook_headers);
 Datum
 lattice_alert_webhook_headers(PG_FUNCTION_ARGS)
 {
-	int64		job = PG_GETARG_INT64(0);
-	text	   *body = PG_GETARG_TEXT_PP(3);
+	int64 job = PG_GETARG_INT64(0);
+	text *body = PG_GETARG_TEXT_PP(3);
 	StringInfoData buf;
-	char	   *kind = NULL;
-	bytea	   *sealed = NULL;
+	char *kind = NULL;
+	bytea *sealed = NULL;
 
 	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
 	{
@@ -247,14 +247,14 @@ lattice_alert_webhook_headers(PG_FUNCTION_ARGS)
 		if (SPI_execute_with_args("SELECT kind, secret_sealed FROM lattice.alert_channels"
 								  " WHERE user_id = $1 AND id = $2",
 								  2, (Oid[]) {UUIDOID, UUIDOID},
-								  (Datum[]) {PG_GETARG_DATUM(1), PG_GETARG_DATUM(2)},
-								  NULL, true, 1) != SPI_OK_SELECT)
+								  (Datum[]) {PG_GETARG_DATUM(1), PG_GETARG_DATUM(2)}, NULL, true,
+								  1) != SPI_OK_SELECT)
 			elog(ERROR, "lattice.alert_webhook_headers: reading the channel failed");
 		if (SPI_processed == 1)
 		{
-			bool		isnull;
-			Datum		d;
-			char	   *k = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			bool isnull;
+			Datum d;
+			char *k = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 			/* copied out of SPI's memory, which SPI_finish frees */
 			if (k)
@@ -273,8 +273,8 @@ lattice_alert_webhook_headers(PG_FUNCTION_ARGS)
 	header_add(&buf, "Lattice-Delivery", psprintf(INT64_FORMAT, job));
 	if (kind && strcmp(kind, "webhook") == 0 && sealed)
 	{
-		uint8		secret[WEBHOOK_SECRET_MAX];
-		size_t		len = lattice_unseal(seal_context, sealed, secret, sizeof(secret));
+		uint8 secret[WEBHOOK_SECRET_MAX];
+		size_t len = lattice_unseal(seal_context, sealed, secret, sizeof(secret));
 
 		header_add(&buf, "Lattice-Signature",
 				   lattice_signature_header((const char *) secret, len, VARDATA_ANY(body),

@@ -19,8 +19,8 @@
  * transaction.
  */
 void
-lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
-			  const char *details_json, Jsonb *req)
+lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target, const char *details_json,
+			  Jsonb *req)
 {
 	LatticeRoleSwitch sw;
 
@@ -43,7 +43,7 @@ PG_FUNCTION_INFO_V1(lattice_audit_event);
 Datum
 lattice_audit_event(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 
 	if (!lattice_get_tenant(&tenant))
 		ereport(ERROR,

@@ -42,7 +42,7 @@ typedef enum AuthNeed
 static AuthNeed
 auth_need(text *need)
 {
-	char	   *s = text_to_cstring(need);
+	char *s = text_to_cstring(need);
 
 	if (strcmp(s, "ingest") == 0)
 		return NEED_INGEST;
@@ -56,7 +56,7 @@ auth_need(text *need)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("lattice.authenticate: unknown need \"%s\"", s),
 			 errhint("Use ingest, read, session or any.")));
-	return NEED_ANY;			/* keep the compiler quiet */
+	return NEED_ANY; /* keep the compiler quiet */
 }
 
 /*
@@ -73,10 +73,10 @@ refuse_scope(const pg_uuid_t *user_id, Jsonb *req, const char *needed, const cha
 
 /* Whether the credential just verified may do what the route needs */
 static void
-auth_check_need(AuthNeed need, LatticeAuthMethod method, int scopes,
-				const pg_uuid_t *user_id, Jsonb *req)
+auth_check_need(AuthNeed need, LatticeAuthMethod method, int scopes, const pg_uuid_t *user_id,
+				Jsonb *req)
 {
-	bool		person = method == LATTICE_AUTH_SESSION;
+	bool person = method == LATTICE_AUTH_SESSION;
 
 	switch (need)
 	{
@@ -93,8 +93,9 @@ auth_check_need(AuthNeed need, LatticeAuthMethod method, int scopes,
 			break;
 		case NEED_SESSION:
 			if (!person)
-				refuse_scope(user_id, req, "session",
-							 "managing keys, sessions, billing and the account needs a dashboard session, never an API key or token");
+				refuse_scope(
+					user_id, req, "session",
+					"managing keys, sessions, billing and the account needs a dashboard session, never an API key or token");
 			break;
 		case NEED_ANY:
 			break;
@@ -110,16 +111,16 @@ PG_FUNCTION_INFO_V1(lattice_authenticate);
 Datum
 lattice_authenticate(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *req = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
-	AuthNeed	need;
-	char	   *api_key = lattice_req_text(req, "api_key");
-	char	   *bearer = lattice_req_text(req, "bearer");
-	char	   *session = lattice_req_text(req, "session");
-	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
-	pg_uuid_t	credential;
+	Jsonb *req = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
+	AuthNeed need;
+	char *api_key = lattice_req_text(req, "api_key");
+	char *bearer = lattice_req_text(req, "bearer");
+	char *session = lattice_req_text(req, "session");
+	pg_uuid_t *user_id = palloc(sizeof(pg_uuid_t));
+	pg_uuid_t credential;
 	LatticeAuthMethod method;
-	int			scopes = 0;
-	bool		stale = false;
+	int scopes = 0;
+	bool stale = false;
 	LatticeRateResult rate;
 
 	if (PG_ARGISNULL(1))
@@ -140,15 +141,16 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 	 * An API key may come as a bearer credential too (OpenTelemetry
 	 * exporters send Authorization: Bearer); its prefix tells it from a JWT.
 	 */
-	if (!api_key && bearer && strncmp(bearer, LATTICE_API_KEY_PREFIX, strlen(LATTICE_API_KEY_PREFIX)) == 0)
+	if (!api_key && bearer &&
+		strncmp(bearer, LATTICE_API_KEY_PREFIX, strlen(LATTICE_API_KEY_PREFIX)) == 0)
 	{
 		api_key = bearer;
 		bearer = NULL;
 	}
 	if (need == NEED_INGEST && !api_key && bearer)
 		lattice_raise_http(401, "credential_not_accepted",
-						   "ingest takes an API key (X-Lattice-API-Key), not a bearer token",
-						   NULL, NULL);
+						   "ingest takes an API key (X-Lattice-API-Key), not a bearer token", NULL,
+						   NULL);
 
 	if (api_key)
 	{
@@ -179,8 +181,8 @@ lattice_authenticate(PG_FUNCTION_ARGS)
 
 	/* ingest counts per service, once the body names it */
 	if (need != NEED_INGEST)
-		lattice_rate_enforce_account(method == LATTICE_AUTH_SESSION ?
-									 LATTICE_QUOTA_DASHBOARD : LATTICE_QUOTA_API,
+		lattice_rate_enforce_account(method == LATTICE_AUTH_SESSION ? LATTICE_QUOTA_DASHBOARD :
+																	  LATTICE_QUOTA_API,
 									 user_id, &rate);
 	PG_RETURN_UUID_P(user_id);
 }
@@ -223,7 +225,7 @@ Datum
 lattice_current_session_id(PG_FUNCTION_ARGS)
 {
 	const LatticeAuthContext *ctx = lattice_auth_context();
-	pg_uuid_t  *id;
+	pg_uuid_t *id;
 
 	if (ctx == NULL || (ctx->method != LATTICE_AUTH_SESSION && ctx->method != LATTICE_AUTH_PASSWORD) ||
 		!ctx->has_credential)

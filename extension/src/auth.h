@@ -22,31 +22,30 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-#define LATTICE_SECRET_BYTES	32	/* pepper and JWT keys: 256 bits */
-#define LATTICE_KID_MAX			32
-#define LATTICE_API_KEY_PREFIX	"ltc_"	/* tells a key from a JWT wherever it comes */
+#define LATTICE_SECRET_BYTES   32 /* pepper and JWT keys: 256 bits */
+#define LATTICE_KID_MAX		   32
+#define LATTICE_API_KEY_PREFIX "ltc_" /* tells a key from a JWT wherever it comes */
 
 /* Argon2id parameters (auth_password.c): OWASP's minimum, see there */
-#define LATTICE_PWHASH_OPSLIMIT 2
-#define LATTICE_PWHASH_MEMLIMIT (19 * 1024 * 1024)
+#define LATTICE_PWHASH_OPSLIMIT	   2
+#define LATTICE_PWHASH_MEMLIMIT	   (19 * 1024 * 1024)
 #define LATTICE_PASSWORD_MIN_CHARS 10
 #define LATTICE_PASSWORD_MAX_CHARS 1024
 
 /* JWT (auth_jwt.c) */
-#define LATTICE_JWT_MAX_TTL		3600	/* seconds */
-#define LATTICE_JWT_SKEW		30		/* seconds of clock skew accepted */
+#define LATTICE_JWT_MAX_TTL 3600 /* seconds */
+#define LATTICE_JWT_SKEW	30	 /* seconds of clock skew accepted */
 
 /* Sessions (auth_session.c) */
-#define LATTICE_SESSION_IDLE_SECONDS	(24 * 3600)
-#define LATTICE_SESSION_MAX_SECONDS		(14 * 24 * 3600)
+#define LATTICE_SESSION_IDLE_SECONDS (24 * 3600)
+#define LATTICE_SESSION_MAX_SECONDS	 (14 * 24 * 3600)
 
 /* API keys (auth_apikey.c) */
-#define LATTICE_API_KEY_GRACE_DEFAULT	(24 * 3600)
-#define LATTICE_API_KEY_GRACE_MAX		(30 * 24 * 3600)
+#define LATTICE_API_KEY_GRACE_DEFAULT (24 * 3600)
+#define LATTICE_API_KEY_GRACE_MAX	  (30 * 24 * 3600)
 
 /* auth_secret.c: the server's secrets, read as the extension owner */
-extern bool lattice_secret_get(const char *kind, const char *kid,
-							   uint8 secret[LATTICE_SECRET_BYTES],
+extern bool lattice_secret_get(const char *kind, const char *kid, uint8 secret[LATTICE_SECRET_BYTES],
 							   char kid_out[LATTICE_KID_MAX + 1]);
 extern bool lattice_jwt_key_usable(const char *kid, uint8 secret[LATTICE_SECRET_BYTES]);
 
@@ -80,17 +79,17 @@ extern char *lattice_clean_label(text *t, int max_chars, const char *what);
  * person may (read, and manage keys, sessions, billing, the account), but
  * not ingest; a key or token only what its scopes say, and never manage.
  */
-#define LATTICE_SCOPE_INGEST	0x1
-#define LATTICE_SCOPE_READ		0x2
-#define LATTICE_SCOPE_ALL		(LATTICE_SCOPE_INGEST | LATTICE_SCOPE_READ)
+#define LATTICE_SCOPE_INGEST 0x1
+#define LATTICE_SCOPE_READ	 0x2
+#define LATTICE_SCOPE_ALL	 (LATTICE_SCOPE_INGEST | LATTICE_SCOPE_READ)
 
 /* auth_scope.c: scope names <-> bits; raises 400 invalid_scopes for bad names */
-extern int	lattice_scopes_from_names(const char *const *names, int n);
-extern int	lattice_scopes_from_text(const char *space_separated);
+extern int lattice_scopes_from_names(const char *const *names, int n);
+extern int lattice_scopes_from_text(const char *space_separated);
 extern char *lattice_scopes_text(int scopes);
 extern Datum lattice_scopes_array(int scopes);
 /* The scopes of this transaction's credential: a key's or token's; all for a person */
-extern int	lattice_auth_scopes(void);
+extern int lattice_auth_scopes(void);
 
 /* auth_apikey.c */
 extern void lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id,
@@ -110,14 +109,14 @@ extern void lattice_mfa_gate(const pg_uuid_t *user_id);
 
 /* auth_deferred.c: writes a transaction cannot make itself */
 extern void lattice_deferred_init(void);
-extern int	lattice_deferred_flush(void);
+extern int lattice_deferred_flush(void);
 extern void lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);
 extern void lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id);
-extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id,
-								const char *target, Jsonb *req);
+extern void lattice_defer_audit(const char *action, const pg_uuid_t *user_id, const char *target,
+								Jsonb *req);
 
 /* audit.c: an audit row now, or deferred when the transaction is read-only */
 extern void lattice_audit(const char *action, const pg_uuid_t *user_id, const char *target,
 						  const char *details_json, Jsonb *req);
 
-#endif							/* LATTICE_AUTH_H */
+#endif /* LATTICE_AUTH_H */

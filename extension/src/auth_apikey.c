@@ -30,33 +30,33 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define KEY_RANDOM_BYTES	32
-#define KEY_TEXT_LEN		(4 + 43)
-#define KEY_PREFIX_LEN		12
-#define KEY_HASH_BYTES		32
+#define KEY_RANDOM_BYTES	   32
+#define KEY_TEXT_LEN		   (4 + 43)
+#define KEY_PREFIX_LEN		   12
+#define KEY_HASH_BYTES		   32
 #define API_KEY_NAME_MAX_CHARS 100
 
 static void
 key_hash(const char *key, size_t len, const uint8 pepper[LATTICE_SECRET_BYTES],
 		 uint8 out[KEY_HASH_BYTES])
 {
-	crypto_generichash(out, KEY_HASH_BYTES, (const unsigned char *) key, len,
-					   pepper, LATTICE_SECRET_BYTES);
+	crypto_generichash(out, KEY_HASH_BYTES, (const unsigned char *) key, len, pepper,
+					   LATTICE_SECRET_BYTES);
 }
 
 static bool
 key_well_formed(const char *key, size_t len)
 {
-	size_t		i;
+	size_t i;
 
 	if (len != KEY_TEXT_LEN || strncmp(key, LATTICE_API_KEY_PREFIX, strlen(LATTICE_API_KEY_PREFIX)) != 0)
 		return false;
 	for (i = 4; i < len; i++)
 	{
-		char		c = key[i];
+		char c = key[i];
 
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-			  (c >= '0' && c <= '9') || c == '-' || c == '_'))
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+			  c == '_'))
 			return false;
 	}
 	return true;
@@ -66,10 +66,10 @@ key_well_formed(const char *key, size_t len)
 static int
 key_scopes_of(Datum arr)
 {
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	int			scopes = 0;
+	Datum *elems;
+	bool *nulls;
+	int n;
+	int scopes = 0;
 
 	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
@@ -89,16 +89,16 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 {
 	static SPIPlanPtr prefix_plan = NULL;
 	static SPIPlanPtr key_plan = NULL;
-	size_t		len = strlen(key);
-	uint8		pepper[LATTICE_SECRET_BYTES];
-	uint8		computed[KEY_HASH_BYTES];
-	char		prefix[KEY_PREFIX_LEN + 1];
-	char	   *kid = NULL;
-	bytea	   *stored = NULL;
-	bool		found = false;
-	bool		matches = false;
-	bool		revoked = false;
-	bool		expired = false;
+	size_t len = strlen(key);
+	uint8 pepper[LATTICE_SECRET_BYTES];
+	uint8 computed[KEY_HASH_BYTES];
+	char prefix[KEY_PREFIX_LEN + 1];
+	char *kid = NULL;
+	bytea *stored = NULL;
+	bool found = false;
+	bool matches = false;
+	bool revoked = false;
+	bool expired = false;
 	TimestampTz now = lattice_clock_now();
 
 	*stale = false;
@@ -114,33 +114,36 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 	 */
 	lattice_spi_connect("lattice.authenticate");
 	lattice_spi_prepare_kept(&prefix_plan,
-							 "SELECT user_id, key_id FROM lattice.api_key_prefixes WHERE prefix = $1",
-							 1, (Oid[]) {TEXTOID});
-	if (SPI_execute_plan(prefix_plan, (Datum[]) {CStringGetTextDatum(prefix)}, NULL, true, 1) != SPI_OK_SELECT)
+							 "SELECT user_id, key_id FROM lattice.api_key_prefixes WHERE prefix = $1", 1,
+							 (Oid[]) {TEXTOID});
+	if (SPI_execute_plan(prefix_plan, (Datum[]) {CStringGetTextDatum(prefix)}, NULL, true, 1) !=
+		SPI_OK_SELECT)
 		elog(ERROR, "lattice: API key lookup failed");
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
+		bool isnull;
 
-		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		memcpy(user_id,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
-		memcpy(key_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+		memcpy(key_id,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
 			   sizeof(pg_uuid_t));
 		lattice_spi_prepare_kept(&key_plan,
 								 "SELECT key_hash, revoked_at, expires_at, last_used, pepper_kid, scopes"
 								 "  FROM lattice.api_keys WHERE user_id = $1 AND id = $2",
 								 2, (Oid[]) {UUIDOID, UUIDOID});
-		if (SPI_execute_plan(key_plan, (Datum[]) {UUIDPGetDatum(user_id), UUIDPGetDatum(key_id)},
-							 NULL, true, 1) != SPI_OK_SELECT)
+		if (SPI_execute_plan(key_plan, (Datum[]) {UUIDPGetDatum(user_id), UUIDPGetDatum(key_id)}, NULL,
+							 true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "lattice: API key lookup failed");
 		found = SPI_processed == 1;
 	}
 	if (found)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Datum		d;
+		HeapTuple tup = SPI_tuptable->vals[0];
+		TupleDesc desc = SPI_tuptable->tupdesc;
+		bool isnull;
+		Datum d;
 
 		stored = DatumGetByteaPCopy(SPI_getbinval(tup, desc, 1, &isnull));
 		d = SPI_getbinval(tup, desc, 2, &isnull);
@@ -172,7 +175,7 @@ lattice_api_key_verify_cstr(const char *key, Jsonb *req, pg_uuid_t *user_id, pg_
 		lattice_raise_http(401, "invalid_api_key", "the API key is not valid", NULL, NULL);
 	if (revoked)
 	{
-		char	   *id = lattice_uuid_text(key_id);
+		char *id = lattice_uuid_text(key_id);
 
 		lattice_defer_audit("key.used_after_revocation", user_id, id, req);
 		lattice_raise_http(401, "revoked_api_key", "the API key has been revoked", NULL, NULL);
@@ -187,17 +190,17 @@ PG_FUNCTION_INFO_V1(lattice_api_key_verify);
 Datum
 lattice_api_key_verify(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
-	pg_uuid_t	key_id;
-	int			scopes;
-	bool		stale;
+	pg_uuid_t *user_id = palloc(sizeof(pg_uuid_t));
+	pg_uuid_t key_id;
+	int scopes;
+	bool stale;
 
 	if (PG_ARGISNULL(0))
 		lattice_raise_http(401, "missing_credentials", "no API key given", NULL, NULL);
 
 	lattice_api_key_verify_cstr(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-								PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), user_id, &key_id,
-								&scopes, &stale);
+								PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1), user_id, &key_id, &scopes,
+								&stale);
 	if (stale)
 		lattice_credential_touch("api_key", user_id, &key_id);
 	PG_RETURN_UUID_P(user_id);
@@ -207,23 +210,22 @@ lattice_api_key_verify(PG_FUNCTION_ARGS)
 static void
 check_key_owner(const char *fn, const pg_uuid_t *user_id)
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 
 	if (lattice_get_tenant(&tenant) && memcmp(&tenant, user_id, sizeof(pg_uuid_t)) == 0)
 		return;
 	if (lattice_caller_is_privileged())
 		return;
 	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("%s: permission denied", fn),
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s: permission denied", fn),
 			 errdetail("Keys are created by their authenticated account or a DBA.")));
 }
 
 typedef struct NewKey
 {
-	pg_uuid_t	id;
-	char	   *key;
-	char	   *prefix;
+	pg_uuid_t id;
+	char *key;
+	char *prefix;
 	TimestampTz created_at;
 } NewKey;
 
@@ -232,14 +234,14 @@ static void
 key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool expires_null,
 		   const pg_uuid_t *rotated_from, int scopes, NewKey *out)
 {
-	uint8		pepper[LATTICE_SECRET_BYTES];
-	char		kid[LATTICE_KID_MAX + 1];
-	uint8		hash[KEY_HASH_BYTES];
-	bytea	   *hash_b;
-	char	   *random_part;
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	bool		isnull;
+	uint8 pepper[LATTICE_SECRET_BYTES];
+	char kid[LATTICE_KID_MAX + 1];
+	uint8 hash[KEY_HASH_BYTES];
+	bytea *hash_b;
+	char *random_part;
+	Datum values[9];
+	char nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	bool isnull;
 	TimestampTz now = lattice_clock_now();
 	LatticeRoleSwitch sw;
 
@@ -272,20 +274,25 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 
 	lattice_as_tenant_role(user_id, &sw);
 	lattice_spi_connect("lattice.api_key_create");
-	if (SPI_execute_with_args("INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"
-							  " created_at, expires_at, rotated_from, scopes)"
-							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-							  9, (Oid[]) {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID,
-							  TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
-							  values, nulls, false, 1) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+	if (SPI_execute_with_args(
+			"INSERT INTO lattice.api_keys (user_id, name, prefix, key_hash, pepper_kid,"
+			" created_at, expires_at, rotated_from, scopes)"
+			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+			9,
+			(Oid[]) {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+					 UUIDOID, TEXTARRAYOID},
+			values, nulls, false, 1) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
 		elog(ERROR, "lattice: API key insert failed");
-	memcpy(&out->id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-												 &isnull)), sizeof(pg_uuid_t));
-	lattice_restore_role(&sw);	/* the look-up is the owner's */
+	memcpy(&out->id,
+		   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		   sizeof(pg_uuid_t));
+	lattice_restore_role(&sw); /* the look-up is the owner's */
 	if (SPI_execute_with_args("INSERT INTO lattice.api_key_prefixes (prefix, user_id, key_id)"
-							  " VALUES ($1, $2, $3)", 3, (Oid[]) {TEXTOID, UUIDOID, UUIDOID},
-							  (Datum[]) {values[2], values[0], UUIDPGetDatum(&out->id)},
-							  NULL, false, 0) != SPI_OK_INSERT)
+							  " VALUES ($1, $2, $3)",
+							  3, (Oid[]) {TEXTOID, UUIDOID, UUIDOID},
+							  (Datum[]) {values[2], values[0], UUIDPGetDatum(&out->id)}, NULL, false,
+							  0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice: API key insert failed");
 	SPI_finish();
 	out->created_at = now;
@@ -298,9 +305,9 @@ key_insert(const pg_uuid_t *user_id, const char *name, Datum expires_at, bool ex
 static int
 key_scopes_arg(ArrayType *arr)
 {
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
+	Datum *elems;
+	bool *nulls;
+	int n;
 	const char **names;
 
 	if (ARR_NDIM(arr) > 1)
@@ -323,14 +330,14 @@ PG_FUNCTION_INFO_V1(lattice_api_key_create);
 Datum
 lattice_api_key_create(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *user_id;
-	char	   *name;
-	TupleDesc	desc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-	NewKey		nk;
-	char	   *details;
-	int			scopes = PG_ARGISNULL(4) ? LATTICE_SCOPE_INGEST : key_scopes_arg(PG_GETARG_ARRAYTYPE_P(4));
+	pg_uuid_t *user_id;
+	char *name;
+	TupleDesc desc;
+	Datum values[4];
+	bool nulls[4] = {false, false, false, false};
+	NewKey nk;
+	char *details;
+	int scopes = PG_ARGISNULL(4) ? LATTICE_SCOPE_INGEST : key_scopes_arg(PG_GETARG_ARRAYTYPE_P(4));
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -345,8 +352,8 @@ lattice_api_key_create(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.api_key_create: must return a record");
 
-	key_insert(user_id, name, PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2), PG_ARGISNULL(2),
-			   NULL, scopes, &nk);
+	key_insert(user_id, name, PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2), PG_ARGISNULL(2), NULL,
+			   scopes, &nk);
 	details = psprintf("{\"prefix\": \"%s\", \"scopes\": \"%s\"}", nk.prefix,
 					   lattice_scopes_text(scopes));
 	lattice_audit("key.created", user_id, lattice_uuid_text(&nk.id), details,
@@ -371,19 +378,19 @@ PG_FUNCTION_INFO_V1(lattice_api_key_rotate);
 Datum
 lattice_api_key_rotate(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
-	pg_uuid_t  *key_id;
-	int64		grace = PG_ARGISNULL(1) ? LATTICE_API_KEY_GRACE_DEFAULT : PG_GETARG_INT32(1);
+	pg_uuid_t tenant;
+	pg_uuid_t *key_id;
+	int64 grace = PG_ARGISNULL(1) ? LATTICE_API_KEY_GRACE_DEFAULT : PG_GETARG_INT32(1);
 	TimestampTz now = lattice_clock_now();
 	TimestampTz old_expires;
-	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, false, false, false};
-	char	   *name;
-	NewKey		nk;
-	bool		isnull;
-	char		details[128];
-	int			scopes;
+	TupleDesc desc;
+	Datum values[6];
+	bool nulls[6] = {false, false, false, false, false, false};
+	char *name;
+	NewKey nk;
+	bool isnull;
+	char details[128];
+	int scopes;
 	LatticeRoleSwitch sw;
 
 	if (!lattice_get_tenant(&tenant))
@@ -392,7 +399,9 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 		lattice_raise_http(404, "not_found", "no such key", NULL, NULL);
 	key_id = PG_GETARG_UUID_P(0);
 	if (grace < 0 || grace > LATTICE_API_KEY_GRACE_MAX)
-		lattice_raise_http(400, "invalid_grace", psprintf("grace_seconds must be 0 to %d", LATTICE_API_KEY_GRACE_MAX), NULL, NULL);
+		lattice_raise_http(400, "invalid_grace",
+						   psprintf("grace_seconds must be 0 to %d", LATTICE_API_KEY_GRACE_MAX), NULL,
+						   NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.api_key_rotate: must return a record");
 
@@ -400,10 +409,10 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 	lattice_as_tenant_role(&tenant, &sw);
 	lattice_spi_connect("lattice.api_key_rotate");
 	if (SPI_execute_with_args("SELECT name, revoked_at, expires_at, scopes FROM lattice.api_keys"
-							  " WHERE id = $1 AND user_id = $2 FOR UPDATE", 2,
-							  (Oid[]) {UUIDOID, UUIDOID},
-							  (Datum[]) {UUIDPGetDatum(key_id), UUIDPGetDatum(&tenant)},
-							  NULL, false, 1) != SPI_OK_SELECT)
+							  " WHERE id = $1 AND user_id = $2 FOR UPDATE",
+							  2, (Oid[]) {UUIDOID, UUIDOID},
+							  (Datum[]) {UUIDPGetDatum(key_id), UUIDPGetDatum(&tenant)}, NULL, false,
+							  1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice.api_key_rotate: lookup failed");
 	if (SPI_processed != 1)
 		lattice_raise_http(404, "not_found", "no such key", NULL, NULL);
@@ -414,18 +423,18 @@ lattice_api_key_rotate(PG_FUNCTION_ARGS)
 	if (!isnull)
 		lattice_raise_http(409, "key_revoked", "a revoked key cannot be rotated", NULL, NULL);
 	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 
 		if (!isnull && DatumGetTimestampTz(d) <= now)
 			lattice_raise_http(409, "key_expired", "an expired key cannot be rotated", NULL, NULL);
 		if (!isnull && DatumGetTimestampTz(d) < old_expires)
 			old_expires = DatumGetTimestampTz(d);
 	}
-	if (SPI_execute_with_args("UPDATE lattice.api_keys SET expires_at = $2 WHERE user_id = $3 AND id = $1", 3,
-							  (Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID},
-							  (Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(old_expires),
-							  UUIDPGetDatum(&tenant)},
-							  NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_with_args(
+			"UPDATE lattice.api_keys SET expires_at = $2 WHERE user_id = $3 AND id = $1", 3,
+			(Oid[]) {UUIDOID, TIMESTAMPTZOID, UUIDOID},
+			(Datum[]) {UUIDPGetDatum(key_id), TimestampTzGetDatum(old_expires), UUIDPGetDatum(&tenant)},
+			NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.api_key_rotate: update failed");
 	SPI_finish();
 	lattice_restore_role(&sw);

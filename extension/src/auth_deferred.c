@@ -41,29 +41,29 @@
 
 typedef struct Deferred
 {
-	char		kind;			/* 'k' key touch, 's' session touch, 'a' audit */
-	bool		has_id;
-	int			claimed_by;		/* pid of the writer, 0 when waiting */
-	Oid			dbid;			/* written only by a backend of this database */
-	pg_uuid_t	id;				/* key or session; audit: the account */
-	pg_uuid_t	owner;			/* touch: the account of the key or session */
+	char kind; /* 'k' key touch, 's' session touch, 'a' audit */
+	bool has_id;
+	int claimed_by;	 /* pid of the writer, 0 when waiting */
+	Oid dbid;		 /* written only by a backend of this database */
+	pg_uuid_t id;	 /* key or session; audit: the account */
+	pg_uuid_t owner; /* touch: the account of the key or session */
 	TimestampTz at;
-	char		action[48];
-	char		target[40];
-	char		client_addr[64];
-	char		request_id[72];
+	char action[48];
+	char target[40];
+	char client_addr[64];
+	char request_id[72];
 } Deferred;
 
 typedef struct DeferredQueue
 {
-	LWLock	   *lock;			/* NULL for the backend-local queue */
-	int			count;
-	Deferred	items[DEFERRED_MAX];
+	LWLock *lock; /* NULL for the backend-local queue */
+	int count;
+	Deferred items[DEFERRED_MAX];
 } DeferredQueue;
 
 static DeferredQueue *shared_queue = NULL;
 static DeferredQueue *local_queue = NULL;
-static bool claimed_any = false;	/* entries of ours wait for our commit */
+static bool claimed_any = false; /* entries of ours wait for our commit */
 static bool callback_registered = false;
 
 /* the last touch this backend queued: a busy key is queued once a minute */
@@ -86,7 +86,7 @@ deferred_shmem_request(void)
 static void
 deferred_shmem_startup(void)
 {
-	bool		found;
+	bool found;
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
@@ -140,17 +140,18 @@ static void
 deferred_xact_callback(XactEvent event, void *arg)
 {
 	DeferredQueue *q;
-	int			kept = 0;
+	int kept = 0;
 
-	if (!claimed_any || !(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-						  event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT))
+	if (!claimed_any ||
+		!(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		  event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT))
 		return;
 	claimed_any = false;
 	q = queue();
 	queue_lock(q);
 	for (int i = 0; i < q->count; i++)
 	{
-		Deferred   *d = &q->items[i];
+		Deferred *d = &q->items[i];
 
 		if (d->claimed_by == MyProcPid)
 		{
@@ -187,20 +188,19 @@ address_valid(const char *addr)
 void
 lattice_defer_touch(const char *what, const pg_uuid_t *owner, const pg_uuid_t *id)
 {
-	char		kind = strcmp(what, "session") == 0 ? 's' : 'k';
+	char kind = strcmp(what, "session") == 0 ? 's' : 'k';
 	TimestampTz now = lattice_clock_now();
 	DeferredQueue *q;
-	Deferred   *d = NULL;
+	Deferred *d = NULL;
 
-	if (kind == last_kind && memcmp(&last_id, id, sizeof(pg_uuid_t)) == 0 &&
-		now >= last_at && now - last_at < USECS_PER_MINUTE)
+	if (kind == last_kind && memcmp(&last_id, id, sizeof(pg_uuid_t)) == 0 && now >= last_at &&
+		now - last_at < USECS_PER_MINUTE)
 		return;
 	q = queue();
 	queue_lock(q);
 	for (int i = 0; i < q->count && d == NULL; i++)
 		if (q->items[i].kind == kind && q->items[i].claimed_by == 0 &&
-			q->items[i].dbid == MyDatabaseId &&
-			memcmp(&q->items[i].id, id, sizeof(pg_uuid_t)) == 0)
+			q->items[i].dbid == MyDatabaseId && memcmp(&q->items[i].id, id, sizeof(pg_uuid_t)) == 0)
 			d = &q->items[i];
 	if (d == NULL && q->count < DEFERRED_MAX)
 	{
@@ -232,9 +232,9 @@ lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid
 {
 	static SPIPlanPtr key_plan = NULL;
 	static SPIPlanPtr session_plan = NULL;
-	bool		session = strcmp(what, "session") == 0;
+	bool session = strcmp(what, "session") == 0;
 	LatticeRoleSwitch sw;
-	Datum		v[4];
+	Datum v[4];
 
 	if (lattice_xact_read_only())
 	{
@@ -269,14 +269,14 @@ lattice_credential_touch(const char *what, const pg_uuid_t *owner, const pg_uuid
 void
 lattice_defer_audit(const char *action, const pg_uuid_t *user_id, const char *target, Jsonb *req)
 {
-	char	   *addr = lattice_req_text(req, "client_addr");
-	char	   *request_id = lattice_req_text(req, "request_id");
+	char *addr = lattice_req_text(req, "client_addr");
+	char *request_id = lattice_req_text(req, "request_id");
 	DeferredQueue *q = queue();
-	Deferred   *d = NULL;
+	Deferred *d = NULL;
 
 	ereport(LOG,
-			(errmsg("lattice audit: %s target=%s addr=%s request_id=%s", action,
-					target ? target : "", addr ? addr : "", request_id ? request_id : "")));
+			(errmsg("lattice audit: %s target=%s addr=%s request_id=%s", action, target ? target : "",
+					addr ? addr : "", request_id ? request_id : "")));
 	queue_lock(q);
 	if (q->count < DEFERRED_MAX)
 	{
@@ -305,8 +305,8 @@ lattice_defer_audit(const char *action, const pg_uuid_t *user_id, const char *ta
 static int
 write_one(const Deferred *d)
 {
-	Datum		v[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum v[6];
+	char nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
 	v[0] = UUIDPGetDatum(&d->id);
 	v[1] = TimestampTzGetDatum(d->at);
@@ -322,11 +322,12 @@ write_one(const Deferred *d)
 	{
 		v[2] = Int32GetDatum(LATTICE_SESSION_IDLE_SECONDS);
 		v[3] = UUIDPGetDatum(&d->owner);
-		return SPI_execute_with_args("UPDATE lattice.sessions SET last_seen_at = $2,"
-									 "   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
-									 " WHERE user_id = $4 AND id = $1 AND last_seen_at < $2"
-									 "   AND revoked_at IS NULL AND idle_expires_at > $2",
-									 4, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID, UUIDOID}, v, NULL, false, 0);
+		return SPI_execute_with_args(
+			"UPDATE lattice.sessions SET last_seen_at = $2,"
+			"   idle_expires_at = LEAST($2 + $3 * interval '1 second', expires_at)"
+			" WHERE user_id = $4 AND id = $1 AND last_seen_at < $2"
+			"   AND revoked_at IS NULL AND idle_expires_at > $2",
+			4, (Oid[]) {UUIDOID, TIMESTAMPTZOID, INT4OID, UUIDOID}, v, NULL, false, 0);
 	}
 	v[2] = CStringGetTextDatum(d->action);
 	v[3] = CStringGetTextDatum(d->target);
@@ -343,7 +344,8 @@ write_one(const Deferred *d)
 								 " (user_id, at, action, target, client_addr, request_id, details)"
 								 " VALUES ($1, $2, $3, NULLIF($4, ''), CAST(NULLIF($5, '') AS inet),"
 								 "         NULLIF($6, ''), '{\"deferred\": true}')",
-								 6, (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+								 6,
+								 (Oid[]) {UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 								 v, nulls, false, 0);
 }
 
@@ -371,14 +373,13 @@ write_claimed(const Deferred *mine, int n)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *e;
+		ErrorData *e;
 
 		MemoryContextSwitchTo(cxt);
 		e = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING,
-				(errmsg("lattice: %d deferred identity writes dropped: %s", n, e->message)));
+		ereport(WARNING, (errmsg("lattice: %d deferred identity writes dropped: %s", n, e->message)));
 		FreeErrorData(e);
 	}
 	PG_END_TRY();
@@ -396,10 +397,10 @@ lattice_deferred_flush(void)
 {
 	DeferredQueue *q = queue();
 	TimestampTz now = lattice_clock_now();
-	Deferred   *mine;
-	int			room;
-	int			n = 0;
-	int			kept = 0;
+	Deferred *mine;
+	int room;
+	int n = 0;
+	int kept = 0;
 
 	/* an unlocked look: most writing requests find nothing to do */
 	room = q->count;
@@ -414,7 +415,7 @@ lattice_deferred_flush(void)
 	queue_lock(q);
 	for (int i = 0; i < q->count; i++)
 	{
-		Deferred   *d = &q->items[i];
+		Deferred *d = &q->items[i];
 
 		/* another database's entries nobody wrote for an hour (it was dropped) */
 		if (d->dbid != MyDatabaseId && d->claimed_by == 0 && now - d->at > USECS_PER_HOUR)

@@ -27,7 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define JWT_ISSUER		JWT_TOKEN_ISSUER
+#define JWT_ISSUER JWT_TOKEN_ISSUER
 
 StaticAssertDecl(JWT_TOKEN_KID_MAX == LATTICE_KID_MAX, "kid sizes agree");
 StaticAssertDecl(JWT_TOKEN_KEY_BYTES == LATTICE_SECRET_BYTES, "key sizes agree");
@@ -99,16 +99,16 @@ refuse_status(JwtTokenStatus status)
 void
 lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id, int *scopes)
 {
-	JwtToken	jwt;
-	uint8		key[LATTICE_SECRET_BYTES];
+	JwtToken jwt;
+	uint8 key[LATTICE_SECRET_BYTES];
 	JwtTokenStatus status;
-	Datum		uuid_d;
+	Datum uuid_d;
 
 	refuse_status(jwt_token_parse(token, strlen(token), &jwt));
 	if (!lattice_jwt_key_usable(jwt.kid, key))
 		refuse("invalid_token", "the token's key is unknown or retired");
-	status = jwt_token_verify(&jwt, key, unix_seconds(lattice_clock_now()),
-							  LATTICE_JWT_MAX_TTL, LATTICE_JWT_SKEW);
+	status = jwt_token_verify(&jwt, key, unix_seconds(lattice_clock_now()), LATTICE_JWT_MAX_TTL,
+							  LATTICE_JWT_SKEW);
 	sodium_memzero(key, sizeof(key));
 	refuse_status(status);
 	/* tokens without the claim come from before scopes: what keys could do */
@@ -121,8 +121,8 @@ lattice_jwt_verify_cstr(const char *token, pg_uuid_t *user_id, int *scopes)
 
 	/* a deleted account's tokens die with it */
 	lattice_spi_connect("lattice.authenticate");
-	if (SPI_execute_with_args("SELECT 1 FROM lattice.users WHERE id = $1", 1, (Oid[]) {UUIDOID},
-							  &uuid_d, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT 1 FROM lattice.users WHERE id = $1", 1, (Oid[]) {UUIDOID}, &uuid_d,
+							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: account lookup failed");
 	if (SPI_processed != 1)
 		refuse("invalid_token", "the token's account does not exist");
@@ -134,8 +134,8 @@ PG_FUNCTION_INFO_V1(lattice_jwt_verify);
 Datum
 lattice_jwt_verify(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *user_id = palloc(sizeof(pg_uuid_t));
-	int			scopes;
+	pg_uuid_t *user_id = palloc(sizeof(pg_uuid_t));
+	int scopes;
 
 	if (PG_ARGISNULL(0))
 		refuse("missing_credentials", "no token given");
@@ -154,25 +154,25 @@ PG_FUNCTION_INFO_V1(lattice_jwt_issue);
 Datum
 lattice_jwt_issue(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
-	int64		ttl = PG_ARGISNULL(0) ? LATTICE_JWT_MAX_TTL : PG_GETARG_INT32(0);
-	Jsonb	   *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
-	uint8		key[LATTICE_SECRET_BYTES];
-	char		kid[LATTICE_KID_MAX + 1];
-	uint8		mac[crypto_auth_hmacsha256_BYTES];
-	char	   *sub;
-	char	   *header;
-	char	   *payload;
-	char	   *signing_input;
-	char	   *token;
-	char	   *jti;
-	int64		now;
-	TupleDesc	desc;
-	Datum		values[2];
-	bool		nulls[2] = {false, false};
-	char		details[96];
-	char	   *scope;
-	int			scopes;
+	pg_uuid_t tenant;
+	int64 ttl = PG_ARGISNULL(0) ? LATTICE_JWT_MAX_TTL : PG_GETARG_INT32(0);
+	Jsonb *req = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	uint8 key[LATTICE_SECRET_BYTES];
+	char kid[LATTICE_KID_MAX + 1];
+	uint8 mac[crypto_auth_hmacsha256_BYTES];
+	char *sub;
+	char *header;
+	char *payload;
+	char *signing_input;
+	char *token;
+	char *jti;
+	int64 now;
+	TupleDesc desc;
+	Datum values[2];
+	bool nulls[2] = {false, false};
+	char details[96];
+	char *scope;
+	int scopes;
 
 	if (!lattice_get_tenant(&tenant))
 		lattice_raise_http(401, "missing_credentials", "authentication required", NULL, NULL);
@@ -182,7 +182,8 @@ lattice_jwt_issue(PG_FUNCTION_ARGS)
 		scopes = LATTICE_SCOPE_ALL;
 	scope = lattice_scopes_text(scopes);
 	if (ttl < 1 || ttl > LATTICE_JWT_MAX_TTL)
-		lattice_raise_http(400, "invalid_ttl", psprintf("ttl_seconds must be 1 to %d", LATTICE_JWT_MAX_TTL), NULL, NULL);
+		lattice_raise_http(400, "invalid_ttl",
+						   psprintf("ttl_seconds must be 1 to %d", LATTICE_JWT_MAX_TTL), NULL, NULL);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.jwt_issue: must return a record");
 	if (!lattice_secret_get("jwt", NULL, key, kid))
@@ -195,10 +196,10 @@ lattice_jwt_issue(PG_FUNCTION_ARGS)
 	header = psprintf("{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid);
 	/* the scope is made of our own scope names: nothing to escape either */
 	payload = psprintf("{\"iss\":\"" JWT_ISSUER "\",\"sub\":\"%s\",\"iat\":" INT64_FORMAT
-					   ",\"nbf\":" INT64_FORMAT ",\"exp\":" INT64_FORMAT ",\"jti\":\"%s\",\"scope\":\"%s\"}",
+					   ",\"nbf\":" INT64_FORMAT ",\"exp\":" INT64_FORMAT
+					   ",\"jti\":\"%s\",\"scope\":\"%s\"}",
 					   sub, now, now, now + ttl, jti, scope);
-	signing_input = psprintf("%s.%s",
-							 lattice_b64url_encode((uint8 *) header, strlen(header)),
+	signing_input = psprintf("%s.%s", lattice_b64url_encode((uint8 *) header, strlen(header)),
 							 lattice_b64url_encode((uint8 *) payload, strlen(payload)));
 	crypto_auth_hmacsha256(mac, (const unsigned char *) signing_input, strlen(signing_input), key);
 	sodium_memzero(key, sizeof(key));

@@ -25,9 +25,9 @@ parse_object(const char *s, size_t len)
 		return NULL;
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	obj = json_tokener_parse_ex(tok, s, (int) len);
-	if (obj != NULL && (json_tokener_get_error(tok) != json_tokener_success ||
-						json_tokener_get_parse_end(tok) != len ||
-						!json_object_is_type(obj, json_type_object)))
+	if (obj != NULL &&
+		(json_tokener_get_error(tok) != json_tokener_success || json_tokener_get_parse_end(tok) != len ||
+		 !json_object_is_type(obj, json_type_object)))
 	{
 		json_object_put(obj);
 		obj = NULL;
@@ -64,8 +64,8 @@ get_int(struct json_object *obj, const char *key, int64_t *out)
 
 /* false when the header is not a JSON object; alg and kid are optional here */
 bool
-jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size, bool *has_alg,
-					  char *kid, size_t kid_size, bool *has_kid)
+jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size, bool *has_alg, char *kid,
+					  size_t kid_size, bool *has_kid)
 {
 	struct json_object *obj = parse_object(json, len);
 
@@ -82,10 +82,9 @@ jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size, 
  * iat are there, and scope (optional) is a string that fits when present.
  */
 bool
-jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
-					  char *iss, size_t iss_size, int64_t *exp, int64_t *iat, int64_t *nbf,
-					  bool *has_nbf, char *scope, size_t scope_size, bool *has_scope,
-					  bool *complete)
+jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size, char *iss,
+					  size_t iss_size, int64_t *exp, int64_t *iat, int64_t *nbf, bool *has_nbf,
+					  char *scope, size_t scope_size, bool *has_scope, bool *complete)
 {
 	struct json_object *obj = parse_object(json, len);
 

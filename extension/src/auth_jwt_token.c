@@ -22,7 +22,8 @@ b64url_decode(const char *s, size_t len, unsigned char out[JWT_TOKEN_MAX_LEN + 1
 	const char *end;
 
 	if (sodium_base642bin(out, len + 1, s, len, NULL, out_len, &end,
-						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 || end != s + len)
+						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+		end != s + len)
 		return false;
 	out[*out_len] = '\0';
 	return true;
@@ -34,10 +35,10 @@ jwt_token_parse(const char *token, size_t len, JwtToken *out)
 	const char *dot1;
 	const char *dot2;
 	unsigned char buf[JWT_TOKEN_MAX_LEN + 1];
-	size_t		buf_len;
-	char		alg[16];
-	bool		has_alg;
-	bool		has_kid;
+	size_t buf_len;
+	char alg[16];
+	bool has_alg;
+	bool has_kid;
 
 	memset(out, 0, sizeof(*out));
 	if (len == 0 || len > JWT_TOKEN_MAX_LEN || memchr(token, '\0', len) != NULL)
@@ -53,8 +54,8 @@ jwt_token_parse(const char *token, size_t len, JwtToken *out)
 	out->payload_len = dot2 - dot1 - 1;
 
 	if (!b64url_decode(token, dot1 - token, buf, &buf_len) ||
-		!jwt_json_parse_header((char *) buf, buf_len, alg, sizeof(alg), &has_alg,
-							   out->kid, sizeof(out->kid), &has_kid))
+		!jwt_json_parse_header((char *) buf, buf_len, alg, sizeof(alg), &has_alg, out->kid,
+							   sizeof(out->kid), &has_kid))
 		return JWT_TOKEN_HEADER_MALFORMED;
 	if (!has_alg || strcmp(alg, "HS256") != 0)
 		return JWT_TOKEN_UNSUPPORTED_ALG;
@@ -69,13 +70,13 @@ jwt_token_parse(const char *token, size_t len, JwtToken *out)
 }
 
 JwtTokenStatus
-jwt_token_verify(JwtToken *t, const unsigned char key[JWT_TOKEN_KEY_BYTES], int64_t now,
-				 int64_t max_ttl, int64_t skew)
+jwt_token_verify(JwtToken *t, const unsigned char key[JWT_TOKEN_KEY_BYTES], int64_t now, int64_t max_ttl,
+				 int64_t skew)
 {
 	unsigned char buf[JWT_TOKEN_MAX_LEN + 1];
-	size_t		buf_len;
-	char		iss[16];
-	bool		complete;
+	size_t buf_len;
+	char iss[16];
+	bool complete;
 
 	if (crypto_auth_hmacsha256_verify(t->sig, (const unsigned char *) t->token, t->signed_len, key) != 0)
 		return JWT_TOKEN_SIGNATURE_INVALID;
@@ -83,13 +84,13 @@ jwt_token_verify(JwtToken *t, const unsigned char key[JWT_TOKEN_KEY_BYTES], int6
 	/* signed by us from here on; still parse defensively */
 	t->exp = t->iat = t->nbf = 0;
 	if (!b64url_decode(t->payload, t->payload_len, buf, &buf_len) ||
-		!jwt_json_parse_claims((char *) buf, buf_len, t->sub, sizeof(t->sub), iss, sizeof(iss),
-							   &t->exp, &t->iat, &t->nbf, &t->has_nbf, t->scope, sizeof(t->scope),
-							   &t->has_scope, &complete))
+		!jwt_json_parse_claims((char *) buf, buf_len, t->sub, sizeof(t->sub), iss, sizeof(iss), &t->exp,
+							   &t->iat, &t->nbf, &t->has_nbf, t->scope, sizeof(t->scope), &t->has_scope,
+							   &complete))
 		return JWT_TOKEN_PAYLOAD_MALFORMED;
 	/* exp and iat may be any int64: compare without overflowing (UBSan found it) */
-	if (!complete || strcmp(iss, JWT_TOKEN_ISSUER) != 0 || strlen(t->sub) != 36 ||
-		t->exp <= t->iat || (uint64_t) t->exp - (uint64_t) t->iat > (uint64_t) max_ttl)
+	if (!complete || strcmp(iss, JWT_TOKEN_ISSUER) != 0 || strlen(t->sub) != 36 || t->exp <= t->iat ||
+		(uint64_t) t->exp - (uint64_t) t->iat > (uint64_t) max_ttl)
 		return JWT_TOKEN_CLAIMS_INVALID;
 
 	if (now - skew > t->exp)

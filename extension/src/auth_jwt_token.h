@@ -13,12 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define JWT_TOKEN_MAX_LEN		4096
-#define JWT_TOKEN_KID_MAX		32	/* LATTICE_KID_MAX */
-#define JWT_TOKEN_KEY_BYTES		32	/* HMAC-SHA256 key, LATTICE_SECRET_BYTES */
-#define JWT_TOKEN_MAC_BYTES		32
-#define JWT_TOKEN_ISSUER		"lattice"
-#define JWT_TOKEN_SCOPE_MAX		64
+#define JWT_TOKEN_MAX_LEN	4096
+#define JWT_TOKEN_KID_MAX	32 /* LATTICE_KID_MAX */
+#define JWT_TOKEN_KEY_BYTES 32 /* HMAC-SHA256 key, LATTICE_SECRET_BYTES */
+#define JWT_TOKEN_MAC_BYTES 32
+#define JWT_TOKEN_ISSUER	"lattice"
+#define JWT_TOKEN_SCOPE_MAX 64
 
 typedef enum JwtTokenStatus
 {
@@ -38,20 +38,20 @@ typedef enum JwtTokenStatus
 typedef struct JwtToken
 {
 	const char *token;
-	size_t		len;
-	size_t		signed_len;		/* "<header>.<payload>" */
-	const char *payload;		/* base64url, not decoded yet */
-	size_t		payload_len;
-	char		kid[JWT_TOKEN_KID_MAX + 1];
+	size_t len;
+	size_t signed_len;	 /* "<header>.<payload>" */
+	const char *payload; /* base64url, not decoded yet */
+	size_t payload_len;
+	char kid[JWT_TOKEN_KID_MAX + 1];
 	unsigned char sig[JWT_TOKEN_MAC_BYTES];
 	/* claims, set by jwt_token_verify */
-	char		sub[40];
-	int64_t		exp;
-	int64_t		iat;
-	int64_t		nbf;
-	bool		has_nbf;
-	char		scope[JWT_TOKEN_SCOPE_MAX + 1];	/* space-separated, as OAuth's */
-	bool		has_scope;
+	char sub[40];
+	int64_t exp;
+	int64_t iat;
+	int64_t nbf;
+	bool has_nbf;
+	char scope[JWT_TOKEN_SCOPE_MAX + 1]; /* space-separated, as OAuth's */
+	bool has_scope;
 } JwtToken;
 
 /* Shape, header (alg HS256, a kid) and signature encoding; no key needed. */
@@ -64,9 +64,9 @@ extern JwtTokenStatus jwt_token_verify(JwtToken *t, const unsigned char key[JWT_
 /* auth_jwt_json.c: json-c in strict mode; false when not one JSON object */
 extern bool jwt_json_parse_header(const char *json, size_t len, char *alg, size_t alg_size,
 								  bool *has_alg, char *kid, size_t kid_size, bool *has_kid);
-extern bool jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size,
-								  char *iss, size_t iss_size, int64_t *exp, int64_t *iat,
-								  int64_t *nbf, bool *has_nbf, char *scope, size_t scope_size,
-								  bool *has_scope, bool *complete);
+extern bool jwt_json_parse_claims(const char *json, size_t len, char *sub, size_t sub_size, char *iss,
+								  size_t iss_size, int64_t *exp, int64_t *iat, int64_t *nbf,
+								  bool *has_nbf, char *scope, size_t scope_size, bool *has_scope,
+								  bool *complete);
 
-#endif							/* LATTICE_AUTH_JWT_TOKEN_H */
+#endif /* LATTICE_AUTH_JWT_TOKEN_H */

@@ -18,14 +18,14 @@ bool
 lattice_mfa_enabled(const pg_uuid_t *user_id)
 {
 	static SPIPlanPtr plan = NULL;
-	bool		enabled;
+	bool enabled;
 	LatticeRoleSwitch sw;
 
 	lattice_as_tenant_role(user_id, &sw);
 	lattice_spi_connect("lattice.session_create");
-	lattice_spi_prepare_kept(&plan,
-							 "SELECT 1 FROM lattice.account_mfa WHERE user_id = $1 AND enabled_at IS NOT NULL",
-							 1, (Oid[]) {UUIDOID});
+	lattice_spi_prepare_kept(
+		&plan, "SELECT 1 FROM lattice.account_mfa WHERE user_id = $1 AND enabled_at IS NOT NULL", 1,
+		(Oid[]) {UUIDOID});
 	if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(user_id)}, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: reading the second factor failed");
 	enabled = SPI_processed == 1;
@@ -40,8 +40,7 @@ lattice_mfa_passed(const pg_uuid_t *user_id)
 {
 	const LatticeAuthContext *ctx = lattice_auth_context();
 
-	return ctx != NULL && ctx->second_factor &&
-		memcmp(&ctx->tenant, user_id, sizeof(pg_uuid_t)) == 0;
+	return ctx != NULL && ctx->second_factor && memcmp(&ctx->tenant, user_id, sizeof(pg_uuid_t)) == 0;
 }
 
 /*

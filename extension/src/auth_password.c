@@ -25,13 +25,13 @@
 
 /* made once with the parameters above from a random, forgotten password */
 static const char dummy_hash[] =
-"$argon2id$v=19$m=19456,t=2,p=1$Xsk90pVw62NV97OxkO2BSw$I3eEmrHtYOxJ62r3zLkC2k28241tcZkRHOXWtqM5d+0";
+	"$argon2id$v=19$m=19456,t=2,p=1$Xsk90pVw62NV97OxkO2BSw$I3eEmrHtYOxJ62r3zLkC2k28241tcZkRHOXWtqM5d+0";
 
 /* Raises 400 invalid_password unless LATTICE_PASSWORD_MIN_CHARS to _MAX_CHARS characters */
 void
 lattice_password_check_length(const char *password, size_t len)
 {
-	int			chars;
+	int chars;
 
 	if (len > LATTICE_PASSWORD_MAX_CHARS * MAX_MULTIBYTE_CHAR_LEN)
 		chars = LATTICE_PASSWORD_MAX_CHARS + 1;
@@ -39,15 +39,15 @@ lattice_password_check_length(const char *password, size_t len)
 		chars = pg_mbstrlen_with_len(password, len);
 	if (chars < LATTICE_PASSWORD_MIN_CHARS || chars > LATTICE_PASSWORD_MAX_CHARS)
 		lattice_raise_http(400, "invalid_password",
-						   psprintf("password must be %d to %d characters",
-									LATTICE_PASSWORD_MIN_CHARS, LATTICE_PASSWORD_MAX_CHARS),
+						   psprintf("password must be %d to %d characters", LATTICE_PASSWORD_MIN_CHARS,
+									LATTICE_PASSWORD_MAX_CHARS),
 						   NULL, NULL);
 }
 
 bool
 lattice_password_length_ok(const char *password, size_t len)
 {
-	int			chars;
+	int chars;
 
 	if (len > LATTICE_PASSWORD_MAX_CHARS * MAX_MULTIBYTE_CHAR_LEN)
 		return false;
@@ -58,11 +58,10 @@ lattice_password_length_ok(const char *password, size_t len)
 char *
 lattice_password_hash_cstr(const char *password, size_t len)
 {
-	char	   *out = palloc(crypto_pwhash_STRBYTES);
+	char *out = palloc(crypto_pwhash_STRBYTES);
 
 	lattice_password_check_length(password, len);
-	if (crypto_pwhash_str(out, password, len, LATTICE_PWHASH_OPSLIMIT,
-						  LATTICE_PWHASH_MEMLIMIT) != 0)
+	if (crypto_pwhash_str(out, password, len, LATTICE_PWHASH_OPSLIMIT, LATTICE_PWHASH_MEMLIMIT) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("lattice.password_hash: argon2id ran out of memory")));
@@ -76,10 +75,10 @@ lattice_password_hash_cstr(const char *password, size_t len)
 bool
 lattice_password_verify_cstr(const char *hash, const char *password, size_t len)
 {
-	bool		ok;
+	bool ok;
 
 	if (len > LATTICE_PASSWORD_MAX_CHARS * MAX_MULTIBYTE_CHAR_LEN)
-		len = LATTICE_PASSWORD_MAX_CHARS * MAX_MULTIBYTE_CHAR_LEN;	/* bound the work */
+		len = LATTICE_PASSWORD_MAX_CHARS * MAX_MULTIBYTE_CHAR_LEN; /* bound the work */
 	ok = crypto_pwhash_str_verify(hash ? hash : dummy_hash, password, len) == 0;
 	return ok && hash != NULL;
 }
@@ -89,7 +88,7 @@ PG_FUNCTION_INFO_V1(lattice_password_hash);
 Datum
 lattice_password_hash(PG_FUNCTION_ARGS)
 {
-	text	   *pw = PG_GETARG_TEXT_PP(0);
+	text *pw = PG_GETARG_TEXT_PP(0);
 
 	PG_RETURN_TEXT_P(cstring_to_text(lattice_password_hash_cstr(VARDATA_ANY(pw),
 																VARSIZE_ANY_EXHDR(pw))));
@@ -100,8 +99,8 @@ PG_FUNCTION_INFO_V1(lattice_password_verify);
 Datum
 lattice_password_verify(PG_FUNCTION_ARGS)
 {
-	char	   *hash = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
-	text	   *pw;
+	char *hash = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	text *pw;
 
 	if (PG_ARGISNULL(1))
 		PG_RETURN_BOOL(false);
@@ -114,7 +113,7 @@ PG_FUNCTION_INFO_V1(lattice_password_needs_rehash);
 Datum
 lattice_password_needs_rehash(PG_FUNCTION_ARGS)
 {
-	char	   *hash = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char *hash = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	/* -1 (not an Argon2id string of ours) also means: hash again */
 	PG_RETURN_BOOL(crypto_pwhash_str_needs_rehash(hash, LATTICE_PWHASH_OPSLIMIT,
@@ -129,14 +128,13 @@ void
 lattice_enforce_attempts(const char *scope, const char *key, int64 limit, int64 period)
 {
 	LatticeRateResult r;
-	char		headers[64];
+	char headers[64];
 
 	if (key == NULL || lattice_rate_check(scope, key, limit, period, &r))
 		return;
 	snprintf(headers, sizeof(headers), "{\"Retry-After\": \"" INT64_FORMAT "\"}",
 			 r.retry_after_seconds > 0 ? r.retry_after_seconds : 1);
-	lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later",
-					   NULL, headers);
+	lattice_raise_http(429, "too_many_attempts", "too many attempts, try again later", NULL, headers);
 }
 
 /*
@@ -149,8 +147,7 @@ Datum
 lattice_account_throttle(PG_FUNCTION_ARGS)
 {
 	lattice_enforce_attempts(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-							 lattice_uuid_text(PG_GETARG_UUID_P(1)),
-							 PG_GETARG_INT64(2), PG_GETARG_INT64(3));
+							 lattice_uuid_text(PG_GETARG_UUID_P(1)), PG_GETARG_INT64(2),
+							 PG_GETARG_INT64(3));
 	PG_RETURN_VOID();
 }
-

@@ -10,8 +10,8 @@
 char *
 lattice_b64url_encode(const uint8 *bin, size_t len)
 {
-	size_t		outlen = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-	char	   *out = palloc(outlen);
+	size_t outlen = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	char *out = palloc(outlen);
 
 	sodium_bin2base64(out, outlen, bin, len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 	return out;
@@ -25,7 +25,7 @@ lattice_b64url_encode(const uint8 *bin, size_t len)
 bytea *
 lattice_secret_hash(const char *s, size_t len)
 {
-	bytea	   *b = palloc(VARHDRSZ + LATTICE_SECRET_HASH_BYTES);
+	bytea *b = palloc(VARHDRSZ + LATTICE_SECRET_HASH_BYTES);
 
 	SET_VARSIZE(b, VARHDRSZ + LATTICE_SECRET_HASH_BYTES);
 	crypto_generichash((unsigned char *) VARDATA(b), LATTICE_SECRET_HASH_BYTES,
@@ -37,8 +37,8 @@ lattice_secret_hash(const char *s, size_t len)
 char *
 lattice_random_token(size_t nbytes)
 {
-	uint8		buf[64];
-	char	   *out;
+	uint8 buf[64];
+	char *out;
 
 	Assert(nbytes <= sizeof(buf));
 	randombytes_buf(buf, nbytes);

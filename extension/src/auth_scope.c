@@ -34,9 +34,8 @@ lattice_auth_scopes(void)
 static const struct
 {
 	const char *name;
-	int			bit;
-}			scope_names[] =
-{
+	int bit;
+} scope_names[] = {
 	{"ingest", LATTICE_SCOPE_INGEST},
 	{"read", LATTICE_SCOPE_READ},
 };
@@ -54,18 +53,19 @@ scope_bit(const char *name, size_t len)
 int
 lattice_scopes_from_names(const char *const *names, int n)
 {
-	int			scopes = 0;
+	int scopes = 0;
 
 	if (n < 1)
 		lattice_raise_http(400, "invalid_scopes", "give at least one scope: ingest, read",
 						   "[{\"path\": \"scopes\", \"message\": \"must not be empty\"}]", NULL);
 	for (int i = 0; i < n; i++)
 	{
-		int			bit = names[i] ? scope_bit(names[i], strlen(names[i])) : 0;
+		int bit = names[i] ? scope_bit(names[i], strlen(names[i])) : 0;
 
 		if (bit == 0)
 			lattice_raise_http(400, "invalid_scopes", "unknown scope: the scopes are ingest and read",
-							   "[{\"path\": \"scopes\", \"message\": \"must be ingest or read\"}]", NULL);
+							   "[{\"path\": \"scopes\", \"message\": \"must be ingest or read\"}]",
+							   NULL);
 		scopes |= bit;
 	}
 	return scopes;
@@ -75,13 +75,13 @@ lattice_scopes_from_names(const char *const *names, int n)
 int
 lattice_scopes_from_text(const char *text)
 {
-	int			scopes = 0;
+	int scopes = 0;
 	const char *p = text;
 
 	while (*p)
 	{
-		size_t		len = strcspn(p, " ");
-		int			bit = scope_bit(p, len);
+		size_t len = strcspn(p, " ");
+		int bit = scope_bit(p, len);
 
 		if (len > 0 && bit == 0)
 			return 0;
@@ -110,8 +110,8 @@ lattice_scopes_text(int scopes)
 Datum
 lattice_scopes_array(int scopes)
 {
-	Datum		names[lengthof(scope_names)];
-	int			n = 0;
+	Datum names[lengthof(scope_names)];
+	int n = 0;
 
 	for (size_t i = 0; i < lengthof(scope_names); i++)
 		if (scopes & scope_names[i].bit)

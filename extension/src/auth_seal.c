@@ -14,28 +14,27 @@
 
 #include <sodium.h>
 
-#define SEAL_VERSION	1
-#define SEAL_HEADER		2		/* version and kid length */
+#define SEAL_VERSION 1
+#define SEAL_HEADER	 2 /* version and kid length */
 
 static void
 seal_key(const char *context, const uint8 pepper[LATTICE_SECRET_BYTES],
 		 uint8 key[crypto_secretbox_KEYBYTES])
 {
-	crypto_generichash(key, crypto_secretbox_KEYBYTES,
-					   (const unsigned char *) context, strlen(context),
+	crypto_generichash(key, crypto_secretbox_KEYBYTES, (const unsigned char *) context, strlen(context),
 					   pepper, LATTICE_SECRET_BYTES);
 }
 
 bytea *
 lattice_seal(const char *context, const uint8 *plain, size_t plain_len)
 {
-	uint8		pepper[LATTICE_SECRET_BYTES];
-	uint8		key[crypto_secretbox_KEYBYTES];
-	char		kid[LATTICE_KID_MAX + 1];
-	size_t		kid_len;
-	size_t		len;
-	bytea	   *sealed;
-	uint8	   *p;
+	uint8 pepper[LATTICE_SECRET_BYTES];
+	uint8 key[crypto_secretbox_KEYBYTES];
+	char kid[LATTICE_KID_MAX + 1];
+	size_t kid_len;
+	size_t len;
+	bytea *sealed;
+	uint8 *p;
 
 	if (!lattice_secret_get("pepper", NULL, pepper, kid))
 		ereport(ERROR,
@@ -71,33 +70,30 @@ size_t
 lattice_unseal(const char *context, bytea *sealed, uint8 *out, size_t max)
 {
 	const uint8 *p = (const uint8 *) VARDATA_ANY(sealed);
-	size_t		len = VARSIZE_ANY_EXHDR(sealed);
-	size_t		kid_len;
-	size_t		clen;
-	char		kid[LATTICE_KID_MAX + 1];
-	uint8		pepper[LATTICE_SECRET_BYTES];
-	uint8		key[crypto_secretbox_KEYBYTES];
+	size_t len = VARSIZE_ANY_EXHDR(sealed);
+	size_t kid_len;
+	size_t clen;
+	char kid[LATTICE_KID_MAX + 1];
+	uint8 pepper[LATTICE_SECRET_BYTES];
+	uint8 key[crypto_secretbox_KEYBYTES];
 	const uint8 *nonce;
-	int			rc;
+	int rc;
 
 	if (len < SEAL_HEADER || p[0] != SEAL_VERSION)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed secret is corrupt"),
+				(errcode(ERRCODE_DATA_CORRUPTED), errmsg("lattice: a sealed secret is corrupt"),
 				 errdetail("Unknown format.")));
 	kid_len = p[1];
 	if (kid_len == 0 || kid_len > LATTICE_KID_MAX ||
 		len < SEAL_HEADER + kid_len + crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + 1 ||
 		memchr(p + SEAL_HEADER, '\0', kid_len) != NULL)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed secret is corrupt"),
+				(errcode(ERRCODE_DATA_CORRUPTED), errmsg("lattice: a sealed secret is corrupt"),
 				 errdetail("It is truncated or its key id is malformed.")));
 	clen = len - SEAL_HEADER - kid_len - crypto_secretbox_NONCEBYTES;
 	if (clen - crypto_secretbox_MACBYTES > max)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed secret is corrupt"),
+				(errcode(ERRCODE_DATA_CORRUPTED), errmsg("lattice: a sealed secret is corrupt"),
 				 errdetail("It is too long.")));
 	memcpy(kid, p + SEAL_HEADER, kid_len);
 	kid[kid_len] = '\0';
@@ -105,8 +101,7 @@ lattice_unseal(const char *context, bytea *sealed, uint8 *out, size_t max)
 
 	if (!lattice_secret_get("pepper", kid, pepper, NULL))
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed secret is corrupt"),
+				(errcode(ERRCODE_DATA_CORRUPTED), errmsg("lattice: a sealed secret is corrupt"),
 				 errdetail("It names no known pepper.")));
 	seal_key(context, pepper, key);
 	sodium_memzero(pepper, sizeof(pepper));
@@ -116,8 +111,7 @@ lattice_unseal(const char *context, bytea *sealed, uint8 *out, size_t max)
 	{
 		sodium_memzero(out, max);
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("lattice: a sealed secret is corrupt"),
+				(errcode(ERRCODE_DATA_CORRUPTED), errmsg("lattice: a sealed secret is corrupt"),
 				 errdetail("It does not open under the pepper it names.")));
 	}
 	return clen - crypto_secretbox_MACBYTES;

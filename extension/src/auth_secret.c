@@ -28,44 +28,46 @@
  * wipes) and the kid into kid_out when given.  False when there is none.
  */
 bool
-lattice_secret_get(const char *kind, const char *kid,
-				   uint8 secret[LATTICE_SECRET_BYTES], char kid_out[LATTICE_KID_MAX + 1])
+lattice_secret_get(const char *kind, const char *kid, uint8 secret[LATTICE_SECRET_BYTES],
+				   char kid_out[LATTICE_KID_MAX + 1])
 {
 	static SPIPlanPtr active_plan = NULL;
 	static SPIPlanPtr kid_plan = NULL;
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
-	bool		found = false;
-	SPIPlanPtr	plan;
+	Oid types[2] = {TEXTOID, TEXTOID};
+	Datum values[2];
+	bool found = false;
+	SPIPlanPtr plan;
 
 	lattice_spi_connect("lattice.secret_get");
 	values[0] = CStringGetTextDatum(kind);
 	if (kid == NULL)
 		plan = lattice_spi_prepare_kept(&active_plan,
-							"SELECT kid, secret FROM lattice.secrets"
-							" WHERE kind = $1 AND retired_at IS NULL"
-							" ORDER BY created_at DESC LIMIT 1", 1, types);
+										"SELECT kid, secret FROM lattice.secrets"
+										" WHERE kind = $1 AND retired_at IS NULL"
+										" ORDER BY created_at DESC LIMIT 1",
+										1, types);
 	else
 	{
 		values[1] = CStringGetTextDatum(kid);
 		plan = lattice_spi_prepare_kept(&kid_plan,
-							"SELECT kid, secret FROM lattice.secrets"
-							" WHERE kind = $1 AND kid = $2", 2, types);
+										"SELECT kid, secret FROM lattice.secrets"
+										" WHERE kind = $1 AND kid = $2",
+										2, types);
 	}
 	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: reading server secrets failed");
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		bytea	   *b = DatumGetByteaPP(d);
+		bool isnull;
+		Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		bytea *b = DatumGetByteaPP(d);
 
 		if (!isnull && VARSIZE_ANY_EXHDR(b) == LATTICE_SECRET_BYTES)
 		{
 			memcpy(secret, VARDATA_ANY(b), LATTICE_SECRET_BYTES);
 			if (kid_out)
 			{
-				char	   *k = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+				char *k = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 				strlcpy(kid_out, k, LATTICE_KID_MAX + 1);
 			}
@@ -84,9 +86,9 @@ bool
 lattice_jwt_key_usable(const char *kid, uint8 secret[LATTICE_SECRET_BYTES])
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
-	Datum		values[2];
-	bool		found = false;
+	Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum values[2];
+	bool found = false;
 	TimestampTz oldest = lattice_clock_now() -
 		(int64) (LATTICE_JWT_MAX_TTL + LATTICE_JWT_SKEW) * USECS_PER_SEC;
 
@@ -94,16 +96,17 @@ lattice_jwt_key_usable(const char *kid, uint8 secret[LATTICE_SECRET_BYTES])
 	values[0] = CStringGetTextDatum(kid);
 	values[1] = TimestampTzGetDatum(oldest);
 	lattice_spi_prepare_kept(&plan,
-				 "SELECT secret FROM lattice.secrets"
-				 " WHERE kind = 'jwt' AND kid = $1"
-				 " AND (retired_at IS NULL OR retired_at > $2)", 2, types);
+							 "SELECT secret FROM lattice.secrets"
+							 " WHERE kind = 'jwt' AND kid = $1"
+							 " AND (retired_at IS NULL OR retired_at > $2)",
+							 2, types);
 	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: reading server secrets failed");
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
-		bytea	   *b = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-													 SPI_tuptable->tupdesc, 1, &isnull));
+		bool isnull;
+		bytea *b = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull));
 
 		if (!isnull && VARSIZE_ANY_EXHDR(b) == LATTICE_SECRET_BYTES)
 		{
@@ -127,14 +130,14 @@ PG_FUNCTION_INFO_V1(lattice_rotate_secret);
 Datum
 lattice_rotate_secret(PG_FUNCTION_ARGS)
 {
-	text	   *kind_t;
-	char	   *kind;
-	uint8		secret[LATTICE_SECRET_BYTES];
-	char	   *kid;
-	Datum		values[3];
-	bytea	   *b;
+	text *kind_t;
+	char *kind;
+	uint8 secret[LATTICE_SECRET_BYTES];
+	char *kid;
+	Datum values[3];
+	bytea *b;
 	TimestampTz now = lattice_clock_now();
-	uint64		retired;
+	uint64 retired;
 
 	if (!lattice_caller_is_privileged())
 		ereport(ERROR,
@@ -153,7 +156,7 @@ lattice_rotate_secret(PG_FUNCTION_ARGS)
 				 errmsg("lattice.rotate_secret: unknown kind \"%s\"", kind),
 				 errhint("Use 'pepper' or 'jwt'.")));
 
-	kid = lattice_random_token(9);	/* 12 characters */
+	kid = lattice_random_token(9); /* 12 characters */
 	randombytes_buf(secret, sizeof(secret));
 	b = palloc(VARHDRSZ + sizeof(secret));
 	SET_VARSIZE(b, VARHDRSZ + sizeof(secret));
@@ -165,8 +168,8 @@ lattice_rotate_secret(PG_FUNCTION_ARGS)
 	values[1] = TimestampTzGetDatum(now);
 	if (SPI_execute_with_args("UPDATE lattice.secrets SET retired_at = $2"
 							  " WHERE kind = $1 AND retired_at IS NULL",
-							  2, (Oid[]) {TEXTOID, TIMESTAMPTZOID}, values, NULL,
-							  false, 0) != SPI_OK_UPDATE)
+							  2, (Oid[]) {TEXTOID, TIMESTAMPTZOID}, values, NULL, false,
+							  0) != SPI_OK_UPDATE)
 		elog(ERROR, "lattice.rotate_secret: retiring the old secret failed");
 	retired = SPI_processed;
 	values[1] = CStringGetTextDatum(kid);

@@ -36,7 +36,7 @@ static const char csrf_context[] = "lattice csrf v1";
 static bool
 token_well_formed(const char *t, size_t len)
 {
-	size_t		i;
+	size_t i;
 
 	if (len != SESSION_TOKEN_LEN)
 		return false;
@@ -50,10 +50,10 @@ token_well_formed(const char *t, size_t len)
 static char *
 csrf_for(const char *token)
 {
-	uint8		mac[32];
+	uint8 mac[32];
 
-	crypto_generichash(mac, sizeof(mac), (const unsigned char *) csrf_context,
-					   strlen(csrf_context), (const unsigned char *) token, strlen(token));
+	crypto_generichash(mac, sizeof(mac), (const unsigned char *) csrf_context, strlen(csrf_context),
+					   (const unsigned char *) token, strlen(token));
 	return lattice_b64url_encode(mac, sizeof(mac));
 }
 
@@ -61,14 +61,13 @@ static bool
 safe_method(const char *method)
 {
 	return method != NULL &&
-		(strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
-		 strcmp(method, "OPTIONS") == 0);
+		(strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 || strcmp(method, "OPTIONS") == 0);
 }
 
 static bool
 equal_ct(const char *a, const char *b)
 {
-	size_t		len = strlen(a);
+	size_t len = strlen(a);
 
 	return len == strlen(b) && sodium_memcmp(a, b, len) == 0;
 }
@@ -78,15 +77,15 @@ equal_ct(const char *a, const char *b)
  * 401 invalid_session / session_expired or 403 csrf_failed.
  */
 void
-lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
-							pg_uuid_t *session_id, bool *stale)
+lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id, pg_uuid_t *session_id,
+							bool *stale)
 {
 	static SPIPlanPtr lookup_plan = NULL;
 	static SPIPlanPtr plan = NULL;
 	TimestampTz now = lattice_clock_now();
-	bool		found = false;
-	bool		revoked = false;
-	bool		expired = false;
+	bool found = false;
+	bool revoked = false;
+	bool expired = false;
 
 	*stale = false;
 	if (!token_well_formed(token, strlen(token)))
@@ -94,34 +93,37 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 
 	/* the token's hash names the account and the session; then that row */
 	lattice_spi_connect("lattice.authenticate");
-	lattice_spi_prepare_kept(&lookup_plan,
-							 "SELECT user_id, session_id FROM lattice.session_tokens WHERE token_hash = $1",
-							 1, (Oid[]) {BYTEAOID});
-	if (SPI_execute_plan(lookup_plan, (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token)))}, NULL, true, 1)
-		!= SPI_OK_SELECT)
+	lattice_spi_prepare_kept(
+		&lookup_plan, "SELECT user_id, session_id FROM lattice.session_tokens WHERE token_hash = $1", 1,
+		(Oid[]) {BYTEAOID});
+	if (SPI_execute_plan(lookup_plan,
+						 (Datum[]) {PointerGetDatum(lattice_secret_hash(token, strlen(token)))}, NULL,
+						 true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "lattice: session lookup failed");
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
+		bool isnull;
 
-		memcpy(user_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		memcpy(user_id,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
-		memcpy(session_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+		memcpy(session_id,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
 			   sizeof(pg_uuid_t));
 		lattice_spi_prepare_kept(&plan,
 								 "SELECT revoked_at, idle_expires_at, expires_at, last_seen_at"
 								 "  FROM lattice.sessions WHERE user_id = $1 AND id = $2",
 								 2, (Oid[]) {UUIDOID, UUIDOID});
-		if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(user_id), UUIDPGetDatum(session_id)},
-							 NULL, true, 1) != SPI_OK_SELECT)
+		if (SPI_execute_plan(plan, (Datum[]) {UUIDPGetDatum(user_id), UUIDPGetDatum(session_id)}, NULL,
+							 true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "lattice: session lookup failed");
 		found = SPI_processed == 1;
 	}
 	if (found)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
+		HeapTuple tup = SPI_tuptable->vals[0];
+		TupleDesc desc = SPI_tuptable->tupdesc;
+		bool isnull;
 
 		SPI_getbinval(tup, desc, 1, &isnull);
 		revoked = !isnull;
@@ -136,12 +138,11 @@ lattice_session_verify_cstr(const char *token, Jsonb *req, pg_uuid_t *user_id,
 
 	if (!safe_method(lattice_req_text(req, "method")))
 	{
-		char	   *cookie = lattice_req_text(req, "csrf_cookie");
-		char	   *header = lattice_req_text(req, "csrf_header");
-		char	   *expected = csrf_for(token);
+		char *cookie = lattice_req_text(req, "csrf_cookie");
+		char *header = lattice_req_text(req, "csrf_header");
+		char *expected = csrf_for(token);
 
-		if (cookie == NULL || header == NULL || !equal_ct(header, cookie) ||
-			!equal_ct(header, expected))
+		if (cookie == NULL || header == NULL || !equal_ct(header, cookie) || !equal_ct(header, expected))
 			lattice_raise_http(403, "csrf_failed",
 							   "a state-changing request needs the X-CSRF-Token header", NULL, NULL);
 	}
@@ -163,28 +164,30 @@ PG_FUNCTION_INFO_V1(lattice_session_create);
 Datum
 lattice_session_create(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *req = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
-	pg_uuid_t	tenant;
-	char	   *token;
-	char	   *addr;
-	char	   *agent;
+	Jsonb *req = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
+	pg_uuid_t tenant;
+	char *token;
+	char *addr;
+	char *agent;
 	TimestampTz now = lattice_clock_now();
 	TimestampTz idle = now + (int64) LATTICE_SESSION_IDLE_SECONDS * USECS_PER_SEC;
 	TimestampTz cap = now + (int64) LATTICE_SESSION_MAX_SECONDS * USECS_PER_SEC;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	Datum		out[4];
-	bool		out_nulls[4] = {false, false, false, false};
-	TupleDesc	desc;
-	bool		isnull;
-	pg_uuid_t	id;
+	Datum values[7];
+	char nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum out[4];
+	bool out_nulls[4] = {false, false, false, false};
+	TupleDesc desc;
+	bool isnull;
+	pg_uuid_t id;
 	LatticeRoleSwitch sw;
 
 	if (!lattice_get_tenant(&tenant) || lattice_auth_method() != LATTICE_AUTH_PASSWORD)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("lattice.session_create: permission denied"),
-				 errdetail("A session opens only after a password login or sign-up in the same transaction.")));
+		ereport(
+			ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("lattice.session_create: permission denied"),
+			 errdetail(
+				 "A session opens only after a password login or sign-up in the same transaction.")));
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.session_create: must return a record");
 	lattice_mfa_gate(&tenant);
@@ -201,7 +204,7 @@ lattice_session_create(PG_FUNCTION_ARGS)
 		values[5] = CStringGetTextDatum(addr);
 	else
 		nulls[5] = 'n';
-	if (agent)					/* bounded, cut on a character boundary */
+	if (agent) /* bounded, cut on a character boundary */
 		agent[pg_mbcliplen(agent, strlen(agent), 512)] = '\0';
 	if (agent)
 		values[6] = CStringGetTextDatum(agent);
@@ -210,23 +213,28 @@ lattice_session_create(PG_FUNCTION_ARGS)
 
 	lattice_as_tenant_role(&tenant, &sw);
 	lattice_spi_connect("lattice.session_create");
-	if (SPI_execute_with_args("INSERT INTO lattice.sessions (user_id, token_hash, created_at, last_seen_at,"
-							  " idle_expires_at, expires_at, client_addr, user_agent)"
-							  " VALUES ($1, $2, $3, $3, $4, $5, CAST($6 AS inet), $7) RETURNING id",
-							  7, (Oid[]) {UUIDOID, BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-							  TIMESTAMPTZOID, TEXTOID, TEXTOID},
-							  values, nulls, false, 1) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+	if (SPI_execute_with_args(
+			"INSERT INTO lattice.sessions (user_id, token_hash, created_at, last_seen_at,"
+			" idle_expires_at, expires_at, client_addr, user_agent)"
+			" VALUES ($1, $2, $3, $3, $4, $5, CAST($6 AS inet), $7) RETURNING id",
+			7,
+			(Oid[]) {UUIDOID, BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
+					 TEXTOID},
+			values, nulls, false, 1) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
 		elog(ERROR, "lattice.session_create: insert failed");
 	memcpy(&id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 		   sizeof(pg_uuid_t));
-	lattice_restore_role(&sw);	/* the look-up is the owner's */
+	lattice_restore_role(&sw); /* the look-up is the owner's */
 	if (SPI_execute_with_args("INSERT INTO lattice.session_tokens (token_hash, user_id, session_id)"
-							  " VALUES ($1, $2, $3)", 3, (Oid[]) {BYTEAOID, UUIDOID, UUIDOID},
-							  (Datum[]) {values[1], values[0], UUIDPGetDatum(&id)},
-							  NULL, false, 0) != SPI_OK_INSERT)
+							  " VALUES ($1, $2, $3)",
+							  3, (Oid[]) {BYTEAOID, UUIDOID, UUIDOID},
+							  (Datum[]) {values[1], values[0], UUIDPGetDatum(&id)}, NULL, false,
+							  0) != SPI_OK_INSERT)
 		elog(ERROR, "lattice.session_create: insert failed");
 	SPI_finish();
-	lattice_set_authenticated(&tenant, LATTICE_AUTH_PASSWORD, &id, 0);	/* the session is the credential now */
+	lattice_set_authenticated(&tenant, LATTICE_AUTH_PASSWORD, &id,
+							  0); /* the session is the credential now */
 
 	out[0] = UUIDPGetDatum(&id);
 	out[1] = CStringGetTextDatum(token);

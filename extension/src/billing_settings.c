@@ -13,45 +13,41 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
-static int	billing_past_due_grace_days = 7;
-static int	billing_webhook_tolerance_seconds = 300;
-static int	billing_webhook_max_bytes = 262144;
-static int	billing_webhook_per_minute = 600;
-static int	billing_retention_days = 365;
-static int	billing_retained_invoice_years = 10;
+static int billing_past_due_grace_days = 7;
+static int billing_webhook_tolerance_seconds = 300;
+static int billing_webhook_max_bytes = 262144;
+static int billing_webhook_per_minute = 600;
+static int billing_retention_days = 365;
+static int billing_retained_invoice_years = 10;
 static char *billing_public_origin = NULL;
 
 void
 lattice_billing_init(void)
 {
 	DefineCustomIntVariable("lattice.billing_past_due_grace_days",
-							"Days a past_due subscription keeps ingesting.",
-							NULL, &billing_past_due_grace_days, 7, 0, 365,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Days a past_due subscription keeps ingesting.", NULL,
+							&billing_past_due_grace_days, 7, 0, 365, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.billing_webhook_tolerance",
-							"Largest age (either way) of a Stripe-Signature timestamp.",
-							NULL, &billing_webhook_tolerance_seconds, 300, 1, 3600,
-							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.billing_webhook_max_bytes",
-							"Largest Stripe webhook body accepted.",
-							NULL, &billing_webhook_max_bytes, 262144, 1024, 16777216,
-							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+							"Largest age (either way) of a Stripe-Signature timestamp.", NULL,
+							&billing_webhook_tolerance_seconds, 300, 1, 3600, PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.billing_webhook_max_bytes", "Largest Stripe webhook body accepted.",
+							NULL, &billing_webhook_max_bytes, 262144, 1024, 16777216, PGC_SUSET,
+							GUC_UNIT_BYTE, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.billing_webhook_per_minute",
-							"Webhook deliveries accepted per client address and minute.",
-							NULL, &billing_webhook_per_minute, 600, 1, 1000000,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Webhook deliveries accepted per client address and minute.", NULL,
+							&billing_webhook_per_minute, 600, 1, 1000000, PGC_SUSET, 0, NULL, NULL,
+							NULL);
 	DefineCustomIntVariable("lattice.billing_retention_days",
-							"Days a lapsed account's data is kept, read-only.",
-							NULL, &billing_retention_days, 365, 1, 36500,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Days a lapsed account's data is kept, read-only.", NULL,
+							&billing_retention_days, 365, 1, 36500, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.billing_retained_invoice_years",
-							"Years the invoices of a deleted account are kept for accounting.",
-							NULL, &billing_retained_invoice_years, 10, 1, 100,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Years the invoices of a deleted account are kept for accounting.", NULL,
+							&billing_retained_invoice_years, 10, 1, 100, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("lattice.billing_public_origin",
-							   "Origin of the dashboard that Stripe sends the browser back to.",
-							   NULL, &billing_public_origin, "http://localhost:8080",
-							   PGC_SUSET, 0, NULL, NULL, NULL);
+							   "Origin of the dashboard that Stripe sends the browser back to.", NULL,
+							   &billing_public_origin, "http://localhost:8080", PGC_SUSET, 0, NULL, NULL,
+							   NULL);
 }
 
 /*
@@ -62,7 +58,7 @@ PG_FUNCTION_INFO_V1(lattice_billing_setting);
 Datum
 lattice_billing_setting(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	if (strcmp(name, "past_due_grace_days") == 0)
 		PG_RETURN_INT32(billing_past_due_grace_days);
@@ -96,8 +92,7 @@ lattice_billing_webhook_rate(PG_FUNCTION_ARGS)
 	LatticeRateResult r;
 
 	if (!lattice_rate_check("addr_stripe_webhook", addr, billing_webhook_per_minute, 60, &r))
-		lattice_raise_http(429, "rate_limited", "too many webhook deliveries from this address",
-						   NULL,
+		lattice_raise_http(429, "rate_limited", "too many webhook deliveries from this address", NULL,
 						   psprintf("{\"Retry-After\":\"" INT64_FORMAT "\"}",
 									r.retry_after_seconds > 0 ? r.retry_after_seconds : 1));
 	PG_RETURN_VOID();

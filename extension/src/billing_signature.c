@@ -37,27 +37,28 @@ PG_FUNCTION_INFO_V1(lattice_stripe_signature_verdict);
 Datum
 lattice_stripe_signature_verdict(PG_FUNCTION_ARGS)
 {
-	text	   *header_t;
-	text	   *payload_t;
-	ArrayType  *secrets_a;
-	int32		tolerance;
+	text *header_t;
+	text *payload_t;
+	ArrayType *secrets_a;
+	int32 tolerance;
 	TimestampTz at;
 	StripeSignatureHeader sig;
-	Datum	   *secrets;
-	bool	   *secret_nulls;
-	int			n_secrets;
+	Datum *secrets;
+	bool *secret_nulls;
+	int n_secrets;
 	const char **secret_ptrs;
-	size_t	   *secret_lens;
-	int64		at_unix;
+	size_t *secret_lens;
+	int64 at_unix;
 	StripeSignatureVerdict verdict;
-	int			i;
+	int i;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_TEXT_P(cstring_to_text("no_signature"));
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("lattice.stripe_signature_verdict: payload, tolerance and time must not be null")));
+		ereport(
+			ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("lattice.stripe_signature_verdict: payload, tolerance and time must not be null")));
 	header_t = PG_GETARG_TEXT_PP(0);
 	payload_t = PG_GETARG_TEXT_PP(1);
 	tolerance = PG_GETARG_INT32(3);
@@ -80,8 +81,7 @@ lattice_stripe_signature_verdict(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("lattice.stripe_signature_verdict: secrets must be a one-dimensional array")));
-	deconstruct_array(secrets_a, TEXTOID, -1, false, TYPALIGN_INT,
-					  &secrets, &secret_nulls, &n_secrets);
+	deconstruct_array(secrets_a, TEXTOID, -1, false, TYPALIGN_INT, &secrets, &secret_nulls, &n_secrets);
 	if (n_secrets > STRIPE_SIGNATURE_MAX_SECRETS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -92,7 +92,7 @@ lattice_stripe_signature_verdict(PG_FUNCTION_ARGS)
 	secret_lens = palloc0(sizeof(size_t) * Max(n_secrets, 1));
 	for (i = 0; i < n_secrets; i++)
 	{
-		text	   *secret;
+		text *secret;
 
 		if (secret_nulls[i])
 			continue;
@@ -102,8 +102,8 @@ lattice_stripe_signature_verdict(PG_FUNCTION_ARGS)
 	}
 	at_unix = (int64) timestamptz_to_time_t(at);
 	verdict = stripe_signature_check(&sig, (const char *const *) secret_ptrs, secret_lens, n_secrets,
-									 VARDATA_ANY(payload_t), VARSIZE_ANY_EXHDR(payload_t),
-									 tolerance, at_unix);
+									 VARDATA_ANY(payload_t), VARSIZE_ANY_EXHDR(payload_t), tolerance,
+									 at_unix);
 	PG_RETURN_TEXT_P(cstring_to_text(stripe_signature_verdict_name(verdict)));
 }
 
@@ -112,13 +112,13 @@ lattice_stripe_signature_verdict(PG_FUNCTION_ARGS)
  * Stripe's scheme, which alert webhooks sign with too (alert_webhook.c).
  */
 char *
-lattice_signature_header(const char *secret, size_t secret_len,
-						 const char *payload, size_t payload_len, TimestampTz at)
+lattice_signature_header(const char *secret, size_t secret_len, const char *payload, size_t payload_len,
+						 TimestampTz at)
 {
 	StripeSignatureHeader sig;
-	char		t_buf[32];
+	char t_buf[32];
 	unsigned char mac[crypto_auth_hmacsha256_BYTES];
-	char		hex[2 * crypto_auth_hmacsha256_BYTES + 1];
+	char hex[2 * crypto_auth_hmacsha256_BYTES + 1];
 
 	memset(&sig, 0, sizeof(sig));
 	snprintf(t_buf, sizeof(t_buf), INT64_FORMAT, (int64) timestamptz_to_time_t(at));
@@ -142,10 +142,12 @@ PG_FUNCTION_INFO_V1(lattice_stripe_signature_header);
 Datum
 lattice_stripe_signature_header(PG_FUNCTION_ARGS)
 {
-	text	   *payload_t = PG_GETARG_TEXT_PP(0);
-	text	   *secret_t = PG_GETARG_TEXT_PP(1);
+	text *payload_t = PG_GETARG_TEXT_PP(0);
+	text *secret_t = PG_GETARG_TEXT_PP(1);
 
-	PG_RETURN_TEXT_P(cstring_to_text(lattice_signature_header(VARDATA_ANY(secret_t), VARSIZE_ANY_EXHDR(secret_t),
-															  VARDATA_ANY(payload_t), VARSIZE_ANY_EXHDR(payload_t),
+	PG_RETURN_TEXT_P(cstring_to_text(lattice_signature_header(VARDATA_ANY(secret_t),
+															  VARSIZE_ANY_EXHDR(secret_t),
+															  VARDATA_ANY(payload_t),
+															  VARSIZE_ANY_EXHDR(payload_t),
 															  PG_GETARG_TIMESTAMPTZ(2))));
 }

@@ -24,17 +24,17 @@
 bool
 stripe_signature_parse(const char *header, size_t len, StripeSignatureHeader *out)
 {
-	size_t		pos = 0;
+	size_t pos = 0;
 
 	memset(out, 0, sizeof(*out));
 	while (pos < len)
 	{
-		size_t		end = pos;
-		size_t		eq;
+		size_t end = pos;
+		size_t eq;
 		const char *key;
-		size_t		key_len;
+		size_t key_len;
 		const char *val;
-		size_t		val_len;
+		size_t val_len;
 
 		while (end < len && header[end] != ',')
 			end++;
@@ -49,8 +49,8 @@ stripe_signature_parse(const char *header, size_t len, StripeSignatureHeader *ou
 
 		if (key_len == 1 && key[0] == 't')
 		{
-			int64_t		t = 0;
-			size_t		i;
+			int64_t t = 0;
+			size_t i;
 
 			if (out->t != NULL || val_len == 0 || val_len > 12)
 				return false;
@@ -66,13 +66,12 @@ stripe_signature_parse(const char *header, size_t len, StripeSignatureHeader *ou
 		}
 		else if (key_len == 2 && key[0] == 'v' && key[1] == '1')
 		{
-			size_t		bin_len = 0;
+			size_t bin_len = 0;
 
-			if (out->n_v1 >= STRIPE_SIGNATURE_MAX_V1 ||
-				val_len != 2 * crypto_auth_hmacsha256_BYTES)
+			if (out->n_v1 >= STRIPE_SIGNATURE_MAX_V1 || val_len != 2 * crypto_auth_hmacsha256_BYTES)
 				return false;
-			if (sodium_hex2bin(out->v1[out->n_v1], crypto_auth_hmacsha256_BYTES,
-							   val, val_len, NULL, &bin_len, NULL) != 0 ||
+			if (sodium_hex2bin(out->v1[out->n_v1], crypto_auth_hmacsha256_BYTES, val, val_len, NULL,
+							   &bin_len, NULL) != 0 ||
 				bin_len != crypto_auth_hmacsha256_BYTES)
 				return false;
 			out->n_v1++;
@@ -85,8 +84,7 @@ stripe_signature_parse(const char *header, size_t len, StripeSignatureHeader *ou
 
 /* HMAC-SHA256 of "<t>.<payload>" under secret, into mac. */
 void
-stripe_signature_mac(const char *secret, size_t secret_len,
-					 const StripeSignatureHeader *sig,
+stripe_signature_mac(const char *secret, size_t secret_len, const StripeSignatureHeader *sig,
 					 const char *payload, size_t payload_len,
 					 unsigned char mac[crypto_auth_hmacsha256_BYTES])
 {
@@ -108,12 +106,11 @@ stripe_signature_mac(const char *secret, size_t secret_len,
  */
 StripeSignatureVerdict
 stripe_signature_check(const StripeSignatureHeader *sig, const char *const *secrets,
-					   const size_t *secret_lens, int n_secrets,
-					   const char *payload, size_t payload_len,
+					   const size_t *secret_lens, int n_secrets, const char *payload, size_t payload_len,
 					   int64_t tolerance, int64_t at_unix)
 {
-	int			matched = 0;
-	int			usable = 0;
+	int matched = 0;
+	int usable = 0;
 
 	if (sig->t_value < at_unix - tolerance || sig->t_value > at_unix + tolerance)
 		return STRIPE_SIGNATURE_OUT_OF_TOLERANCE;

@@ -89,12 +89,11 @@ lattice_test_set_clock(PG_FUNCTION_ARGS)
 char *
 lattice_req_text(Jsonb *req, const char *key)
 {
-	JsonbValue	v;
+	JsonbValue v;
 
 	if (req == NULL || !JB_ROOT_IS_OBJECT(req))
 		return NULL;
-	if (getKeyJsonValueFromContainer(&req->root, key, strlen(key), &v) == NULL ||
-		v.type != jbvString)
+	if (getKeyJsonValueFromContainer(&req->root, key, strlen(key), &v) == NULL || v.type != jbvString)
 		return NULL;
 	return pnstrdup(v.val.string.val, v.val.string.len);
 }
@@ -102,7 +101,7 @@ lattice_req_text(Jsonb *req, const char *key)
 bool
 lattice_req_bool(Jsonb *req, const char *key)
 {
-	JsonbValue	v;
+	JsonbValue v;
 
 	if (req == NULL || !JB_ROOT_IS_OBJECT(req))
 		return false;
@@ -120,7 +119,7 @@ lattice_uuid_text(const pg_uuid_t *id)
 void
 lattice_spi_connect(const char *caller)
 {
-	int			rc = SPI_connect();
+	int rc = SPI_connect();
 
 	if (rc != SPI_OK_CONNECT)
 		elog(ERROR, "%s: SPI_connect failed: %s", caller, SPI_result_code_string(rc));
@@ -132,7 +131,7 @@ lattice_spi_prepare_kept(SPIPlanPtr *cache, const char *sql, int nargs, Oid *typ
 {
 	if (*cache == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+		SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
 
 		if (plan == NULL)
 			elog(ERROR, "lattice: SPI_prepare failed for \"%s\": %s", sql,
@@ -148,9 +147,9 @@ lattice_audit_insert(const char *action, const pg_uuid_t *user_id, const char *t
 					 const char *details_json, Jsonb *req)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[5] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, UUIDOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid types[5] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID, UUIDOID};
+	Datum values[5];
+	char nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
 	values[0] = CStringGetTextDatum(action);
 	if (target)
@@ -180,11 +179,10 @@ lattice_audit_insert(const char *action, const pg_uuid_t *user_id, const char *t
 bool
 lattice_caller_is_privileged(void)
 {
-	Oid			session_user = GetSessionUserId();
-	Oid			admin = get_role_oid("lattice_admin", true);
+	Oid session_user = GetSessionUserId();
+	Oid admin = get_role_oid("lattice_admin", true);
 
-	return superuser_arg(session_user) ||
-		(OidIsValid(admin) && has_privs_of_role(session_user, admin));
+	return superuser_arg(session_user) || (OidIsValid(admin) && has_privs_of_role(session_user, admin));
 }
 
 bool
@@ -196,9 +194,9 @@ lattice_xact_read_only(void)
 Oid
 lattice_schema_owner(void)
 {
-	Oid			nsp = get_namespace_oid("lattice", false);
-	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	Oid			owner;
+	Oid nsp = get_namespace_oid("lattice", false);
+	HeapTuple tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid owner;
 
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "lattice: cache lookup failed for namespace %u", nsp);

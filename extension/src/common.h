@@ -44,8 +44,8 @@ extern char *lattice_uuid_text(const pg_uuid_t *id);
  */
 struct _SPI_plan;
 extern void lattice_spi_connect(const char *caller);
-extern struct _SPI_plan *lattice_spi_prepare_kept(struct _SPI_plan **cache, const char *sql,
-												  int nargs, Oid *types);
+extern struct _SPI_plan *lattice_spi_prepare_kept(struct _SPI_plan **cache, const char *sql, int nargs,
+												  Oid *types);
 
 /*
  * One row through lattice.audit(), as the current role, now.  A read-only
@@ -59,13 +59,14 @@ extern bool lattice_caller_is_privileged(void);
 /* The transaction cannot write (read-only, or a standby) */
 extern bool lattice_xact_read_only(void);
 /* The owner of schema lattice: the role that reads what no API role may */
-extern Oid	lattice_schema_owner(void);
+extern Oid lattice_schema_owner(void);
 
 /* http.c: raise an error the shim turns into an HTTP answer (PTnnn SQLSTATE) */
 extern void lattice_raise_http(int status, const char *code, const char *message,
-							   const char *details_json, const char *headers_json) pg_attribute_noreturn();
+							   const char *details_json, const char *headers_json)
+	pg_attribute_noreturn();
 
 /* true when lattice is loaded through shared_preload_libraries (lattice.c) */
 extern bool lattice_preloaded;
 
-#endif							/* LATTICE_COMMON_H */
+#endif /* LATTICE_COMMON_H */

@@ -12,18 +12,18 @@
 #include "utils/builtins.h"
 #include "utils/formatting.h"
 
-#define EMAIL_MAX_CHARS			254 /* RFC 5321's path limit */
-#define EMAIL_LOCAL_MAX_CHARS	64
+#define EMAIL_MAX_CHARS		  254 /* RFC 5321's path limit */
+#define EMAIL_LOCAL_MAX_CHARS 64
 
 /* Trimmed, lower-cased email; NULL when it is not a plausible address */
 char *
 lattice_normalise_email(text *t)
 {
 	const char *s = VARDATA_ANY(t);
-	int			len = VARSIZE_ANY_EXHDR(t);
-	char	   *email;
-	char	   *at;
-	char	   *p;
+	int len = VARSIZE_ANY_EXHDR(t);
+	char *email;
+	char *at;
+	char *p;
 
 	while (len > 0 && isspace((unsigned char) *s))
 		s++, len--;
@@ -49,7 +49,7 @@ PG_FUNCTION_INFO_V1(lattice_email_normalise);
 Datum
 lattice_email_normalise(PG_FUNCTION_ARGS)
 {
-	char	   *email = lattice_normalise_email(PG_GETARG_TEXT_PP(0));
+	char *email = lattice_normalise_email(PG_GETARG_TEXT_PP(0));
 
 	if (email == NULL)
 		PG_RETURN_NULL();
@@ -63,9 +63,9 @@ lattice_email_normalise(PG_FUNCTION_ARGS)
 char *
 lattice_clean_label(text *t, int max_chars, const char *what)
 {
-	char	   *name = text_to_cstring(t);
-	char	   *end;
-	int			chars;
+	char *name = text_to_cstring(t);
+	char *end;
+	int chars;
 
 	while (isspace((unsigned char) *name))
 		name++;

@@ -28,18 +28,18 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
-int			lattice_graph_max_depth = 100;
-int			lattice_graph_max_results = 100000;
-int			lattice_graph_max_paths = 10;
-int			lattice_graph_cache_kb = 262144;
-int			lattice_graph_stats_max_age = 60;
+int lattice_graph_max_depth = 100;
+int lattice_graph_max_results = 100000;
+int lattice_graph_max_paths = 10;
+int lattice_graph_cache_kb = 262144;
+int lattice_graph_stats_max_age = 60;
 
 #define GRAPH_CACHE_SLOTS 64
 #define GRAPH_FETCH_BATCH 10000
 
 static MemoryContext graph_cache_cxt = NULL;
 static LatticeGraph *graph_cache[GRAPH_CACHE_SLOTS];
-static int	graph_cache_count = 0;
+static int graph_cache_count = 0;
 static uint64 graph_cache_tick = 0;
 
 static SPIPlanPtr version_plan = NULL;
@@ -59,51 +59,46 @@ lattice_graph_guc_init(void)
 	if (done)
 		return;
 	done = true;
-	DefineCustomIntVariable("lattice.graph_max_depth",
-							"Deepest hop count a graph traversal follows.",
+	DefineCustomIntVariable("lattice.graph_max_depth", "Deepest hop count a graph traversal follows.",
 							"Deeper requests are cut to it and the answer says so.",
-							&lattice_graph_max_depth, 100, 1, 1000000,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.graph_max_results",
-							"Most services or rows one graph answer lists.",
-							"Longer answers are cut to it and say so.",
-							&lattice_graph_max_results, 100000, 1, 100000000,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.graph_max_paths",
-							"Most shortest paths lattice.graph_paths lists.",
-							NULL,
-							&lattice_graph_max_paths, 10, 1, 100000,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.graph_stats_max_age",
-							"Seconds a cached graph's call figures are reused before it is loaded again.",
-							"0 reloads only when the topology or a service's state changes.",
-							&lattice_graph_stats_max_age, 60, 0, 86400,
-							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
+							&lattice_graph_max_depth, 100, 1, 1000000, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.graph_max_results", "Most services or rows one graph answer lists.",
+							"Longer answers are cut to it and say so.", &lattice_graph_max_results,
+							100000, 1, 100000000, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.graph_max_paths", "Most shortest paths lattice.graph_paths lists.",
+							NULL, &lattice_graph_max_paths, 10, 1, 100000, PGC_SUSET, 0, NULL, NULL,
+							NULL);
+	DefineCustomIntVariable(
+		"lattice.graph_stats_max_age",
+		"Seconds a cached graph's call figures are reused before it is loaded again.",
+		"0 reloads only when the topology or a service's state changes.", &lattice_graph_stats_max_age,
+		60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.graph_cache_size",
 							"Memory this backend may keep for cached tenant graphs.",
-							"A tenant graph larger than this is refused.",
-							&lattice_graph_cache_kb, 262144, 1024, INT_MAX,
-							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
+							"A tenant graph larger than this is refused.", &lattice_graph_cache_kb,
+							262144, 1024, INT_MAX, PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
 }
 
 static void
 graph_prepare_all(void)
 {
-	Oid			argtypes[1] = {UUIDOID};
+	Oid argtypes[1] = {UUIDOID};
 
-	lattice_spi_prepare_kept(&version_plan,
-							 "SELECT version, xmin::text::bigint FROM lattice.graph_versions WHERE user_id = $1",
-							 1, argtypes);
-	lattice_spi_prepare_kept(&nodes_plan,
-			"SELECT id, name, environment, status, version, framework, language, is_external, last_seen,"
-			"       CASE WHEN is_external AND kind = 'service' THEN 'external' ELSE kind END"
-			"  FROM lattice.services WHERE user_id = $1 ORDER BY id",
-			1, argtypes);
+	lattice_spi_prepare_kept(
+		&version_plan,
+		"SELECT version, xmin::text::bigint FROM lattice.graph_versions WHERE user_id = $1", 1,
+		argtypes);
+	lattice_spi_prepare_kept(
+		&nodes_plan,
+		"SELECT id, name, environment, status, version, framework, language, is_external, last_seen,"
+		"       CASE WHEN is_external AND kind = 'service' THEN 'external' ELSE kind END"
+		"  FROM lattice.services WHERE user_id = $1 ORDER BY id",
+		1, argtypes);
 	lattice_spi_prepare_kept(&edges_plan,
-			"SELECT source_service_id, target_service_id, call_count, error_count,"
-			"       total_duration_ms, last_seen, declared, latency_hist"
-			"  FROM lattice.connections WHERE user_id = $1",
-			1, argtypes);
+							 "SELECT source_service_id, target_service_id, call_count, error_count,"
+							 "       total_duration_ms, last_seen, declared, latency_hist"
+							 "  FROM lattice.connections WHERE user_id = $1",
+							 1, argtypes);
 }
 
 static int
@@ -116,13 +111,12 @@ uuid_compare(const pg_uuid_t *a, const pg_uuid_t *b)
 int32
 lattice_graph_find(const LatticeGraph *g, const pg_uuid_t *id)
 {
-	int32		lo = 0,
-				hi = g->n - 1;
+	int32 lo = 0, hi = g->n - 1;
 
 	while (lo <= hi)
 	{
-		int32		mid = lo + (hi - lo) / 2;
-		int			c = uuid_compare(&g->nodes[mid].id, id);
+		int32 mid = lo + (hi - lo) / 2;
+		int c = uuid_compare(&g->nodes[mid].id, id);
 
 		if (c == 0)
 			return mid;
@@ -141,7 +135,7 @@ lattice_graph_find(const LatticeGraph *g, const pg_uuid_t *id)
 int32
 lattice_graph_require(const LatticeGraph *g, Datum id)
 {
-	int32		v = lattice_graph_find(g, DatumGetUUIDP(id));
+	int32 v = lattice_graph_find(g, DatumGetUUIDP(id));
 
 	if (v < 0)
 		lattice_raise_http(404, "not_found", "no such service", NULL, NULL);
@@ -174,10 +168,10 @@ graph_alloc(LatticeGraph *g, Size size, bool zero)
 static uint32
 graph_intern(StringInfo strings, HeapTuple tup, TupleDesc desc, int col)
 {
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-	text	   *t;
-	uint32		off;
+	bool isnull;
+	Datum d = SPI_getbinval(tup, desc, col, &isnull);
+	text *t;
+	uint32 off;
 
 	if (isnull)
 		return GRAPH_NO_STR;
@@ -200,31 +194,32 @@ graph_check_size(Size bytes, int64 n, int64 m)
 }
 
 /* Rough bytes per service and per connection, for the early size check. */
-#define NODE_BYTES	(sizeof(GraphNode) + 2 * sizeof(int32) + sizeof(uint32) + sizeof(int32) + 32)
-#define EDGE_BYTES	(sizeof(GraphEdge) + 3 * sizeof(int32) + 2 * sizeof(int32) + sizeof(int64) + sizeof(double))
+#define NODE_BYTES (sizeof(GraphNode) + 2 * sizeof(int32) + sizeof(uint32) + sizeof(int32) + 32)
+#define EDGE_BYTES \
+	(sizeof(GraphEdge) + 3 * sizeof(int32) + 2 * sizeof(int32) + sizeof(int64) + sizeof(double))
 
 static void
 graph_load_nodes(LatticeGraph *g, Datum tenant, StringInfo strings)
 {
-	Datum		args[1] = {tenant};
-	Portal		portal = SPI_cursor_open(NULL, nodes_plan, args, NULL, true);
-	int32		cap = 1024;
+	Datum args[1] = {tenant};
+	Portal portal = SPI_cursor_open(NULL, nodes_plan, args, NULL, true);
+	int32 cap = 1024;
 
 	g->nodes = graph_alloc(g, sizeof(GraphNode) * cap, false);
 	g->n = 0;
 	for (;;)
 	{
-		uint64		i;
+		uint64 i;
 
 		SPI_cursor_fetch(portal, true, GRAPH_FETCH_BATCH);
 		if (SPI_processed == 0)
 			break;
 		for (i = 0; i < SPI_processed; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			GraphNode  *node;
-			bool		isnull;
+			HeapTuple tup = SPI_tuptable->vals[i];
+			TupleDesc desc = SPI_tuptable->tupdesc;
+			GraphNode *node;
+			bool isnull;
 
 			if (g->n == cap)
 			{
@@ -256,15 +251,11 @@ graph_load_nodes(LatticeGraph *g, Datum tenant, StringInfo strings)
 static void
 graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 {
-	Datum		args[1] = {tenant};
-	Portal		portal = SPI_cursor_open(NULL, edges_plan, args, NULL, true);
-	int64		cap = 1024,
-				m = 0,
-				k;
-	int32	   *src,
-			   *dst,
-			   *fill;
-	GraphEdge  *tmp;
+	Datum args[1] = {tenant};
+	Portal portal = SPI_cursor_open(NULL, edges_plan, args, NULL, true);
+	int64 cap = 1024, m = 0, k;
+	int32 *src, *dst, *fill;
+	GraphEdge *tmp;
 
 	src = MemoryContextAllocHuge(scratch, sizeof(int32) * cap);
 	dst = MemoryContextAllocHuge(scratch, sizeof(int32) * cap);
@@ -272,23 +263,23 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 
 	for (;;)
 	{
-		uint64		i;
+		uint64 i;
 
 		SPI_cursor_fetch(portal, true, GRAPH_FETCH_BATCH);
 		if (SPI_processed == 0)
 			break;
 		for (i = 0; i < SPI_processed; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			int32		s = lattice_graph_find(g, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)));
-			int32		t = lattice_graph_find(g, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)));
-			GraphEdge  *e;
-			Datum		d;
+			HeapTuple tup = SPI_tuptable->vals[i];
+			TupleDesc desc = SPI_tuptable->tupdesc;
+			bool isnull;
+			int32 s = lattice_graph_find(g, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)));
+			int32 t = lattice_graph_find(g, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)));
+			GraphEdge *e;
+			Datum d;
 
 			if (s < 0 || t < 0)
-				continue;		/* an endpoint this role cannot see */
+				continue; /* an endpoint this role cannot see */
 			if (m == cap)
 			{
 				cap *= 2;
@@ -305,8 +296,8 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 			e->last_seen = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
 			e->declared = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 			d = SPI_getbinval(tup, desc, 8, &isnull);
-			if (isnull || !lattice_hist_quantile(DatumGetArrayTypeP(d), 0.95, "lattice.graph",
-												 &e->p95_ms))
+			if (isnull ||
+				!lattice_hist_quantile(DatumGetArrayTypeP(d), 0.95, "lattice.graph", &e->p95_ms))
 				e->p95_ms = get_float8_nan();
 		}
 		SPI_freetuptable(SPI_tuptable);
@@ -340,17 +331,17 @@ graph_load_edges(LatticeGraph *g, Datum tenant, MemoryContext scratch)
 	memcpy(fill, g->out_off, sizeof(int32) * (g->n + 1));
 	for (k = 0; k < m; k++)
 	{
-		int32		pos = fill[src[k]]++;
+		int32 pos = fill[src[k]]++;
 
 		g->out_adj[pos] = dst[k];
 		g->edges[pos] = tmp[k];
-		dst[k] = pos;			/* remember where edge k went */
+		dst[k] = pos; /* remember where edge k went */
 	}
 	memcpy(fill, g->in_off, sizeof(int32) * (g->n + 1));
 	for (k = 0; k < m; k++)
 	{
-		int32		t = g->out_adj[dst[k]];
-		int32		pos = fill[t]++;
+		int32 t = g->out_adj[dst[k]];
+		int32 pos = fill[t]++;
 
 		g->in_adj[pos] = src[k];
 		g->in_edge[pos] = dst[k];
@@ -373,9 +364,8 @@ graph_cache_make_room(Size incoming)
 {
 	for (;;)
 	{
-		Size		total = incoming;
-		int			i,
-					lru = -1;
+		Size total = incoming;
+		int i, lru = -1;
 
 		for (i = 0; i < graph_cache_count; i++)
 		{
@@ -383,8 +373,8 @@ graph_cache_make_room(Size incoming)
 			if (lru < 0 || graph_cache[i]->last_used < graph_cache[lru]->last_used)
 				lru = i;
 		}
-		if (lru < 0 || (total <= (Size) lattice_graph_cache_kb * 1024 &&
-						graph_cache_count < GRAPH_CACHE_SLOTS))
+		if (lru < 0 ||
+			(total <= (Size) lattice_graph_cache_kb * 1024 && graph_cache_count < GRAPH_CACHE_SLOTS))
 			return;
 		graph_cache_remove(lru);
 	}
@@ -401,7 +391,7 @@ graph_load(const pg_uuid_t *tenant, int64 version, TransactionId xmin)
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	LatticeGraph *g = palloc0(sizeof(LatticeGraph));
 	StringInfoData strings;
-	Datum		tenant_datum = UUIDPGetDatum(unconstify(pg_uuid_t *, tenant));
+	Datum tenant_datum = UUIDPGetDatum(unconstify(pg_uuid_t *, tenant));
 
 	g->tenant = *tenant;
 	g->version = version;
@@ -445,13 +435,12 @@ graph_stats_too_old(const LatticeGraph *g)
 LatticeGraph *
 lattice_graph_current(const char *caller)
 {
-	pg_uuid_t	tenant;
-	Datum		args[1];
-	int64		version = 0;
+	pg_uuid_t tenant;
+	Datum args[1];
+	int64 version = 0;
 	TransactionId xmin = InvalidTransactionId;
 	LatticeGraph *g = NULL;
-	int			i,
-				rc;
+	int i, rc;
 
 	lattice_graph_guc_init();
 	if (!lattice_get_tenant(&tenant))
@@ -470,11 +459,11 @@ lattice_graph_current(const char *caller)
 		elog(ERROR, "%s: reading the graph version failed: %s", caller, SPI_result_code_string(rc));
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
+		bool isnull;
 
 		version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		xmin = (TransactionId) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 2, &isnull));
+		xmin = (TransactionId) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+														   2, &isnull));
 	}
 
 	for (i = 0; i < graph_cache_count; i++)
@@ -504,9 +493,9 @@ Datum
 lattice_graph_cache_info(PG_FUNCTION_ARGS)
 {
 	LatticeGraph *g = lattice_graph_current("lattice.graph_cache_info");
-	TupleDesc	desc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	TupleDesc desc;
+	Datum values[4];
+	bool nulls[4] = {false, false, false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.graph_cache_info: return type must be a row type");

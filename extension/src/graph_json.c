@@ -22,9 +22,8 @@ void
 graph_json_uuid(StringInfo buf, const pg_uuid_t *id)
 {
 	static const char hex[] = "0123456789abcdef";
-	char		out[39];
-	int			i,
-				j = 0;
+	char out[39];
+	int i, j = 0;
 
 	out[j++] = '"';
 	for (i = 0; i < UUID_LEN; i++)
@@ -62,7 +61,7 @@ graph_json_node_open(StringInfo buf, const LatticeGraph *g, const GraphNode *nod
 void
 graph_json_ts(StringInfo buf, TimestampTz t)
 {
-	char		out[MAXDATELEN + 1];
+	char out[MAXDATELEN + 1];
 
 	if (TIMESTAMP_NOT_FINITE(t))
 	{
@@ -107,10 +106,10 @@ graph_json_result(StringInfo buf)
 
 typedef struct GraphFilter
 {
-	const char *environment;	/* NULL: any */
-	bool		active_only;
-	int64		min_calls;
-	bool		has_since;
+	const char *environment; /* NULL: any */
+	bool active_only;
+	int64 min_calls;
+	bool has_since;
 	TimestampTz since;
 } GraphFilter;
 
@@ -150,16 +149,11 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 {
 	LatticeGraph *g = lattice_graph_current("lattice.graph_json");
 	GraphFilter f;
-	bool	   *keep;
-	int32	   *deg_in,
-			   *deg_out;
-	int64	   *calls_in,
-			   *calls_out;
-	int32		v,
-				listed = 0,
-				edges_listed = 0;
-	bool		truncated = false,
-				first;
+	bool *keep;
+	int32 *deg_in, *deg_out;
+	int64 *calls_in, *calls_out;
+	int32 v, listed = 0, edges_listed = 0;
+	bool truncated = false, first;
 	StringInfoData buf;
 
 	f.environment = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -183,13 +177,13 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 	}
 	for (v = 0; v < g->n; v++)
 	{
-		int32		k;
+		int32 k;
 
 		if (!keep[v])
 			continue;
 		for (k = g->out_off[v]; k < g->out_off[v + 1]; k++)
 		{
-			int32		w = g->out_adj[k];
+			int32 w = g->out_adj[k];
 
 			if (!keep[w] || !graph_keep_edge(&g->edges[k], &f))
 				continue;
@@ -223,10 +217,11 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 		graph_json_str(&buf, graph_str(g, node->language));
 		appendStringInfoString(&buf, ",\"kind\":");
 		graph_json_str(&buf, graph_str(g, node->kind));
-		appendStringInfo(&buf, ",\"is_external\":%s,\"last_seen\":",
-						 node->is_external ? "true" : "false");
+		appendStringInfo(&buf,
+						 ",\"is_external\":%s,\"last_seen\":", node->is_external ? "true" : "false");
 		graph_json_ts(&buf, node->last_seen);
-		appendStringInfo(&buf, ",\"dependencies\":%d,\"dependents\":%d,\"calls_out\":" INT64_FORMAT
+		appendStringInfo(&buf,
+						 ",\"dependencies\":%d,\"dependents\":%d,\"calls_out\":" INT64_FORMAT
 						 ",\"calls_in\":" INT64_FORMAT "}",
 						 deg_out[v], deg_in[v], calls_out[v], calls_in[v]);
 	}
@@ -234,14 +229,14 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 	first = true;
 	for (v = 0; v < g->n; v++)
 	{
-		int32		k;
+		int32 k;
 
 		if (!keep[v])
 			continue;
 		for (k = g->out_off[v]; k < g->out_off[v + 1]; k++)
 		{
 			const GraphEdge *e = &g->edges[k];
-			int32		w = g->out_adj[k];
+			int32 w = g->out_adj[k];
 
 			if (!keep[w] || !graph_keep_edge(e, &f))
 				continue;
@@ -258,7 +253,8 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 			graph_json_uuid(&buf, &g->nodes[v].id);
 			appendStringInfoString(&buf, ",\"target\":");
 			graph_json_uuid(&buf, &g->nodes[w].id);
-			appendStringInfo(&buf, ",\"calls\":" INT64_FORMAT ",\"errors\":" INT64_FORMAT ",\"error_rate\":",
+			appendStringInfo(&buf,
+							 ",\"calls\":" INT64_FORMAT ",\"errors\":" INT64_FORMAT ",\"error_rate\":",
 							 e->calls, e->errors);
 			graph_json_float(&buf, graph_error_rate(e));
 			appendStringInfoString(&buf, ",\"avg_duration_ms\":");
@@ -273,7 +269,7 @@ lattice_graph_json(PG_FUNCTION_ARGS)
 			appendStringInfo(&buf, ",\"declared\":%s}", e->declared ? "true" : "false");
 		}
 	}
-	appendStringInfo(&buf, "],\"truncated\":%s,\"max_results\":%d}",
-					 truncated ? "true" : "false", lattice_graph_max_results);
+	appendStringInfo(&buf, "],\"truncated\":%s,\"max_results\":%d}", truncated ? "true" : "false",
+					 lattice_graph_max_results);
 	PG_RETURN_DATUM(graph_json_result(&buf));
 }

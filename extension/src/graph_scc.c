@@ -20,29 +20,25 @@
 
 typedef struct GraphComponents
 {
-	int32		count;
-	int32	   *comp;			/* node -> component, in completion order */
-	int32	   *start;			/* count + 1; members[start[c] .. start[c+1]) */
-	int32	   *members;		/* nodes grouped by component, in id order */
-	int32	   *cycle_no;		/* component -> 1.. for components of 2+ nodes, else 0 */
-	int32		cycles;
+	int32 count;
+	int32 *comp;	 /* node -> component, in completion order */
+	int32 *start;	 /* count + 1; members[start[c] .. start[c+1]) */
+	int32 *members;	 /* nodes grouped by component, in id order */
+	int32 *cycle_no; /* component -> 1.. for components of 2+ nodes, else 0 */
+	int32 cycles;
 } GraphComponents;
 
 static void
 graph_components(const LatticeGraph *g, GraphComponents *gc)
 {
-	int32		n = g->n;
-	int32	   *index = palloc(sizeof(int32) * Max(n, 1));
-	int32	   *low = palloc(sizeof(int32) * Max(n, 1));
-	bool	   *on_stack = palloc0(sizeof(bool) * Max(n, 1));
-	int32	   *stack = palloc(sizeof(int32) * Max(n, 1));
-	int32	   *call_node = palloc(sizeof(int32) * Max(n, 1));
-	int32	   *call_edge = palloc(sizeof(int32) * Max(n, 1));
-	int32		next_index = 0,
-				sp = 0,
-				c,
-				root,
-				v;
+	int32 n = g->n;
+	int32 *index = palloc(sizeof(int32) * Max(n, 1));
+	int32 *low = palloc(sizeof(int32) * Max(n, 1));
+	bool *on_stack = palloc0(sizeof(bool) * Max(n, 1));
+	int32 *stack = palloc(sizeof(int32) * Max(n, 1));
+	int32 *call_node = palloc(sizeof(int32) * Max(n, 1));
+	int32 *call_edge = palloc(sizeof(int32) * Max(n, 1));
+	int32 next_index = 0, sp = 0, c, root, v;
 
 	gc->comp = palloc(sizeof(int32) * Max(n, 1));
 	gc->count = 0;
@@ -51,7 +47,7 @@ graph_components(const LatticeGraph *g, GraphComponents *gc)
 
 	for (root = 0; root < n; root++)
 	{
-		int32		depth = 0;
+		int32 depth = 0;
 
 		if (index[root] >= 0)
 			continue;
@@ -63,11 +59,11 @@ graph_components(const LatticeGraph *g, GraphComponents *gc)
 		depth = 1;
 		while (depth > 0)
 		{
-			int32		u = call_node[depth - 1];
+			int32 u = call_node[depth - 1];
 
 			if (call_edge[depth - 1] < g->out_off[u + 1])
 			{
-				int32		w = g->out_adj[call_edge[depth - 1]++];
+				int32 w = g->out_adj[call_edge[depth - 1]++];
 
 				if (index[w] < 0)
 				{
@@ -84,7 +80,7 @@ graph_components(const LatticeGraph *g, GraphComponents *gc)
 			}
 			if (low[u] == index[u])
 			{
-				int32		w;
+				int32 w;
 
 				do
 				{
@@ -97,7 +93,7 @@ graph_components(const LatticeGraph *g, GraphComponents *gc)
 			depth--;
 			if (depth > 0)
 			{
-				int32		parent = call_node[depth - 1];
+				int32 parent = call_node[depth - 1];
 
 				low[parent] = Min(low[parent], low[u]);
 			}
@@ -111,7 +107,7 @@ graph_components(const LatticeGraph *g, GraphComponents *gc)
 		gc->start[gc->comp[v] + 1]++;
 	for (c = 0; c < gc->count; c++)
 		gc->start[c + 1] += gc->start[c];
-	memcpy(low, gc->start, sizeof(int32) * Min(gc->count, n));	/* fill cursor */
+	memcpy(low, gc->start, sizeof(int32) * Min(gc->count, n)); /* fill cursor */
 	for (v = 0; v < n; v++)
 		gc->members[low[gc->comp[v]]++] = v;
 
@@ -142,20 +138,18 @@ lattice_graph_cycles(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
 	GraphComponents gc = {0};
-	int32		c,
-				listed = 0;
+	int32 c, listed = 0;
 
 	InitMaterializedSRF(fcinfo, 0);
 	g = lattice_graph_current(caller);
 	graph_components(g, &gc);
 	for (c = 0; c < gc.count; c++)
 	{
-		int32		size = gc.start[c + 1] - gc.start[c];
-		Datum	   *ids,
-				   *names;
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-		int32		i;
+		int32 size = gc.start[c + 1] - gc.start[c];
+		Datum *ids, *names;
+		Datum values[4];
+		bool nulls[4] = {false, false, false, false};
+		int32 i;
 
 		if (gc.cycle_no[c] == 0)
 			continue;
@@ -196,18 +190,16 @@ lattice_graph_cycles_json(PG_FUNCTION_ARGS)
 	LatticeGraph *g = lattice_graph_current("lattice.graph_cycles_json");
 	GraphComponents gc = {0};
 	StringInfoData buf;
-	int32		c,
-				listed = 0;
-	bool		first = true,
-				truncated = false;
+	int32 c, listed = 0;
+	bool first = true, truncated = false;
 
 	graph_components(g, &gc);
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"count\":%d,\"cycles\":[", gc.cycles);
 	for (c = 0; c < gc.count; c++)
 	{
-		int32		size = gc.start[c + 1] - gc.start[c];
-		int32		i;
+		int32 size = gc.start[c + 1] - gc.start[c];
+		int32 i;
 
 		if (gc.cycle_no[c] == 0)
 			continue;
@@ -241,21 +233,21 @@ lattice_graph_cycles_json(PG_FUNCTION_ARGS)
 static int32 *
 graph_layers(const LatticeGraph *g, const GraphComponents *gc)
 {
-	int32	   *layer = palloc0(sizeof(int32) * Max(gc->count, 1));
-	int32		c;
+	int32 *layer = palloc0(sizeof(int32) * Max(gc->count, 1));
+	int32 c;
 
 	for (c = 0; c < gc->count; c++)
 	{
-		int32		i;
+		int32 i;
 
 		for (i = gc->start[c]; i < gc->start[c + 1]; i++)
 		{
-			int32		u = gc->members[i];
-			int32		k;
+			int32 u = gc->members[i];
+			int32 k;
 
 			for (k = g->out_off[u]; k < g->out_off[u + 1]; k++)
 			{
-				int32		d = gc->comp[g->out_adj[k]];
+				int32 d = gc->comp[g->out_adj[k]];
 
 				if (d != c)
 					layer[c] = Max(layer[c], layer[d] + 1);
@@ -276,13 +268,10 @@ static int
 graph_order_cmp(const void *a, const void *b, void *arg)
 {
 	const OrderSortArg *s = arg;
-	int32		u = *(const int32 *) a,
-				v = *(const int32 *) b;
-	int32		lu = s->layer[s->gc->comp[u]],
-				lv = s->layer[s->gc->comp[v]];
-	const char *nu,
-			   *nv;
-	int			r;
+	int32 u = *(const int32 *) a, v = *(const int32 *) b;
+	int32 lu = s->layer[s->gc->comp[u]], lv = s->layer[s->gc->comp[v]];
+	const char *nu, *nv;
+	int r;
 
 	if (lu != lv)
 		return lu < lv ? -1 : 1;
@@ -298,9 +287,9 @@ graph_order_cmp(const void *a, const void *b, void *arg)
 static int32 *
 graph_order(const LatticeGraph *g, GraphComponents *gc, int32 **layer_out)
 {
-	int32	   *order = palloc(sizeof(int32) * Max(g->n, 1));
+	int32 *order = palloc(sizeof(int32) * Max(g->n, 1));
 	OrderSortArg arg;
-	int32		v;
+	int32 v;
 
 	graph_components(g, gc);
 	arg.g = g;
@@ -326,20 +315,19 @@ lattice_graph_order(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
 	GraphComponents gc = {0};
-	int32	   *layer,
-			   *order;
-	int32		i;
+	int32 *layer, *order;
+	int32 i;
 
 	InitMaterializedSRF(fcinfo, 0);
 	g = lattice_graph_current(caller);
 	order = graph_order(g, &gc, &layer);
 	for (i = 0; i < g->n; i++)
 	{
-		int32		v = order[i];
+		int32 v = order[i];
 		const GraphNode *node = &g->nodes[v];
-		int32		c = gc.comp[v];
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		int32 c = gc.comp[v];
+		Datum values[5];
+		bool nulls[5] = {false, false, false, false, false};
 
 		if (i >= lattice_graph_max_results)
 		{
@@ -370,11 +358,9 @@ lattice_graph_order_json(PG_FUNCTION_ARGS)
 {
 	LatticeGraph *g = lattice_graph_current("lattice.graph_order_json");
 	GraphComponents gc = {0};
-	int32	   *layer,
-			   *order;
-	int32		i,
-				current = -1;
-	bool		truncated = false;
+	int32 *layer, *order;
+	int32 i, current = -1;
+	bool truncated = false;
 	StringInfoData buf;
 
 	order = graph_order(g, &gc, &layer);
@@ -382,8 +368,8 @@ lattice_graph_order_json(PG_FUNCTION_ARGS)
 	appendStringInfoString(&buf, "{\"layers\":[");
 	for (i = 0; i < g->n; i++)
 	{
-		int32		v = order[i];
-		int32		c = gc.comp[v];
+		int32 v = order[i];
+		int32 c = gc.comp[v];
 		const GraphNode *node = &g->nodes[v];
 
 		if (i >= lattice_graph_max_results)
@@ -408,7 +394,7 @@ lattice_graph_order_json(PG_FUNCTION_ARGS)
 	}
 	if (current >= 0)
 		appendStringInfoString(&buf, "]}");
-	appendStringInfo(&buf, "],\"cycles\":%d,\"acyclic\":%s,\"truncated\":%s}",
-					 gc.cycles, gc.cycles == 0 ? "true" : "false", truncated ? "true" : "false");
+	appendStringInfo(&buf, "],\"cycles\":%d,\"acyclic\":%s,\"truncated\":%s}", gc.cycles,
+					 gc.cycles == 0 ? "true" : "false", truncated ? "true" : "false");
 	PG_RETURN_DATUM(graph_json_result(&buf));
 }

@@ -24,25 +24,25 @@
  */
 typedef struct GraphReach
 {
-	int32		start;
-	bool		downstream;
-	bool		stats;			/* compute the weakest-edge figures */
-	int32		requested_depth;	/* -1: as deep as allowed */
-	int32		depth;			/* the depth actually followed */
-	int32		count;
-	int32	   *order;
-	int32	   *pos;			/* node -> index in order (valid when marked) */
-	int64	   *weakest_calls;	/* by index in order */
-	double	   *worst_error;
-	int32		max_distance;
-	bool		beyond_depth;	/* services exist past `depth` */
-	bool		results_cut;
+	int32 start;
+	bool downstream;
+	bool stats;			   /* compute the weakest-edge figures */
+	int32 requested_depth; /* -1: as deep as allowed */
+	int32 depth;		   /* the depth actually followed */
+	int32 count;
+	int32 *order;
+	int32 *pos;			  /* node -> index in order (valid when marked) */
+	int64 *weakest_calls; /* by index in order */
+	double *worst_error;
+	int32 max_distance;
+	bool beyond_depth; /* services exist past `depth` */
+	bool results_cut;
 } GraphReach;
 
 static int32
 graph_depth_arg(FunctionCallInfo fcinfo, int argno, const char *caller)
 {
-	int32		depth;
+	int32 depth;
 
 	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
 		return -1;
@@ -57,15 +57,16 @@ graph_depth_arg(FunctionCallInfo fcinfo, int argno, const char *caller)
 static void
 graph_reach(LatticeGraph *g, GraphReach *r)
 {
-	uint32		epoch = lattice_graph_new_epoch(g);
+	uint32 epoch = lattice_graph_new_epoch(g);
 	const int32 *off = r->downstream ? g->out_off : g->in_off;
 	const int32 *adj = r->downstream ? g->out_adj : g->in_adj;
-	int32		head = 0;
-	int64		start_weakest = PG_INT64_MAX;
-	double		start_worst = 0.0;
+	int32 head = 0;
+	int64 start_weakest = PG_INT64_MAX;
+	double start_worst = 0.0;
 
-	r->depth = (r->requested_depth < 0 || r->requested_depth > lattice_graph_max_depth)
-		? lattice_graph_max_depth : r->requested_depth;
+	r->depth = (r->requested_depth < 0 || r->requested_depth > lattice_graph_max_depth) ?
+		lattice_graph_max_depth :
+		r->requested_depth;
 	r->count = 0;
 	r->max_distance = 0;
 	r->beyond_depth = false;
@@ -81,22 +82,22 @@ graph_reach(LatticeGraph *g, GraphReach *r)
 	/* the start is processed first, then the queue (r->order) */
 	for (head = -1; head < r->count; head++)
 	{
-		int32		u = head < 0 ? r->start : r->order[head];
-		int32		du = g->dist[u];
-		int64		wu = head < 0 ? start_weakest : r->weakest_calls[head];
-		double		eu = head < 0 ? start_worst : r->worst_error[head];
-		int32		k;
+		int32 u = head < 0 ? r->start : r->order[head];
+		int32 du = g->dist[u];
+		int64 wu = head < 0 ? start_weakest : r->weakest_calls[head];
+		double eu = head < 0 ? start_worst : r->worst_error[head];
+		int32 k;
 
 		for (k = off[u]; k < off[u + 1]; k++)
 		{
-			int32		w = adj[k];
-			int64		cw = 0;
-			double		ce = 0.0;
+			int32 w = adj[k];
+			int64 cw = 0;
+			double ce = 0.0;
 
 			if (r->stats)
 			{
-				int64		calls;
-				double		rate;
+				int64 calls;
+				double rate;
 
 				if (r->downstream)
 				{
@@ -116,7 +117,7 @@ graph_reach(LatticeGraph *g, GraphReach *r)
 				/* another shortest path to w: keep the better weakest link */
 				if (r->stats && g->dist[w] == du + 1)
 				{
-					int32		p = r->pos[w];
+					int32 p = r->pos[w];
 
 					r->weakest_calls[p] = Max(r->weakest_calls[p], cw);
 					r->worst_error[p] = Min(r->worst_error[p], ce);
@@ -172,8 +173,8 @@ graph_reach_srf(FunctionCallInfo fcinfo, bool downstream, bool unbounded, const 
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	GraphReach	r = {0};
-	int32		i;
+	GraphReach r = {0};
+	int32 i;
 
 	InitMaterializedSRF(fcinfo, 0);
 	g = lattice_graph_current(caller);
@@ -186,10 +187,10 @@ graph_reach_srf(FunctionCallInfo fcinfo, bool downstream, bool unbounded, const 
 	graph_reach(g, &r);
 	for (i = 0; i < r.count; i++)
 	{
-		int32		v = r.order[i];
+		int32 v = r.order[i];
 		const GraphNode *node = &g->nodes[v];
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
+		Datum values[6];
+		bool nulls[6] = {false, false, false, false, false, false};
 
 		values[0] = UUIDPGetDatum(unconstify(pg_uuid_t *, &node->id));
 		values[1] = CStringGetTextDatum(graph_str(g, node->name));
@@ -237,10 +238,10 @@ lattice_graph_impact_summary(PG_FUNCTION_ARGS)
 {
 	const char *caller = "lattice.graph_impact_summary";
 	LatticeGraph *g = lattice_graph_current(caller);
-	GraphReach	r = {0};
-	TupleDesc	desc;
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
+	GraphReach r = {0};
+	TupleDesc desc;
+	Datum values[3];
+	bool nulls[3] = {false, false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "%s: return type must be a row type", caller);
@@ -269,11 +270,11 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 {
 	const char *caller = "lattice.graph_reach_json";
 	LatticeGraph *g = lattice_graph_current(caller);
-	char	   *direction = PG_ARGISNULL(1) ? "dependents" : text_to_cstring(PG_GETARG_TEXT_PP(1));
-	bool		impact = strcmp(direction, "impact") == 0;
-	GraphReach	r = {0};
+	char *direction = PG_ARGISNULL(1) ? "dependents" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	bool impact = strcmp(direction, "impact") == 0;
+	GraphReach r = {0};
 	StringInfoData buf;
-	int32		i;
+	int32 i;
 
 	if (!impact && strcmp(direction, "dependents") != 0 && strcmp(direction, "dependencies") != 0)
 		ereport(ERROR,
@@ -302,7 +303,7 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 	appendStringInfo(&buf, ",\"count\":%d,\"max_distance\":%d,\"services\":[", r.count, r.max_distance);
 	for (i = 0; i < r.count; i++)
 	{
-		int32		v = r.order[i];
+		int32 v = r.order[i];
 		const GraphNode *node = &g->nodes[v];
 
 		if (i > 0)
@@ -312,15 +313,16 @@ lattice_graph_reach_json(PG_FUNCTION_ARGS)
 		graph_json_str(&buf, graph_str(g, node->status));
 		appendStringInfoString(&buf, ",\"kind\":");
 		graph_json_str(&buf, graph_str(g, node->kind));
-		appendStringInfo(&buf, ",\"is_external\":%s,\"distance\":%d,\"weakest_calls\":" INT64_FORMAT
+		appendStringInfo(&buf,
+						 ",\"is_external\":%s,\"distance\":%d,\"weakest_calls\":" INT64_FORMAT
 						 ",\"worst_error_rate\":",
 						 node->is_external ? "true" : "false", g->dist[v], r.weakest_calls[i]);
 		graph_json_float(&buf, r.worst_error[i]);
 		appendStringInfoChar(&buf, '}');
 	}
-	appendStringInfo(&buf, "],\"more_beyond_depth\":%s,\"truncated\":%s,\"max_depth\":%d,\"max_results\":%d}",
-					 r.beyond_depth ? "true" : "false",
-					 graph_reach_truncated(&r) ? "true" : "false",
+	appendStringInfo(&buf,
+					 "],\"more_beyond_depth\":%s,\"truncated\":%s,\"max_depth\":%d,\"max_results\":%d}",
+					 r.beyond_depth ? "true" : "false", graph_reach_truncated(&r) ? "true" : "false",
 					 lattice_graph_max_depth, lattice_graph_max_results);
 	PG_RETURN_DATUM(graph_json_result(&buf));
 }
@@ -337,8 +339,7 @@ lattice_graph_neighbours(PG_FUNCTION_ARGS)
 	const char *caller = "lattice.graph_neighbours";
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	int32		v,
-				pass;
+	int32 v, pass;
 
 	InitMaterializedSRF(fcinfo, 0);
 	g = lattice_graph_current(caller);
@@ -347,17 +348,17 @@ lattice_graph_neighbours(PG_FUNCTION_ARGS)
 	v = lattice_graph_require(g, PG_GETARG_DATUM(0));
 	for (pass = 0; pass < 2; pass++)
 	{
-		bool		out = pass == 0;
+		bool out = pass == 0;
 		const int32 *off = out ? g->out_off : g->in_off;
 		const int32 *adj = out ? g->out_adj : g->in_adj;
-		int32		k;
+		int32 k;
 
 		for (k = off[v]; k < off[v + 1]; k++)
 		{
 			const GraphNode *node = &g->nodes[adj[k]];
 			const GraphEdge *e = &g->edges[out ? k : g->in_edge[k]];
-			Datum		values[8];
-			bool		nulls[8] = {false, false, false, false, false, false, false, false};
+			Datum values[8];
+			bool nulls[8] = {false, false, false, false, false, false, false, false};
 
 			values[0] = CStringGetTextDatum(out ? "dependency" : "dependent");
 			values[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, &node->id));
@@ -382,25 +383,23 @@ lattice_graph_neighbours(PG_FUNCTION_ARGS)
  */
 typedef struct GraphPaths
 {
-	int32		from;
-	int32		to;
-	int32		distance;		/* -1: not reachable within the depth bound */
-	int32		npaths;
-	int32	  **paths;
-	bool		more_paths;
-	bool		depth_cut;
+	int32 from;
+	int32 to;
+	int32 distance; /* -1: not reachable within the depth bound */
+	int32 npaths;
+	int32 **paths;
+	bool more_paths;
+	bool depth_cut;
 } GraphPaths;
 
 static void
 graph_paths(LatticeGraph *g, GraphPaths *p, int32 max_paths)
 {
-	uint32		epoch = lattice_graph_new_epoch(g);
-	int32	   *queue = palloc(sizeof(int32) * Max(g->n, 1));
-	int32		head = 0,
-				tail = 0;
-	int32	   *stack,
-			   *cursor;
-	int32		top;
+	uint32 epoch = lattice_graph_new_epoch(g);
+	int32 *queue = palloc(sizeof(int32) * Max(g->n, 1));
+	int32 head = 0, tail = 0;
+	int32 *stack, *cursor;
+	int32 top;
 
 	p->distance = -1;
 	p->npaths = 0;
@@ -413,12 +412,12 @@ graph_paths(LatticeGraph *g, GraphPaths *p, int32 max_paths)
 	queue[tail++] = p->from;
 	while (head < tail && g->mark[p->to] != epoch)
 	{
-		int32		u = queue[head++];
-		int32		k;
+		int32 u = queue[head++];
+		int32 k;
 
 		for (k = g->out_off[u]; k < g->out_off[u + 1]; k++)
 		{
-			int32		w = g->out_adj[k];
+			int32 w = g->out_adj[k];
 
 			if (g->mark[w] == epoch)
 				continue;
@@ -444,11 +443,11 @@ graph_paths(LatticeGraph *g, GraphPaths *p, int32 max_paths)
 	cursor[0] = g->in_off[p->to];
 	while (top >= 0)
 	{
-		int32		v = stack[top];
+		int32 v = stack[top];
 
 		if (v == p->from)
 		{
-			int32		i;
+			int32 i;
 
 			if (p->npaths == max_paths)
 			{
@@ -464,7 +463,7 @@ graph_paths(LatticeGraph *g, GraphPaths *p, int32 max_paths)
 		}
 		if (cursor[top] < g->in_off[v + 1])
 		{
-			int32		u = g->in_adj[cursor[top]++];
+			int32 u = g->in_adj[cursor[top]++];
 
 			if (g->mark[u] == epoch && g->dist[u] == g->dist[v] - 1)
 			{
@@ -481,7 +480,7 @@ graph_paths(LatticeGraph *g, GraphPaths *p, int32 max_paths)
 static int32
 graph_max_paths_arg(FunctionCallInfo fcinfo, int argno, const char *caller)
 {
-	int32		n;
+	int32 n;
 
 	if (PG_ARGISNULL(argno))
 		return 1;
@@ -505,9 +504,8 @@ lattice_graph_paths(PG_FUNCTION_ARGS)
 	const char *caller = "lattice.graph_paths";
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LatticeGraph *g;
-	GraphPaths	p = {0};
-	int32		i,
-				h;
+	GraphPaths p = {0};
+	int32 i, h;
 
 	InitMaterializedSRF(fcinfo, 0);
 	g = lattice_graph_current(caller);
@@ -520,8 +518,8 @@ lattice_graph_paths(PG_FUNCTION_ARGS)
 		for (h = 0; h <= p.distance; h++)
 		{
 			const GraphNode *node = &g->nodes[p.paths[i][h]];
-			Datum		values[5];
-			bool		nulls[5] = {false, false, false, false, false};
+			Datum values[5];
+			bool nulls[5] = {false, false, false, false, false};
 
 			values[0] = Int32GetDatum(i + 1);
 			values[1] = Int32GetDatum(h);
@@ -531,11 +529,9 @@ lattice_graph_paths(PG_FUNCTION_ARGS)
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		}
 	if (p.more_paths)
-		ereport(NOTICE,
-				(errmsg("%s: more shortest paths exist than the %d listed", caller, p.npaths)));
+		ereport(NOTICE, (errmsg("%s: more shortest paths exist than the %d listed", caller, p.npaths)));
 	if (p.distance < 0 && p.depth_cut)
-		ereport(NOTICE,
-				(errmsg("%s: search cut at depth %d", caller, lattice_graph_max_depth)));
+		ereport(NOTICE, (errmsg("%s: search cut at depth %d", caller, lattice_graph_max_depth)));
 	return (Datum) 0;
 }
 
@@ -550,10 +546,9 @@ lattice_graph_paths_json(PG_FUNCTION_ARGS)
 {
 	const char *caller = "lattice.graph_paths_json";
 	LatticeGraph *g = lattice_graph_current(caller);
-	GraphPaths	p = {0};
+	GraphPaths p = {0};
 	StringInfoData buf;
-	int32		i,
-				h;
+	int32 i, h;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -585,8 +580,7 @@ lattice_graph_paths_json(PG_FUNCTION_ARGS)
 		}
 		appendStringInfoChar(&buf, ']');
 	}
-	appendStringInfo(&buf, "],\"more_paths\":%s,\"truncated\":%s}",
-					 p.more_paths ? "true" : "false",
+	appendStringInfo(&buf, "],\"more_paths\":%s,\"truncated\":%s}", p.more_paths ? "true" : "false",
 					 (p.more_paths || (p.distance < 0 && p.depth_cut)) ? "true" : "false");
 	PG_RETURN_DATUM(graph_json_result(&buf));
 }

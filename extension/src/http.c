@@ -24,11 +24,11 @@
 #include "utils/json.h"
 
 void
-lattice_raise_http(int status, const char *code, const char *message,
-				   const char *details_json, const char *headers_json)
+lattice_raise_http(int status, const char *code, const char *message, const char *details_json,
+				   const char *headers_json)
 {
 	StringInfoData detail;
-	char		state[6];
+	char state[6];
 
 	Assert(status >= 400 && status <= 599);
 	snprintf(state, sizeof(state), "PT%03d", status);
@@ -44,7 +44,6 @@ lattice_raise_http(int status, const char *code, const char *message,
 
 	ereport(ERROR,
 			(errcode(MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4])),
-			 errmsg_internal("%s", message),
-			 errdetail_internal("%s", detail.data)));
+			 errmsg_internal("%s", message), errdetail_internal("%s", detail.data)));
 	pg_unreachable();
 }

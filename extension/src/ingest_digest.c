@@ -57,28 +57,28 @@ typedef enum Volatile
 typedef struct Digest
 {
 	crypto_generichash_state hash;
-	int			depth;
-	int			skip_depth;		/* > 0: inside a volatile value being skipped */
-	Section		section;
-	Volatile	pending;		/* the value about to come is volatile */
-	bool		pending_capture_name;
-	bool		pending_capture_env;
-	bool		root_is_object;
-	bool		service_is_object;
-	bool		volatile_ok;
-	int			item_required;	/* bits: 1 id, 2 serviceId, in the current item */
-	int			service_required;	/* bits: 1 id, 2 status */
-	char	   *name;
-	char	   *environment;
-	char	   *instance_id;
-	int			routes;
-	int			dependencies;
+	int depth;
+	int skip_depth; /* > 0: inside a volatile value being skipped */
+	Section section;
+	Volatile pending; /* the value about to come is volatile */
+	bool pending_capture_name;
+	bool pending_capture_env;
+	bool root_is_object;
+	bool service_is_object;
+	bool volatile_ok;
+	int item_required;	  /* bits: 1 id, 2 serviceId, in the current item */
+	int service_required; /* bits: 1 id, 2 status */
+	char *name;
+	char *environment;
+	char *instance_id;
+	int routes;
+	int dependencies;
 } Digest;
 
 static void
 feed(Digest *d, char tag, const char *s, size_t len)
 {
-	uint32		n = (uint32) len;
+	uint32 n = (uint32) len;
 
 	crypto_generichash_update(&d->hash, (const unsigned char *) &tag, 1);
 	if (s)
@@ -91,8 +91,8 @@ feed(Digest *d, char tag, const char *s, size_t len)
 static bool
 is_date_time(const char *s)
 {
-	size_t		len = strlen(s);
-	size_t		i = 19;
+	size_t len = strlen(s);
+	size_t i = 19;
 
 #define D(k) (s[k] >= '0' && s[k] <= '9')
 	if (len < 20 || !(D(0) && D(1) && D(2) && D(3)) || s[4] != '-' || !(D(5) && D(6)) || s[7] != '-' ||
@@ -101,7 +101,7 @@ is_date_time(const char *s)
 		return false;
 	if (s[i] == '.')
 	{
-		size_t		start = ++i;
+		size_t start = ++i;
 
 		while (i < len && D(i))
 			i++;
@@ -118,7 +118,7 @@ is_date_time(const char *s)
 static bool
 is_service_id(const char *s)
 {
-	size_t		len = strlen(s);
+	size_t len = strlen(s);
 
 	if (len == 0 || len > 128)
 		return false;
@@ -134,9 +134,10 @@ container_start(Digest *d, char tag)
 {
 	d->depth++;
 	if (d->depth > INGEST_DIGEST_MAX_DEPTH)
-		lattice_raise_http(400, "invalid_json", "the request body is not valid JSON",
-						   "[{\"path\":\"body\",\"message\":\"is not valid JSON: nesting is deeper than 32 levels\"}]",
-						   NULL);
+		lattice_raise_http(
+			400, "invalid_json", "the request body is not valid JSON",
+			"[{\"path\":\"body\",\"message\":\"is not valid JSON: nesting is deeper than 32 levels\"}]",
+			NULL);
 	if (d->skip_depth > 0)
 		return;
 	if (d->pending != VOL_NONE)
@@ -203,7 +204,7 @@ on_array_end(void *state)
 static void
 on_field_start(void *state, char *fname, bool isnull)
 {
-	Digest	   *d = (Digest *) state;
+	Digest *d = (Digest *) state;
 
 	if (d->skip_depth > 0)
 		return;
@@ -212,8 +213,9 @@ on_field_start(void *state, char *fname, bool isnull)
 	if (d->depth == 1)
 	{
 		d->section = strcmp(fname, "service") == 0 ? SEC_SERVICE :
-			strcmp(fname, "routes") == 0 ? SEC_ROUTES :
-			strcmp(fname, "dependencies") == 0 ? SEC_DEPENDENCIES : SEC_OTHER;
+			strcmp(fname, "routes") == 0		   ? SEC_ROUTES :
+			strcmp(fname, "dependencies") == 0	   ? SEC_DEPENDENCIES :
+													 SEC_OTHER;
 	}
 	else if (d->depth == 2 && d->section == SEC_SERVICE)
 	{
@@ -244,7 +246,7 @@ on_field_start(void *state, char *fname, bool isnull)
 static void
 on_field_end(void *state, char *fname, bool isnull)
 {
-	Digest	   *d = (Digest *) state;
+	Digest *d = (Digest *) state;
 
 	if (d->skip_depth == 0)
 		d->pending = VOL_NONE;
@@ -253,7 +255,7 @@ on_field_end(void *state, char *fname, bool isnull)
 static void
 on_element_start(void *state, bool isnull)
 {
-	Digest	   *d = (Digest *) state;
+	Digest *d = (Digest *) state;
 
 	if (d->skip_depth > 0 || d->depth != 2)
 		return;
@@ -267,8 +269,8 @@ on_element_start(void *state, bool isnull)
 static void
 volatile_scalar(Digest *d, char *token, JsonTokenType type)
 {
-	bool		is_string = (type == JSON_TOKEN_STRING);
-	bool		ok = is_string;
+	bool is_string = (type == JSON_TOKEN_STRING);
+	bool ok = is_string;
 
 	switch (d->pending)
 	{
@@ -279,8 +281,9 @@ volatile_scalar(Digest *d, char *token, JsonTokenType type)
 			d->service_required |= 1;
 			break;
 		case VOL_STATUS:
-			ok = is_string && (strcmp(token, "active") == 0 || strcmp(token, "inactive") == 0 ||
-							   strcmp(token, "unknown") == 0);
+			ok = is_string &&
+				(strcmp(token, "active") == 0 || strcmp(token, "inactive") == 0 ||
+				 strcmp(token, "unknown") == 0);
 			d->service_required |= 2;
 			break;
 		case VOL_ITEM_ID:
@@ -302,8 +305,8 @@ volatile_scalar(Digest *d, char *token, JsonTokenType type)
 static void
 on_scalar(void *state, char *token, JsonTokenType type)
 {
-	Digest	   *d = (Digest *) state;
-	char		tag;
+	Digest *d = (Digest *) state;
+	char tag;
 
 	if (d->skip_depth > 0)
 		return;
@@ -353,20 +356,21 @@ PG_FUNCTION_INFO_V1(lattice_ingest_check_metadata);
 Datum
 lattice_ingest_check_metadata(PG_FUNCTION_ARGS)
 {
-	text	   *body;
-	Digest		d;
+	text *body;
+	Digest d;
 	JsonSemAction sem;
 	JsonLexContext *lex;
 	JsonParseErrorType perr;
-	TupleDesc	tupdesc;
-	Datum		values[7];
-	bool		nulls[7] = {false};
+	TupleDesc tupdesc;
+	Datum values[7];
+	bool nulls[7] = {false};
 	unsigned char digest[16];
-	char		hex[33];
+	char hex[33];
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						errmsg("lattice.ingest_check_metadata: must return a record")));
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("lattice.ingest_check_metadata: must return a record")));
 	if (PG_ARGISNULL(0) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) == 0)
 		lattice_raise_http(400, "validation_failed", "the request body is empty",
 						   "[{\"path\":\"body\",\"message\":\"is required\"}]", NULL);

@@ -24,7 +24,7 @@ static const double hist_bounds[] = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2
 static int
 bucket_of(double ms)
 {
-	int			b = 0;
+	int b = 0;
 
 	while (b < (int) lengthof(hist_bounds) && ms >= hist_bounds[b])
 		b++;
@@ -34,7 +34,7 @@ bucket_of(double ms)
 static ArrayType *
 make_hist(const int64 *counts)
 {
-	Datum		d[HIST_BUCKETS];
+	Datum d[HIST_BUCKETS];
 
 	for (int i = 0; i < HIST_BUCKETS; i++)
 		d[i] = Int64GetDatum(counts[i]);
@@ -45,16 +45,15 @@ make_hist(const int64 *counts)
 static void
 read_hist(ArrayType *a, int64 *counts, const char *fn)
 {
-	Datum	   *elems;
-	int			n;
+	Datum *elems;
+	int n;
 
 	if (ARR_NDIM(a) != 1 || ARR_DIMS(a)[0] != HIST_BUCKETS || ARR_HASNULL(a) ||
 		ARR_ELEMTYPE(a) != INT8OID)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s: a histogram is a bigint[] of %d counts", fn, HIST_BUCKETS)));
-	deconstruct_array(a, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &elems, NULL, &n);
+	deconstruct_array(a, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
 	for (int i = 0; i < HIST_BUCKETS; i++)
 		counts[i] = DatumGetInt64(elems[i]);
 }
@@ -64,7 +63,7 @@ PG_FUNCTION_INFO_V1(lattice_hist_empty);
 Datum
 lattice_hist_empty(PG_FUNCTION_ARGS)
 {
-	int64		counts[HIST_BUCKETS] = {0};
+	int64 counts[HIST_BUCKETS] = {0};
 
 	PG_RETURN_ARRAYTYPE_P(make_hist(counts));
 }
@@ -74,14 +73,14 @@ PG_FUNCTION_INFO_V1(lattice_hist_of);
 Datum
 lattice_hist_of(PG_FUNCTION_ARGS)
 {
-	ArrayType  *a = PG_GETARG_ARRAYTYPE_P(0);
-	int64		counts[HIST_BUCKETS] = {0};
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
+	ArrayType *a = PG_GETARG_ARRAYTYPE_P(0);
+	int64 counts[HIST_BUCKETS] = {0};
+	Datum *elems;
+	bool *nulls;
+	int n;
 
-	deconstruct_array(a, FLOAT8OID, sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &elems, &nulls, &n);
+	deconstruct_array(a, FLOAT8OID, sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls,
+					  &n);
 	for (int i = 0; i < n; i++)
 		if (!nulls[i])
 			counts[bucket_of(DatumGetFloat8(elems[i]))]++;
@@ -96,8 +95,8 @@ PG_FUNCTION_INFO_V1(lattice_hist_add);
 Datum
 lattice_hist_add(PG_FUNCTION_ARGS)
 {
-	int64		a[HIST_BUCKETS] = {0};
-	int64		b[HIST_BUCKETS] = {0};
+	int64 a[HIST_BUCKETS] = {0};
+	int64 b[HIST_BUCKETS] = {0};
 
 	if (PG_ARGISNULL(0) && PG_ARGISNULL(1))
 		PG_RETURN_NULL();
@@ -117,10 +116,9 @@ lattice_hist_add(PG_FUNCTION_ARGS)
 bool
 lattice_hist_quantile(ArrayType *h, double q, const char *fn, double *out)
 {
-	int64		c[HIST_BUCKETS];
-	int64		total = 0;
-	double		rank,
-				seen = 0;
+	int64 c[HIST_BUCKETS];
+	int64 total = 0;
+	double rank, seen = 0;
 
 	read_hist(h, c, fn);
 	for (int i = 0; i < HIST_BUCKETS; i++)
@@ -130,13 +128,13 @@ lattice_hist_quantile(ArrayType *h, double q, const char *fn, double *out)
 	rank = q * (double) total;
 	for (int i = 0; i < HIST_BUCKETS; i++)
 	{
-		double		lo = i == 0 ? 0 : hist_bounds[i - 1];
+		double lo = i == 0 ? 0 : hist_bounds[i - 1];
 
 		if (c[i] > 0 && seen + (double) c[i] >= rank)
 		{
 			/* the open last bucket answers its lower bound */
-			*out = i == HIST_BUCKETS - 1 ? lo
-				: lo + (hist_bounds[i] - lo) * (rank - seen) / (double) c[i];
+			*out = i == HIST_BUCKETS - 1 ? lo :
+										   lo + (hist_bounds[i] - lo) * (rank - seen) / (double) c[i];
 			return true;
 		}
 		seen += (double) c[i];
@@ -153,8 +151,8 @@ PG_FUNCTION_INFO_V1(lattice_hist_percentile);
 Datum
 lattice_hist_percentile(PG_FUNCTION_ARGS)
 {
-	double		q = PG_GETARG_FLOAT8(1);
-	double		result;
+	double q = PG_GETARG_FLOAT8(1);
+	double result;
 
 	if (!(q > 0 && q <= 1))
 		ereport(ERROR,

@@ -35,18 +35,18 @@ PG_FUNCTION_INFO_V1(lattice_ingest_match_route);
 Datum
 lattice_ingest_match_route(PG_FUNCTION_ARGS)
 {
-	ArrayType  *arr;
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	text	   *method_t;
-	text	   *path_t;
+	ArrayType *arr;
+	Datum *elems;
+	bool *nulls;
+	int n;
+	text *method_t;
+	text *path_t;
 	const char *method;
-	int			method_len;
+	int method_len;
 	IngestSegments raw;
 	const char **templates;
-	int		   *template_lens;
-	int			pos;
+	int *template_lens;
+	int pos;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
 		PG_RETURN_NULL();
@@ -64,7 +64,7 @@ lattice_ingest_match_route(PG_FUNCTION_ARGS)
 	template_lens = palloc0(sizeof(int) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
-		text	   *tt;
+		text *tt;
 
 		if (nulls[i])
 			continue;
@@ -72,8 +72,8 @@ lattice_ingest_match_route(PG_FUNCTION_ARGS)
 		templates[i] = VARDATA_ANY(tt);
 		template_lens[i] = VARSIZE_ANY_EXHDR(tt);
 	}
-	pos = ingest_match_templates((const char *const *) templates, template_lens, n,
-								 method, method_len, &raw);
+	pos = ingest_match_templates((const char *const *) templates, template_lens, n, method, method_len,
+								 &raw);
 	if (pos == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT32(pos);
@@ -87,7 +87,7 @@ PG_FUNCTION_INFO_V1(lattice_ingest_normalise_path);
 Datum
 lattice_ingest_normalise_path(PG_FUNCTION_ARGS)
 {
-	text	   *path_t = PG_GETARG_TEXT_PP(0);
+	text *path_t = PG_GETARG_TEXT_PP(0);
 	IngestSegments seg;
 	StringInfoData out;
 

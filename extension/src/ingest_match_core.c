@@ -13,12 +13,12 @@
 bool
 ingest_split_path(const char *p, int plen, IngestSegments *out)
 {
-	int			i = 0;
+	int i = 0;
 
 	out->n = 0;
 	while (i < plen)
 	{
-		int			start;
+		int start;
 
 		while (i < plen && p[i] == '/')
 			i++;
@@ -66,14 +66,13 @@ seg_equal(const IngestSegments *a, int i, const IngestSegments *b, int j)
 static bool
 match_from(const IngestSegments *t, int from, const IngestSegments *r, int *literals)
 {
-	int			ti = from,
-				ri = 0;
+	int ti = from, ri = 0;
 
 	*literals = 0;
 	while (ti < t->n)
 	{
 		if (is_star(t, ti))
-			return true;		/* the rest, possibly nothing */
+			return true; /* the rest, possibly nothing */
 		if (ri >= r->n)
 			return false;
 		if (is_param(t, ti))
@@ -99,8 +98,7 @@ all_literal(const IngestSegments *t, int upto)
 
 /* Splits "METHOD /path" into its parts. */
 static bool
-split_template(const char *tpl, int tlen, const char **method, int *mlen,
-			   const char **path, int *plen)
+split_template(const char *tpl, int tlen, const char **method, int *mlen, const char **path, int *plen)
 {
 	const char *sp = memchr(tpl, ' ', tlen);
 
@@ -119,23 +117,17 @@ split_template(const char *tpl, int tlen, const char **method, int *mlen,
  * path, accepted only when exactly one template fits.
  */
 int
-ingest_match_templates(const char *const *templates, const int *template_lens, int n,
-					   const char *method, int method_len, const IngestSegments *raw)
+ingest_match_templates(const char *const *templates, const int *template_lens, int n, const char *method,
+					   int method_len, const IngestSegments *raw)
 {
-	int			best = 0,
-				best_score = -1;
-	int			rel = 0,
-				rel_count = 0;
+	int best = 0, best_score = -1;
+	int rel = 0, rel_count = 0;
 
 	for (int i = 0; i < n; i++)
 	{
-		const char *tm,
-				   *tp;
-		int			tmlen,
-					tplen,
-					literals;
-		bool		exact,
-					any;
+		const char *tm, *tp;
+		int tmlen, tplen, literals;
+		bool exact, any;
 		IngestSegments tpl;
 
 		if (templates[i] == NULL)
@@ -152,7 +144,7 @@ ingest_match_templates(const char *const *templates, const int *template_lens, i
 		if (match_from(&tpl, 0, raw, &literals))
 		{
 			/* more literal segments first, then fewer segments, then exact method */
-			int			score = literals * 256 + (INGEST_MATCH_MAX_SEGMENTS - tpl.n) * 2 + (exact ? 1 : 0);
+			int score = literals * 256 + (INGEST_MATCH_MAX_SEGMENTS - tpl.n) * 2 + (exact ? 1 : 0);
 
 			if (score > best_score)
 			{
@@ -162,7 +154,7 @@ ingest_match_templates(const char *const *templates, const int *template_lens, i
 		}
 		else if (best == 0 && tpl.n > raw->n)
 		{
-			int			mount = tpl.n - raw->n;
+			int mount = tpl.n - raw->n;
 
 			if (all_literal(&tpl, mount) && match_from(&tpl, mount, raw, &literals))
 			{
@@ -181,9 +173,7 @@ ingest_match_templates(const char *const *templates, const int *template_lens, i
 bool
 ingest_id_like(const char *s, int len)
 {
-	int			digits = 0,
-				hex = 0,
-				alnum = 0;
+	int digits = 0, hex = 0, alnum = 0;
 
 	for (int i = 0; i < len; i++)
 	{
@@ -191,7 +181,8 @@ ingest_id_like(const char *s, int len)
 
 		if (ch >= '0' && ch <= '9')
 			digits++;
-		if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F') || ch == '-')
+		if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F') ||
+			ch == '-')
 			hex++;
 		if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
 			ch == '-' || ch == '_')

@@ -30,11 +30,10 @@
 static bool
 pg_regex_match(const char *s, int len, const char *pattern)
 {
-	text	   *t = cstring_to_text_with_len(s, len);
-	bool		r;
+	text *t = cstring_to_text_with_len(s, len);
+	bool r;
 
-	r = DatumGetBool(DirectFunctionCall2Coll(textregexeq, C_COLLATION_OID,
-											 PointerGetDatum(t),
+	r = DatumGetBool(DirectFunctionCall2Coll(textregexeq, C_COLLATION_OID, PointerGetDatum(t),
 											 CStringGetTextDatum(pattern)));
 	pfree(t);
 	return r;
@@ -64,17 +63,18 @@ PG_FUNCTION_INFO_V1(lattice_ingest_check);
 Datum
 lattice_ingest_check(PG_FUNCTION_ARGS)
 {
-	char	   *kind;
-	text	   *body;
+	char *kind;
+	text *body;
 	IngestValidation *v;
-	int			status;
-	char	   *code;
-	char	   *message;
-	char	   *details;
+	int status;
+	char *code;
+	char *message;
+	char *details;
 
 	if (PG_ARGISNULL(0))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("lattice.ingest_check: kind must not be null")));
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lattice.ingest_check: kind must not be null")));
 	kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	body = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 
@@ -83,8 +83,7 @@ lattice_ingest_check(PG_FUNCTION_ARGS)
 	ingest_validation_init(v, &pg_hooks);
 	PG_TRY();
 	{
-		ingest_validate(v, kind, body ? VARDATA_ANY(body) : NULL,
-						body ? VARSIZE_ANY_EXHDR(body) : 0);
+		ingest_validate(v, kind, body ? VARDATA_ANY(body) : NULL, body ? VARSIZE_ANY_EXHDR(body) : 0);
 	}
 	PG_CATCH();
 	{
@@ -100,13 +99,14 @@ lattice_ingest_check(PG_FUNCTION_ARGS)
 			PG_RETURN_VOID();
 		case INGEST_UNKNOWN_KIND:
 			ingest_validation_free(v);
-			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							errmsg("lattice.ingest_check: unknown kind \"%s\"", kind)));
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("lattice.ingest_check: unknown kind \"%s\"", kind)));
 			break;
 		case INGEST_OUT_OF_MEMORY:
 			ingest_validation_free(v);
-			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
-							errmsg("lattice.ingest_check: out of memory")));
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY), errmsg("lattice.ingest_check: out of memory")));
 			break;
 		default:
 			break;

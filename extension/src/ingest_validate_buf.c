@@ -17,9 +17,9 @@
 static bool
 buf_reserve(IngestBuf *b, size_t more)
 {
-	size_t		need;
-	size_t		cap;
-	char	   *p;
+	size_t need;
+	size_t cap;
+	char *p;
 
 	if (b->oom)
 		return false;
@@ -83,9 +83,9 @@ ingest_buf_reset(IngestBuf *b)
 void
 ingest_buf_vprintf(IngestBuf *b, const char *fmt, va_list args)
 {
-	size_t		avail;
-	int			n;
-	va_list		copy;
+	size_t avail;
+	int n;
+	va_list copy;
 
 	if (!buf_reserve(b, 32))
 		return;
@@ -105,9 +105,9 @@ ingest_buf_vprintf(IngestBuf *b, const char *fmt, va_list args)
 }
 
 void
-ingest_buf_printf(IngestBuf *b, const char *fmt,...)
+ingest_buf_printf(IngestBuf *b, const char *fmt, ...)
 {
-	va_list		args;
+	va_list args;
 
 	va_start(args, fmt);
 	ingest_buf_vprintf(b, fmt, args);

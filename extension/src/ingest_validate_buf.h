@@ -12,19 +12,18 @@
 /* A growing string; oom is set (and appends stop) when malloc fails. */
 typedef struct IngestBuf
 {
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-	bool		oom;
+	char *data;
+	size_t len;
+	size_t cap;
+	bool oom;
 } IngestBuf;
 
 /* Appends; data stays NUL-terminated. */
 extern void ingest_buf_str(IngestBuf *b, const char *s);
 extern void ingest_buf_char(IngestBuf *b, char ch);
 extern void ingest_buf_vprintf(IngestBuf *b, const char *fmt, va_list args)
-			__attribute__((format(printf, 2, 0)));
-extern void ingest_buf_printf(IngestBuf *b, const char *fmt,...)
-			__attribute__((format(printf, 2, 3)));
+	__attribute__((format(printf, 2, 0)));
+extern void ingest_buf_printf(IngestBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A JSON string, escaped as PostgreSQL's escape_json() does (up to a NUL). */
 extern void ingest_buf_json_string(IngestBuf *b, const char *s);
@@ -36,4 +35,4 @@ extern void ingest_buf_reset(IngestBuf *b);
 /* Releases the memory; b is empty again. */
 extern void ingest_buf_free(IngestBuf *b);
 
-#endif							/* LATTICE_INGEST_VALIDATE_BUF_H */
+#endif /* LATTICE_INGEST_VALIDATE_BUF_H */

@@ -39,18 +39,16 @@ problem_text(Checker *c, const char *msg)
 	ingest_buf_char(&c->problems, '}');
 }
 
-static void
-problem(Checker *c, const char *fmt,...)
-	__attribute__((format(printf, 2, 3)));
+static void problem(Checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
-problem(Checker *c, const char *fmt,...)
+problem(Checker *c, const char *fmt, ...)
 {
-	va_list		args;
+	va_list args;
 
 	if (c->nproblems >= INGEST_MAX_PROBLEMS)
 	{
-		c->nproblems++;			/* counted, not listed: no need for the text */
+		c->nproblems++; /* counted, not listed: no need for the text */
 		return;
 	}
 	ingest_buf_reset(&c->msg);
@@ -63,7 +61,7 @@ problem(Checker *c, const char *fmt,...)
 size_t
 ingest_push_key(Checker *c, const char *key)
 {
-	size_t		saved = c->path.len;
+	size_t saved = c->path.len;
 
 	if (c->path.len > 0)
 		ingest_buf_char(&c->path, '.');
@@ -74,7 +72,7 @@ ingest_push_key(Checker *c, const char *key)
 size_t
 ingest_push_index(Checker *c, size_t i)
 {
-	size_t		saved = c->path.len;
+	size_t saved = c->path.len;
 
 	ingest_buf_printf(&c->path, "[%zu]", i);
 	return saved;
@@ -113,8 +111,8 @@ type_name(json_type t)
 static bool
 matches(Checker *c, const char *s, int len, const char *pattern)
 {
-	bool		handled;
-	bool		r = ingest_fast_match(s, len, pattern, &handled);
+	bool handled;
+	bool r = ingest_fast_match(s, len, pattern, &handled);
 
 	if (handled)
 		return r;
@@ -125,7 +123,7 @@ matches(Checker *c, const char *s, int len, const char *pattern)
 static bool
 check_text(Checker *c, const char *s, int len, int maxlen)
 {
-	int			chars;
+	int chars;
 
 	if (memchr(s, '\0', len) != NULL)
 	{
@@ -164,11 +162,11 @@ ingest_check_any(Checker *c, struct json_object *v)
 			break;
 		case json_type_array:
 			{
-				size_t		n = json_object_array_length(v);
+				size_t n = json_object_array_length(v);
 
 				for (size_t i = 0; i < n; i++)
 				{
-					size_t		s = ingest_push_index(c, i);
+					size_t s = ingest_push_index(c, i);
 
 					ingest_check_any(c, json_object_array_get_idx(v, i));
 					ingest_pop(c, s);
@@ -179,7 +177,7 @@ ingest_check_any(Checker *c, struct json_object *v)
 			{
 				json_object_object_foreach(v, key, val)
 				{
-					size_t		s = ingest_push_key(c, key);
+					size_t s = ingest_push_key(c, key);
 
 					check_text(c, key, strlen(key), INGEST_MAX_STR);
 					ingest_check_any(c, val);
@@ -201,8 +199,8 @@ struct json_object *
 ingest_field(Checker *c, struct json_object *obj, const char *key, json_type want, bool required)
 {
 	struct json_object *v = NULL;
-	int			s;
-	json_type	t;
+	int s;
+	json_type t;
 
 	if (!json_object_object_get_ex(obj, key, &v) || v == NULL)
 	{
@@ -228,14 +226,14 @@ ingest_field(Checker *c, struct json_object *obj, const char *key, json_type wan
 }
 
 const char *
-ingest_str_field(Checker *c, struct json_object *obj, const char *key, bool required,
-				 int minlen, int maxlen, const char *pattern, const char *pattern_desc)
+ingest_str_field(Checker *c, struct json_object *obj, const char *key, bool required, int minlen,
+				 int maxlen, const char *pattern, const char *pattern_desc)
 {
 	struct json_object *v = ingest_field(c, obj, key, json_type_string, required);
 	const char *s;
-	int			len;
-	size_t		saved;
-	bool		ok = true;
+	int len;
+	size_t saved;
+	bool ok = true;
 
 	if (v == NULL)
 		return NULL;
@@ -264,7 +262,7 @@ ingest_enum_field(Checker *c, struct json_object *obj, const char *key, bool req
 {
 	struct json_object *v = ingest_field(c, obj, key, json_type_string, required);
 	const char *s;
-	size_t		saved;
+	size_t saved;
 
 	if (v == NULL)
 		return NULL;
@@ -288,25 +286,25 @@ ingest_enum_field(Checker *c, struct json_object *obj, const char *key, bool req
 
 /* An integer in [min, max]; floats with a fraction and huge values refused. */
 void
-ingest_int_field(Checker *c, struct json_object *obj, const char *key, bool required,
-				 int64_t min, int64_t max)
+ingest_int_field(Checker *c, struct json_object *obj, const char *key, bool required, int64_t min,
+				 int64_t max)
 {
 	struct json_object *v = ingest_field(c, obj, key, json_type_double, required);
-	size_t		saved;
+	size_t saved;
 
 	if (v == NULL)
 		return;
 	saved = ingest_push_key(c, key);
 	if (json_object_get_type(v) == json_type_double)
 	{
-		double		d = json_object_get_double(v);
+		double d = json_object_get_double(v);
 
 		if (!isfinite(d) || d != floor(d) || d < (double) min || d > (double) max)
 			problem(c, "must be an integer between %" PRId64 " and %" PRId64, min, max);
 	}
 	else
 	{
-		int64_t		i;
+		int64_t i;
 
 		errno = 0;
 		i = json_object_get_int64(v);
@@ -318,19 +316,19 @@ ingest_int_field(Checker *c, struct json_object *obj, const char *key, bool requ
 }
 
 void
-ingest_num_field(Checker *c, struct json_object *obj, const char *key, bool required,
-				 double min, double max)
+ingest_num_field(Checker *c, struct json_object *obj, const char *key, bool required, double min,
+				 double max)
 {
 	struct json_object *v = ingest_field(c, obj, key, json_type_double, required);
-	size_t		saved;
-	double		d;
+	size_t saved;
+	double d;
 
 	if (v == NULL)
 		return;
 	saved = ingest_push_key(c, key);
 	if (json_object_get_type(v) == json_type_int)
 	{
-		int64_t		i = json_object_get_int64(v);
+		int64_t i = json_object_get_int64(v);
 
 		d = (i == INT64_MAX || i == INT64_MIN) ? INFINITY : (double) i;
 	}
@@ -345,7 +343,7 @@ void
 ingest_obj_any_field(Checker *c, struct json_object *obj, const char *key, json_type want)
 {
 	struct json_object *v = ingest_field(c, obj, key, want, false);
-	size_t		saved;
+	size_t saved;
 
 	if (v == NULL)
 		return;
@@ -362,12 +360,12 @@ ingest_datetime_field(Checker *c, struct json_object *obj, const char *key, bool
 
 /* An array field with a cap on its length; returns it, or NULL. */
 struct json_object *
-ingest_array_field(Checker *c, struct json_object *obj, const char *key, bool required,
-				   size_t minitems, size_t maxitems)
+ingest_array_field(Checker *c, struct json_object *obj, const char *key, bool required, size_t minitems,
+				   size_t maxitems)
 {
 	struct json_object *v = ingest_field(c, obj, key, json_type_array, required);
-	size_t		n;
-	size_t		saved;
+	size_t n;
+	size_t saved;
 
 	if (v == NULL)
 		return NULL;
@@ -389,7 +387,7 @@ void
 ingest_string_list_field(Checker *c, struct json_object *obj, const char *key, int maxlen)
 {
 	struct json_object *arr = ingest_array_field(c, obj, key, false, 0, INGEST_MAX_LIST);
-	size_t		saved;
+	size_t saved;
 
 	if (arr == NULL)
 		return;
@@ -397,7 +395,7 @@ ingest_string_list_field(Checker *c, struct json_object *obj, const char *key, i
 	for (size_t i = 0; i < json_object_array_length(arr); i++)
 	{
 		struct json_object *e = json_object_array_get_idx(arr, i);
-		size_t		s = ingest_push_index(c, i);
+		size_t s = ingest_push_index(c, i);
 
 		if (json_object_get_type(e) != json_type_string)
 			problem(c, "must be a string, not %s", type_name(json_object_get_type(e)));
@@ -423,14 +421,14 @@ ingest_is_object(Checker *c, struct json_object *v)
 /* Checks each element of an array of objects with fn. */
 void
 ingest_check_items(Checker *c, struct json_object *arr, const char *key,
-				   void (*fn) (Checker *, struct json_object *))
+				   void (*fn)(Checker *, struct json_object *))
 {
-	size_t		saved = ingest_push_key(c, key);
+	size_t saved = ingest_push_key(c, key);
 
 	for (size_t i = 0; i < json_object_array_length(arr); i++)
 	{
 		struct json_object *e = json_object_array_get_idx(arr, i);
-		size_t		s = ingest_push_index(c, i);
+		size_t s = ingest_push_index(c, i);
 
 		if (ingest_is_object(c, e))
 			fn(c, e);

@@ -17,8 +17,8 @@
 
 #include "ingest_validate_core.h"
 
-#define INGEST_MAX_LIST			200		/* middlewareChain, tags, parameters */
-#define INGEST_MAX_STR			1024	/* default string cap */
+#define INGEST_MAX_LIST 200	 /* middlewareChain, tags, parameters */
+#define INGEST_MAX_STR	1024 /* default string cap */
 
 /* The walk works on the validation itself: path, problems, hooks. */
 typedef IngestValidation Checker;
@@ -39,7 +39,7 @@ extern void ingest_check_any(Checker *c, struct json_object *v);
 
 /* Checks each element of an array of objects with fn, at key[i]. */
 extern void ingest_check_items(Checker *c, struct json_object *arr, const char *key,
-							   void (*fn) (Checker *, struct json_object *));
+							   void (*fn)(Checker *, struct json_object *));
 
 /*
  * Fields of obj.  A missing required field or a wrong type is a problem;
@@ -54,7 +54,8 @@ extern struct json_object *ingest_field(Checker *c, struct json_object *obj, con
  * when 0) that matches pattern, when given (pattern_desc is the problem).
  */
 extern const char *ingest_str_field(Checker *c, struct json_object *obj, const char *key, bool required,
-									int minlen, int maxlen, const char *pattern, const char *pattern_desc);
+									int minlen, int maxlen, const char *pattern,
+									const char *pattern_desc);
 
 /* One of allowed (NULL-terminated). */
 extern const char *ingest_enum_field(Checker *c, struct json_object *obj, const char *key, bool required,
@@ -81,4 +82,4 @@ extern struct json_object *ingest_array_field(Checker *c, struct json_object *ob
 /* An optional array of at most INGEST_MAX_LIST strings of maxlen characters. */
 extern void ingest_string_list_field(Checker *c, struct json_object *obj, const char *key, int maxlen);
 
-#endif							/* LATTICE_INGEST_VALIDATE_CHECK_H */
+#endif /* LATTICE_INGEST_VALIDATE_CHECK_H */

@@ -52,7 +52,7 @@ parse_body(Checker *c, const char *data, size_t len)
 {
 	struct json_tokener *tok;
 	enum json_tokener_error jerr;
-	size_t		end;
+	size_t end;
 	const char *why;
 
 	if (data == NULL || len == 0)
@@ -136,8 +136,8 @@ ingest_validation_init(IngestValidation *v, const IngestHooks *hooks)
 IngestOutcome
 ingest_validate(IngestValidation *v, const char *kind, const char *body, size_t len)
 {
-	Checker    *c = v;
-	bool		known;
+	Checker *c = v;
+	bool known;
 
 	if (!parse_body(c, body, len))
 		return any_oom(c) ? (c->outcome = INGEST_OUT_OF_MEMORY) : c->outcome;
@@ -156,14 +156,15 @@ ingest_validate(IngestValidation *v, const char *kind, const char *body, size_t 
 
 	ingest_buf_printf(&c->details, "[%s", c->problems.data);
 	if (c->nproblems > INGEST_MAX_PROBLEMS)
-		ingest_buf_printf(&c->details, ",{\"path\":\"body\",\"message\":\"%d more problems not listed\"}",
+		ingest_buf_printf(&c->details,
+						  ",{\"path\":\"body\",\"message\":\"%d more problems not listed\"}",
 						  c->nproblems - INGEST_MAX_PROBLEMS);
 	ingest_buf_char(&c->details, ']');
 	if (any_oom(c))
 		return c->outcome = INGEST_OUT_OF_MEMORY;
 	answer(c, INGEST_INVALID, 400, "validation_failed", "");
-	snprintf(c->message, sizeof(c->message), "the request body is invalid (%d problem%s)",
-			 c->nproblems, c->nproblems == 1 ? "" : "s");
+	snprintf(c->message, sizeof(c->message), "the request body is invalid (%d problem%s)", c->nproblems,
+			 c->nproblems == 1 ? "" : "s");
 	return c->outcome;
 }
 

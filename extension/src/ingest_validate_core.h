@@ -33,9 +33,9 @@
 
 #include "ingest_validate_buf.h"
 
-#define INGEST_MAX_BODY			(2 * 1024 * 1024)
-#define INGEST_MAX_DEPTH		32
-#define INGEST_MAX_PROBLEMS		50
+#define INGEST_MAX_BODY		(2 * 1024 * 1024)
+#define INGEST_MAX_DEPTH	32
+#define INGEST_MAX_PROBLEMS 50
 
 typedef struct IngestHooks
 {
@@ -43,24 +43,24 @@ typedef struct IngestHooks
 	 * Whether s matches the ERE pattern (anchored with ^ and $).  s holds
 	 * len bytes of valid UTF-8 without NUL, and s[len] is NUL.
 	 */
-	bool		(*regex_match) (const char *s, int len, const char *pattern);
+	bool (*regex_match)(const char *s, int len, const char *pattern);
 
 	/*
 	 * PostgreSQL's JSON lexer over the whole body (already accepted by
 	 * json-c, so nested at most INGEST_MAX_DEPTH deep): NULL when it accepts
 	 * it, else why not.  The core copies the text at once.
 	 */
-	const char *(*json_error) (const char *data, size_t len);
+	const char *(*json_error)(const char *data, size_t len);
 } IngestHooks;
 
 typedef enum IngestOutcome
 {
 	INGEST_OK = 0,
-	INGEST_EMPTY,				/* 400 validation_failed: no body */
-	INGEST_TOO_LARGE,			/* 413 too_large */
-	INGEST_INVALID_JSON,		/* 400 invalid_json */
-	INGEST_INVALID,				/* 400 validation_failed: problems listed */
-	INGEST_UNKNOWN_KIND,		/* the caller's mistake, not the body's */
+	INGEST_EMPTY,		 /* 400 validation_failed: no body */
+	INGEST_TOO_LARGE,	 /* 413 too_large */
+	INGEST_INVALID_JSON, /* 400 invalid_json */
+	INGEST_INVALID,		 /* 400 validation_failed: problems listed */
+	INGEST_UNKNOWN_KIND, /* the caller's mistake, not the body's */
 	INGEST_OUT_OF_MEMORY
 } IngestOutcome;
 
@@ -68,18 +68,18 @@ typedef struct IngestValidation
 {
 	/* the answer, when outcome is neither INGEST_OK nor INGEST_UNKNOWN_KIND */
 	IngestOutcome outcome;
-	int			status;			/* HTTP status: 400 or 413 */
-	const char *code;			/* "validation_failed", "invalid_json", ... */
-	char		message[64];	/* the answer's message */
-	IngestBuf	details;		/* the answer's details: JSON text */
-	int			nproblems;		/* all problems, listed or not */
+	int status;		   /* HTTP status: 400 or 413 */
+	const char *code;  /* "validation_failed", "invalid_json", ... */
+	char message[64];  /* the answer's message */
+	IngestBuf details; /* the answer's details: JSON text */
+	int nproblems;	   /* all problems, listed or not */
 
 	/* the work: the caller leaves these alone */
 	const IngestHooks *hooks;
 	struct json_object *root;
-	IngestBuf	path;			/* JSON path of the value being checked */
-	IngestBuf	problems;		/* JSON array text, without the brackets */
-	IngestBuf	msg;			/* a problem's message, being written */
+	IngestBuf path;		/* JSON path of the value being checked */
+	IngestBuf problems; /* JSON array text, without the brackets */
+	IngestBuf msg;		/* a problem's message, being written */
 } IngestValidation;
 
 extern void ingest_validation_init(IngestValidation *v, const IngestHooks *hooks);
@@ -89,10 +89,10 @@ extern void ingest_validation_init(IngestValidation *v, const IngestHooks *hooks
  * metadata, traces, errors, error (one browser error), breadcrumbs or
  * metrics (legacy).  Fills v and returns v->outcome.
  */
-extern IngestOutcome ingest_validate(IngestValidation *v, const char *kind,
-									 const char *body, size_t len);
+extern IngestOutcome ingest_validate(IngestValidation *v, const char *kind, const char *body,
+									 size_t len);
 
 /* Releases everything v holds; v can be validated with again after init. */
 extern void ingest_validation_free(IngestValidation *v);
 
-#endif							/* LATTICE_INGEST_VALIDATE_CORE_H */
+#endif /* LATTICE_INGEST_VALIDATE_CORE_H */

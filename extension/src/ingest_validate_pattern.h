@@ -21,14 +21,15 @@ extern const char ingest_re_http_method[];
 extern const char ingest_re_absolute_path[];
 
 /* Without */
-#define INGEST_RE_SEMVER		"^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)" \
+#define INGEST_RE_SEMVER \
+	"^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)" \
 	"(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?" \
 	"(\\+([0-9a-zA-Z-]+(\\.[0-9a-zA-Z-]+)*))?$"
-#define INGEST_RE_URI			"^[A-Za-z][A-Za-z0-9+.-]*:[^[:space:]]+$"
-#define INGEST_RE_URI_REF		"^[^[:space:]]*$"
+#define INGEST_RE_URI	  "^[A-Za-z][A-Za-z0-9+.-]*:[^[:space:]]+$"
+#define INGEST_RE_URI_REF "^[^[:space:]]*$"
 
 /* The patterns with a C fast path, NULL-terminated, and that fast path. */
 extern const char *const ingest_fast_patterns[];
 extern bool ingest_fast_match(const char *s, int len, const char *pattern, bool *handled);
 
-#endif							/* LATTICE_INGEST_VALIDATE_PATTERN_H */
+#endif /* LATTICE_INGEST_VALIDATE_PATTERN_H */

@@ -20,23 +20,26 @@
 #include "ingest_validate_check.h"
 #include "ingest_validate_pattern.h"
 
-#define MAX_ROUTES				2000
-#define MAX_DEPENDENCIES		2000
-#define MAX_BATCH				500
-#define MAX_BREADCRUMBS			200
-#define MAX_FRAMES				100
-#define MAX_TEXT				8192	/* messages, descriptions */
-#define MAX_PATH				2048
-#define MAX_DURATION_MS			86400000.0	/* one day */
+#define MAX_ROUTES		 2000
+#define MAX_DEPENDENCIES 2000
+#define MAX_BATCH		 500
+#define MAX_BREADCRUMBS	 200
+#define MAX_FRAMES		 100
+#define MAX_TEXT		 8192 /* messages, descriptions */
+#define MAX_PATH		 2048
+#define MAX_DURATION_MS	 86400000.0 /* one day */
 
-static const char *const route_methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ALL", NULL};
+static const char *const route_methods[] = {"GET",	"POST",	   "PUT", "PATCH", "DELETE",
+											"HEAD", "OPTIONS", "ALL", NULL};
 static const char *const service_statuses[] = {"active", "inactive", "unknown", NULL};
 static const char *const deployment_types[] = {"kubernetes", "docker", "serverless", "bare-metal", NULL};
 static const char *const param_types[] = {"string", "number", "boolean", "object", "array", NULL};
 static const char *const dependency_types[] = {"direct", "transitive", "peer", "dev", NULL};
 static const char *const severities[] = {"critical", "high", "medium", "low", NULL};
-static const char *const operation_types[] = {"http_request", "db_query", "external_call", "custom", NULL};
-static const char *const crumb_categories[] = {"navigation", "user_action", "http", "console", "state_change", "custom", NULL};
+static const char *const operation_types[] = {"http_request", "db_query", "external_call", "custom",
+											  NULL};
+static const char *const crumb_categories[] = {"navigation",   "user_action", "http", "console",
+											   "state_change", "custom",	  NULL};
 static const char *const crumb_levels[] = {"debug", "info", "warning", "error", NULL};
 
 /* ---------- schema-v1: ServiceMetadataSubmission ---------- */
@@ -49,7 +52,8 @@ check_service(Checker *c, struct json_object *svc)
 	ingest_str_field(c, svc, "id", true, 1, 128, ingest_re_service_id, "must match ^[a-z0-9]+$");
 	ingest_str_field(c, svc, "name", true, 2, 63, ingest_re_service_name,
 					 "must be lower-case letters, digits and inner hyphens (DNS label)");
-	ingest_str_field(c, svc, "version", false, 1, 128, INGEST_RE_SEMVER, "must be a semantic version (e.g. 1.2.3)");
+	ingest_str_field(c, svc, "version", false, 1, 128, INGEST_RE_SEMVER,
+					 "must be a semantic version (e.g. 1.2.3)");
 	/* any environment name (the original accepted only three) */
 	ingest_str_field(c, svc, "environment", false, 1, 64, ingest_re_environment,
 					 "must be letters, digits, '.', '_' or '-'");
@@ -59,14 +63,15 @@ check_service(Checker *c, struct json_object *svc)
 	ingest_str_field(c, svc, "runtime", false, 0, 128, NULL, NULL);
 	ingest_str_field(c, svc, "description", false, 0, MAX_TEXT, NULL, NULL);
 	ingest_str_field(c, svc, "repository", false, 1, MAX_PATH, INGEST_RE_URI, "must be a URI");
-	ingest_str_field(c, svc, "healthCheckUrl", false, 0, MAX_PATH, INGEST_RE_URI_REF, "must be a URI reference");
+	ingest_str_field(c, svc, "healthCheckUrl", false, 0, MAX_PATH, INGEST_RE_URI_REF,
+					 "must be a URI reference");
 	ingest_enum_field(c, svc, "status", true, service_statuses);
 	ingest_datetime_field(c, svc, "firstSeen", false);
 	ingest_datetime_field(c, svc, "lastSeen", false);
 	by = ingest_field(c, svc, "discoveredBy", json_type_object, true);
 	if (by)
 	{
-		size_t		s = ingest_push_key(c, "discoveredBy");
+		size_t s = ingest_push_key(c, "discoveredBy");
 
 		ingest_str_field(c, by, "pluginName", true, 0, 256, NULL, NULL);
 		ingest_str_field(c, by, "pluginVersion", true, 0, 128, NULL, NULL);
@@ -80,7 +85,7 @@ static void
 check_parameters(Checker *c, struct json_object *route, const char *key)
 {
 	struct json_object *arr = ingest_array_field(c, route, key, false, 0, INGEST_MAX_LIST);
-	size_t		saved;
+	size_t saved;
 
 	if (arr == NULL)
 		return;
@@ -88,7 +93,7 @@ check_parameters(Checker *c, struct json_object *route, const char *key)
 	for (size_t i = 0; i < json_object_array_length(arr); i++)
 	{
 		struct json_object *p = json_object_array_get_idx(arr, i);
-		size_t		s = ingest_push_index(c, i);
+		size_t s = ingest_push_index(c, i);
 
 		if (ingest_is_object(c, p))
 		{
@@ -99,7 +104,7 @@ check_parameters(Checker *c, struct json_object *route, const char *key)
 			if (json_object_object_get_ex(p, "example", NULL))
 			{
 				struct json_object *ex = json_object_object_get(p, "example");
-				size_t		s2 = ingest_push_key(c, "example");
+				size_t s2 = ingest_push_key(c, "example");
 
 				ingest_check_any(c, ex);
 				ingest_pop(c, s2);
@@ -123,7 +128,7 @@ check_route(Checker *c, struct json_object *r)
 	loc = ingest_field(c, r, "handlerLocation", json_type_object, false);
 	if (loc)
 	{
-		size_t		s = ingest_push_key(c, "handlerLocation");
+		size_t s = ingest_push_key(c, "handlerLocation");
 
 		ingest_str_field(c, loc, "file", false, 0, MAX_PATH, NULL, NULL);
 		ingest_int_field(c, loc, "line", false, 1, INT32_MAX);
@@ -178,7 +183,7 @@ check_metadata(Checker *c, struct json_object *root)
 
 	if (svc)
 	{
-		size_t		s = ingest_push_key(c, "service");
+		size_t s = ingest_push_key(c, "service");
 
 		check_service(c, svc);
 		ingest_pop(c, s);
@@ -202,7 +207,8 @@ check_trace(Checker *c, struct json_object *t)
 	ingest_datetime_field(c, t, "timestamp", false);
 	ingest_num_field(c, t, "duration_ms", true, 0, MAX_DURATION_MS);
 	ingest_int_field(c, t, "status_code", false, 0, 999);
-	ingest_str_field(c, t, "method", false, 1, 16, ingest_re_http_method, "must be an upper-case HTTP method");
+	ingest_str_field(c, t, "method", false, 1, 16, ingest_re_http_method,
+					 "must be an upper-case HTTP method");
 	ingest_str_field(c, t, "path", false, 1, MAX_PATH, ingest_re_absolute_path, "must start with /");
 	ingest_str_field(c, t, "caller_service", false, 1, 128, NULL, NULL);
 	ingest_str_field(c, t, "user_agent", false, 0, INGEST_MAX_STR, NULL, NULL);
@@ -248,7 +254,7 @@ check_breadcrumb(Checker *c, struct json_object *b)
 	ingest_enum_field(c, b, "level", true, crumb_levels);
 	if (json_object_object_get_ex(b, "data", NULL))
 	{
-		size_t		s = ingest_push_key(c, "data");
+		size_t s = ingest_push_key(c, "data");
 
 		ingest_check_any(c, json_object_object_get(b, "data"));
 		ingest_pop(c, s);
@@ -261,7 +267,8 @@ check_legacy_metric(Checker *c, struct json_object *m)
 {
 	struct json_object *ts;
 
-	ingest_str_field(c, m, "method", true, 1, 16, ingest_re_http_method, "must be an upper-case HTTP method");
+	ingest_str_field(c, m, "method", true, 1, 16, ingest_re_http_method,
+					 "must be an upper-case HTTP method");
 	ingest_str_field(c, m, "path", true, 1, MAX_PATH, ingest_re_absolute_path, "must start with /");
 	ingest_int_field(c, m, "statusCode", true, 0, 999);
 	ingest_num_field(c, m, "responseTime", true, 0, MAX_DURATION_MS);
@@ -276,7 +283,7 @@ check_legacy_metric(Checker *c, struct json_object *m)
 
 static void
 check_batch(Checker *c, struct json_object *root, const char *key, size_t max,
-			void (*fn) (Checker *, struct json_object *))
+			void (*fn)(Checker *, struct json_object *))
 {
 	struct json_object *arr = ingest_array_field(c, root, key, true, 1, max);
 

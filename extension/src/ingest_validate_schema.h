@@ -15,4 +15,4 @@
  */
 extern bool ingest_check_kind(IngestValidation *v, const char *kind, struct json_object *root);
 
-#endif							/* LATTICE_INGEST_VALIDATE_SCHEMA_H */
+#endif /* LATTICE_INGEST_VALIDATE_SCHEMA_H */

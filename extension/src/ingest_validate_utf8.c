@@ -18,14 +18,14 @@ ingest_utf8_chars(const char *s, int len)
 {
 	const unsigned char *p = (const unsigned char *) s;
 	const unsigned char *end = p + len;
-	int			chars = 0;
+	int chars = 0;
 
 	while (p < end)
 	{
 		unsigned char b = *p;
-		unsigned char lo = 0x80;	/* the range of the second byte */
+		unsigned char lo = 0x80; /* the range of the second byte */
 		unsigned char hi = 0xBF;
-		int			n;
+		int n;
 
 		chars++;
 		if (b < 0x80)
@@ -39,17 +39,17 @@ ingest_utf8_chars(const char *s, int len)
 		{
 			n = 3;
 			if (b == 0xE0)
-				lo = 0xA0;		/* overlong */
+				lo = 0xA0; /* overlong */
 			else if (b == 0xED)
-				hi = 0x9F;		/* surrogates */
+				hi = 0x9F; /* surrogates */
 		}
 		else if (b >= 0xF0 && b <= 0xF4)
 		{
 			n = 4;
 			if (b == 0xF0)
-				lo = 0x90;		/* overlong */
+				lo = 0x90; /* overlong */
 			else if (b == 0xF4)
-				hi = 0x8F;		/* above U+10FFFF */
+				hi = 0x8F; /* above U+10FFFF */
 		}
 		else
 			return -1;

@@ -6,6 +6,6 @@
 #define LATTICE_INGEST_VALIDATE_UTF8_H
 
 /* Characters in s when it is valid UTF-8, else -1 (NUL counts as valid). */
-extern int	ingest_utf8_chars(const char *s, int len);
+extern int ingest_utf8_chars(const char *s, int len);
 
-#endif							/* LATTICE_INGEST_VALIDATE_UTF8_H */
+#endif /* LATTICE_INGEST_VALIDATE_UTF8_H */

@@ -16,9 +16,9 @@
 
 PG_MODULE_MAGIC;
 
-bool		lattice_preloaded = false;
+bool lattice_preloaded = false;
 
-void		_PG_init(void);
+void _PG_init(void);
 
 /*
  * Runs once per backend (or once in the postmaster when preloaded).  Every

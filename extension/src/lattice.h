@@ -19,22 +19,22 @@
 #include "utils/uuid.h"
 
 /* billing_signature.c: Stripe's signature scheme, for webhooks both ways */
-extern char *lattice_signature_header(const char *secret, size_t secret_len,
-									  const char *payload, size_t payload_len, TimestampTz at);
+extern char *lattice_signature_header(const char *secret, size_t secret_len, const char *payload,
+									  size_t payload_len, TimestampTz at);
 
 /* alert_webhook.c: the settings of alerts and their webhooks */
 extern void lattice_alert_init(void);
-extern int	lattice_alert_interval;		/* seconds, 0: the worker does not tick */
+extern int lattice_alert_interval; /* seconds, 0: the worker does not tick */
 
 /* ratelimit.c: counters in shared memory */
 typedef struct LatticeRateResult
 {
-	bool		allowed;
-	int64		limit;			/* requests per window */
-	int64		remaining;
-	int64		reset_seconds;	/* until the window is whole again */
-	int64		retry_after_seconds;	/* 0 when allowed */
-	int64		period_seconds; /* the window the limit counts over */
+	bool allowed;
+	int64 limit; /* requests per window */
+	int64 remaining;
+	int64 reset_seconds;	   /* until the window is whole again */
+	int64 retry_after_seconds; /* 0 when allowed */
+	int64 period_seconds;	   /* the window the limit counts over */
 } LatticeRateResult;
 
 /* The counters in shared memory (ratelimit.c), the quotas (ratelimit_enforce.c) */
@@ -44,8 +44,8 @@ extern void lattice_rate_enforce_init(void);
 /* The quota classes authentication counts in (ingest counts per service) */
 typedef enum LatticeQuotaClass
 {
-	LATTICE_QUOTA_API,			/* API key or bearer token, not ingest */
-	LATTICE_QUOTA_DASHBOARD		/* session cookie */
+	LATTICE_QUOTA_API,		/* API key or bearer token, not ingest */
+	LATTICE_QUOTA_DASHBOARD /* session cookie */
 } LatticeQuotaClass;
 
 /*
@@ -64,8 +64,8 @@ extern void lattice_rate_enforce_tenant(const pg_uuid_t *user_id, LatticeRateRes
  * lattice is not in shared_preload_libraries).  Used for per-address limits
  * and login brute-force limits (scope e.g. "login_email", "addr_signup").
  */
-extern bool lattice_rate_check(const char *scope, const char *key, int64 limit,
-							   int64 period_seconds, LatticeRateResult *out);
+extern bool lattice_rate_check(const char *scope, const char *key, int64 limit, int64 period_seconds,
+							   LatticeRateResult *out);
 
 /*
  * The rate headers of one answer as a JSON object text (RateLimit-*,
@@ -89,4 +89,4 @@ extern void lattice_billing_init(void);
 /* worker.c: the background worker that runs the periodic jobs */
 extern void lattice_worker_register(void);
 
-#endif							/* LATTICE_H */
+#endif /* LATTICE_H */

@@ -20,7 +20,7 @@
 static int64
 unix_nanoseconds(TimestampTz t)
 {
-	int64		us;
+	int64 us;
 
 	if (TIMESTAMP_NOT_FINITE(t))
 		return TIMESTAMP_IS_NOBEGIN(t) ? PG_INT64_MIN : PG_INT64_MAX;
@@ -32,17 +32,18 @@ PG_FUNCTION_INFO_V1(lattice_otlp_flatten);
 Datum
 lattice_otlp_flatten(PG_FUNCTION_ARGS)
 {
-	text	   *body = PG_GETARG_TEXT_PP(0);
-	int64		not_before = unix_nanoseconds(PG_GETARG_TIMESTAMPTZ(1));
-	int64		not_after = unix_nanoseconds(PG_GETARG_TIMESTAMPTZ(2));
-	char		err[256];
-	char	   *flat;
-	char	   *copy;
+	text *body = PG_GETARG_TEXT_PP(0);
+	int64 not_before = unix_nanoseconds(PG_GETARG_TIMESTAMPTZ(1));
+	int64 not_after = unix_nanoseconds(PG_GETARG_TIMESTAMPTZ(2));
+	char err[256];
+	char *flat;
+	char *copy;
 
-	flat = otlp_flatten(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), not_before, not_after, err, sizeof(err));
+	flat = otlp_flatten(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), not_before, not_after, err,
+						sizeof(err));
 	if (flat == NULL)
 	{
-		char	   *colon = strstr(err, ": ");
+		char *colon = strstr(err, ": ");
 
 		if (colon)
 			*colon = '\0';

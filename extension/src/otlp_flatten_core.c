@@ -24,11 +24,11 @@
 
 typedef struct Flattener
 {
-	int64_t		not_before_ns;
-	int64_t		not_after_ns;
-	int			seen;			/* spans looked at */
-	int			rejected;
-	char		reason[256];	/* the first rejection's */
+	int64_t not_before_ns;
+	int64_t not_after_ns;
+	int seen; /* spans looked at */
+	int rejected;
+	char reason[256]; /* the first rejection's */
 	struct json_object *spans;
 } Flattener;
 
@@ -41,8 +41,8 @@ typedef struct Resource
 	const char *language;
 	const char *runtime_name;
 	const char *runtime_version;
-	char		runtime[2 * OTLP_MAX_SHORT + 2];	/* name and version */
-	const char *bad;			/* why all its spans are rejected, or NULL */
+	char runtime[2 * OTLP_MAX_SHORT + 2]; /* name and version */
+	const char *bad;					  /* why all its spans are rejected, or NULL */
 } Resource;
 
 /* What a span's attributes say, as far as the mapping reads them. */
@@ -53,12 +53,12 @@ typedef struct SpanAttrs
 	const char *target;
 	const char *peer_service;
 	const char *address;
-	const char *url;			/* url.full / http.url: the host when nothing else names it */
-	int64_t		port;
-	int64_t		status;
+	const char *url; /* url.full / http.url: the host when nothing else names it */
+	int64_t port;
+	int64_t status;
 	const char *db;
 	const char *db_name;
-	bool		db_query;		/* a statement or operation: a call, not a pool's connect */
+	bool db_query; /* a statement or operation: a call, not a pool's connect */
 	const char *mq;
 	const char *destination;
 	const char *rpc_system;
@@ -117,7 +117,7 @@ int64_value(struct json_object *v, int64_t *out)
 	}
 	if (json_object_is_type(v, json_type_double))
 	{
-		double		d = json_object_get_double(v);
+		double d = json_object_get_double(v);
 
 		if (!(d >= -9.2e18 && d <= 9.2e18) || d != (double) (int64_t) d)
 			return false;
@@ -127,8 +127,8 @@ int64_value(struct json_object *v, int64_t *out)
 	if (json_object_is_type(v, json_type_string))
 	{
 		const char *s = json_object_get_string(v);
-		char	   *end;
-		long long	n;
+		char *end;
+		long long n;
 
 		if (*s == '\0' || !(isdigit((unsigned char) *s) || *s == '-'))
 			return false;
@@ -146,7 +146,7 @@ int64_value(struct json_object *v, int64_t *out)
 static bool
 hex_id(const char *s, size_t len)
 {
-	bool		nonzero = false;
+	bool nonzero = false;
 
 	if (s == NULL || strlen(s) != len)
 		return false;
@@ -170,12 +170,12 @@ too_long(const char *s, size_t max)
  * Walks an attribute list, calling take() for each key with its AnyValue.
  * False (with *why) when the list is not a list of {key, value} or too long.
  */
-typedef void (*AttrFn) (void *ctx, const char *key, struct json_object *value);
+typedef void (*AttrFn)(void *ctx, const char *key, struct json_object *value);
 
 static bool
 each_attribute(struct json_object *list, AttrFn take, void *ctx, const char **why)
 {
-	size_t		n;
+	size_t n;
 
 	if (list == NULL)
 		return true;
@@ -193,7 +193,7 @@ each_attribute(struct json_object *list, AttrFn take, void *ctx, const char **wh
 	for (size_t i = 0; i < n; i++)
 	{
 		struct json_object *kv = json_object_array_get_idx(list, i);
-		bool		bad = false;
+		bool bad = false;
 		const char *key = string_member(kv, "key", &bad);
 
 		if (bad || key == NULL || !json_object_is_type(kv, json_type_object))
@@ -229,7 +229,7 @@ any_int(struct json_object *value, int64_t *out)
 static void
 resource_attr(void *ctx, const char *key, struct json_object *value)
 {
-	Resource   *r = ctx;
+	Resource *r = ctx;
 	const char *s = any_string(value);
 
 	if (strcmp(key, "service.name") == 0)
@@ -258,7 +258,7 @@ prefer(const char **slot, bool current, const char *s)
 static void
 span_attr(void *ctx, const char *key, struct json_object *value)
 {
-	SpanAttrs  *a = ctx;
+	SpanAttrs *a = ctx;
 	const char *s = any_string(value);
 
 	if (strcmp(key, "http.route") == 0)
@@ -364,7 +364,7 @@ static struct json_object *
 exceptions_of(struct json_object *events, int64_t span_start)
 {
 	struct json_object *out = NULL;
-	size_t		n;
+	size_t n;
 
 	if (events == NULL || !json_object_is_type(events, json_type_array))
 		return NULL;
@@ -374,16 +374,17 @@ exceptions_of(struct json_object *events, int64_t span_start)
 		struct json_object *ev = json_object_array_get_idx(events, i);
 		struct json_object *x;
 		ExceptionAttrs e = {0};
-		bool		bad = false;
+		bool bad = false;
 		const char *name = string_member(ev, "name", &bad);
 		const char *why = NULL;
-		int64_t		at = 0;
+		int64_t at = 0;
 
 		if (name == NULL || strcmp(name, "exception") != 0 ||
 			!each_attribute(member(ev, "attributes"), exception_attr, &e, &why) ||
 			(e.type == NULL && e.message == NULL))
 			continue;
-		if (member(ev, "timeUnixNano") == NULL || !int64_value(member(ev, "timeUnixNano"), &at) || at <= 0)
+		if (member(ev, "timeUnixNano") == NULL || !int64_value(member(ev, "timeUnixNano"), &at) ||
+			at <= 0)
 			at = span_start;
 		x = json_object_new_object();
 		if (e.type == NULL)
@@ -418,7 +419,7 @@ peer_of(const SpanAttrs *a, char *buf, size_t len)
 	{
 		/* scheme://[userinfo@]host[:port][/?#...] */
 		const char *host = strstr(a->url, "://") + 3;
-		size_t		n = strcspn(host, "/?#");
+		size_t n = strcspn(host, "/?#");
 		const char *at = memchr(host, '@', n);
 
 		if (at)
@@ -435,9 +436,10 @@ peer_of(const SpanAttrs *a, char *buf, size_t len)
 static int
 kind_of(struct json_object *v)
 {
-	static const char *const names[] = {"SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
-	"SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"};
-	int64_t		k;
+	static const char *const names[] = {"SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL",
+										"SPAN_KIND_SERVER",		 "SPAN_KIND_CLIENT",
+										"SPAN_KIND_PRODUCER",	 "SPAN_KIND_CONSUMER"};
+	int64_t k;
 
 	if (v == NULL)
 		return 0;
@@ -456,10 +458,11 @@ kind_of(struct json_object *v)
 static const char *
 check_strings(const SpanAttrs *a, const char *name)
 {
-	if (too_long(name, OTLP_MAX_NAME) || too_long(a->route, OTLP_MAX_NAME) || too_long(a->target, OTLP_MAX_NAME))
+	if (too_long(name, OTLP_MAX_NAME) || too_long(a->route, OTLP_MAX_NAME) ||
+		too_long(a->target, OTLP_MAX_NAME))
 		return "span name, http.route or url.path longer than 1024 bytes";
-	if (too_long(a->method, OTLP_MAX_SHORT) || too_long(a->db, OTLP_MAX_SHORT) || too_long(a->mq, OTLP_MAX_SHORT) ||
-		too_long(a->rpc_system, OTLP_MAX_SHORT))
+	if (too_long(a->method, OTLP_MAX_SHORT) || too_long(a->db, OTLP_MAX_SHORT) ||
+		too_long(a->mq, OTLP_MAX_SHORT) || too_long(a->rpc_system, OTLP_MAX_SHORT))
 		return "http.request.method, db.system or messaging.system longer than 64 bytes";
 	if (too_long(a->peer_service, OTLP_MAX_PEER) || too_long(a->address, OTLP_MAX_PEER) ||
 		too_long(a->db_name, OTLP_MAX_PEER) || too_long(a->destination, OTLP_MAX_PEER) ||
@@ -471,22 +474,15 @@ check_strings(const SpanAttrs *a, const char *name)
 static void
 flatten_span(Flattener *f, const Resource *r, struct json_object *span)
 {
-	SpanAttrs	a = {0};
-	bool		bad = false;
-	const char *trace,
-			   *id,
-			   *parent,
-			   *name,
-			   *why = NULL;
-	int64_t		start = 0,
-				end = 0;
-	int			kind;
-	struct json_object *o,
-			   *status,
-			   *exceptions;
-	int64_t		code = 0;
-	char		peer[OTLP_MAX_PEER + 8];
-	char		rpc_route[2 * OTLP_MAX_PEER + 2];
+	SpanAttrs a = {0};
+	bool bad = false;
+	const char *trace, *id, *parent, *name, *why = NULL;
+	int64_t start = 0, end = 0;
+	int kind;
+	struct json_object *o, *status, *exceptions;
+	int64_t code = 0;
+	char peer[OTLP_MAX_PEER + 8];
+	char rpc_route[2 * OTLP_MAX_PEER + 2];
 
 	if (++f->seen > OTLP_MAX_SPANS)
 	{
@@ -519,7 +515,8 @@ flatten_span(Flattener *f, const Resource *r, struct json_object *span)
 		reject(f, "startTimeUnixNano and endTimeUnixNano are required integers");
 		return;
 	}
-	if (start < f->not_before_ns || start > f->not_after_ns || end < start || end - start > OTLP_MAX_DURATION_NS)
+	if (start < f->not_before_ns || start > f->not_after_ns || end < start ||
+		end - start > OTLP_MAX_DURATION_NS)
 	{
 		reject(f, "a span starts outside the retention window or lasts less than 0 or more than a day");
 		return;
@@ -611,7 +608,8 @@ read_resource(struct json_object *rs, Resource *r)
 		r->bad = "the resource has no service.name";
 	else if (too_long(r->service, OTLP_MAX_SERVICE))
 		r->bad = "service.name longer than 128 bytes";
-	else if (r->environment && (*r->environment == '\0' || too_long(r->environment, OTLP_MAX_ENVIRONMENT)))
+	else if (r->environment &&
+			 (*r->environment == '\0' || too_long(r->environment, OTLP_MAX_ENVIRONMENT)))
 		r->bad = "deployment.environment.name empty or longer than 64 bytes";
 	else if (too_long(r->version, OTLP_MAX_SHORT) || too_long(r->language, OTLP_MAX_SHORT) ||
 			 too_long(r->runtime_name, OTLP_MAX_SHORT) || too_long(r->runtime_version, OTLP_MAX_SHORT))
@@ -624,7 +622,7 @@ read_resource(struct json_object *rs, Resource *r)
 static bool
 flatten_resource(Flattener *f, struct json_object *rs, char *err, size_t errlen, size_t ri)
 {
-	Resource	r;
+	Resource r;
 	struct json_object *scopes = member(rs, "scopeSpans");
 
 	if (scopes == NULL)
@@ -656,14 +654,13 @@ flatten_resource(Flattener *f, struct json_object *rs, char *err, size_t errlen,
 }
 
 char *
-otlp_flatten(const char *json, size_t len, int64_t not_before_ns, int64_t not_after_ns, char *err, size_t errlen)
+otlp_flatten(const char *json, size_t len, int64_t not_before_ns, int64_t not_after_ns, char *err,
+			 size_t errlen)
 {
 	struct json_tokener *tok;
-	struct json_object *doc,
-			   *list,
-			   *out;
-	Flattener	f = {0};
-	char	   *text = NULL;
+	struct json_object *doc, *list, *out;
+	Flattener f = {0};
+	char *text = NULL;
 
 	err[0] = '\0';
 	if (len > INT_MAX || (tok = json_tokener_new_ex(OTLP_MAX_DEPTH)) == NULL)
@@ -673,9 +670,11 @@ otlp_flatten(const char *json, size_t len, int64_t not_before_ns, int64_t not_af
 	}
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	doc = json_tokener_parse_ex(tok, json, (int) len);
-	if (doc == NULL || json_tokener_get_error(tok) != json_tokener_success || json_tokener_get_parse_end(tok) != len)
+	if (doc == NULL || json_tokener_get_error(tok) != json_tokener_success ||
+		json_tokener_get_parse_end(tok) != len)
 	{
-		snprintf(err, errlen, "$: not valid JSON (%s)", json_tokener_error_desc(json_tokener_get_error(tok)));
+		snprintf(err, errlen, "$: not valid JSON (%s)",
+				 json_tokener_error_desc(json_tokener_get_error(tok)));
 		json_object_put(doc);
 		json_tokener_free(tok);
 		return NULL;
@@ -711,7 +710,9 @@ otlp_flatten(const char *json, size_t len, int64_t not_before_ns, int64_t not_af
 	json_object_object_add(out, "spans", f.spans);
 	json_object_object_add(out, "rejected", json_object_new_int(f.rejected));
 	json_object_object_add(out, "message", f.reason[0] ? json_object_new_string(f.reason) : NULL);
-	text = strdup(json_object_to_json_string_ext(out, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	text = strdup(json_object_to_json_string_ext(out,
+												 JSON_C_TO_STRING_PLAIN |
+													 JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(out);
 	json_object_put(doc);
 	if (text == NULL)
@@ -722,7 +723,8 @@ otlp_flatten(const char *json, size_t len, int64_t not_before_ns, int64_t not_af
 /* ---- stack traces ---- */
 
 static void
-add_frame(struct json_object *frames, const char *fn, size_t fn_len, const char *file, size_t file_len, long line)
+add_frame(struct json_object *frames, const char *fn, size_t fn_len, const char *file, size_t file_len,
+		  long line)
 {
 	struct json_object *fr = json_object_new_object();
 
@@ -738,7 +740,7 @@ add_frame(struct json_object *frames, const char *fn, size_t fn_len, const char 
 static const char *
 find(const char *p, const char *end, const char *needle)
 {
-	size_t		n = strlen(needle);
+	size_t n = strlen(needle);
 
 	for (; p + n <= end; p++)
 		if (memcmp(p, needle, n) == 0)
@@ -777,7 +779,7 @@ split_location(const char *loc, const char *end, long *line)
 static void
 parse_frame(struct json_object *frames, const char *l, const char *end)
 {
-	long		line;
+	long line;
 
 	while (l < end && (*l == ' ' || *l == '\t'))
 		l++;
@@ -788,8 +790,8 @@ parse_frame(struct json_object *frames, const char *l, const char *end)
 
 		if (open && end[-1] == ')')
 		{
-			size_t		fn_len = (size_t) (open - fn);
-			size_t		file_len = split_location(open + 1, end - 1, &line);
+			size_t fn_len = (size_t) (open - fn);
+			size_t file_len = split_location(open + 1, end - 1, &line);
 
 			while (fn_len > 0 && fn[fn_len - 1] == ' ')
 				fn_len--;
@@ -797,7 +799,7 @@ parse_frame(struct json_object *frames, const char *l, const char *end)
 		}
 		else
 		{
-			size_t		file_len = split_location(fn, end, &line);
+			size_t file_len = split_location(fn, end, &line);
 
 			add_frame(frames, NULL, 0, fn, file_len, line);
 		}
@@ -812,7 +814,8 @@ parse_frame(struct json_object *frames, const char *l, const char *end)
 			return;
 		line = end - q > 8 && strncmp(q, "\", line ", 8) == 0 ? strtol(q + 8, NULL, 10) : 0;
 		in = find(q, end, ", in ");
-		add_frame(frames, in ? in + 5 : NULL, in ? (size_t) (end - in - 5) : 0, file, (size_t) (q - file), line);
+		add_frame(frames, in ? in + 5 : NULL, in ? (size_t) (end - in - 5) : 0, file,
+				  (size_t) (q - file), line);
 	}
 }
 
@@ -825,7 +828,7 @@ frames_of(const char *stack)
 	while (p && *p && json_object_array_length(frames) < OTLP_MAX_STACK_FRAMES)
 	{
 		const char *nl = strchr(p, '\n');
-		size_t		len = nl ? (size_t) (nl - p) : strlen(p);
+		size_t len = nl ? (size_t) (nl - p) : strlen(p);
 
 		if (len > 0 && p[len - 1] == '\r')
 			len--;
@@ -839,7 +842,7 @@ char *
 otlp_stack_frames(const char *stack)
 {
 	struct json_object *frames = frames_of(stack);
-	char	   *text = strdup(json_object_to_json_string_ext(frames, JSON_C_TO_STRING_PLAIN));
+	char *text = strdup(json_object_to_json_string_ext(frames, JSON_C_TO_STRING_PLAIN));
 
 	json_object_put(frames);
 	return text;

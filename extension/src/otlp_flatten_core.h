@@ -12,18 +12,18 @@
 #include <stdint.h>
 
 /* Limits; a span beyond one is rejected (counted), the rest accepted. */
-#define OTLP_MAX_SPANS			10000	/* per request */
-#define OTLP_MAX_ATTRIBUTES		128		/* per span, per resource */
-#define OTLP_MAX_SERVICE		128		/* bytes, as the plugin's service names */
-#define OTLP_MAX_ENVIRONMENT	64
-#define OTLP_MAX_NAME			1024	/* span name, route, path */
-#define OTLP_MAX_PEER			255		/* peer, database, queue names */
-#define OTLP_MAX_SHORT			64		/* method, versions, languages, systems */
-#define OTLP_MAX_EXCEPTIONS		16		/* exception events read per span */
-#define OTLP_MAX_MESSAGE		4096	/* exception messages are cut here */
-#define OTLP_MAX_STACK_FRAMES	64
-#define OTLP_MAX_DURATION_NS	(INT64_C(86400) * 1000000000)
-#define OTLP_MAX_DEPTH			32		/* JSON nesting */
+#define OTLP_MAX_SPANS		  10000 /* per request */
+#define OTLP_MAX_ATTRIBUTES	  128	/* per span, per resource */
+#define OTLP_MAX_SERVICE	  128	/* bytes, as the plugin's service names */
+#define OTLP_MAX_ENVIRONMENT  64
+#define OTLP_MAX_NAME		  1024 /* span name, route, path */
+#define OTLP_MAX_PEER		  255  /* peer, database, queue names */
+#define OTLP_MAX_SHORT		  64   /* method, versions, languages, systems */
+#define OTLP_MAX_EXCEPTIONS	  16   /* exception events read per span */
+#define OTLP_MAX_MESSAGE	  4096 /* exception messages are cut here */
+#define OTLP_MAX_STACK_FRAMES 64
+#define OTLP_MAX_DURATION_NS  (INT64_C(86400) * 1000000000)
+#define OTLP_MAX_DEPTH		  32 /* JSON nesting */
 
 /*
  * Flattens one ExportTraceServiceRequest in OTLP/JSON.  Spans are kept when

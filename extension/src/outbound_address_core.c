@@ -14,12 +14,13 @@
 #include <string.h>
 
 /* 169.254.169.254 (every cloud) and 169.254.170.2 (AWS ECS task metadata) */
-#define V4(a, b, c, d) (((uint32_t) (a) << 24) | ((uint32_t) (b) << 16) | ((uint32_t) (c) << 8) | (uint32_t) (d))
+#define V4(a, b, c, d) \
+	(((uint32_t) (a) << 24) | ((uint32_t) (b) << 16) | ((uint32_t) (c) << 8) | (uint32_t) (d))
 
 static bool
 v4_in(uint32_t addr, uint32_t net, int bits)
 {
-	uint32_t	mask = bits == 0 ? 0 : ~(uint32_t) 0 << (32 - bits);
+	uint32_t mask = bits == 0 ? 0 : ~(uint32_t) 0 << (32 - bits);
 
 	return (addr & mask) == (net & mask);
 }
@@ -42,13 +43,12 @@ v4_refusal(uint32_t a, bool allow_loopback)
 		return "link-local";
 	if (v4_in(a, V4(224, 0, 0, 0), 4))
 		return "multicast";
-	if (v4_in(a, V4(240, 0, 0, 0), 4) ||	/* reserved and broadcast */
-		v4_in(a, V4(192, 0, 0, 0), 24) ||	/* IETF protocol assignments */
-		v4_in(a, V4(192, 0, 2, 0), 24) ||	/* documentation */
-		v4_in(a, V4(198, 51, 100, 0), 24) ||
-		v4_in(a, V4(203, 0, 113, 0), 24) ||
-		v4_in(a, V4(198, 18, 0, 0), 15) ||	/* benchmarking */
-		v4_in(a, V4(192, 88, 99, 0), 24))	/* 6to4 relay anycast */
+	if (v4_in(a, V4(240, 0, 0, 0), 4) ||  /* reserved and broadcast */
+		v4_in(a, V4(192, 0, 0, 0), 24) || /* IETF protocol assignments */
+		v4_in(a, V4(192, 0, 2, 0), 24) || /* documentation */
+		v4_in(a, V4(198, 51, 100, 0), 24) || v4_in(a, V4(203, 0, 113, 0), 24) ||
+		v4_in(a, V4(198, 18, 0, 0), 15) || /* benchmarking */
+		v4_in(a, V4(192, 88, 99, 0), 24))  /* 6to4 relay anycast */
 		return "reserved";
 	return NULL;
 }
@@ -62,8 +62,8 @@ v4_at(const uint8_t *p)
 static bool
 v6_prefix(const uint8_t *a, const uint8_t *prefix, int bits)
 {
-	int			bytes = bits / 8;
-	int			rest = bits % 8;
+	int bytes = bits / 8;
+	int rest = bits % 8;
 
 	if (memcmp(a, prefix, bytes) != 0)
 		return false;
@@ -81,7 +81,8 @@ v6_refusal(const uint8_t *a, bool allow_loopback)
 	static const uint8_t teredo[4] = {0x20, 0x01, 0x00, 0x00};
 	static const uint8_t documentation[4] = {0x20, 0x01, 0x0d, 0xb8};
 	static const uint8_t discard[8] = {0x01, 0x00};
-	static const uint8_t aws_metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
+	static const uint8_t aws_metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0,	 0,
+											 0,	   0,	 0,	   0,	 0, 0, 0x02, 0x54};
 	static const uint8_t ula[1] = {0xfc};
 	static const uint8_t link_local[2] = {0xfe, 0x80};
 	static const uint8_t site_local[2] = {0xfe, 0xc0};
@@ -102,8 +103,8 @@ v6_refusal(const uint8_t *a, bool allow_loopback)
 		return "link-local";
 	if (v6_prefix(a, multicast, 8))
 		return "multicast";
-	if (v6_prefix(a, nat64_local, 48) || v6_prefix(a, teredo, 32) ||
-		v6_prefix(a, documentation, 32) || v6_prefix(a, discard, 64))
+	if (v6_prefix(a, nat64_local, 48) || v6_prefix(a, teredo, 32) || v6_prefix(a, documentation, 32) ||
+		v6_prefix(a, discard, 64))
 		return "reserved";
 	return NULL;
 }

@@ -24,4 +24,4 @@
  */
 extern const char *outbound_address_refusal(const struct sockaddr *sa, bool allow_loopback);
 
-#endif							/* LATTICE_OUTBOUND_ADDRESS_CORE_H */
+#endif /* LATTICE_OUTBOUND_ADDRESS_CORE_H */

@@ -38,23 +38,23 @@
 #include "utils/timestamp.h"
 
 RateShared *rate_shared = NULL;
-HTAB	   *rate_hash = NULL;
+HTAB *rate_hash = NULL;
 
-int			rate_table_size = 65536;
-int			rate_tenant_per_hour = 1000;
-int			rate_tenant_burst = 0;
-int			rate_dashboard_burst = 600;
-int			rate_ingest_burst = 120;
-int			rate_signup_per_hour = 20;
-int			rate_login_per_hour = 100;
-int			rate_webhook_per_hour = 3600;
-int			rate_health_per_hour = 3600;
-int			rate_address_burst = 0;
-int			rate_plan_cache_ms = 10000;
-int			rate_test_clock_offset = 0;
-int			rate_usage_interval = 60;
-bool		rate_limits_enabled = true;
-char	   *rate_database = NULL;
+int rate_table_size = 65536;
+int rate_tenant_per_hour = 1000;
+int rate_tenant_burst = 0;
+int rate_dashboard_burst = 600;
+int rate_ingest_burst = 120;
+int rate_signup_per_hour = 20;
+int rate_login_per_hour = 100;
+int rate_webhook_per_hour = 3600;
+int rate_health_per_hour = 3600;
+int rate_address_burst = 0;
+int rate_plan_cache_ms = 10000;
+int rate_test_clock_offset = 0;
+int rate_usage_interval = 60;
+bool rate_limits_enabled = true;
+char *rate_database = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -78,8 +78,8 @@ rate_shmem_request(void)
 static void
 rate_shmem_startup(void)
 {
-	HASHCTL		info;
-	bool		found;
+	HASHCTL info;
+	bool found;
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
@@ -95,8 +95,8 @@ rate_shmem_startup(void)
 	info.keysize = sizeof(RateKey);
 	info.entrysize = sizeof(RateEntry);
 	/* every entry allocated up front: a full table never asks for more */
-	rate_hash = ShmemInitHash("lattice rate counters", rate_table_size, rate_table_size,
-							  &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
+	rate_hash = ShmemInitHash("lattice rate counters", rate_table_size, rate_table_size, &info,
+							  HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -109,67 +109,57 @@ rate_define_gucs(void)
 	 */
 	if (process_shared_preload_libraries_in_progress)
 	{
-		DefineCustomIntVariable("lattice.rate_table_size",
-								"Keys the shared rate-counter table holds (least recently used evicted beyond).",
-								NULL, &rate_table_size, 65536, 64, 10 * 1000 * 1000,
-								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+		DefineCustomIntVariable(
+			"lattice.rate_table_size",
+			"Keys the shared rate-counter table holds (least recently used evicted beyond).", NULL,
+			&rate_table_size, 65536, 64, 10 * 1000 * 1000, PGC_POSTMASTER, 0, NULL, NULL, NULL);
 		DefineCustomStringVariable("lattice.rate_database",
 								   "Database whose lattice.usage_hourly the roll-up worker writes.",
-								   NULL, &rate_database, "lattice",
-								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+								   NULL, &rate_database, "lattice", PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	}
-	DefineCustomBoolVariable("lattice.rate_limits_enabled",
-							 "Whether tenant quotas are checked at all (off only to measure their cost, or in an emergency).",
-							 NULL, &rate_limits_enabled, true,
-							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable(
+		"lattice.rate_limits_enabled",
+		"Whether tenant quotas are checked at all (off only to measure their cost, or in an emergency).",
+		NULL, &rate_limits_enabled, true, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_tenant_per_hour",
-							"Requests per hour of a tenant whose plan cannot be read.",
-							NULL, &rate_tenant_per_hour, 1000, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Requests per hour of a tenant whose plan cannot be read.", NULL,
+							&rate_tenant_per_hour, 1000, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_tenant_burst",
-							"Requests a tenant may send at once; 0 means its whole hourly limit.",
-							NULL, &rate_tenant_burst, 0, 0, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Requests a tenant may send at once; 0 means its whole hourly limit.", NULL,
+							&rate_tenant_burst, 0, 0, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_dashboard_burst",
-							"Dashboard requests (session cookie) an account may send at once.",
-							NULL, &rate_dashboard_burst, 600, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.rate_ingest_burst",
-							"Ingest requests one service may send at once (its account's ceiling: this times max_services).",
-							NULL, &rate_ingest_burst, 120, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.rate_signup_per_hour",
-							"Sign-ups per client address per hour.",
-							NULL, &rate_signup_per_hour, 20, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.rate_login_per_hour",
-							"Login attempts per client address per hour.",
-							NULL, &rate_login_per_hour, 100, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Dashboard requests (session cookie) an account may send at once.", NULL,
+							&rate_dashboard_burst, 600, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+		"lattice.rate_ingest_burst",
+		"Ingest requests one service may send at once (its account's ceiling: this times max_services).",
+		NULL, &rate_ingest_burst, 120, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_signup_per_hour", "Sign-ups per client address per hour.",
+							NULL, &rate_signup_per_hour, 20, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_login_per_hour", "Login attempts per client address per hour.",
+							NULL, &rate_login_per_hour, 100, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_webhook_per_hour",
-							"Webhook calls per client address per hour.",
-							NULL, &rate_webhook_per_hour, 3600, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.rate_health_per_hour",
-							"Health checks per client address per hour.",
-							NULL, &rate_health_per_hour, 3600, 1, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.rate_address_burst",
-							"Requests an address may send at once per route class; 0 means the class's hourly limit.",
-							NULL, &rate_address_burst, 0, 0, INT_MAX,
-							PGC_SUSET, 0, NULL, NULL, NULL);
+							"Webhook calls per client address per hour.", NULL, &rate_webhook_per_hour,
+							3600, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lattice.rate_health_per_hour", "Health checks per client address per hour.",
+							NULL, &rate_health_per_hour, 3600, 1, INT_MAX, PGC_SUSET, 0, NULL, NULL,
+							NULL);
+	DefineCustomIntVariable(
+		"lattice.rate_address_burst",
+		"Requests an address may send at once per route class; 0 means the class's hourly limit.", NULL,
+		&rate_address_burst, 0, 0, INT_MAX, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_plan_cache_ms",
 							"How long a backend reuses a tenant's plan limit before reading it again.",
-							NULL, &rate_plan_cache_ms, 10000, 0, 3600 * 1000,
-							PGC_SUSET, GUC_UNIT_MS, NULL, NULL, NULL);
+							NULL, &rate_plan_cache_ms, 10000, 0, 3600 * 1000, PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("lattice.rate_test_clock_offset",
-							"Tests only: seconds added to this backend's rate clock.",
-							NULL, &rate_test_clock_offset, 0, -315360000, 315360000,
-							PGC_SUSET, GUC_UNIT_S | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
-	DefineCustomIntVariable("lattice.rate_usage_interval",
-							"Seconds between roll-ups of hourly usage into lattice.usage_hourly; 0 disables the worker.",
-							NULL, &rate_usage_interval, 60, 0, 3600,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+							"Tests only: seconds added to this backend's rate clock.", NULL,
+							&rate_test_clock_offset, 0, -315360000, 315360000, PGC_SUSET,
+							GUC_UNIT_S | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+		"lattice.rate_usage_interval",
+		"Seconds between roll-ups of hourly usage into lattice.usage_hourly; 0 disables the worker.",
+		NULL, &rate_usage_interval, 60, 0, 3600, PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 }
 
 void
@@ -191,10 +181,12 @@ void
 rate_require_shmem(const char *caller)
 {
 	if (rate_hash == NULL || rate_shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("%s: rate counters need lattice in shared_preload_libraries", caller),
-				 errhint("Add lattice to shared_preload_libraries in postgresql.conf and restart the server.")));
+		ereport(
+			ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("%s: rate counters need lattice in shared_preload_libraries", caller),
+			 errhint(
+				 "Add lattice to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
 /* The rate clock: real time plus the superuser-only test offset. */
@@ -274,8 +266,8 @@ rate_interval(int64 limit, int64 period_us)
 void
 rate_entry_state(const RateEntry *e, TimestampTz now, int64 *remaining, int64 *reset_seconds)
 {
-	int64		t = rate_interval(e->limit, e->period_us);
-	int64		backlog = Max(e->tat, now) - now;
+	int64 t = rate_interval(e->limit, e->period_us);
+	int64 backlog = Max(e->tat, now) - now;
 
 	*remaining = Max((t * e->burst - backlog) / t, 0);
 	*reset_seconds = rate_ceil_seconds(backlog);
@@ -285,8 +277,8 @@ rate_entry_state(const RateEntry *e, TimestampTz now, int64 *remaining, int64 *r
 static RateEntry *
 rate_entry_get(const RateKey *key, bool *is_new)
 {
-	RateEntry  *e;
-	bool		found;
+	RateEntry *e;
+	bool found;
 
 	e = hash_search(rate_hash, key, HASH_FIND, NULL);
 	if (e)
@@ -298,7 +290,7 @@ rate_entry_get(const RateKey *key, bool *is_new)
 	if (hash_get_num_entries(rate_hash) >= rate_table_size && !dlist_is_empty(&rate_shared->lru))
 	{
 		/* cppcheck-suppress nullPointer ; offsetof-style container macro */
-		RateEntry  *victim = dlist_tail_element(RateEntry, lru, &rate_shared->lru);
+		RateEntry *victim = dlist_tail_element(RateEntry, lru, &rate_shared->lru);
 
 		dlist_delete(&victim->lru);
 		hash_search(rate_hash, &victim->key, HASH_REMOVE, NULL);
@@ -319,8 +311,8 @@ rate_count(RateEntry *e, int64 hour, bool allowed)
 {
 	if (e->hour != hour)
 	{
-		int64		da = e->allowed - e->flushed_allowed;
-		int64		dr = e->refused - e->flushed_refused;
+		int64 da = e->allowed - e->flushed_allowed;
+		int64 dr = e->refused - e->flushed_refused;
 
 		if (da != 0 || dr != 0)
 		{
@@ -346,7 +338,7 @@ static bool
 rate_cell_step(RateEntry *e, TimestampTz now, int64 t, int64 tau, LatticeRateResult *out)
 {
 	TimestampTz tat = Max(e->tat, now);
-	int64		backlog = tat + t - now;
+	int64 backlog = tat + t - now;
 
 	if (backlog > tau)
 	{
@@ -379,11 +371,11 @@ rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
 {
 	TimestampTz real_now = GetCurrentTimestamp();
 	TimestampTz now = real_now + (int64) rate_test_clock_offset * USECS_PER_SEC;
-	RateEntry  *entries[RATE_CELLS_MAX];
-	int64		ts[RATE_CELLS_MAX];
+	RateEntry *entries[RATE_CELLS_MAX];
+	int64 ts[RATE_CELLS_MAX];
 	LatticeRateResult results[RATE_CELLS_MAX] = {0};
-	bool		allowed = true;
-	int			answer = 0;
+	bool allowed = true;
+	int answer = 0;
 
 	if (ncells < 1 || ncells > RATE_CELLS_MAX)
 		elog(ERROR, "lattice: %d rate cells in one check", ncells);
@@ -391,11 +383,11 @@ rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
 	for (int i = 0; i < ncells; i++)
 	{
 		const RateCell *c = &cells[i];
-		int64		period_us = c->period_seconds * USECS_PER_SEC;
-		int64		t = rate_interval(c->limit, period_us);
-		int64		burst = Min(Max(c->burst, 1), c->limit);
-		bool		is_new;
-		RateEntry  *e = rate_entry_get(&c->key, &is_new);
+		int64 period_us = c->period_seconds * USECS_PER_SEC;
+		int64 t = rate_interval(c->limit, period_us);
+		int64 burst = Min(Max(c->burst, 1), c->limit);
+		bool is_new;
+		RateEntry *e = rate_entry_get(&c->key, &is_new);
 
 		ts[i] = t;
 		entries[i] = e;
@@ -425,7 +417,7 @@ rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
 		else if ((e->limit != c->limit || e->period_us != period_us) && e->tat > now)
 		{
 			/* a changed limit (a new plan) keeps the requests already used */
-			double		used = (double) (e->tat - now) / rate_interval(e->limit, e->period_us);
+			double used = (double) (e->tat - now) / rate_interval(e->limit, e->period_us);
 
 			e->tat = now + (int64) (used * t);
 		}
@@ -455,10 +447,10 @@ rate_check_cells(const RateCell *cells, int ncells, LatticeRateResult *out)
 
 /* Checks and counts one request for one key (no tenant). */
 void
-rate_check_key(const RateKey *key, const char *scope, const char *label,
-			   int64 limit, int64 period_seconds, int64 burst, LatticeRateResult *out)
+rate_check_key(const RateKey *key, const char *scope, const char *label, int64 limit,
+			   int64 period_seconds, int64 burst, LatticeRateResult *out)
 {
-	RateCell	cell;
+	RateCell cell;
 
 	cell.key = *key;
 	cell.scope = scope;
@@ -471,17 +463,19 @@ rate_check_key(const RateKey *key, const char *scope, const char *label,
 }
 
 bool
-lattice_rate_check(const char *scope, const char *key, int64 limit,
-				   int64 period_seconds, LatticeRateResult *out)
+lattice_rate_check(const char *scope, const char *key, int64 limit, int64 period_seconds,
+				   LatticeRateResult *out)
 {
-	RateKey		k;
+	RateKey k;
 
 	rate_require_shmem("lattice.rate_check");
 	if (limit < 1 || period_seconds < 1 || period_seconds > RATE_PERIOD_MAX_DAYS * SECS_PER_DAY)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lattice.rate_check: limit must be positive and the period between 1 second and %d days",
-						RATE_PERIOD_MAX_DAYS)));
+		ereport(
+			ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg(
+				 "lattice.rate_check: limit must be positive and the period between 1 second and %d days",
+				 RATE_PERIOD_MAX_DAYS)));
 	rate_scoped_key(scope, key, &k);
 	rate_check_key(&k, scope, key, limit, period_seconds, limit, out);
 	return out->allowed;

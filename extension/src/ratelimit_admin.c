@@ -16,14 +16,13 @@
 static void
 rate_require_admin(const char *caller)
 {
-	Oid			admin = get_role_oid("lattice_admin", true);
+	Oid admin = get_role_oid("lattice_admin", true);
 
 	if (superuser())
 		return;
 	if (!OidIsValid(admin) || !has_privs_of_role(GetUserId(), admin))
 		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("%s: permission denied", caller),
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s: permission denied", caller),
 				 errdetail("Only members of lattice_admin may read every counter.")));
 }
 
@@ -37,13 +36,13 @@ Datum
 lattice_rate_counters_all(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	RateEntry  *copy;
+	RateEntry *copy;
 	HASH_SEQ_STATUS seq;
-	RateEntry  *e;
-	long		n = 0;
-	long		cap;
+	RateEntry *e;
+	long n = 0;
+	long cap;
 	TimestampTz now = rate_now();
-	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
+	int64 hour = GetCurrentTimestamp() / USECS_PER_HOUR;
 
 	rate_require_admin("lattice.rate_counters_all");
 	rate_require_shmem("lattice.rate_counters_all");
@@ -62,11 +61,11 @@ lattice_rate_counters_all(PG_FUNCTION_ARGS)
 
 	for (long i = 0; i < n; i++)
 	{
-		Datum		values[11];
-		bool		nulls[11] = {false};
-		int64		remaining;
-		int64		reset;
-		bool		this_hour = copy[i].hour == hour;
+		Datum values[11];
+		bool nulls[11] = {false};
+		int64 remaining;
+		int64 reset;
+		bool this_hour = copy[i].hour == hour;
 
 		e = &copy[i];
 		rate_entry_state(e, now, &remaining, &reset);
@@ -74,10 +73,11 @@ lattice_rate_counters_all(PG_FUNCTION_ARGS)
 		if (e->has_tenant)
 		{
 			/* a class counter: the tenant, and the service for ingest */
-			char	   *tenant = lattice_uuid_text(&e->tenant);
+			char *tenant = lattice_uuid_text(&e->tenant);
 
 			values[1] = CStringGetTextDatum(e->key.kind == RATE_KIND_INGEST ?
-											psprintf("%s/%s", tenant, e->label) : tenant);
+												psprintf("%s/%s", tenant, e->label) :
+												tenant);
 		}
 		else
 			values[1] = CStringGetTextDatum(e->label);
@@ -103,13 +103,13 @@ PG_FUNCTION_INFO_V1(lattice_rate_memory);
 Datum
 lattice_rate_memory(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
-	Datum		values[6];
-	bool		nulls[6] = {false};
-	Size		total = hash_estimate_size(rate_table_size, sizeof(RateEntry));
-	Size		for100k = hash_estimate_size(100000, sizeof(RateEntry));
-	int64		entries = 0;
-	int64		evictions = 0;
+	TupleDesc tupdesc;
+	Datum values[6];
+	bool nulls[6] = {false};
+	Size total = hash_estimate_size(rate_table_size, sizeof(RateEntry));
+	Size for100k = hash_estimate_size(100000, sizeof(RateEntry));
+	int64 entries = 0;
+	int64 evictions = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice.rate_memory: called in a wrong context");
@@ -138,12 +138,12 @@ PG_FUNCTION_INFO_V1(lattice_rate_bench);
 Datum
 lattice_rate_bench(PG_FUNCTION_ARGS)
 {
-	int64		iterations = PG_GETARG_INT64(0);
-	int32		keys = PG_GETARG_INT32(1);
-	RateKey		key;
+	int64 iterations = PG_GETARG_INT64(0);
+	int32 keys = PG_GETARG_INT32(1);
+	RateKey key;
 	LatticeRateResult r;
-	instr_time	start;
-	instr_time	elapsed;
+	instr_time start;
+	instr_time elapsed;
 
 	if (!superuser())
 		ereport(ERROR,
@@ -161,7 +161,7 @@ lattice_rate_bench(PG_FUNCTION_ARGS)
 	INSTR_TIME_SET_CURRENT(start);
 	for (int64 i = 0; i < iterations; i++)
 	{
-		uint32		k = (uint32) (i % keys);
+		uint32 k = (uint32) (i % keys);
 
 		memcpy(key.id, &k, sizeof(k));
 		rate_check_key(&key, "bench", NULL, 1000000000, 3600, 1000000000, &r);
@@ -174,7 +174,7 @@ lattice_rate_bench(PG_FUNCTION_ARGS)
 	/* leave the table to real keys */
 	for (int32 k = 0; k < keys; k++)
 	{
-		RateEntry  *e;
+		RateEntry *e;
 
 		memcpy(key.id, &k, sizeof(k));
 		LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
@@ -197,7 +197,7 @@ PG_FUNCTION_INFO_V1(lattice_rate_flush_usage);
 Datum
 lattice_rate_flush_usage(PG_FUNCTION_ARGS)
 {
-	int64		rows;
+	int64 rows;
 
 	rate_require_shmem("lattice.rate_flush_usage");
 	lattice_spi_connect("lattice.rate_flush_usage");
@@ -220,21 +220,21 @@ lattice_rate_class_totals(PG_FUNCTION_ARGS)
 {
 	static const char *const classes[] = {"api", "dashboard", "ingest", "address"};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int64		used[4] = {0};
-	int64		refused[4] = {0};
-	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
+	int64 used[4] = {0};
+	int64 refused[4] = {0};
+	int64 hour = GetCurrentTimestamp() / USECS_PER_HOUR;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (rate_hash)
 	{
 		HASH_SEQ_STATUS seq;
-		RateEntry  *e;
+		RateEntry *e;
 
 		LWLockAcquire(rate_shared->lock, LW_SHARED);
 		hash_seq_init(&seq, rate_hash);
 		while ((e = hash_seq_search(&seq)) != NULL)
 		{
-			int			c;
+			int c;
 
 			if (e->hour != hour)
 				continue;
@@ -264,8 +264,8 @@ lattice_rate_class_totals(PG_FUNCTION_ARGS)
 	}
 	for (int c = 0; c < 4; c++)
 	{
-		Datum		values[3];
-		bool		nulls[3] = {false};
+		Datum values[3];
+		bool nulls[3] = {false};
 
 		values[0] = CStringGetTextDatum(classes[c]);
 		values[1] = Int64GetDatum(used[c]);

@@ -50,17 +50,17 @@ static bool last_result_set = false;
 /* A tenant's plan limits */
 typedef struct PlanLimits
 {
-	int64		api_per_hour;
-	int64		dashboard_per_hour;
-	int64		ingest_per_service_per_hour;
-	int64		max_services;
+	int64 api_per_hour;
+	int64 dashboard_per_hour;
+	int64 ingest_per_service_per_hour;
+	int64 max_services;
 } PlanLimits;
 
 /* backend-local cache of tenants' plan limits */
 typedef struct PlanCacheEntry
 {
-	pg_uuid_t	user_id;
-	PlanLimits	limits;
+	pg_uuid_t user_id;
+	PlanLimits limits;
 	TimestampTz fetched_at;
 } PlanCacheEntry;
 
@@ -107,15 +107,15 @@ rate_set_last(const LatticeRateResult *r, const char *klass)
 typedef struct RateHeader
 {
 	const char *name;
-	char		value[48];
+	char value[48];
 } RateHeader;
 
 static int
 rate_headers(const LatticeRateResult *r, RateHeader *h)
 {
-	int64		epoch_reset = (GetCurrentTimestamp() / USECS_PER_SEC) +
+	int64 epoch_reset = (GetCurrentTimestamp() / USECS_PER_SEC) +
 		(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY + r->reset_seconds;
-	int			n = 0;
+	int n = 0;
 
 #define RATE_HEADER(hname, ...) \
 	(h[n].name = (hname), snprintf(h[n].value, sizeof(h[n].value), __VA_ARGS__), n++)
@@ -138,8 +138,8 @@ rate_headers(const LatticeRateResult *r, RateHeader *h)
 char *
 lattice_rate_headers_json(const LatticeRateResult *r)
 {
-	RateHeader	h[RATE_HEADERS_MAX];
-	int			n = rate_headers(r, h);
+	RateHeader h[RATE_HEADERS_MAX];
+	int n = rate_headers(r, h);
 	StringInfoData buf;
 
 	initStringInfo(&buf);
@@ -159,7 +159,7 @@ lattice_rate_headers_json(const LatticeRateResult *r)
 static void
 rate_push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s)
 {
-	JsonbValue	v;
+	JsonbValue v;
 
 	v.type = jbvString;
 	v.val.string.val = unconstify(char *, s);
@@ -171,8 +171,8 @@ rate_push_string(JsonbParseState **state, JsonbIteratorToken token, const char *
 static Datum
 rate_headers_jsonb(const LatticeRateResult *r)
 {
-	RateHeader	h[RATE_HEADERS_MAX];
-	int			n = rate_headers(r, h);
+	RateHeader h[RATE_HEADERS_MAX];
+	int n = rate_headers(r, h);
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
 
@@ -224,9 +224,9 @@ rate_plan_defaults(PlanLimits *out)
 static void
 rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 {
-	Oid			save_userid;
-	int			save_sec;
-	Datum		arg = UUIDPGetDatum(user_id);
+	Oid save_userid;
+	int save_sec;
+	Datum arg = UUIDPGetDatum(user_id);
 	LatticeRoleSwitch sw;
 
 	rate_plan_defaults(out);
@@ -238,8 +238,8 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 	lattice_as_tenant_role(user_id, &sw);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	if (!sw.switched)
-		SetUserIdAndSecContext(lattice_schema_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
+		SetUserIdAndSecContext(lattice_schema_owner(),
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	lattice_spi_connect("lattice");
 	lattice_spi_prepare_kept(&plan_query,
 							 "SELECT p.rate_limit_per_hour, p.dashboard_per_hour,"
@@ -252,9 +252,9 @@ rate_plan_limits_read(const pg_uuid_t *user_id, PlanLimits *out)
 		elog(ERROR, "lattice: reading the account's plan failed");
 	if (SPI_processed == 1)
 	{
-		HeapTuple	row = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
+		HeapTuple row = SPI_tuptable->vals[0];
+		TupleDesc desc = SPI_tuptable->tupdesc;
+		bool isnull;
 
 		out->api_per_hour = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
 		out->dashboard_per_hour = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
@@ -275,20 +275,19 @@ rate_plan_limits(const pg_uuid_t *user_id, PlanLimits *out)
 
 	if (plan_cache == NULL || hash_get_num_entries(plan_cache) > 4096)
 	{
-		HASHCTL		ctl;
+		HASHCTL ctl;
 
 		if (plan_cache)
 			hash_destroy(plan_cache);
 		ctl.keysize = sizeof(pg_uuid_t);
 		ctl.entrysize = sizeof(PlanCacheEntry);
 		ctl.hcxt = TopMemoryContext;
-		plan_cache = hash_create("lattice plan limits", 64, &ctl,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		plan_cache = hash_create("lattice plan limits", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	e = hash_search(plan_cache, user_id, HASH_FIND, NULL);
 	if (e == NULL || now - e->fetched_at >= (int64) rate_plan_cache_ms * 1000)
 	{
-		PlanLimits	limits;
+		PlanLimits limits;
 
 		rate_plan_limits_read(user_id, &limits);
 		e = hash_search(plan_cache, user_id, HASH_ENTER, NULL);
@@ -309,7 +308,7 @@ static void
 rate_account_cell(LatticeQuotaClass klass, const pg_uuid_t *user_id, const PlanLimits *plan,
 				  RateCell *cell)
 {
-	bool		dashboard = klass == LATTICE_QUOTA_DASHBOARD;
+	bool dashboard = klass == LATTICE_QUOTA_DASHBOARD;
 
 	rate_tenant_key(dashboard ? RATE_KIND_DASHBOARD : RATE_KIND_TENANT, user_id, &cell->key);
 	cell->scope = dashboard ? "dashboard" : "api";
@@ -318,7 +317,7 @@ rate_account_cell(LatticeQuotaClass klass, const pg_uuid_t *user_id, const PlanL
 	cell->limit = dashboard ? plan->dashboard_per_hour : plan->api_per_hour;
 	cell->period_seconds = RATE_HOUR_SECONDS;
 	cell->burst = dashboard ? Min((int64) rate_dashboard_burst, cell->limit) :
-		rate_effective_burst(rate_tenant_burst, cell->limit);
+							  rate_effective_burst(rate_tenant_burst, cell->limit);
 }
 
 /* The cells of one ingest request: the service's budget, the account's ceiling */
@@ -344,11 +343,10 @@ rate_ingest_cells(const pg_uuid_t *user_id, const char *service, const PlanLimit
 }
 
 void
-lattice_rate_enforce_account(LatticeQuotaClass klass, const pg_uuid_t *user_id,
-							 LatticeRateResult *out)
+lattice_rate_enforce_account(LatticeQuotaClass klass, const pg_uuid_t *user_id, LatticeRateResult *out)
 {
-	PlanLimits	plan;
-	RateCell	cell;
+	PlanLimits plan;
+	RateCell cell;
 
 	if (!rate_limits_enabled)
 	{
@@ -385,12 +383,12 @@ PG_FUNCTION_INFO_V1(lattice_rate_enforce_ingest);
 Datum
 lattice_rate_enforce_ingest(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
-	char	   *service = PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0));
-	PlanLimits	plan;
-	RateCell	cells[2];
+	pg_uuid_t tenant;
+	char *service = PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PlanLimits plan;
+	RateCell cells[2];
 	LatticeRateResult r;
-	int			refusing;
+	int refusing;
 
 	if (!lattice_get_tenant(&tenant))
 		ereport(ERROR,
@@ -422,7 +420,7 @@ PG_FUNCTION_INFO_V1(lattice_rate_state);
 Datum
 lattice_rate_state(PG_FUNCTION_ARGS)
 {
-	char		buf[128];
+	char buf[128];
 
 	if (!last_result_set || last_result.limit <= 0)
 		PG_RETURN_NULL();
@@ -448,7 +446,7 @@ rate_address_limit(const char *route_class)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("lattice.rate_enforce_address: unknown route class \"%s\"", route_class),
 			 errhint("Use signup, login, webhook or health.")));
-	return 0;					/* keep the compiler quiet */
+	return 0; /* keep the compiler quiet */
 }
 
 /*
@@ -458,17 +456,16 @@ rate_address_limit(const char *route_class)
 static char *
 rate_address_label(Jsonb *req)
 {
-	JsonbValue	k;
+	JsonbValue k;
 	JsonbValue *v;
-	inet	   *ip;
-	inet	   *net;
-	int			bits;
+	inet *ip;
+	inet *net;
+	int bits;
 
 	k.type = jbvString;
 	k.val.string.val = "client_addr";
 	k.val.string.len = strlen("client_addr");
-	v = JB_ROOT_IS_OBJECT(req) ?
-		findJsonbValueFromContainer(&req->root, JB_FOBJECT, &k) : NULL;
+	v = JB_ROOT_IS_OBJECT(req) ? findJsonbValueFromContainer(&req->root, JB_FOBJECT, &k) : NULL;
 	if (v == NULL || v->type != jbvString || v->val.string.len == 0)
 		return pstrdup("unknown");
 
@@ -493,11 +490,11 @@ PG_FUNCTION_INFO_V1(lattice_rate_enforce_address);
 Datum
 lattice_rate_enforce_address(PG_FUNCTION_ARGS)
 {
-	char	   *route_class;
-	char	   *label;
-	char		scope[RATE_SCOPE_LEN];
-	int64		limit;
-	RateKey		key;
+	char *route_class;
+	char *label;
+	char scope[RATE_SCOPE_LEN];
+	int64 limit;
+	RateKey key;
 	LatticeRateResult r;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -532,9 +529,9 @@ lattice_rate_headers(PG_FUNCTION_ARGS)
 static Datum
 rate_result_datum(FunctionCallInfo fcinfo, const LatticeRateResult *r)
 {
-	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {false};
+	TupleDesc tupdesc;
+	Datum values[5];
+	bool nulls[5] = {false};
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "lattice: function returning a rate result called in a wrong context");
@@ -556,7 +553,7 @@ Datum
 lattice_rate_check_sql(PG_FUNCTION_ARGS)
 {
 	LatticeRateResult r;
-	char	   *scope;
+	char *scope;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		ereport(ERROR,
@@ -567,8 +564,8 @@ lattice_rate_check_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lattice.rate_check: scope \"%s\" is reserved", scope)));
-	lattice_rate_check(scope, text_to_cstring(PG_GETARG_TEXT_PP(1)),
-					   PG_GETARG_INT64(2), PG_GETARG_INT64(3), &r);
+	lattice_rate_check(scope, text_to_cstring(PG_GETARG_TEXT_PP(1)), PG_GETARG_INT64(2),
+					   PG_GETARG_INT64(3), &r);
 	PG_RETURN_DATUM(rate_result_datum(fcinfo, &r));
 }
 
@@ -576,14 +573,13 @@ lattice_rate_check_sql(PG_FUNCTION_ARGS)
 static void
 rate_check_own_tenant(const char *caller, const pg_uuid_t *user_id)
 {
-	pg_uuid_t	current;
+	pg_uuid_t current;
 
 	if (superuser())
 		return;
 	if (!lattice_get_tenant(&current) || memcmp(&current, user_id, sizeof(current)) != 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("%s: permission denied", caller),
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s: permission denied", caller),
 				 errdetail("Only the authenticated tenant's own quota can be used.")));
 }
 
@@ -609,11 +605,11 @@ lattice_rate_enforce_tenant_sql(PG_FUNCTION_ARGS)
 /* The state of one entry now, without counting: remaining, reset, this hour */
 typedef struct RateFigures
 {
-	bool		found;
-	int64		remaining;
-	int64		reset_seconds;
-	int64		used;
-	int64		refused;
+	bool found;
+	int64 remaining;
+	int64 reset_seconds;
+	int64 used;
+	int64 refused;
 } RateFigures;
 
 /* Reads an entry's figures; the caller holds the lock. */
@@ -636,7 +632,7 @@ rate_figures_locked(const RateEntry *e, int64 burst, TimestampTz now, int64 hour
 static void
 rate_figures(const RateCell *cell, TimestampTz now, int64 hour, RateFigures *f)
 {
-	RateEntry  *e;
+	RateEntry *e;
 
 	LWLockAcquire(rate_shared->lock, LW_SHARED);
 	e = hash_search(rate_hash, &cell->key, HASH_FIND, NULL);
@@ -653,13 +649,13 @@ PG_FUNCTION_INFO_V1(lattice_rate_usage);
 Datum
 lattice_rate_usage(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
-	TupleDesc	tupdesc;
-	Datum		values[7];
-	bool		nulls[7] = {false};
-	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
-	PlanLimits	plan;
-	RateCell	cell;
+	pg_uuid_t tenant;
+	TupleDesc tupdesc;
+	Datum values[7];
+	bool nulls[7] = {false};
+	int64 hour = GetCurrentTimestamp() / USECS_PER_HOUR;
+	PlanLimits plan;
+	RateCell cell;
 	RateFigures f;
 
 	rate_require_shmem("lattice.rate_usage");
@@ -686,7 +682,7 @@ lattice_rate_usage(PG_FUNCTION_ARGS)
 static void
 usage_push_int(JsonbParseState **state, const char *key, int64 value)
 {
-	JsonbValue	v;
+	JsonbValue v;
 
 	rate_push_string(state, WJB_KEY, key);
 	v.type = jbvNumeric;
@@ -709,7 +705,7 @@ usage_push_figures(JsonbParseState **state, const RateCell *cell, const RateFigu
 /* One service's figures, copied under the lock */
 typedef struct ServiceFigures
 {
-	char		name[RATE_LABEL_LEN];
+	char name[RATE_LABEL_LEN];
 	RateFigures f;
 } ServiceFigures;
 
@@ -743,23 +739,23 @@ PG_FUNCTION_INFO_V1(lattice_rate_usage_classes);
 Datum
 lattice_rate_usage_classes(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 	TimestampTz now = rate_now();
-	int64		hour = GetCurrentTimestamp() / USECS_PER_HOUR;
-	PlanLimits	plan;
-	RateCell	api;
-	RateCell	dashboard;
-	RateCell	ingest[2];
+	int64 hour = GetCurrentTimestamp() / USECS_PER_HOUR;
+	PlanLimits plan;
+	RateCell api;
+	RateCell dashboard;
+	RateCell ingest[2];
 	RateFigures api_f;
 	RateFigures dash_f;
 	RateFigures account_f;
 	ServiceFigures *services;
-	int			nservices = 0;
-	int			cap;
-	int64		ingest_used = 0;
-	int64		ingest_refused = 0;
+	int nservices = 0;
+	int cap;
+	int64 ingest_used = 0;
+	int64 ingest_refused = 0;
 	HASH_SEQ_STATUS seq;
-	RateEntry  *e;
+	RateEntry *e;
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
 
@@ -772,10 +768,9 @@ lattice_rate_usage_classes(PG_FUNCTION_ARGS)
 	rate_ingest_cells(&tenant, "", &plan, ingest);
 
 	LWLockAcquire(rate_shared->lock, LW_SHARED);
-	rate_figures_locked(hash_search(rate_hash, &api.key, HASH_FIND, NULL),
-						api.burst, now, hour, &api_f);
-	rate_figures_locked(hash_search(rate_hash, &dashboard.key, HASH_FIND, NULL),
-						dashboard.burst, now, hour, &dash_f);
+	rate_figures_locked(hash_search(rate_hash, &api.key, HASH_FIND, NULL), api.burst, now, hour, &api_f);
+	rate_figures_locked(hash_search(rate_hash, &dashboard.key, HASH_FIND, NULL), dashboard.burst, now,
+						hour, &dash_f);
 	rate_figures_locked(hash_search(rate_hash, &ingest[1].key, HASH_FIND, NULL),
 						Min(ingest[1].burst, ingest[1].limit), now, hour, &account_f);
 	cap = (int) Min(hash_get_num_entries(rate_hash), (long) plan.max_services * 4 + 16);

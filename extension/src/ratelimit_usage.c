@@ -28,13 +28,13 @@
 /* One (tenant, class, subject, hour) delta taken from the table for writing. */
 typedef struct UsageDelta
 {
-	RateKey		key;			/* the entry it came from */
-	pg_uuid_t	user_id;
-	const char *klass;			/* a static string of rate_kind_class() */
-	char		subject[RATE_LABEL_LEN];
-	int64		hour;
-	int64		allowed;
-	int64		refused;
+	RateKey key; /* the entry it came from */
+	pg_uuid_t user_id;
+	const char *klass; /* a static string of rate_kind_class() */
+	char subject[RATE_LABEL_LEN];
+	int64 hour;
+	int64 allowed;
+	int64 refused;
 } UsageDelta;
 
 static void
@@ -58,9 +58,9 @@ static int
 rate_take_deltas(UsageDelta **out)
 {
 	HASH_SEQ_STATUS seq;
-	RateEntry  *e;
-	long		cap;
-	int			n = 0;
+	RateEntry *e;
+	long cap;
+	int n = 0;
 	UsageDelta *d;
 
 	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
@@ -98,7 +98,7 @@ rate_take_deltas(UsageDelta **out)
 static void
 rate_give_back(const UsageDelta *d)
 {
-	RateEntry  *e;
+	RateEntry *e;
 
 	LWLockAcquire(rate_shared->lock, LW_EXCLUSIVE);
 	e = hash_search(rate_hash, &d->key, HASH_FIND, NULL);
@@ -133,20 +133,20 @@ int64
 rate_flush_usage(void)
 {
 	UsageDelta *d;
-	int			n = rate_take_deltas(&d);
-	Datum	   *users;
-	Datum	   *classes;
-	Datum	   *subjects;
-	Datum	   *hours;
-	Datum	   *allowed;
-	Datum	   *refused;
-	Oid			argtypes[6] = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID, INT8ARRAYOID};
-	Datum		args[6];
-	int			ret;
-	pg_uuid_t  *known;
-	int			nknown;
-	int			kept = 0;
+	int n = rate_take_deltas(&d);
+	Datum *users;
+	Datum *classes;
+	Datum *subjects;
+	Datum *hours;
+	Datum *allowed;
+	Datum *refused;
+	Oid argtypes[6] = {UUIDARRAYOID,		TEXTARRAYOID, TEXTARRAYOID,
+					   TIMESTAMPTZARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+	Datum args[6];
+	int ret;
+	pg_uuid_t *known;
+	int nknown;
+	int kept = 0;
 
 	if (n == 0)
 		return 0;
@@ -167,17 +167,20 @@ rate_flush_usage(void)
 	for (int i = 0; i < n; i++)
 		users[i] = UUIDPGetDatum(&d[i].user_id);
 	args[0] = PointerGetDatum(construct_array(users, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	ret = SPI_execute_with_args("SELECT u.id FROM lattice.users u WHERE u.id OPERATOR(pg_catalog.=) ANY ($1)",
-								1, argtypes, args, NULL, true, 0);
+	ret = SPI_execute_with_args(
+		"SELECT u.id FROM lattice.users u WHERE u.id OPERATOR(pg_catalog.=) ANY ($1)", 1, argtypes, args,
+		NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "lattice: usage roll-up: reading the accounts failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "lattice: usage roll-up: reading the accounts failed: %s",
+			 SPI_result_code_string(ret));
 	nknown = (int) SPI_processed;
 	known = palloc(sizeof(pg_uuid_t) * Max(nknown, 1));
 	for (int r = 0; r < nknown; r++)
 	{
-		bool		isnull;
+		bool isnull;
 
-		memcpy(&known[r], DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)),
+		memcpy(&known[r],
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
 	}
 	qsort(known, nknown, sizeof(pg_uuid_t), uuid_order);
@@ -202,9 +205,12 @@ rate_flush_usage(void)
 	args[0] = PointerGetDatum(construct_array(users, kept, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 	args[1] = PointerGetDatum(construct_array(classes, kept, TEXTOID, -1, false, TYPALIGN_INT));
 	args[2] = PointerGetDatum(construct_array(subjects, kept, TEXTOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(hours, kept, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[4] = PointerGetDatum(construct_array(allowed, kept, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_array(refused, kept, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(hours, kept, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_array(allowed, kept, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(refused, kept, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
 	ret = SPI_execute_with_args(
 		"INSERT INTO lattice.usage_hourly AS h (user_id, class, subject, hour, requests, refused, updated_at)"
 		" SELECT x.user_id, x.class, x.subject, x.hour, x.requests, x.refused, pg_catalog.now()"

@@ -21,8 +21,8 @@
 
 static LatticeAuthContext ctx;
 static bool tenant_set = false;
-static int	tenant_nest_level = 0;	/* subtransaction level that set it */
-static bool tenant_from_token = false;	/* a worker's: see tenant_token.c */
+static int tenant_nest_level = 0;	   /* subtransaction level that set it */
+static bool tenant_from_token = false; /* a worker's: see tenant_token.c */
 
 static void
 tenant_xact_callback(XactEvent event, void *arg)
@@ -32,8 +32,8 @@ tenant_xact_callback(XactEvent event, void *arg)
 }
 
 static void
-tenant_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						SubTransactionId parentSubid, void *arg)
+tenant_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+						void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB && tenant_set &&
 		GetCurrentTransactionNestLevel() <= tenant_nest_level)
@@ -146,8 +146,8 @@ PG_FUNCTION_INFO_V1(lattice_current_user_id);
 Datum
 lattice_current_user_id(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *result;
-	pg_uuid_t	from_token;
+	pg_uuid_t *result;
+	pg_uuid_t from_token;
 
 	if (!tenant_set || tenant_from_token)
 	{
@@ -180,7 +180,7 @@ lattice_test_set_tenant(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 	{
 		lattice_clear_tenant();
-		lattice_tenant_token_issue(NULL);	/* and none on the workers */
+		lattice_tenant_token_issue(NULL); /* and none on the workers */
 	}
 	else
 		lattice_set_tenant(PG_GETARG_UUID_P(0));
@@ -196,7 +196,7 @@ PG_FUNCTION_INFO_V1(lattice_act_as_tenant_c);
 Datum
 lattice_act_as_tenant_c(PG_FUNCTION_ARGS)
 {
-	Oid			admin = get_role_oid("lattice_admin", true);
+	Oid admin = get_role_oid("lattice_admin", true);
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -224,7 +224,7 @@ lattice_act_as_tenant_c(PG_FUNCTION_ARGS)
 void
 lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw)
 {
-	static Oid	app_role = InvalidOid;
+	static Oid app_role = InvalidOid;
 
 	GetUserIdAndSecContext(&sw->userid, &sw->sec_context);
 	sw->switched = false;

@@ -19,23 +19,23 @@
 /* What proved the tenant of this transaction */
 typedef enum LatticeAuthMethod
 {
-	LATTICE_AUTH_NONE = 0,		/* set by an admin switch or a test, or none */
+	LATTICE_AUTH_NONE = 0, /* set by an admin switch or a test, or none */
 	LATTICE_AUTH_API_KEY,
 	LATTICE_AUTH_BEARER,
 	LATTICE_AUTH_SESSION,
-	LATTICE_AUTH_PASSWORD,		/* login or sign-up in this transaction */
-	LATTICE_AUTH_LINK			/* an account link (account_token.c) */
+	LATTICE_AUTH_PASSWORD, /* login or sign-up in this transaction */
+	LATTICE_AUTH_LINK	   /* an account link (account_token.c) */
 } LatticeAuthMethod;
 
 typedef struct LatticeAuthContext
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 	LatticeAuthMethod method;
-	int			scopes;			/* a key's or token's (LATTICE_SCOPE_* bits) */
-	bool		has_credential;
-	pg_uuid_t	credential;		/* the key or session id */
-	bool		second_factor;	/* a TOTP or recovery code verified */
-	bool		deleting;		/* the proof an account deletion needs */
+	int scopes; /* a key's or token's (LATTICE_SCOPE_* bits) */
+	bool has_credential;
+	pg_uuid_t credential; /* the key or session id */
+	bool second_factor;	  /* a TOTP or recovery code verified */
+	bool deleting;		  /* the proof an account deletion needs */
 } LatticeAuthContext;
 
 extern void lattice_tenant_init(void);
@@ -61,9 +61,9 @@ extern void lattice_auth_deleting_proved(void);
  */
 typedef struct LatticeRoleSwitch
 {
-	Oid			userid;
-	int			sec_context;
-	bool		switched;
+	Oid userid;
+	int sec_context;
+	bool switched;
 } LatticeRoleSwitch;
 extern void lattice_as_tenant_role(const pg_uuid_t *user_id, LatticeRoleSwitch *sw);
 extern void lattice_restore_role(const LatticeRoleSwitch *sw);
@@ -77,4 +77,4 @@ extern bool lattice_tenant_token_verify(pg_uuid_t *tenant);
 extern void lattice_tenant_token_forget(void);
 extern bool lattice_tenant_token_active(void);
 
-#endif							/* LATTICE_TENANT_H */
+#endif /* LATTICE_TENANT_H */

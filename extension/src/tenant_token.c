@@ -39,25 +39,26 @@
 #include "utils/timestamp.h"
 
 #define TOKEN_VERSION		1
-#define TOKEN_DELETING		2		/* version 1, and the account's deletion is proved */
+#define TOKEN_DELETING		2 /* version 1, and the account's deletion is proved */
 #define TOKEN_BODY_BYTES	(1 + 16 + 4 + 8 + 8 + 8)
 #define TOKEN_BYTES			(TOKEN_BODY_BYTES + crypto_auth_hmacsha256_BYTES)
 #define TOKEN_TTL_SECONDS	60
 /* how long a node without a cluster key waits before looking again */
-#define KEY_RECHECK_SECONDS	10
+#define KEY_RECHECK_SECONDS 10
 
 /* A Citus distributed transaction id, as get_current_transaction_id() gives it */
 typedef struct DistXid
 {
-	int32		initiator;
-	int64		number;
+	int32 initiator;
+	int64 number;
 	TimestampTz stamp;
 } DistXid;
 
 static char *tenant_token_setting = NULL;
 
 /* the token verified in this transaction, and its tenant */
-static char verified_text[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+static char
+	verified_text[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
 static pg_uuid_t verified_tenant;
 static bool verified_deleting;
 static uint8 cluster_key[crypto_auth_hmacsha256_KEYBYTES];
@@ -67,12 +68,11 @@ static TimestampTz cluster_key_checked = 0;
 void
 lattice_tenant_token_init(void)
 {
-	DefineCustomStringVariable("lattice.tenant_token",
-							   "The tenant of this transaction as the coordinator vouches for it.",
-							   "Set by the coordinator with SET LOCAL; verified by lattice.current_user_id().",
-							   &tenant_token_setting, "", PGC_USERSET,
-							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
-							   NULL, NULL, NULL);
+	DefineCustomStringVariable(
+		"lattice.tenant_token", "The tenant of this transaction as the coordinator vouches for it.",
+		"Set by the coordinator with SET LOCAL; verified by lattice.current_user_id().",
+		&tenant_token_setting, "", PGC_USERSET,
+		GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE, NULL, NULL, NULL);
 }
 
 /* Switches to the owner of schema lattice, who alone reads the cluster key */
@@ -89,8 +89,8 @@ load_cluster_key(bool force)
 {
 	static SPIPlanPtr plan = NULL;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			save_userid;
-	int			save_sec;
+	Oid save_userid;
+	int save_sec;
 
 	if (cluster_key_loaded && !force)
 		return true;
@@ -106,9 +106,9 @@ load_cluster_key(bool force)
 	cluster_key_loaded = false;
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
-		bytea	   *k = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-													  SPI_tuptable->tupdesc, 1, &isnull));
+		bool isnull;
+		bytea *k = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull));
 
 		if (!isnull && VARSIZE_ANY_EXHDR(k) == sizeof(cluster_key))
 		{
@@ -126,16 +126,18 @@ static void
 current_dist_xid(DistXid *out)
 {
 	static SPIPlanPtr plan = NULL;
-	bool		isnull;
+	bool isnull;
 
 	memset(out, 0, sizeof(*out));
 	lattice_spi_connect("lattice");
 	lattice_spi_prepare_kept(&plan,
 							 "SELECT initiator_node_identifier, transaction_number, transaction_stamp"
-							 "  FROM pg_catalog.get_current_transaction_id()", 0, NULL);
+							 "  FROM pg_catalog.get_current_transaction_id()",
+							 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "lattice: reading the distributed transaction id failed");
-	out->initiator = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	out->initiator = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull));
 	out->number = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (isnull)
 		out->number = 0;
@@ -155,7 +157,7 @@ put64(uint8 *p, uint64 v)
 static uint64
 get64(const uint8 *p)
 {
-	uint64		v = 0;
+	uint64 v = 0;
 
 	for (int i = 0; i < 8; i++)
 		v = (v << 8) | p[i];
@@ -185,10 +187,10 @@ token_body(uint8 *body, const pg_uuid_t *tenant, const DistXid *x, TimestampTz e
 static void
 ensure_dist_xid(void)
 {
-	void		(*ensure) (void);
+	void (*ensure)(void);
 
-	ensure = (void (*) (void)) load_external_function("citus", "EnsureDistributedTransactionId",
-													  true, NULL);
+	ensure = (void (*)(void)) load_external_function("citus", "EnsureDistributedTransactionId", true,
+													 NULL);
 	ensure();
 }
 
@@ -210,10 +212,10 @@ lattice_tenant_token_active(void)
 void
 lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting)
 {
-	uint8		token[TOKEN_BYTES];
-	char		text[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
-	DistXid		x;
-	char	   *sql;
+	uint8 token[TOKEN_BYTES];
+	char text[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+	DistXid x;
+	char *sql;
 
 	if (!load_cluster_key(false))
 		return;
@@ -229,7 +231,8 @@ lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting)
 		token_body(token, tenant, &x, GetCurrentTimestamp() + (int64) TOKEN_TTL_SECONDS * USECS_PER_SEC,
 				   deleting);
 		crypto_auth_hmacsha256(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key);
-		sodium_bin2base64(text, sizeof(text), token, TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+		sodium_bin2base64(text, sizeof(text), token, TOKEN_BYTES,
+						  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 	}
 
 	/*
@@ -241,7 +244,8 @@ lattice_tenant_token_issue_as(const pg_uuid_t *tenant, bool deleting)
 	sql = psprintf("DO $lattice$BEGIN"
 				   " SET LOCAL citus.propagate_set_commands TO 'local';"
 				   " SET LOCAL lattice.tenant_token TO '%s';"
-				   " END$lattice$", text);
+				   " END$lattice$",
+				   text);
 	lattice_spi_connect("lattice");
 	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "lattice: setting the tenant token failed");
@@ -260,8 +264,7 @@ refuse(const char *why)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-			 errmsg("lattice: tenant token refused"),
-			 errdetail("%s", why)));
+			 errmsg("lattice: tenant token refused"), errdetail("%s", why)));
 }
 
 /*
@@ -272,10 +275,10 @@ refuse(const char *why)
 bool
 lattice_tenant_token_verify(pg_uuid_t *tenant)
 {
-	uint8		token[TOKEN_BYTES];
-	size_t		len = 0;
-	DistXid		mine;
-	DistXid		named;
+	uint8 token[TOKEN_BYTES];
+	size_t len = 0;
+	DistXid mine;
+	DistXid named;
 
 	if (tenant_token_setting == NULL || tenant_token_setting[0] == '\0')
 	{
@@ -287,15 +290,17 @@ lattice_tenant_token_verify(pg_uuid_t *tenant)
 		*tenant = verified_tenant;
 		return true;
 	}
-	if (sodium_base642bin(token, sizeof(token), tenant_token_setting, strlen(tenant_token_setting),
-						  NULL, &len, NULL, sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+	if (sodium_base642bin(token, sizeof(token), tenant_token_setting, strlen(tenant_token_setting), NULL,
+						  &len, NULL, sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
 		len != TOKEN_BYTES || (token[0] != TOKEN_VERSION && token[0] != TOKEN_DELETING))
 		refuse("The token is malformed.");
 	if (!load_cluster_key(false))
 		refuse("This node has no cluster key.");
-	if (crypto_auth_hmacsha256_verify(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key) != 0 &&
+	if (crypto_auth_hmacsha256_verify(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key) !=
+			0 &&
 		(!load_cluster_key(true) ||
-		 crypto_auth_hmacsha256_verify(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key) != 0))
+		 crypto_auth_hmacsha256_verify(token + TOKEN_BODY_BYTES, token, TOKEN_BODY_BYTES, cluster_key) !=
+			 0))
 		refuse("The token's signature does not verify.");
 	if ((TimestampTz) get64(token + 37) < GetCurrentTimestamp())
 		refuse("The token has expired.");
@@ -327,7 +332,7 @@ lattice_tenant_token_forget(void)
 bool
 lattice_tenant_token_deleting(void)
 {
-	pg_uuid_t	tenant;
+	pg_uuid_t tenant;
 
 	return lattice_tenant_token_verify(&tenant) && verified_deleting;
 }
@@ -340,7 +345,7 @@ PG_FUNCTION_INFO_V1(lattice_cluster_key_generate);
 Datum
 lattice_cluster_key_generate(PG_FUNCTION_ARGS)
 {
-	bytea	   *key = palloc(VARHDRSZ + crypto_auth_hmacsha256_KEYBYTES);
+	bytea *key = palloc(VARHDRSZ + crypto_auth_hmacsha256_KEYBYTES);
 
 	if (!superuser())
 		ereport(ERROR,

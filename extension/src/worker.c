@@ -61,7 +61,7 @@ lattice_worker_register(void)
  * leaves the other cycles, and the worker, alone.
  */
 static void
-worker_transaction(const char *activity, void (*work) (void))
+worker_transaction(const char *activity, void (*work)(void))
 {
 	MemoryContext outer = CurrentMemoryContext;
 
@@ -144,12 +144,12 @@ lattice_worker_main(Datum main_arg)
 	/* give the server's start scripts time to create the database */
 	{
 		TimestampTz start = GetCurrentTimestamp();
-		long		wait_ms = Max(rate_usage_interval, 1) * 1000L;
+		long wait_ms = Max(rate_usage_interval, 1) * 1000L;
 
 		while (!TimestampDifferenceExceeds(start, GetCurrentTimestamp(), wait_ms))
 		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 wait_ms, PG_WAIT_EXTENSION);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, wait_ms,
+							 PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
 		}
@@ -162,7 +162,7 @@ lattice_worker_main(Datum main_arg)
 		static TimestampTz last_lifecycle = 0;
 		static TimestampTz last_alert = 0;
 		static TimestampTz last_rate = 0;
-		long		wait_ms;
+		long wait_ms;
 
 		if (ConfigReloadPending)
 		{
@@ -170,7 +170,8 @@ lattice_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		if (rate_usage_interval > 0 &&
-			TimestampDifferenceExceeds(last_rate, GetCurrentTimestamp(), rate_usage_interval * 1000 - 100))
+			TimestampDifferenceExceeds(last_rate, GetCurrentTimestamp(),
+									   rate_usage_interval * 1000 - 100))
 		{
 			worker_transaction("lattice usage roll-up", rate_work);
 			worker_transaction("lattice otlp expiry", otlp_work);
@@ -190,8 +191,8 @@ lattice_worker_main(Datum main_arg)
 		wait_ms = Max(rate_usage_interval, 1) * 1000L;
 		if (lattice_alert_interval > 0)
 			wait_ms = Min(wait_ms, lattice_alert_interval * 1000L);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 wait_ms, PG_WAIT_EXTENSION);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, wait_ms,
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -28,7 +28,7 @@ static PGconn *conn;
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	PGresult   *r;
+	PGresult *r;
 
 	(void) argc;
 	(void) argv;
@@ -51,11 +51,11 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char	   *body;
+	char *body;
 	const char *values[2];
-	int			lengths[2];
-	int			formats[2] = {0, 1};	/* the body as bytes: NULs reach the server */
-	PGresult   *r;
+	int lengths[2];
+	int formats[2] = {0, 1}; /* the body as bytes: NULs reach the server */
+	PGresult *r;
 	const char *state;
 
 	if (size < 1 || size > 3 * 1024 * 1024)
@@ -76,10 +76,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	}
 	if (PQresultStatus(r) != PGRES_TUPLES_OK &&
-		!(state && (strcmp(state, "PT400") == 0 || strcmp(state, "PT413") == 0 ||
-					strcmp(state, "22021") == 0 || strcmp(state, "22P05") == 0)))
+		!(state &&
+		  (strcmp(state, "PT400") == 0 || strcmp(state, "PT413") == 0 || strcmp(state, "22021") == 0 ||
+		   strcmp(state, "22P05") == 0)))
 	{
-		fprintf(stderr, "fuzz_ingest_check: unexpected %s: %s", state ? state : "-", PQresultErrorMessage(r));
+		fprintf(stderr, "fuzz_ingest_check: unexpected %s: %s", state ? state : "-",
+				PQresultErrorMessage(r));
 		abort();
 	}
 	PQclear(r);

@@ -18,11 +18,11 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *line[MAX_TEMPLATES + 2];
-	int			len[MAX_TEMPLATES + 2];
-	int			n = 0;
-	size_t		pos = 0;
+	int len[MAX_TEMPLATES + 2];
+	int n = 0;
+	size_t pos = 0;
 	IngestSegments raw;
-	int			pos_match;
+	int pos_match;
 
 	if (size > 65536)
 		return 0;
@@ -30,7 +30,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		const char *start = (const char *) data + pos;
 		const char *nl = memchr(start, '\n', size - pos);
-		size_t		l = nl ? (size_t) (nl - start) : size - pos;
+		size_t l = nl ? (size_t) (nl - start) : size - pos;
 
 		line[n] = start;
 		len[n] = (int) l;

@@ -42,9 +42,9 @@ static const char *const kinds[] = {"metadata", "traces", "errors", "error", "br
 static struct
 {
 	const char *pattern;
-	regex_t		re;
-}			compiled[MAX_PATTERNS];
-static int	ncompiled;
+	regex_t re;
+} compiled[MAX_PATTERNS];
+static int ncompiled;
 
 static void
 fail(const char *what, const char *detail)
@@ -57,8 +57,8 @@ fail(const char *what, const char *detail)
 static const regex_t *
 compile(const char *pattern)
 {
-	char		err[256];
-	int			rc;
+	char err[256];
+	int rc;
 
 	for (int i = 0; i < ncompiled; i++)
 		if (strcmp(compiled[i].pattern, pattern) == 0)
@@ -139,8 +139,8 @@ static void
 check_answer(const IngestValidation *v, bool text_ok)
 {
 	struct json_object *d;
-	char		expect[64];
-	size_t		n;
+	char expect[64];
+	size_t n;
 
 	switch (v->outcome)
 	{
@@ -161,10 +161,10 @@ check_answer(const IngestValidation *v, bool text_ok)
 				fail("invalid JSON answered wrongly", v->code);
 			break;
 		case INGEST_INVALID:
-			snprintf(expect, sizeof(expect), "the request body is invalid (%d problem%s)",
-					 v->nproblems, v->nproblems == 1 ? "" : "s");
-			if (v->status != 400 || strcmp(v->code, "validation_failed") != 0 ||
-				v->nproblems < 1 || strcmp(v->message, expect) != 0)
+			snprintf(expect, sizeof(expect), "the request body is invalid (%d problem%s)", v->nproblems,
+					 v->nproblems == 1 ? "" : "s");
+			if (v->status != 400 || strcmp(v->code, "validation_failed") != 0 || v->nproblems < 1 ||
+				strcmp(v->message, expect) != 0)
 				fail("invalid body answered wrongly", v->message);
 			break;
 		case INGEST_UNKNOWN_KIND:
@@ -193,9 +193,9 @@ check_answer(const IngestValidation *v, bool text_ok)
 	for (size_t i = 0; i < n; i++)
 		if (!is_problem(json_object_array_get_idx(d, i)))
 			fail("a problem is not {path, message}", v->details.data);
-	if (v->outcome == INGEST_INVALID
-		? n != (size_t) (v->nproblems > INGEST_MAX_PROBLEMS ? INGEST_MAX_PROBLEMS + 1 : v->nproblems)
-		: n != 1)
+	if (v->outcome == INGEST_INVALID ?
+			n != (size_t) (v->nproblems > INGEST_MAX_PROBLEMS ? INGEST_MAX_PROBLEMS + 1 : v->nproblems) :
+			n != 1)
 		fail("details list the wrong number of problems", v->details.data);
 	json_object_put(d);
 }
@@ -204,9 +204,9 @@ check_answer(const IngestValidation *v, bool text_ok)
 static bool
 check_utf8(const char *s, int len)
 {
-	int			chars = ingest_utf8_chars(s, len);
-	bool		pg_ok = pg_encoding_verifymbstr(PG_UTF8, s, len) == len;
-	int			pg_chars = 0;
+	int chars = ingest_utf8_chars(s, len);
+	bool pg_ok = pg_encoding_verifymbstr(PG_UTF8, s, len) == len;
+	int pg_chars = 0;
 
 	if ((chars >= 0) != pg_ok)
 		fail(pg_ok ? "valid UTF-8 refused" : "invalid UTF-8 accepted", NULL);
@@ -226,13 +226,15 @@ check_fast_paths(const char *s, int len)
 	for (int i = 0; ingest_fast_patterns[i]; i++)
 	{
 		const char *p = ingest_fast_patterns[i];
-		bool		handled;
-		bool		fast = ingest_fast_match(s, len, p, &handled);
+		bool handled;
+		bool fast = ingest_fast_match(s, len, p, &handled);
 
 		if (!handled)
 			fail("a fast pattern not handled", p);
 		if (fast != (regexec(compile(p), s, 0, NULL, 0) == 0))
-			fail(fast ? "the fast path accepts what the ERE refuses" : "the fast path refuses what the ERE accepts", p);
+			fail(fast ? "the fast path accepts what the ERE refuses" :
+						"the fast path refuses what the ERE accepts",
+				 p);
 	}
 }
 
@@ -240,9 +242,9 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	IngestValidation v;
-	char	   *body;
-	int			len;
-	bool		text_ok;
+	char *body;
+	int len;
+	bool text_ok;
 
 	if (size < 1 || size > INGEST_MAX_BODY + 2)
 		return 0;

@@ -21,13 +21,13 @@
 
 static const unsigned char key[JWT_TOKEN_KEY_BYTES] = "fuzz-key-0123456789abcdef-012345";
 #define NOW		1800000000
-#define MAX_TTL	3600
+#define MAX_TTL 3600
 #define SKEW	30
 
 static void
 check(const char *token, size_t len)
 {
-	JwtToken	t;
+	JwtToken t;
 
 	if (jwt_token_parse(token, len, &t) != JWT_TOKEN_OK)
 		return;
@@ -42,10 +42,10 @@ check(const char *token, size_t len)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char		token[JWT_TOKEN_MAX_LEN + 64];
+	char token[JWT_TOKEN_MAX_LEN + 64];
 	const char *dot1;
 	const char *dot2;
-	size_t		signed_len;
+	size_t signed_len;
 	unsigned char mac[crypto_auth_hmacsha256_BYTES];
 
 	if (size > JWT_TOKEN_MAX_LEN + 1)

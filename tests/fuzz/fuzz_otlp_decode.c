@@ -28,11 +28,12 @@ static long
 spans_in(const uint8_t *data, size_t size)
 {
 	Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *req;
-	long		n = 0;
+	long n = 0;
 
-	req = opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, size, data);
+	req = opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, size,
+																						   data);
 	if (!req)
-		abort();				/* it decoded in otlp_traces_to_json */
+		abort(); /* it decoded in otlp_traces_to_json */
 	for (size_t i = 0; i < req->n_resource_spans; i++)
 	{
 		Opentelemetry__Proto__Trace__V1__ResourceSpans *rs = req->resource_spans[i];
@@ -50,10 +51,8 @@ spans_in(const uint8_t *data, size_t size)
 static long
 spans_out(json_object *root)
 {
-	json_object *rss,
-			   *sss,
-			   *spans;
-	long		n = 0;
+	json_object *rss, *sss, *spans;
+	long n = 0;
 
 	if (!json_object_object_get_ex(root, "resourceSpans", &rss))
 		return 0;
@@ -76,7 +75,8 @@ check_decoded(const uint8_t *data, size_t size, size_t json_max, const struct ot
 
 	if (!d->json || strlen(d->json) != d->len || d->len > json_max)
 		abort();
-	if (d->rejected_spans != d->rejected_utf8 + d->rejected_depth || d->rejected_spans < 0 || d->spans < 0)
+	if (d->rejected_spans != d->rejected_utf8 + d->rejected_depth || d->rejected_spans < 0 ||
+		d->spans < 0)
 		abort();
 	if ((d->rejected_spans == 0) != (d->message[0] == '\0'))
 		abort();
@@ -87,7 +87,8 @@ check_decoded(const uint8_t *data, size_t size, size_t json_max, const struct ot
 	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
 		!json_object_is_type(root, json_type_object))
 	{
-		fprintf(stderr, "not JSON: %s\n%.2000s\n", json_tokener_error_desc(json_tokener_get_error(tok)), d->json);
+		fprintf(stderr, "not JSON: %s\n%.2000s\n", json_tokener_error_desc(json_tokener_get_error(tok)),
+				d->json);
 		abort();
 	}
 	if (spans_out(root) != d->spans || d->spans + d->rejected_spans != spans_in(data, size))
@@ -99,10 +100,9 @@ check_decoded(const uint8_t *data, size_t size, size_t json_max, const struct ot
 static void
 check_status(const uint8_t *data, size_t size)
 {
-	char		message[256];
-	size_t		n = size < 200 ? size : 200,
-				len;
-	uint8_t    *pb;
+	char message[256];
+	size_t n = size < 200 ? size : 200, len;
+	uint8_t *pb;
 	Google__Rpc__Status *st;
 
 	memcpy(message, data, n);
@@ -111,8 +111,8 @@ check_status(const uint8_t *data, size_t size)
 	if (!pb)
 		return;
 	st = google__rpc__status__unpack(NULL, len, pb);
-	if (!st || st->code != otlp_grpc_code(400 + (int) (size % 200)) || strncmp(st->message, "fuzz_code: ", 11) != 0 ||
-		strcmp(st->message + 11, message) != 0)
+	if (!st || st->code != otlp_grpc_code(400 + (int) (size % 200)) ||
+		strncmp(st->message, "fuzz_code: ", 11) != 0 || strcmp(st->message + 11, message) != 0)
 		abort();
 	google__rpc__status__free_unpacked(st, NULL);
 	free(pb);
@@ -122,11 +122,11 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct otlp_decoded d;
-	size_t		json_max = 4 * size + 64;	/* some inputs hit the bound */
-	char	   *text;
-	size_t		len;
-	bool		shape_ok;
-	uint8_t    *pb;
+	size_t json_max = 4 * size + 64; /* some inputs hit the bound */
+	char *text;
+	size_t len;
+	bool shape_ok;
+	uint8_t *pb;
 
 	if (otlp_traces_to_json(data, size, json_max, &d) == OTLP_DECODED)
 	{
@@ -145,11 +145,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (pb)
 	{
 		Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceResponse *resp =
-			opentelemetry__proto__collector__trace__v1__export_trace_service_response__unpack(NULL, len, pb);
+			opentelemetry__proto__collector__trace__v1__export_trace_service_response__unpack(NULL, len,
+																							  pb);
 
 		if (!resp)
 			abort();
-		opentelemetry__proto__collector__trace__v1__export_trace_service_response__free_unpacked(resp, NULL);
+		opentelemetry__proto__collector__trace__v1__export_trace_service_response__free_unpacked(resp,
+																								 NULL);
 		free(pb);
 	}
 	free(text);

@@ -17,8 +17,8 @@
 
 #include "otlp_flatten_core.h"
 
-#define NOT_BEFORE	INT64_C(1700000000000000000)
-#define NOT_AFTER	INT64_C(1900000000000000000)
+#define NOT_BEFORE INT64_C(1700000000000000000)
+#define NOT_AFTER  INT64_C(1900000000000000000)
 
 static const char *
 str(struct json_object *o, const char *key)
@@ -38,12 +38,10 @@ check_hex(const char *s, size_t len)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char		err[256];
-	char	   *flat = otlp_flatten((const char *) data, size, NOT_BEFORE, NOT_AFTER, err, sizeof(err));
-	struct json_object *doc,
-			   *spans,
-			   *v;
-	char	   *text;
+	char err[256];
+	char *flat = otlp_flatten((const char *) data, size, NOT_BEFORE, NOT_AFTER, err, sizeof(err));
+	struct json_object *doc, *spans, *v;
+	char *text;
 
 	if (flat == NULL)
 	{
@@ -59,8 +57,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (size_t i = 0; i < json_object_array_length(spans); i++)
 		{
 			struct json_object *s = json_object_array_get_idx(spans, i);
-			double		start,
-						ms;
+			double start, ms;
 
 			check_hex(str(s, "trace"), 32);
 			check_hex(str(s, "span"), 16);
@@ -86,7 +83,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(text, data, size);
 	text[size] = '\0';
 	flat = otlp_stack_frames(text);
-	if (flat == NULL || (doc = json_tokener_parse(flat)) == NULL || !json_object_is_type(doc, json_type_array))
+	if (flat == NULL || (doc = json_tokener_parse(flat)) == NULL ||
+		!json_object_is_type(doc, json_type_array))
 		abort();
 	json_object_put(doc);
 	free(flat);

@@ -21,7 +21,7 @@
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	char		err[256];
+	char err[256];
 
 	(void) argc;
 	(void) argv;
@@ -30,7 +30,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 		fprintf(stderr, "config_load: %s\n", err);
 		abort();
 	}
-	cfg.test_routes = true;		/* the test lines are matched too */
+	cfg.test_routes = true; /* the test lines are matched too */
 	snprintf(cfg.cors_origins, sizeof(cfg.cors_origins), "https://app.example, http://127.0.0.1:5173");
 	return 0;
 }
@@ -38,12 +38,12 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char	   *copy = malloc(size + 1);
-	char	   *field[FIELDS];
-	char	   *p = copy;
+	char *copy = malloc(size + 1);
+	char *field[FIELDS];
+	char *p = copy;
 	struct route_match m;
-	char		allow[128];
-	char		cookie[1024];
+	char allow[128];
+	char cookie[1024];
 	const char *path;
 
 	if (!copy)
@@ -52,7 +52,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	copy[size] = '\0';
 	for (int i = 0; i < FIELDS; i++)
 	{
-		char	   *nl = p ? strchr(p, '\n') : NULL;
+		char *nl = p ? strchr(p, '\n') : NULL;
 
 		field[i] = p ? p : "";
 		if (nl)
@@ -67,14 +67,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (utf8_valid(path, strlen(path)))
 	{
-		int			found = route_find(field[0], path, &m, allow, sizeof(allow));
+		int found = route_find(field[0], path, &m, allow, sizeof(allow));
 
 		if (found == 1)
 		{
 			if (m.index < 0 || m.index >= nroutes || m.nparams > ROUTE_PARAMS_MAX)
 				abort();
 			for (int i = 0; i < m.nparams; i++)
-				if (m.params[i].value < path || m.params[i].value + m.params[i].value_len > path + strlen(path))
+				if (m.params[i].value < path ||
+					m.params[i].value + m.params[i].value_len > path + strlen(path))
 					abort();
 		}
 		if (strlen(allow) >= sizeof(allow))
@@ -89,7 +90,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (tok && (tok < field[3] || tok >= field[3] + strlen(field[3]) || !*tok))
 			abort();
 	}
-	if (cookie_value(field[4], "lattice_session", cookie, sizeof(cookie)) && strlen(cookie) >= sizeof(cookie))
+	if (cookie_value(field[4], "lattice_session", cookie, sizeof(cookie)) &&
+		strlen(cookie) >= sizeof(cookie))
 		abort();
 	(void) cookie_value(field[4], "lattice_csrf", cookie, sizeof(cookie));
 	(void) is_json_type(field[5]);
