@@ -87,14 +87,7 @@ graph_json_float(StringInfo buf, double v)
 void
 graph_json_node_brief(StringInfo buf, const LatticeGraph *g, int32 v)
 {
-	const GraphNode *node = &g->nodes[v];
-
-	appendStringInfoString(buf, "{\"id\":");
-	graph_json_uuid(buf, &node->id);
-	appendStringInfoString(buf, ",\"name\":");
-	graph_json_str(buf, graph_str(g, node->name));
-	appendStringInfoString(buf, ",\"environment\":");
-	graph_json_str(buf, graph_str(g, node->environment));
+	graph_json_node_open(buf, g, &g->nodes[v]);
 	appendStringInfoChar(buf, '}');
 }
 
