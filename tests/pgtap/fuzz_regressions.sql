@@ -27,7 +27,7 @@ SELECT is(lattice.ingest_match_route(ARRAY['GET /:id', 'GET /'], 'GET', '/?page=
 SELECT is(lattice.ingest_match_route(ARRAY['GET /users/:id', 'GET /users'], 'GET', '/users/?x=1'), 2,
           '"/users/?x=1" is /users, not /users/:id with an empty id');
 
--- jwt_token.c: exp - iat overflowed int64 (undefined behaviour) for extreme claims
+-- auth_jwt_token.c: exp - iat overflowed int64 (undefined behaviour) for extreme claims
 SELECT is(pg_temp.err_code(format('SELECT lattice.jwt_verify(%L)', pg_temp.signed(format(
           '{"iss":"lattice","sub":"0b6f2c1e-6d3f-4a59-9d2b-4b1f3c6f8a10","iat":%s,"exp":%s}', :now - 3660, :now - 3600)))),
           'PT401:token_expired', 'control: a token signed here reaches the time checks');

@@ -1,4 +1,4 @@
--- Accounts and passwords (src/password.c): Argon2id parameters, length
+-- Accounts and passwords (src/auth_password.c, src/account.c): Argon2id parameters, length
 -- limits, sign-up, login success and failure (same answer, audited), rehash
 -- on login, brute-force counters, and who may create accounts.
 BEGIN;

@@ -1,4 +1,4 @@
--- Credentials (src/apikey.c, jwt.c, session.c, auth.c, secrets.c): API keys
+-- Credentials (src/auth_apikey.c, auth_jwt.c, auth_session.c, auth.c, auth_secret.c): API keys
 -- with revocation, expiry and rotation windows; HS256 tokens and each of
 -- their refusals; sessions with CSRF; the authenticate() entry point;
 -- server secrets that only the owner reads, rotated without logging out.
