@@ -418,7 +418,10 @@ test('a body over body_max: 413 as a Status, before the body is read', async () 
 
 test('a refusal before routing (429 per address) is a Status too, with its Retry-After', async () => {
   const one = await startShim({ env: { LATTICE_SHIM_PER_ADDRESS_MAX: '1' } });
-  const held = net.connect({ port: one.port, host: '127.0.0.1' });
+  // an address of its own: startShim's readiness probe from 127.0.0.1 may
+  // still hold that address's slot for a moment after it has its answer
+  const from = '127.0.93.1';
+  const held = net.connect({ port: one.port, host: '127.0.0.1', localAddress: from });
   try {
     // the held connection is counted once its first request is served
     await new Promise((resolve, reject) => {
@@ -426,8 +429,8 @@ test('a refusal before routing (429 per address) is a Status too, with its Retry
       held.once('data', resolve);
       held.write('GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n');
     });
-    const r = await rawRequest(one, `POST ${ROUTE} HTTP/1.1\r\nHost: x\r\nContent-Type: ${PB}\r\n` +
-                                    `Content-Length: ${sdkPb.length}\r\n\r\n${sdkPb.toString('latin1')}`);
+    const head = `POST ${ROUTE} HTTP/1.1\r\nHost: x\r\nContent-Type: ${PB}\r\nContent-Length: ${sdkPb.length}\r\n\r\n`;
+    const r = await rawRequest(one, Buffer.concat([Buffer.from(head), sdkPb]), { localAddress: from });
     assert.equal(r.status, 429);
     assert.equal(r.headers['content-type'], PB);
     assert.equal(r.headers['retry-after'], '1');
