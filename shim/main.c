@@ -314,6 +314,7 @@ int main(int argc, char **argv)
     }
     addr_slots = cfg.threads * 2 + 16;
     addr_counts = calloc((size_t) addr_slots, sizeof(*addr_counts));
+    crash_report_install();
     if (!addr_counts || log_init() != 0 || metrics_init() != 0 || pool_init() != 0 || static_init() != 0)
         return 1;
     struct outbound_config outbound = { .conninfo = cfg.conninfo }; /* the rest: LATTICE_STRIPE_*, LATTICE_SMTP_* */

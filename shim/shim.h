@@ -282,6 +282,11 @@ void metrics_statement_error(const char *sqlstate);
 extern atomic_long m_connections_open, m_connections_refused, m_pool_errors, m_pool_timeouts, m_pool_reconnects,
     m_pool_waits, m_pool_wait_us;
 
+/* ---- crash.c ----------------------------------------------------------- */
+
+/* A fatal signal writes its backtrace to stderr (JSON lines), then kills. */
+void crash_report_install(void);
+
 /* ---- log.c ------------------------------------------------------------- */
 
 int log_init(void);

@@ -106,5 +106,10 @@ for s in "${suites[@]}"; do
     esac
 done
 
+# a shim that died of a fatal signal during any suite (tests/http/lib.mjs)
+if [ -s "$work/shim-crashes.log" ]; then
+    echo "# lattice-shim crashed during the run:"
+    sed 's/^/#   /' "$work/shim-crashes.log"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

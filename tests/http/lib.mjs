@@ -9,6 +9,7 @@
 // Environment (set by tests/run.sh): PGHOST, PGPORT, PGDATABASE, LATTICE_SHIM_BIN,
 // LATTICE_ROOT, LATTICE_CLUSTER.  The shim logs in as lattice_shim.
 import { spawn, execFileSync } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -66,6 +67,8 @@ export async function startShim(opts = {}) {
   proc.stdout.on('data', collect(out));
   proc.stderr.on('data', collect(err));
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  let sent = null; // the signal stop() sent
+  proc.on('close', (code, signal) => { if (signal && signal !== sent) reportCrash(port, signal, err); });
   const scheme = env.LATTICE_SHIM_TLS_CERT ? 'https' : 'http';
   const shim = {
     port,
@@ -78,6 +81,7 @@ export async function startShim(opts = {}) {
     accessLog: () => out.map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter(Boolean),
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode !== null || proc.signalCode !== null) return exited;
+      sent = signal;
       proc.kill(signal);
       return exited;
     },
@@ -96,6 +100,35 @@ export async function startShim(opts = {}) {
     await sleep(50);
   }
   return shim;
+}
+
+// A shim that died of a signal no test sent: its backtrace (crash.c's JSON
+// lines, resolved by addr2line where it can) on stderr and in
+// $LATTICE_WORK/shim-crashes.log, which tests/run.sh prints at its end.
+const FATAL = new Set(['SIGSEGV', 'SIGBUS', 'SIGFPE', 'SIGILL', 'SIGABRT']);
+export function crashReport(port, signal, stderrLines) {
+  const lines = [`lattice-shim on port ${port} died of ${signal}`];
+  for (const l of stderrLines) {
+    let f;
+    try { f = JSON.parse(l); } catch { continue; }
+    if (f.level !== 'fatal' || f.frame === undefined) continue;
+    let where = '';
+    try {
+      // a caller's frame holds its return address: the call is the byte before
+      const at = `0x${(BigInt(f.offset) - (f.frame > 0 ? 1n : 0n)).toString(16)}`;
+      where = execFileSync('addr2line', ['-f', '-C', '-i', '-e', f.object, at], { encoding: 'utf8', timeout: 5000 })
+        .trim().split('\n').join(' ');
+    } catch { /* no addr2line, or no symbols */ }
+    lines.push(`  #${f.frame} ${f.object} +${f.offset} ${where}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+function reportCrash(port, signal, stderrLines) {
+  if (!FATAL.has(signal)) return;
+  const text = crashReport(port, signal, stderrLines);
+  process.stderr.write(text);
+  if (process.env.LATTICE_WORK) appendFileSync(`${process.env.LATTICE_WORK}/shim-crashes.log`, text);
 }
 
 // fetch() against the shim; never throws on HTTP status.

@@ -1,7 +1,7 @@
 // Access log lines, /metrics, and graceful shutdown.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startShim, request, assertErrorShape, eventually } from './lib.mjs';
+import { startShim, request, assertErrorShape, eventually, crashReport } from './lib.mjs';
 import { createTestFunctions, dropTestFunctions } from './shim_fixtures.mjs';
 
 let shim;
@@ -94,4 +94,24 @@ test('SIGTERM: in-flight requests finish, then the shim exits 0', async () => {
   const { code } = await s.exited;
   assert.equal(code, 0);
   assert.ok(s.stderr.some((l) => l.includes('"stopped"')), s.stderr.join('\n'));
+});
+
+test('a fatal signal leaves its backtrace on stderr as JSON lines, then the shim dies of it', async () => {
+  const s = await startShim();
+  const { signal } = await s.stop('SIGSEGV');
+  assert.equal(signal, 'SIGSEGV');
+  const head = await eventually(() => s.stderr.map((l) => JSON.parse(l)).find((l) => l.level === 'fatal' && l.msg));
+  assert.equal(head.msg, 'signal 11');
+  const frames = await eventually(() => {
+    const f = s.stderr.map((l) => JSON.parse(l)).filter((l) => l.level === 'fatal' && l.frame !== undefined);
+    return f.length === head.frames && f;
+  });
+  assert.ok(frames.length >= 3, `${frames.length} frames`);
+  frames.forEach((f, i) => {
+    assert.equal(f.frame, i);
+    assert.match(f.offset, /^0x[0-9a-f]+$/);
+  });
+  assert.ok(frames.some((f) => f.object.endsWith('/lattice-shim')), 'a frame in the shim itself');
+  // object + offset is what addr2line needs: the innermost frame is the handler
+  assert.match(crashReport(s.port, 'SIGSEGV', s.stderr), /#0 \S+lattice-shim \+0x[0-9a-f]+ .*on_fatal_signal \S*crash\.c:\d+/);
 });
