@@ -9,7 +9,7 @@
 // Environment (set by tests/run.sh): PGHOST, PGPORT, PGDATABASE, LATTICE_SHIM_BIN,
 // LATTICE_ROOT, LATTICE_CLUSTER.  The shim logs in as lattice_shim.
 import { spawn, execFileSync } from 'node:child_process';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, createWriteStream, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -66,6 +66,11 @@ export async function startShim(opts = {}) {
   };
   proc.stdout.on('data', collect(out));
   proc.stderr.on('data', collect(err));
+  // kept for a post-mortem: $LATTICE_WORK/shims/<port>.stderr (tests/run.sh's LATTICE_KEEP keeps it)
+  if (process.env.LATTICE_WORK) {
+    mkdirSync(`${process.env.LATTICE_WORK}/shims`, { recursive: true });
+    proc.stderr.pipe(createWriteStream(`${process.env.LATTICE_WORK}/shims/${port}.stderr`));
+  }
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
   let sent = null; // the signal stop() sent
   proc.on('close', (code, signal) => { if (signal && signal !== sent) reportCrash(port, signal, err); });
