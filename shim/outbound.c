@@ -768,6 +768,28 @@ static void webhook_send(const struct outbound_job *job, struct outbound_result 
 
 /* ---- The outbox -------------------------------------------------------- */
 
+/* lattice_worker.job: id .. mail_html (10 columns), then url, body, headers,
+   allow_loopback (webhooks; absent from an older extension) */
+#define JOB_FIELDS_MIN 10
+#define JOB_FIELDS_WEBHOOK 14
+
+/* A claim's answer has the job's shape; else (an error, or an extension
+   older than this shim) it counts as the database failing. */
+static bool claimed_ok(PGresult *r)
+{
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        metrics_statement_error(PQresultErrorField(r, PG_DIAG_SQLSTATE));
+        return false;
+    }
+    if (PQnfields(r) < JOB_FIELDS_MIN) {
+        fprintf(stderr, "{\"level\":\"error\",\"msg\":\"outbox: a claimed job has %d columns, not %d or more\"}\n",
+                PQnfields(r), JOB_FIELDS_MIN);
+        return false;
+    }
+    return true;
+}
+
+/* Only for a result claimed_ok() accepted. */
 static void job_from_row(PGresult *r, int row, struct outbound_job *job)
 {
     job->id = strtoll(PQgetvalue(r, row, 0), NULL, 10);
@@ -784,7 +806,7 @@ static void job_from_row(PGresult *r, int row, struct outbound_job *job)
     job->body = NULL;
     job->headers = NULL;
     job->allow_loopback = false;
-    if (PQnfields(r) >= 14) {
+    if (PQnfields(r) >= JOB_FIELDS_WEBHOOK) {
         job->url = PQgetisnull(r, row, 10) ? NULL : PQgetvalue(r, row, 10);
         job->body = PQgetisnull(r, row, 11) ? NULL : PQgetvalue(r, row, 11);
         job->headers = PQgetisnull(r, row, 12) ? NULL : PQgetvalue(r, row, 12);
@@ -866,8 +888,7 @@ int outbound_run_job(PGconn *conn, long long job_id, struct outbound_answer *ans
         values[0] = id_text;
         claimed = PQexecParams(conn, "SELECT * FROM lattice_worker.outbox_claim($1::bigint)", 1, NULL, values, NULL,
                                NULL, 0);
-        if (PQresultStatus(claimed) != PGRES_TUPLES_OK) {
-            metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
+        if (!claimed_ok(claimed)) {
             PQclear(claimed);
             answer_set(answer, 503, "{\"Retry-After\":\"1\"}",
                        "{\"error\":{\"code\":\"unavailable\",\"message\":\"the database is unavailable\"}}");
@@ -987,8 +1008,7 @@ static PGresult *claim_due(PGconn *conn, long max_jobs, const char *kinds)
     values[1] = kinds;
     claimed = PQexecParams(conn, "SELECT * FROM lattice_worker.outbox_claim_due($1::integer, $2::text[])", 2, NULL,
                            values, NULL, NULL, 0);
-    if (PQresultStatus(claimed) != PGRES_TUPLES_OK) {
-        metrics_statement_error(PQresultErrorField(claimed, PG_DIAG_SQLSTATE));
+    if (!claimed_ok(claimed)) {
         PQclear(claimed);
         return NULL;
     }

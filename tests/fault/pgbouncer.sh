@@ -44,10 +44,13 @@ trap 'kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null' EXIT
 for _ in $(seq 50); do psql -XAtq -h 127.0.0.1 -p "$port" -U lattice_shim -d lattice -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
 echo "# $(pgbouncer --version | head -1) on 127.0.0.1:$port, pool_mode = transaction"
 
-# 1: every shim the HTTP suite starts reads LATTICE_SHIM_* from the environment
+# 1: every shim the HTTP suite starts reads LATTICE_SHIM_* from the environment;
+# LISTEN needs a session, so the events listener goes to PostgreSQL itself
+# (docs/shim.md, "Behind PgBouncer")
 log="$dir/http.log"
 started=$(date +%s)
 LATTICE_SHIM_CONNINFO="host=127.0.0.1 port=$port dbname=lattice user=lattice_shim" LATTICE_SHIM_PREPARED_STATEMENTS=0 \
+LATTICE_SHIM_EVENTS_CONNINFO="host=$PGHOST port=$PGPORT dbname=lattice user=lattice_shim" \
     node --test --test-concurrency=1 --test-reporter=tap tests/http/*.test.mjs >"$log" 2>&1
 pass=$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$log" | tail -1)
 fail=$(sed -n 's/^# fail \([0-9]*\)/\1/p' "$log" | tail -1)

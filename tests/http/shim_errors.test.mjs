@@ -137,3 +137,25 @@ test('a method outside the table on a static path: 405', async () => {
   assertErrorShape(assert, r, 405, 'method_not_allowed');
   assert.equal(r.headers.get('allow'), 'GET, HEAD');
 });
+
+test('an outbox claim of another shape (an extension older than the shim) is a database error, never a job', async () => {
+  const db = `lattice_oldclaim_${process.pid}`;
+  psql(`CREATE DATABASE ${db}`, { db: 'postgres' });
+  let old;
+  try {
+    // two columns where lattice_worker.job has ten or more
+    psql(`CREATE SCHEMA lattice_worker;
+          CREATE FUNCTION lattice_worker.outbox_claim_due(integer, text[]) RETURNS TABLE (id bigint, kind text)
+            LANGUAGE sql AS $$ SELECT 1::bigint, 'email'::text $$;
+          GRANT USAGE ON SCHEMA lattice_worker TO lattice_shim`, { db });
+    old = await startShim({ env: {
+      LATTICE_SHIM_CONNINFO: `host=${process.env.PGHOST} port=${process.env.PGPORT} dbname=${db} user=lattice_shim`,
+      LATTICE_OUTBOX_POLL_MS: '100' } });
+    await eventually(() => old.stderr.some((l) => l.includes('a claimed job has 2 columns, not 10 or more')), { timeout: 5000 });
+    assert.equal((await request(old, '/api/v1/health')).status, 200, 'the shim runs on');
+    assert.ok(!old.stderr.some((l) => l.includes('"outbox job"')), 'no job was attempted');
+  } finally {
+    await old?.stop();
+    psql(`DROP DATABASE ${db} WITH (FORCE)`, { db: 'postgres' });
+  }
+});
