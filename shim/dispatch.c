@@ -587,8 +587,11 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
             streaming = p;
             break;
         }
-        if (outcome == CALL_OK && (rt->flags & R_OUTBOUND))
-            outbound_follow(p->conn, &call.row); /* after COMMIT, see outbound.h */
+        if (outcome == CALL_OK && (rt->flags & R_OUTBOUND) && !outbound_follow(p->conn, &call.row)) {
+            /* after COMMIT, see outbound.h; a connection the job left out of step is not reused */
+            PQfinish(p->conn);
+            p->conn = NULL;
+        }
         bool nothing_ran = outcome == CALL_BROKEN && (!call.err || call.err_stage == 0) && !call.row;
         if (outcome == CALL_BROKEN) {
             log_error(r->request_id, "dispatch: connection lost: %s", PQerrorMessage(p->conn));

@@ -938,7 +938,7 @@ void outbound_answer_free(struct outbound_answer *answer)
     answer->body = NULL;
 }
 
-void outbound_follow(PGconn *conn, PGresult **row)
+bool outbound_follow(PGconn *conn, PGresult **row)
 {
     struct json_object *headers;
     struct json_object *job_header = NULL;
@@ -948,22 +948,23 @@ void outbound_follow(PGconn *conn, PGresult **row)
     long long job_id = 0;
     PGresult *replaced;
     bool pipelined;
+    bool ran;
 
     if (!*row || PQntuples(*row) != 1 || PQnfields(*row) != 5 || PQgetisnull(*row, 0, 1))
-        return;
+        return true;
     headers = json_tokener_parse(PQgetvalue(*row, 0, 1));
     if (headers && json_object_object_get_ex(headers, "Lattice-Outbox-Job", &job_header) &&
         json_object_is_type(job_header, json_type_string))
         job_id = strtoll(json_object_get_string(job_header), NULL, 10);
     json_object_put(headers);
     if (job_id <= 0)
-        return;
+        return true;
 
     /* the pool keeps connections in pipeline mode; the job's statements are synchronous */
     pipelined = PQpipelineStatus(conn) != PQ_PIPELINE_OFF;
     if (pipelined && PQexitPipelineMode(conn) != 1)
-        return; /* not idle: leave the 202, the job stays pending */
-    outbound_run_job(conn, job_id, &answer);
+        return false; /* answers left unread: leave the 202, the job stays pending */
+    ran = outbound_run_job(conn, job_id, &answer) == 0;
     snprintf(status_text, sizeof(status_text), "%d", answer.status);
     values[0] = status_text;
     values[1] = answer.headers_json;
@@ -981,8 +982,9 @@ void outbound_follow(PGconn *conn, PGresult **row)
         /* leave the 202 (the job's own answer is recorded); the client may retry */
         PQclear(replaced);
     }
-    if (pipelined)
-        PQenterPipelineMode(conn);
+    if (pipelined && PQenterPipelineMode(conn) != 1)
+        return false;
+    return ran;
 }
 
 /* One log line for a background job's attempt. */
@@ -1067,6 +1069,12 @@ static void *worker_main(void *arg)
         }
         if (PQstatus(conn) == CONNECTION_OK)
             n = drain_once(conn);
+        if (n < 0) {
+            /* after a failed statement the connection may be out of step
+               with its answers: the next round starts on a fresh one */
+            PQfinish(conn);
+            conn = NULL;
+        }
         pthread_mutex_lock(&worker_lock);
         if (n > 0 || worker_stop)
             continue; /* more may be due right away */
@@ -1118,6 +1126,14 @@ static bool webhook_connected(struct webhook_state *st)
     return false;
 }
 
+/* After a failed statement the connection may be out of step with its
+   answers: the next statement starts on a fresh one. */
+static void webhook_disconnect(struct webhook_state *st)
+{
+    PQfinish(st->conn);
+    st->conn = NULL;
+}
+
 /*
  * Records a delivery's outcome.  When the database cannot take it, the job's
  * lease runs out and it is claimed again: at least once, never lost.
@@ -1127,9 +1143,11 @@ static void webhook_record(struct webhook_state *st, long long job_id, const str
     PGresult *done = NULL;
 
     webhook_count(res);
-    if (webhook_connected(st))
+    if (webhook_connected(st)) {
         done = record(st->conn, job_id, res);
-    else
+        if (!done)
+            webhook_disconnect(st);
+    } else
         fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"webhook result not recorded: no database\",\"job\":%lld}\n",
                 job_id);
     log_job(job_id, "webhook", res);
@@ -1146,8 +1164,10 @@ static int webhook_claim(struct webhook_state *st, long max_jobs)
     int n;
     int i;
 
-    if (!claimed)
+    if (!claimed) {
+        webhook_disconnect(st);
         return -1;
+    }
     n = PQntuples(claimed);
     for (i = 0; i < n; i++) {
         struct outbound_job job;

@@ -22,6 +22,7 @@
 #define LATTICE_OUTBOUND_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 
 /*
  * Configuration.  NULL / 0 fields fall back to the environment variable in
@@ -83,8 +84,10 @@ extern void outbound_webhook_stats(struct outbound_webhook_stats *stats);
  * For dispatch.c, on a route flagged R_OUTBOUND after the call's COMMIT:
  * when *row (status, headers, body, tenant, rate state) carries
  * Lattice-Outbox-Job, runs that job on conn and replaces *row with the job's
- * answer in the same shape.  Leaves *row alone otherwise.
+ * answer in the same shape.  Leaves *row alone otherwise.  False when the
+ * database failed on the way: conn may then be out of step with its answers
+ * and is to be closed.
  */
-extern void outbound_follow(PGconn *conn, PGresult **row);
+extern bool outbound_follow(PGconn *conn, PGresult **row);
 
 #endif /* LATTICE_OUTBOUND_H */

@@ -153,6 +153,13 @@ test('an outbox claim of another shape (an extension older than the shim) is a d
       LATTICE_OUTBOX_POLL_MS: '100' } });
     await eventually(() => old.stderr.some((l) => l.includes('a claimed job has 2 columns, not 10 or more')), { timeout: 5000 });
     assert.equal((await request(old, '/api/v1/health')).status, 200, 'the shim runs on');
+    // after a failed statement a worker starts again on a fresh connection:
+    // sessions keep being opened (this test's own psql opens one of them)
+    const sessions = () => Number(psql(`SELECT sessions FROM pg_stat_database WHERE datname = '${db}'`, { db }));
+    const before = sessions();
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const opened = sessions() - before - 1;
+    assert.ok(opened >= 5, `${opened} new sessions in 2 s`);
     assert.ok(!old.stderr.some((l) => l.includes('"outbox job"')), 'no job was attempted');
   } finally {
     await old?.stop();
