@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #include <execinfo.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -88,7 +89,7 @@ static void on_fatal_signal(int sig)
         put_chars(line, &len, sizeof(line) - 1, known ? info.dli_fname : "?", true);
         put_text(line, &len, sizeof(line) - 1, "\",\"offset\":\"");
         put_number(line, &len, sizeof(line) - 1,
-                   (unsigned long) ((char *) frames[i] - (known ? (char *) info.dli_fbase : (char *) 0)), 16);
+                   (unsigned long) ((uintptr_t) frames[i] - (known ? (uintptr_t) info.dli_fbase : 0)), 16);
         put_text(line, &len, sizeof(line) - 1, "\"}");
         put_line(line, len);
     }

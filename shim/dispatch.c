@@ -499,9 +499,7 @@ static void answer_stream(struct mg_connection *conn, struct reply *r, const str
     if (!stream_serve(r, p->conn, row, extra, rt->function)) {
         bool down = PQstatus(p->conn) == CONNECTION_BAD;
         log_error(r->request_id, "dispatch: connection dropped after a stream: %s", PQerrorMessage(p->conn));
-        PQfinish(p->conn);
-        p->conn = NULL;
-        pool_release(p);
+        pool_discard(p);
         if (down)
             pool_drop_idle();
         return;
@@ -587,18 +585,15 @@ void dispatch_api(struct mg_connection *conn, struct reply *r, const struct rout
             streaming = p;
             break;
         }
-        if (outcome == CALL_OK && (rt->flags & R_OUTBOUND) && !outbound_follow(p->conn, &call.row)) {
-            /* after COMMIT, see outbound.h; a connection the job left out of step is not reused */
-            PQfinish(p->conn);
-            p->conn = NULL;
-        }
+        /* after COMMIT, see outbound.h; a connection the job left out of step is not reused */
+        bool out_of_step = outcome == CALL_OK && (rt->flags & R_OUTBOUND) && !outbound_follow(p->conn, &call.row);
         bool nothing_ran = outcome == CALL_BROKEN && (!call.err || call.err_stage == 0) && !call.row;
-        if (outcome == CALL_BROKEN) {
+        if (outcome == CALL_BROKEN)
             log_error(r->request_id, "dispatch: connection lost: %s", PQerrorMessage(p->conn));
-            PQfinish(p->conn);
-            p->conn = NULL;
-        }
-        pool_release(p);
+        if (outcome == CALL_BROKEN || out_of_step)
+            pool_discard(p);
+        else
+            pool_release(p);
         if (outcome == CALL_BROKEN)
             pool_drop_idle();
         /* A connection that died while idle (a database restart) ran nothing

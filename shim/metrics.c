@@ -189,17 +189,15 @@ static char *db_call(bool *nothing_ran)
         broken = !sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC;
         PQclear(sync);
     }
-    if (broken) {
-        PQfinish(p->conn);
-        p->conn = NULL;
-        free(out);
-        out = NULL;
-        *nothing_ran = !ran;
+    if (!broken) {
+        pool_release(p);
+        return out;
     }
-    pool_release(p);
-    if (broken)
-        pool_drop_idle();
-    return out;
+    free(out);
+    *nothing_ran = !ran;
+    pool_discard(p);
+    pool_drop_idle();
+    return NULL;
 }
 
 /* A label value from the database: only [a-z0-9_] is written out. */

@@ -230,8 +230,8 @@ void pool_release(struct pooled *p)
 {
     struct slot *sl = &pool.slots[p->slot];
     if (p->conn && (PQstatus(p->conn) != CONNECTION_OK || PQtransactionStatus(p->conn) != PQTRANS_IDLE)) {
-        PQfinish(p->conn);
-        p->conn = NULL;
+        pool_discard(p);
+        return;
     }
     pthread_mutex_lock(&pool.mu);
     struct waiter *w = queue_head;
@@ -246,6 +246,13 @@ void pool_release(struct pooled *p)
         pool.in_use--;
     }
     pthread_mutex_unlock(&pool.mu);
+}
+
+void pool_discard(struct pooled *p)
+{
+    PQfinish(p->conn);
+    p->conn = NULL;
+    pool_release(p);
 }
 
 /* After a connection is found dead (a database restart kills them all),

@@ -134,6 +134,9 @@ extern const char *const SQL_TX_RO, *const SQL_TX_RW;
 int pool_init(void);
 enum pool_status pool_acquire(struct pooled **out);
 void pool_release(struct pooled *p);
+/* Gives p back with its connection closed (broken, or out of step with its
+   answers): the slot reconnects when next taken. */
+void pool_discard(struct pooled *p);
 void pool_close(void);
 void pool_drop_idle(void);
 void pool_stats(int *size, int *in_use, int *waiting, int *healthy);

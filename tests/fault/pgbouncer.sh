@@ -15,7 +15,8 @@ echo "1..5"
 
 dir=${LATTICE_WORK:-$(mktemp -d)}/pgbouncer
 mkdir -p "$dir"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
 cat >"$dir/pgbouncer.ini" <<INI
 [databases]
 lattice = host=$PGHOST port=$PGPORT dbname=lattice pool_size=4
@@ -43,7 +44,8 @@ INI
 printf '"lattice_shim" ""\n"postgres" ""\n' >"$dir/users.txt"
 chown -R postgres "$dir"
 runuser -u postgres -- pgbouncer -d "$dir/pgbouncer.ini" || { echo "Bail out! pgbouncer did not start"; exit 1; }
-trap 'kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null' EXIT
+shim_pid=''
+trap 'kill ${shim_pid:+"$shim_pid"} "$(cat "$dir/pgbouncer.pid")" 2>/dev/null' EXIT
 for _ in $(seq 50); do psql -XAtq -h 127.0.0.1 -p "$port" -U lattice_shim -d lattice -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
 echo "# $(pgbouncer --version | head -1) on 127.0.0.1:$port, pool_mode = transaction"
 
@@ -72,12 +74,11 @@ PGBOUNCER_PORT=$port TAP_FROM=1 node tests/fault/pgbouncer_interleave.mjs
 # run pipelines and short sessions: the outbox worker's claims get answers of
 # the wrong shape (counted, when this PgBouncer misroutes them), each a logged
 # error and a fresh connection, never a job or a crash
-shim_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+shim_port=$(free_port)
 LATTICE_SHIM_PORT=$shim_port LATTICE_SHIM_LISTEN=127.0.0.1 LATTICE_SHIM_ACCESS_LOG=off \
 LATTICE_SHIM_CONNINFO="host=127.0.0.1 port=$port dbname=lattice user=lattice_shim" LATTICE_SHIM_PREPARED_STATEMENTS=0 \
 LATTICE_OUTBOX_POLL_MS=10 shim/lattice-shim >/dev/null 2>"$dir/listen.err" &
 shim_pid=$!
-trap 'kill "$shim_pid" 2>/dev/null; kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$shim_port/ready" >/dev/null && break; sleep 0.1; done
 cat >"$dir/pipeline.sql" <<'SQL'
 \startpipeline
